@@ -1,0 +1,187 @@
+//! The ACPI tables a guest finds through the RSDP: XSDT, FADT (hardware-reduced, with
+//! the sleep-control and reset registers of `devices::acpi_pm`), MADT (one local APIC per
+//! vCPU and the IOAPIC) and a DSDT with the `_S5` sleep state and the serial port.
+//!
+//! Hardware-reduced ACPI, as Firecracker and Cloud Hypervisor use: no PM1 blocks, SCI or
+//! GPEs to emulate; power-off and reset are one-byte writes the engine turns into exits.
+
+use acpi_tables::{aml, Aml};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::acpi_pm::{RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+use crate::devices::serial::{COM1_IRQ, COM1_PORT};
+use crate::x86_64::layout::{ACPI_TABLES_END, ACPI_TABLES_START, IOAPIC_START, LAPIC_START, RSDP_START};
+
+const OEM_ID: [u8; 6] = *b"VIREO ";
+const OEM_TABLE_ID: [u8; 8] = *b"VIREOVMM";
+const OEM_REVISION: u32 = 1;
+/// FADT IAPC_BOOT_ARCH bit 2: no VGA. The 8042 bit stays clear so the guest does not
+/// probe for a PS/2 keyboard; our i8042 only implements the reset line.
+const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("ACPI tables need {needed:#x} bytes but only {available:#x} are reserved for them")]
+    TooLarge { needed: u64, available: u64 },
+    #[error("writing ACPI tables to guest memory: {0}")]
+    GuestMemory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// Writes every table for a VM with `vcpus` vCPUs and returns the RSDP's address.
+pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Error> {
+    let mut writer = TableWriter { mem, next: ACPI_TABLES_START };
+    let dsdt = writer.write(&dsdt())?;
+    let fadt = writer.write(&fadt(dsdt))?;
+    let madt = writer.write(&madt(vcpus))?;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt);
+    xsdt.add_entry(madt);
+    let xsdt = writer.write(&xsdt)?;
+    let mut rsdp = Vec::new();
+    Rsdp::new(OEM_ID, xsdt).to_aml_bytes(&mut rsdp);
+    mem.write_slice(&rsdp, GuestAddress(RSDP_START))?;
+    Ok(GuestAddress(RSDP_START))
+}
+
+/// Lays tables out one after the other, 16-byte aligned.
+struct TableWriter<'a> {
+    mem: &'a GuestMemoryMmap,
+    next: u64,
+}
+
+impl TableWriter<'_> {
+    fn write(&mut self, table: &dyn Aml) -> Result<u64, Error> {
+        let mut bytes = Vec::new();
+        table.to_aml_bytes(&mut bytes);
+        let addr = self.next;
+        let end = addr + bytes.len() as u64;
+        if end > ACPI_TABLES_END {
+            return Err(Error::TooLarge { needed: end - ACPI_TABLES_START, available: ACPI_TABLES_END - ACPI_TABLES_START });
+        }
+        self.mem.write_slice(&bytes, GuestAddress(addr))?;
+        self.next = (end + 15) & !15;
+        Ok(addr)
+    }
+}
+
+fn dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    // \_S5: the sleep type value the guest writes to SLEEP_CONTROL_REG to power off.
+    let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE]);
+    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut dsdt);
+    // COM1, so the OS's serial driver finds it by ACPI enumeration, not by probing.
+    let hid = aml::EISAName::new("PNP0501");
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let io = aml::IO::new(COM1_PORT, COM1_PORT, 1, 8);
+    let crs = aml::ResourceTemplate::new(vec![&irq, &io]);
+    let uid: u8 = 0;
+    let (hid, uid, crs) = (
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &uid),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let com1 = aml::Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs]);
+    com1.to_aml_bytes(&mut dsdt);
+    dsdt
+}
+
+fn io_register(port: u16) -> GAS {
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
+}
+
+fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH_VGA_NOT_PRESENT.into();
+    fadt.reset_reg = io_register(RESET_PORT);
+    fadt.reset_value = RESET_VALUE;
+    fadt.sleep_control_reg = io_register(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_register(SLEEP_STATUS_PORT);
+    fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"VIREOVMM").into();
+    fadt.finalize()
+}
+
+fn madt(vcpus: u8) -> MADT {
+    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_START as u32));
+    for id in 0..vcpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_START as u32, 0));
+    madt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Address;
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    fn checksum_ok(b: &[u8]) -> bool {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    /// Walks the tables as a guest would: RSDP → XSDT → FADT/MADT → DSDT.
+    #[test]
+    fn guest_can_walk_the_tables() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let rsdp_addr = create_tables(&mem, 3).unwrap();
+        let rsdp = read(&mem, rsdp_addr.raw_value(), 36);
+        assert_eq!(&rsdp[..8], b"RSD PTR ");
+        assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
+        let xsdt_addr = u64_at(&rsdp, 24);
+        let xsdt_len = u32_at(&read(&mem, xsdt_addr, 8), 4) as usize;
+        let xsdt = read(&mem, xsdt_addr, xsdt_len);
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert!(checksum_ok(&xsdt));
+        let tables: Vec<(Vec<u8>, u64)> = (36..xsdt_len)
+            .step_by(8)
+            .map(|off| {
+                let addr = u64_at(&xsdt, off);
+                let len = u32_at(&read(&mem, addr, 8), 4) as usize;
+                (read(&mem, addr, len), addr)
+            })
+            .collect();
+        let find = |sig: &[u8]| tables.iter().find(|(t, _)| &t[..4] == sig).unwrap().0.clone();
+        let fadt = find(b"FACP");
+        assert!(checksum_ok(&fadt));
+        assert_ne!(u32_at(&fadt, 112) & (1 << 20), 0, "hardware-reduced");
+        // SLEEP_CONTROL_REG is the GAS at offset 244: SystemIO, our port.
+        assert_eq!(fadt[244], 1);
+        assert_eq!(u64_at(&fadt, 248), u64::from(SLEEP_CONTROL_PORT));
+        // RESET_REG at 116, RESET_VALUE at 128.
+        assert_eq!(u64_at(&fadt, 120), u64::from(RESET_PORT));
+        assert_eq!(fadt[128], RESET_VALUE);
+        let madt = find(b"APIC");
+        assert!(checksum_ok(&madt));
+        let lapics = madt[44..].chunks(8).filter(|s| s[0] == 0 && s[1] == 8).count();
+        assert_eq!(lapics, 3);
+        let dsdt_addr = u64_at(&fadt, 140);
+        let dsdt_len = u32_at(&read(&mem, dsdt_addr, 8), 4) as usize;
+        let dsdt = read(&mem, dsdt_addr, dsdt_len);
+        assert!(checksum_ok(&dsdt));
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+    }
+}

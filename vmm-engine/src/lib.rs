@@ -1,0 +1,17 @@
+//! Vireo's VM engine: one process runs one VM under KVM. See ARCHITECTURE.md for the
+//! life of a VM through these modules.
+
+pub mod acpi;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod devices;
+pub mod doctor;
+pub mod exit;
+pub mod vcpu;
+pub mod vm;
+pub mod x86_64;
+
+pub use config::{RebootPolicy, VmConfig};
+pub use exit::ExitReason;
+pub use vm::{run, Console};

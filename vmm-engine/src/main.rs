@@ -1,0 +1,166 @@
+//! `vireo-vmm`: run one VM from the command line, or examine the host with `doctor`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vireo_vmm::boot::{BootSource, DEFAULT_CMDLINE};
+use vireo_vmm::console::{ConsoleInput, RawTerminal};
+use vireo_vmm::doctor::{self, DEFAULT_KVM_DEVICE};
+use vireo_vmm::exit::code;
+use vireo_vmm::{config, Console, RebootPolicy, VmConfig};
+
+const AFTER_HELP: &str = concat!(
+    "Exit status: 0 the guest powered off (or Ctrl-A x), 1 the VM could not start, ",
+    "2 bad command line, 3 the guest rebooted (with --reboot=exit), ",
+    "4 the guest crashed (triple fault, KVM internal error).\n",
+    "The console is the guest's ttyS0 on stdin/stdout; on a terminal, Ctrl-A x quits ",
+    "and Ctrl-A Ctrl-A sends Ctrl-A."
+);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vireo-vmm",
+    version,
+    about = "Run one VM under KVM: a Linux bzImage, or an ELF kernel with a PVH entry (vmlinux, the probe guest)",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Kernel to boot: a bzImage, or an ELF with a PVH entry note.
+    #[arg(long, value_name = "PATH", required = true)]
+    kernel: Option<PathBuf>,
+
+    /// Initial ramdisk (initramfs) for the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+
+    /// Appended to the default kernel command line.
+    #[arg(long, value_name = "ARGS", default_value = "", long_help = format!(
+        "Appended to the default kernel command line, which is:\n  {DEFAULT_CMDLINE}"))]
+    cmdline: String,
+
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+
+    /// Guest RAM: a number with K, M or G (a plain number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    memory: String,
+
+    /// What a guest reboot does: end the engine with exit status 3, or start the guest again.
+    #[arg(long, value_enum, default_value_t = RebootArg::Exit)]
+    reboot: RebootArg,
+
+    /// The KVM device node.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_DEVICE, hide = true)]
+    kvm_device: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Tell whether this host's KVM is usable and what it can run, one `key: value` per line.
+    Doctor {
+        /// The KVM device node.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_DEVICE)]
+        kvm_device: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum RebootArg {
+    Exit,
+    Restart,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging();
+    match cli.command {
+        Some(Command::Doctor { kvm_device }) => {
+            let report = doctor::examine(&kvm_device);
+            print!("{report}");
+            ExitCode::from(if report.usable { 0 } else { code::ERROR as u8 })
+        }
+        None => run_vm(cli),
+    }
+}
+
+/// Help and version print as clap formats them; real mistakes get one line.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or("bad command line").trim_start_matches("error: ");
+    eprintln!("vireo-vmm: {first} (see vireo-vmm --help)");
+    ExitCode::from(code::USAGE as u8)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run_vm(cli: Cli) -> ExitCode {
+    let memory = match config::parse_memory_size(&cli.memory) {
+        Ok(m) => m,
+        Err(e) => return fail(&e),
+    };
+    let vcpus = match u8::try_from(cli.cpus) {
+        Ok(n) => n,
+        Err(_) => return fail(&config::Error::TooManyVcpus { given: cli.cpus, limit: config::MAX_VCPUS }),
+    };
+    let config = VmConfig {
+        boot: BootSource { kernel: cli.kernel.expect("clap requires --kernel"), initrd: cli.initrd, cmdline: cli.cmdline },
+        vcpus,
+        memory,
+        reboot: match cli.reboot {
+            RebootArg::Exit => RebootPolicy::Exit,
+            RebootArg::Restart => RebootPolicy::Restart,
+        },
+        kvm_device: cli.kvm_device,
+    };
+    let raw = RawTerminal::enter();
+    let console = Console {
+        output: Arc::new(Mutex::new(std::io::stdout())),
+        input: ConsoleInput::Stdin { escapes: raw.is_some() },
+    };
+    let result = vireo_vmm::run(&config, &console);
+    drop(raw);
+    match result {
+        Ok(reason) => {
+            if reason.exit_code() != code::POWER_OFF || matches!(reason, vireo_vmm::ExitReason::Stopped) {
+                eprintln!("vireo-vmm: {reason}");
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// One line naming what went wrong, with its causes, and exit status 1.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("vireo-vmm: {line}");
+    ExitCode::from(code::ERROR as u8)
+}

@@ -1,0 +1,128 @@
+//! One thread per vCPU: `KVM_RUN` in a loop, port I/O and MMIO exits routed to the
+//! devices, everything else that ends the guest turned into an `ExitReason`.
+//!
+//! Stopping: the VM's owner sets `stop` and sends `VCPU_KICK_SIGNAL` to the thread until
+//! it ends; the signal makes a blocked `KVM_RUN` return `EINTR`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::PioBus;
+use crate::exit::{ExitReason, ExitSender};
+
+/// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: being delivered is the point (KVM_RUN returns EINTR).
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+    });
+    result
+}
+
+/// What a vCPU thread needs besides its fd.
+pub struct VcpuContext {
+    pub pio: Arc<PioBus>,
+    pub exit: ExitSender,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Runs `vcpu` on a new thread named `vcpu<index>`.
+pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{index}"))
+        // The run loop needs little stack; only touched pages cost memory.
+        .stack_size(256 << 10)
+        .spawn(move || run(index, vcpu, ctx))
+}
+
+fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    while !ctx.stop.load(Ordering::Acquire) {
+        let outcome = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, &ctx.pio),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,
+            Err(e) => Outcome::Stop(ExitReason::Crash(format!("KVM_RUN failed on vCPU {index}: {e}"))),
+        };
+        if let Outcome::Stop(reason) = outcome {
+            tracing::debug!("vcpu{index}: {reason}");
+            ctx.exit.send(reason);
+            break;
+        }
+    }
+}
+
+enum Outcome {
+    Continue,
+    Stop(ExitReason),
+}
+
+fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus) -> Outcome {
+    match exit {
+        // String I/O (`rep outsb`) arrives as one exit with all its bytes: devices on
+        // our bus are byte-wide and consume each byte in turn.
+        VcpuExit::IoOut(port, data) => pio.write(port, data),
+        VcpuExit::IoIn(port, data) => pio.read(port, data),
+        // No MMIO devices on this machine yet: reads float high, writes are dropped.
+        VcpuExit::MmioRead(_, data) => data.fill(0xff),
+        VcpuExit::MmioWrite(addr, _) => tracing::trace!("mmio write to unclaimed {addr:#x}"),
+        // The in-kernel LAPIC handles HLT; an interrupted run just goes round again.
+        VcpuExit::Hlt | VcpuExit::Intr => {}
+        VcpuExit::Shutdown => return Outcome::Stop(ExitReason::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into())),
+        VcpuExit::SystemEvent(kind, _) => {
+            return Outcome::Stop(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
+                KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash("guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into()),
+                other => ExitReason::Crash(format!("unknown KVM system event {other}")),
+            })
+        }
+        VcpuExit::InternalError => return Outcome::Stop(ExitReason::Crash("KVM internal error (KVM_EXIT_INTERNAL_ERROR)".into())),
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Outcome::Stop(ExitReason::Crash(format!(
+                "VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on CPU {cpu})"
+            )))
+        }
+        other => return Outcome::Stop(ExitReason::Crash(format!("unexpected KVM exit {other:?}"))),
+    }
+    Outcome::Continue
+}
+
+/// Stops and joins vCPU threads: sets `stop`, then kicks each live thread until it has
+/// ended (a kick that lands just before a thread enters `KVM_RUN` is lost, so one is not
+/// enough).
+pub fn stop_all(threads: Vec<JoinHandle<()>>, stop: &AtomicBool) {
+    stop.store(true, Ordering::Release);
+    let mut live = threads;
+    while !live.is_empty() {
+        for t in &live {
+            if !t.is_finished() {
+                // ESRCH just means it ended between the check and the kick.
+                let _ = t.kill(kick_signal());
+            }
+        }
+        let (done, running): (Vec<_>, Vec<_>) = live.into_iter().partition(|t| t.is_finished());
+        for t in done {
+            if t.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        live = running;
+        if !live.is_empty() {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}

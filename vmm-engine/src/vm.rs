@@ -1,0 +1,204 @@
+//! A VM from start to stop: KVM VM with the in-kernel irqchip and PIT, guest memory,
+//! ACPI tables, the kernel, the legacy devices, one thread per vCPU; then wait for the
+//! first `ExitReason` and tear everything down, leaving no thread or fd behind.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{self, RebootPolicy, VmConfig};
+use crate::console::ConsoleInput;
+use crate::devices::acpi_pm::{self, AcpiPmDevice};
+use crate::devices::cmos::{self, Cmos};
+use crate::devices::i8042::{self, I8042};
+use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+use crate::devices::PioBus;
+use crate::doctor::{self, KvmOpenError};
+use crate::exit::{ExitReason, ExitSender};
+use crate::x86_64::{cpuid, layout, regs};
+use crate::{acpi, boot, console, vcpu};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kvm(#[from] KvmOpenError),
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
+    #[error(transparent)]
+    VcpuSetup(#[from] regs::Error),
+    #[error("KVM refused to {what}: {source}")]
+    KvmSetup {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {size} MiB of guest memory: {detail}")]
+    GuestMemory { size: u64, detail: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::KvmSetup { what, source }
+}
+
+/// Where the guest's console goes and where its input comes from.
+pub struct Console {
+    pub output: ConsoleSink,
+    pub input: ConsoleInput,
+}
+
+/// Runs the VM until it stops for good (power-off, crash, the user; a reboot too unless
+/// the policy restarts it) and says why.
+pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
+    let kvm = doctor::open_kvm(&config.kvm_device)?;
+    config::check_memory(config.memory, doctor::host_memory_bytes())?;
+    config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
+    boot::detect_format(&config.boot.kernel)?;
+    if let Some(initrd) = &config.boot.initrd {
+        std::fs::metadata(initrd).map_err(|source| boot::Error::InitrdUnreadable { path: initrd.clone(), source })?;
+    }
+    vcpu::install_kick_handler().map_err(Error::Thread)?;
+    loop {
+        let reason = boot_once(&kvm, config, console)?;
+        if reason != ExitReason::Reboot || config.reboot != RebootPolicy::Restart {
+            return Ok(reason);
+        }
+        tracing::info!("guest rebooted: starting it again");
+    }
+}
+
+/// One boot of the guest, from a fresh VM to its teardown.
+fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
+    let vm = create_vm(kvm)?;
+    let mem = create_memory(&vm, config.memory)?;
+    acpi::create_tables(&mem, config.vcpus)?;
+    let entry = boot::load(&mem, config.memory, &config.boot)?;
+
+    let (exit_tx, exit_rx) = ExitSender::channel();
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("route the serial interrupt"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.output.clone())));
+    let mut pio = PioBus::default();
+    pio.insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone());
+    pio.insert(i8042::I8042_PORT, i8042::I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(exit_tx.clone()))));
+    pio.insert(cmos::CMOS_PORT, cmos::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new(config.memory))));
+    pio.insert(acpi_pm::SLEEP_CONTROL_PORT, acpi_pm::PORT_RANGE_LEN, Arc::new(Mutex::new(AcpiPmDevice::new(exit_tx.clone()))));
+    let pio = Arc::new(pio);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = start_vcpus(kvm, &vm, &mem, config.vcpus, entry, &pio, &exit_tx, &stop);
+    let threads = match threads {
+        Ok(t) => t,
+        Err((e, started)) => {
+            vcpu::stop_all(started, &stop);
+            return Err(e);
+        }
+    };
+    let input = console::spawn_input(&console.input, serial, exit_tx.clone());
+    drop(exit_tx);
+
+    // Every vCPU thread holds a sender, so this returns when something ends the VM.
+    let reason = exit_rx.recv().unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
+    vcpu::stop_all(threads, &stop);
+    if let Some(input) = input {
+        input.stop();
+    }
+    Ok(reason)
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize).map_err(kvm_err("set the TSS address"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_err("set the identity map address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create the in-kernel irqchip"))?;
+    // The PIT keeps port 0x61 (speaker) in the kernel too, so it never exits to us.
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("create the in-kernel PIT"))?;
+    Ok(vm)
+}
+
+/// Anonymous, MAP_NORESERVE guest RAM (untouched pages cost nothing), registered with
+/// KVM one slot per range.
+fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
+    let ranges: Vec<(GuestAddress, usize)> =
+        layout::ram_ranges(size).into_iter().map(|(start, len)| (GuestAddress(start), len as usize)).collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| Error::GuestMemory { size: size >> 20, detail: e.to_string() })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`,
+        // which the caller keeps alive for as long as the VM (and its vCPUs) run.
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("map guest memory"))?;
+    }
+    Ok(mem)
+}
+
+/// Creates, configures and starts every vCPU. On failure, returns the threads already
+/// started so the caller can stop them.
+#[allow(clippy::too_many_arguments)]
+fn start_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    count: u8,
+    entry: regs::EntryMode,
+    pio: &Arc<PioBus>,
+    exit: &ExitSender,
+    stop: &Arc<AtomicBool>,
+) -> Result<Vec<JoinHandle<()>>, (Error, Vec<JoinHandle<()>>)> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| (kvm_err("report its CPUID")(e), Vec::new()))?;
+    // Every vCPU exists before any runs, so the guest's INIT/SIPI always finds its APs.
+    let mut fds = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let fd = setup_vcpu(vm, mem, &supported, index, count, entry).map_err(|e| (e, Vec::new()))?;
+        fds.push(fd);
+    }
+    let mut threads = Vec::with_capacity(count as usize);
+    for (index, fd) in fds.into_iter().enumerate() {
+        let ctx = vcpu::VcpuContext { pio: pio.clone(), exit: exit.clone(), stop: stop.clone() };
+        match vcpu::spawn(index as u8, fd, ctx) {
+            Ok(t) => threads.push(t),
+            Err(e) => return Err((Error::Thread(e), threads)),
+        }
+    }
+    Ok(threads)
+}
+
+fn setup_vcpu(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    supported: &kvm_bindings::CpuId,
+    index: u8,
+    count: u8,
+    entry: regs::EntryMode,
+) -> Result<kvm_ioctls::VcpuFd, Error> {
+    let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("create a vCPU"))?;
+    let tsc_khz = fd.get_tsc_khz().ok();
+    fd.set_cpuid2(&cpuid::for_vcpu(supported, index, count, tsc_khz)).map_err(kvm_err("set the CPUID"))?;
+    regs::setup_common(&fd)?;
+    if index == 0 {
+        regs::setup_boot_vcpu(&fd, mem, entry)?;
+    }
+    Ok(fd)
+}
