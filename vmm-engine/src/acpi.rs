@@ -5,18 +5,24 @@
 //! Hardware-reduced ACPI, as Firecracker and Cloud Hypervisor use: no PM1 blocks, SCI or
 //! GPEs to emulate; power-off and reset are one-byte writes the engine turns into exits.
 
-use acpi_tables::{aml, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::acpi_pm::{RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
+use crate::devices::acpi_pm::{
+    RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
+};
 use crate::devices::serial::{COM1_IRQ, COM1_PORT};
-use crate::x86_64::layout::{ACPI_TABLES_END, ACPI_TABLES_START, IOAPIC_START, LAPIC_START, RSDP_START};
+use crate::x86_64::layout::{
+    ACPI_TABLES_END, ACPI_TABLES_START, IOAPIC_START, LAPIC_START, RSDP_START,
+};
 
 const OEM_ID: [u8; 6] = *b"VIREO ";
 const OEM_TABLE_ID: [u8; 8] = *b"VIREOVMM";
@@ -35,7 +41,10 @@ pub enum Error {
 
 /// Writes every table for a VM with `vcpus` vCPUs and returns the RSDP's address.
 pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, Error> {
-    let mut writer = TableWriter { mem, next: ACPI_TABLES_START };
+    let mut writer = TableWriter {
+        mem,
+        next: ACPI_TABLES_START,
+    };
     let dsdt = writer.write(&dsdt())?;
     let fadt = writer.write(&fadt(dsdt))?;
     let madt = writer.write(&madt(vcpus))?;
@@ -62,7 +71,10 @@ impl TableWriter<'_> {
         let addr = self.next;
         let end = addr + bytes.len() as u64;
         if end > ACPI_TABLES_END {
-            return Err(Error::TooLarge { needed: end - ACPI_TABLES_START, available: ACPI_TABLES_END - ACPI_TABLES_START });
+            return Err(Error::TooLarge {
+                needed: end - ACPI_TABLES_START,
+                available: ACPI_TABLES_END - ACPI_TABLES_START,
+            });
         }
         self.mem.write_slice(&bytes, GuestAddress(addr))?;
         self.next = (end + 15) & !15;
@@ -92,7 +104,13 @@ fn dsdt() -> Sdt {
 }
 
 fn io_register(port: u16) -> GAS {
-    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(port))
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
 }
 
 fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
@@ -112,7 +130,12 @@ fn fadt(dsdt: u64) -> acpi_tables::fadt::FADT {
 }
 
 fn madt(vcpus: u8) -> MADT {
-    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_START as u32));
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_START as u32),
+    );
     for id in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
@@ -164,7 +187,14 @@ mod tests {
                 (read(&mem, addr, len), addr)
             })
             .collect();
-        let find = |sig: &[u8]| tables.iter().find(|(t, _)| &t[..4] == sig).unwrap().0.clone();
+        let find = |sig: &[u8]| {
+            tables
+                .iter()
+                .find(|(t, _)| &t[..4] == sig)
+                .unwrap()
+                .0
+                .clone()
+        };
         let fadt = find(b"FACP");
         assert!(checksum_ok(&fadt));
         assert_ne!(u32_at(&fadt, 112) & (1 << 20), 0, "hardware-reduced");
@@ -176,7 +206,10 @@ mod tests {
         assert_eq!(fadt[128], RESET_VALUE);
         let madt = find(b"APIC");
         assert!(checksum_ok(&madt));
-        let lapics = madt[44..].chunks(8).filter(|s| s[0] == 0 && s[1] == 8).count();
+        let lapics = madt[44..]
+            .chunks(8)
+            .filter(|s| s[0] == 0 && s[1] == 8)
+            .count();
         assert_eq!(lapics, 3);
         let dsdt_addr = u64_at(&fadt, 140);
         let dsdt_len = u32_at(&read(&mem, dsdt_addr, 8), 4) as usize;

@@ -32,7 +32,7 @@ pub struct VmConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
-    #[error("invalid memory size '{0}': use a number with an optional K, M or G suffix, e.g. 512M (a plain number means MiB)")]
+    #[error("invalid memory size '{0}': use a number with an optional K, M, G or T suffix, e.g. 512M (a plain number means MiB)")]
     BadMemorySize(String),
     #[error("memory {given} MiB is too small: give the VM at least {} MiB", MIN_MEMORY >> 20)]
     MemoryTooSmall { given: u64 },
@@ -52,6 +52,7 @@ pub fn parse_memory_size(text: &str) -> Result<u64, Error> {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
         Some((i, 'M' | 'm')) => (&t[..i], 20),
         Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
         Some(_) => (t, 20),
         None => return Err(bad()),
     };
@@ -65,7 +66,10 @@ pub fn check_memory(bytes: u64, host_bytes: Option<u64>) -> Result<(), Error> {
         return Err(Error::MemoryTooSmall { given: bytes >> 20 });
     }
     match host_bytes {
-        Some(host) if bytes > host => Err(Error::MemoryTooLarge { given: bytes >> 20, host: host >> 20 }),
+        Some(host) if bytes > host => Err(Error::MemoryTooLarge {
+            given: bytes >> 20,
+            host: host >> 20,
+        }),
         _ => Ok(()),
     }
 }
@@ -90,6 +94,7 @@ mod tests {
         assert_eq!(parse_memory_size("2G"), Ok(2 << 30));
         assert_eq!(parse_memory_size("1024"), Ok(1 << 30));
         assert_eq!(parse_memory_size("65536k"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("1T"), Ok(1 << 40));
         for bad in ["", "G", "12X", "-1M", "1.5G", "99999999999999G"] {
             assert!(parse_memory_size(bad).is_err(), "{bad}");
         }
@@ -97,12 +102,30 @@ mod tests {
 
     #[test]
     fn limits() {
-        assert_eq!(check_memory(8 << 20, None), Err(Error::MemoryTooSmall { given: 8 }));
-        assert_eq!(check_memory(4 << 30, Some(2 << 30)), Err(Error::MemoryTooLarge { given: 4096, host: 2048 }));
+        assert_eq!(
+            check_memory(8 << 20, None),
+            Err(Error::MemoryTooSmall { given: 8 })
+        );
+        assert_eq!(
+            check_memory(4 << 30, Some(2 << 30)),
+            Err(Error::MemoryTooLarge {
+                given: 4096,
+                host: 2048
+            })
+        );
         assert_eq!(check_memory(64 << 20, Some(2 << 30)), Ok(()));
         assert_eq!(check_vcpus(0, 255), Err(Error::NoVcpus));
-        assert_eq!(check_vcpus(300, 1024), Err(Error::TooManyVcpus { given: 300, limit: 254 }));
-        assert_eq!(check_vcpus(4, 2), Err(Error::TooManyVcpus { given: 4, limit: 2 }));
+        assert_eq!(
+            check_vcpus(300, 1024),
+            Err(Error::TooManyVcpus {
+                given: 300,
+                limit: 254
+            })
+        );
+        assert_eq!(
+            check_vcpus(4, 2),
+            Err(Error::TooManyVcpus { given: 4, limit: 2 })
+        );
         assert_eq!(check_vcpus(4, 255), Ok(4));
     }
 }

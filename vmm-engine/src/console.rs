@@ -71,13 +71,31 @@ const TOKEN_STOP: u64 = 1;
 
 /// Starts feeding stdin to the UART, if asked to. Stdin that cannot be polled (a regular
 /// file, /dev/null) gives the guest no input rather than an error.
-pub fn spawn_input(input: &ConsoleInput, serial: Arc<Mutex<SerialDevice>>, exit: ExitSender) -> Option<InputThread> {
-    let ConsoleInput::Stdin { escapes } = *input else { return None };
+pub fn spawn_input(
+    input: &ConsoleInput,
+    serial: Arc<Mutex<SerialDevice>>,
+    exit: ExitSender,
+) -> Option<InputThread> {
+    let ConsoleInput::Stdin { escapes } = *input else {
+        return None;
+    };
     let stop = EventFd::new(libc::EFD_NONBLOCK).ok()?;
     let epoll = Epoll::new().ok()?;
     let stdin_fd = std::io::stdin().as_raw_fd();
-    epoll.ctl(ControlOperation::Add, stdin_fd, EpollEvent::new(EventSet::IN, TOKEN_STDIN)).ok()?;
-    epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_STOP)).ok()?;
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            stdin_fd,
+            EpollEvent::new(EventSet::IN, TOKEN_STDIN),
+        )
+        .ok()?;
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        )
+        .ok()?;
     let stop_for_thread = stop.try_clone().ok()?;
     let thread = std::thread::Builder::new()
         .name("console-in".into())
@@ -87,7 +105,13 @@ pub fn spawn_input(input: &ConsoleInput, serial: Arc<Mutex<SerialDevice>>, exit:
     Some(InputThread { stop, thread })
 }
 
-fn input_loop(epoll: Epoll, stop: EventFd, serial: Arc<Mutex<SerialDevice>>, exit: ExitSender, escapes: bool) {
+fn input_loop(
+    epoll: Epoll,
+    stop: EventFd,
+    serial: Arc<Mutex<SerialDevice>>,
+    exit: ExitSender,
+    escapes: bool,
+) {
     let mut events = [EpollEvent::default(); 2];
     let mut decoder = EscapeDecoder::default();
     let mut buf = [0u8; 64];

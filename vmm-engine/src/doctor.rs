@@ -85,7 +85,10 @@ pub fn open_kvm(device: &Path) -> Result<Kvm, KvmOpenError> {
     let kvm = Kvm::new_with_path(c_path).map_err(|e| match e.errno() {
         libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmOpenError::Missing(shown.clone()),
         libc::EACCES | libc::EPERM => KvmOpenError::PermissionDenied(shown.clone()),
-        errno => KvmOpenError::Other { path: shown.clone(), source: std::io::Error::from_raw_os_error(errno) },
+        errno => KvmOpenError::Other {
+            path: shown.clone(),
+            source: std::io::Error::from_raw_os_error(errno),
+        },
     })?;
     let version = kvm.get_api_version();
     if version != 12 {
@@ -137,7 +140,15 @@ pub fn examine(device: &Path) -> Report {
             push("max_vcpus", kvm.get_max_vcpus().to_string());
             push("recommended_vcpus", kvm.get_nr_vcpus().to_string());
             for (name, cap) in CAPABILITIES {
-                push(&format!("cap_{name}"), if kvm.check_extension(*cap) { "yes" } else { "no" }.into());
+                push(
+                    &format!("cap_{name}"),
+                    if kvm.check_extension(*cap) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .into(),
+                );
             }
             true
         }
@@ -147,10 +158,16 @@ pub fn examine(device: &Path) -> Report {
             false
         }
     };
-    push("host_memory_mib", (host_memory_bytes().unwrap_or(0) >> 20).to_string());
+    push(
+        "host_memory_mib",
+        (host_memory_bytes().unwrap_or(0) >> 20).to_string(),
+    );
     push("runs_probe_guest", if usable { "yes" } else { "no" }.into());
     let unmodified = usable && flavour.runs_unmodified_kernels();
-    push("runs_unmodified_kernels", if unmodified { "yes" } else { "no" }.into());
+    push(
+        "runs_unmodified_kernels",
+        if unmodified { "yes" } else { "no" }.into(),
+    );
     let verdict = match (usable, flavour) {
         (false, _) => "KVM is not usable: fix the kvm_access line above".to_owned(),
         (true, KvmFlavour::Pvm) => {
@@ -181,8 +198,14 @@ mod tests {
 
     #[test]
     fn flavour_from_modules() {
-        assert_eq!(KvmFlavour::from_modules(|m| m == "kvm_pvm" || m == "kvm_intel"), KvmFlavour::Pvm);
-        assert_eq!(KvmFlavour::from_modules(|m| m == "kvm_amd"), KvmFlavour::AmdV);
+        assert_eq!(
+            KvmFlavour::from_modules(|m| m == "kvm_pvm" || m == "kvm_intel"),
+            KvmFlavour::Pvm
+        );
+        assert_eq!(
+            KvmFlavour::from_modules(|m| m == "kvm_amd"),
+            KvmFlavour::AmdV
+        );
         assert!(!KvmFlavour::Pvm.runs_unmodified_kernels());
         assert!(KvmFlavour::IntelVtx.runs_unmodified_kernels());
     }
@@ -196,7 +219,10 @@ mod tests {
 
     #[test]
     fn meminfo_parsing() {
-        assert_eq!(parse_mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"), Some(24_576_000 << 10));
+        assert_eq!(
+            parse_mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            Some(24_576_000 << 10)
+        );
         assert_eq!(parse_mem_total("nothing"), None);
     }
 }

@@ -102,14 +102,22 @@ fn usage_error(e: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let rendered = e.render().to_string();
-    let first = rendered.lines().next().unwrap_or("bad command line").trim_start_matches("error: ");
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("bad command line")
+        .trim_start_matches("error: ");
     eprintln!("vireo-vmm: {first} (see vireo-vmm --help)");
     ExitCode::from(code::USAGE as u8)
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG").unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run_vm(cli: Cli) -> ExitCode {
@@ -119,10 +127,19 @@ fn run_vm(cli: Cli) -> ExitCode {
     };
     let vcpus = match u8::try_from(cli.cpus) {
         Ok(n) => n,
-        Err(_) => return fail(&config::Error::TooManyVcpus { given: cli.cpus, limit: config::MAX_VCPUS }),
+        Err(_) => {
+            return fail(&config::Error::TooManyVcpus {
+                given: cli.cpus,
+                limit: config::MAX_VCPUS,
+            })
+        }
     };
     let config = VmConfig {
-        boot: BootSource { kernel: cli.kernel.expect("clap requires --kernel"), initrd: cli.initrd, cmdline: cli.cmdline },
+        boot: BootSource {
+            kernel: cli.kernel.expect("clap requires --kernel"),
+            initrd: cli.initrd,
+            cmdline: cli.cmdline,
+        },
         vcpus,
         memory,
         reboot: match cli.reboot {
@@ -134,13 +151,17 @@ fn run_vm(cli: Cli) -> ExitCode {
     let raw = RawTerminal::enter();
     let console = Console {
         output: Arc::new(Mutex::new(std::io::stdout())),
-        input: ConsoleInput::Stdin { escapes: raw.is_some() },
+        input: ConsoleInput::Stdin {
+            escapes: raw.is_some(),
+        },
     };
     let result = vireo_vmm::run(&config, &console);
     drop(raw);
     match result {
         Ok(reason) => {
-            if reason.exit_code() != code::POWER_OFF || matches!(reason, vireo_vmm::ExitReason::Stopped) {
+            if reason.exit_code() != code::POWER_OFF
+                || matches!(reason, vireo_vmm::ExitReason::Stopped)
+            {
                 eprintln!("vireo-vmm: {reason}");
             }
             ExitCode::from(reason.exit_code() as u8)

@@ -29,7 +29,8 @@ pub fn install_kick_handler() -> std::io::Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = register_signal_handler(kick_signal(), on_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
+        result = register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()));
     });
     result
 }
@@ -55,14 +56,44 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, &ctx.pio),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,
-            Err(e) => Outcome::Stop(ExitReason::Crash(format!("KVM_RUN failed on vCPU {index}: {e}"))),
+            Err(e) => Outcome::Stop(ExitReason::Crash(format!("KVM_RUN failed: {e}"))),
         };
         if let Outcome::Stop(reason) = outcome {
+            let reason = match reason {
+                ExitReason::Crash(why) => ExitReason::Crash(format!(
+                    "{why} on vCPU {index}{}",
+                    where_it_stopped(&mut vcpu)
+                )),
+                other => other,
+            };
             tracing::debug!("vcpu{index}: {reason}");
             ctx.exit.send(reason);
             break;
         }
     }
+}
+
+/// Where a crashed vCPU was, and KVM's own detail for an internal error: what a person
+/// needs to tell a guest bug from a KVM limitation (PVM cannot emulate FXSAVE/XRSTOR,
+/// for instance, and reports that as an emulation failure).
+fn where_it_stopped(vcpu: &mut VcpuFd) -> String {
+    let mut text = String::new();
+    let run = vcpu.get_kvm_run();
+    if run.exit_reason == kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+        // SAFETY: the exit reason says the `internal` member of the union is the live one.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let what = match internal.suberror {
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "instruction emulation failed",
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+            kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failed",
+            _ => "other",
+        };
+        text.push_str(&format!(", suberror {} ({what})", internal.suberror));
+    }
+    if let Ok(regs) = vcpu.get_regs() {
+        text.push_str(&format!(", rip {:#x}", regs.rip));
+    }
+    text
 }
 
 enum Outcome {
@@ -81,16 +112,24 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus) -> Outcome {
         VcpuExit::MmioWrite(addr, _) => tracing::trace!("mmio write to unclaimed {addr:#x}"),
         // The in-kernel LAPIC handles HLT; an interrupted run just goes round again.
         VcpuExit::Hlt | VcpuExit::Intr => {}
-        VcpuExit::Shutdown => return Outcome::Stop(ExitReason::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into())),
+        VcpuExit::Shutdown => {
+            return Outcome::Stop(ExitReason::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()))
+        }
         VcpuExit::SystemEvent(kind, _) => {
             return Outcome::Stop(match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
-                KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash("guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into()),
+                KVM_SYSTEM_EVENT_CRASH => {
+                    ExitReason::Crash("guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into())
+                }
                 other => ExitReason::Crash(format!("unknown KVM system event {other}")),
             })
         }
-        VcpuExit::InternalError => return Outcome::Stop(ExitReason::Crash("KVM internal error (KVM_EXIT_INTERNAL_ERROR)".into())),
+        VcpuExit::InternalError => {
+            return Outcome::Stop(ExitReason::Crash(
+                "KVM internal error (KVM_EXIT_INTERNAL_ERROR)".into(),
+            ))
+        }
         VcpuExit::FailEntry(reason, cpu) => {
             return Outcome::Stop(ExitReason::Crash(format!(
                 "VM entry failed (KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on CPU {cpu})"

@@ -62,13 +62,18 @@ pub struct Console {
 /// Runs the VM until it stops for good (power-off, crash, the user; a reboot too unless
 /// the policy restarts it) and says why.
 pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
-    let kvm = doctor::open_kvm(&config.kvm_device)?;
+    // The user's own mistakes first, so they hear about them on any host.
     config::check_memory(config.memory, doctor::host_memory_bytes())?;
-    config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
+    config::check_vcpus(u32::from(config.vcpus), config::MAX_VCPUS)?;
     boot::detect_format(&config.boot.kernel)?;
     if let Some(initrd) = &config.boot.initrd {
-        std::fs::metadata(initrd).map_err(|source| boot::Error::InitrdUnreadable { path: initrd.clone(), source })?;
+        std::fs::File::open(initrd).map_err(|source| boot::Error::InitrdUnreadable {
+            path: initrd.clone(),
+            source,
+        })?;
     }
+    let kvm = doctor::open_kvm(&config.kvm_device)?;
+    config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
     vcpu::install_kick_handler().map_err(Error::Thread)?;
     loop {
         let reason = boot_once(&kvm, config, console)?;
@@ -88,13 +93,29 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("route the serial interrupt"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, console.output.clone())));
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("route the serial interrupt"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        console.output.clone(),
+    )));
     let mut pio = PioBus::default();
     pio.insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone());
-    pio.insert(i8042::I8042_PORT, i8042::I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(exit_tx.clone()))));
-    pio.insert(cmos::CMOS_PORT, cmos::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new(config.memory))));
-    pio.insert(acpi_pm::SLEEP_CONTROL_PORT, acpi_pm::PORT_RANGE_LEN, Arc::new(Mutex::new(AcpiPmDevice::new(exit_tx.clone()))));
+    pio.insert(
+        i8042::I8042_PORT,
+        i8042::I8042_PORT_LEN,
+        Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
+    );
+    pio.insert(
+        cmos::CMOS_PORT,
+        cmos::CMOS_PORT_LEN,
+        Arc::new(Mutex::new(Cmos::new(config.memory))),
+    );
+    pio.insert(
+        acpi_pm::SLEEP_CONTROL_PORT,
+        acpi_pm::PORT_RANGE_LEN,
+        Arc::new(Mutex::new(AcpiPmDevice::new(exit_tx.clone()))),
+    );
     let pio = Arc::new(pio);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,7 +131,9 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
     drop(exit_tx);
 
     // Every vCPU thread holds a sender, so this returns when something ends the VM.
-    let reason = exit_rx.recv().unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
+    let reason = exit_rx
+        .recv()
+        .unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
     vcpu::stop_all(threads, &stop);
     if let Some(input) = input {
         input.stop();
@@ -120,23 +143,33 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
     let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize).map_err(kvm_err("set the TSS address"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("set the TSS address"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("set the identity map address"))?;
-    vm.create_irq_chip().map_err(kvm_err("create the in-kernel irqchip"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel irqchip"))?;
     // The PIT keeps port 0x61 (speaker) in the kernel too, so it never exits to us.
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-    vm.create_pit2(pit).map_err(kvm_err("create the in-kernel PIT"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("create the in-kernel PIT"))?;
     Ok(vm)
 }
 
 /// Anonymous, MAP_NORESERVE guest RAM (untouched pages cost nothing), registered with
 /// KVM one slot per range.
 fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
-    let ranges: Vec<(GuestAddress, usize)> =
-        layout::ram_ranges(size).into_iter().map(|(start, len)| (GuestAddress(start), len as usize)).collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|e| Error::GuestMemory { size: size >> 20, detail: e.to_string() })?;
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
+        .into_iter()
+        .map(|(start, len)| (GuestAddress(start), len as usize))
+        .collect();
+    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+        size: size >> 20,
+        detail: e.to_string(),
+    })?;
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -171,12 +204,17 @@ fn start_vcpus(
     // Every vCPU exists before any runs, so the guest's INIT/SIPI always finds its APs.
     let mut fds = Vec::with_capacity(count as usize);
     for index in 0..count {
-        let fd = setup_vcpu(vm, mem, &supported, index, count, entry).map_err(|e| (e, Vec::new()))?;
+        let fd =
+            setup_vcpu(vm, mem, &supported, index, count, entry).map_err(|e| (e, Vec::new()))?;
         fds.push(fd);
     }
     let mut threads = Vec::with_capacity(count as usize);
     for (index, fd) in fds.into_iter().enumerate() {
-        let ctx = vcpu::VcpuContext { pio: pio.clone(), exit: exit.clone(), stop: stop.clone() };
+        let ctx = vcpu::VcpuContext {
+            pio: pio.clone(),
+            exit: exit.clone(),
+            stop: stop.clone(),
+        };
         match vcpu::spawn(index as u8, fd, ctx) {
             Ok(t) => threads.push(t),
             Err(e) => return Err((Error::Thread(e), threads)),
@@ -193,9 +231,12 @@ fn setup_vcpu(
     count: u8,
     entry: regs::EntryMode,
 ) -> Result<kvm_ioctls::VcpuFd, Error> {
-    let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("create a vCPU"))?;
+    let fd = vm
+        .create_vcpu(u64::from(index))
+        .map_err(kvm_err("create a vCPU"))?;
     let tsc_khz = fd.get_tsc_khz().ok();
-    fd.set_cpuid2(&cpuid::for_vcpu(supported, index, count, tsc_khz)).map_err(kvm_err("set the CPUID"))?;
+    fd.set_cpuid2(&cpuid::for_vcpu(supported, index, count, tsc_khz))
+        .map_err(kvm_err("set the CPUID"))?;
     regs::setup_common(&fd)?;
     if index == 0 {
         regs::setup_boot_vcpu(&fd, mem, entry)?;

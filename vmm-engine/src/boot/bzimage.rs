@@ -28,14 +28,32 @@ const LOADED_HIGH: u8 = 1;
 /// `loadflags` bit 7: may use the heap below the setup code (unused, but harmless).
 const CAN_USE_HEAP: u8 = 0x80;
 
-pub(super) fn load(mem: &GuestMemoryMmap, mem_size: u64, source: &BootSource, cmdline_len: usize) -> Result<EntryMode, Error> {
+pub(super) fn load(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    source: &BootSource,
+    cmdline_len: usize,
+) -> Result<EntryMode, Error> {
     let path = &source.kernel;
-    let mut file = File::open(path).map_err(|source| Error::KernelUnreadable { path: path.clone(), source })?;
-    let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
-        .map_err(|e| Error::Load { path: path.clone(), detail: e.to_string() })?;
-    let mut hdr = loaded.setup_header.ok_or_else(|| Error::NotAKernel(path.clone()))?;
+    let mut file = File::open(path).map_err(|source| Error::KernelUnreadable {
+        path: path.clone(),
+        source,
+    })?;
+    let loaded =
+        BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|e| {
+            Error::Load {
+                path: path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+    let mut hdr = loaded
+        .setup_header
+        .ok_or_else(|| Error::NotAKernel(path.clone()))?;
     if hdr.version < MIN_BOOT_PROTOCOL || hdr.xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(Error::OldBzImage { path: path.clone(), version: hdr.version });
+        return Err(Error::OldBzImage {
+            path: path.clone(),
+            version: hdr.version,
+        });
     }
 
     hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
@@ -50,10 +68,18 @@ pub(super) fn load(mem: &GuestMemoryMmap, mem_size: u64, source: &BootSource, cm
         hdr.ramdisk_size = placed.size as u32;
     }
 
-    let mut params = boot_params { hdr, acpi_rsdp_addr: RSDP_START, ..Default::default() };
+    let mut params = boot_params {
+        hdr,
+        acpi_rsdp_addr: RSDP_START,
+        ..Default::default()
+    };
     let map = layout::memory_map(mem_size);
     for (slot, e) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
     }
     params.e820_entries = map.len() as u8;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))?;

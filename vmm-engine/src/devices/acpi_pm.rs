@@ -38,7 +38,9 @@ impl PioDevice for AcpiPmDevice {
     fn write(&mut self, offset: u16, data: &[u8]) {
         let Some(&value) = data.first() else { return };
         match offset {
-            0 if value & SLP_EN != 0 && (value & SLP_TYP_MASK) >> SLP_TYP_SHIFT == S5_SLEEP_TYPE => {
+            0 if value & SLP_EN != 0
+                && (value & SLP_TYP_MASK) >> SLP_TYP_SHIFT == S5_SLEEP_TYPE =>
+            {
                 self.exit.send(ExitReason::PowerOff)
             }
             2 if value == RESET_VALUE => self.exit.send(ExitReason::Reboot),

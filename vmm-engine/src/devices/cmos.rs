@@ -51,7 +51,10 @@ pub struct Cmos {
 }
 
 fn host_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Cmos {
@@ -68,12 +71,20 @@ impl Cmos {
         // above 4 GiB in 64 KiB units.
         let low = mem_size.min(crate::x86_64::layout::MMIO_HOLE_START);
         let ext_kib = (low.saturating_sub(1 << 20) >> 10).min(0xffff) as u16;
-        ram[reg::EXT_MEM_LOW as usize..=reg::EXT_MEM_HIGH as usize].copy_from_slice(&ext_kib.to_le_bytes());
+        ram[reg::EXT_MEM_LOW as usize..=reg::EXT_MEM_HIGH as usize]
+            .copy_from_slice(&ext_kib.to_le_bytes());
         let above_16m = (low.saturating_sub(16 << 20) >> 16).min(0xffff) as u16;
-        ram[reg::MEM_ABOVE_16M_LOW as usize..=reg::MEM_ABOVE_16M_HIGH as usize].copy_from_slice(&above_16m.to_le_bytes());
+        ram[reg::MEM_ABOVE_16M_LOW as usize..=reg::MEM_ABOVE_16M_HIGH as usize]
+            .copy_from_slice(&above_16m.to_le_bytes());
         let above_4g = mem_size.saturating_sub(crate::x86_64::layout::MMIO_HOLE_START) >> 16;
-        ram[reg::MEM_ABOVE_4G_LOW as usize..reg::MEM_ABOVE_4G_LOW as usize + 3].copy_from_slice(&above_4g.to_le_bytes()[..3]);
-        Self { index: 0, ram, offset_secs: 0, now }
+        ram[reg::MEM_ABOVE_4G_LOW as usize..reg::MEM_ABOVE_4G_LOW as usize + 3]
+            .copy_from_slice(&above_4g.to_le_bytes()[..3]);
+        Self {
+            index: 0,
+            ram,
+            offset_secs: 0,
+            now,
+        }
     }
 
     fn encode(&self, v: u32) -> u8 {
@@ -138,7 +149,16 @@ impl Cmos {
     /// Copies the current time into the registers so a guest that sets only some of
     /// them keeps the rest.
     fn latch_time(&mut self) {
-        for r in [reg::SECONDS, reg::MINUTES, reg::HOURS, reg::WEEKDAY, reg::DAY_OF_MONTH, reg::MONTH, reg::YEAR, reg::CENTURY] {
+        for r in [
+            reg::SECONDS,
+            reg::MINUTES,
+            reg::HOURS,
+            reg::WEEKDAY,
+            reg::DAY_OF_MONTH,
+            reg::MONTH,
+            reg::YEAR,
+            reg::CENTURY,
+        ] {
             self.ram[r as usize] = self.read_register(r);
         }
     }
@@ -169,13 +189,24 @@ impl Cmos {
 fn is_time_register(r: u8) -> bool {
     matches!(
         r,
-        reg::SECONDS | reg::MINUTES | reg::HOURS | reg::WEEKDAY | reg::DAY_OF_MONTH | reg::MONTH | reg::YEAR | reg::CENTURY
+        reg::SECONDS
+            | reg::MINUTES
+            | reg::HOURS
+            | reg::WEEKDAY
+            | reg::DAY_OF_MONTH
+            | reg::MONTH
+            | reg::YEAR
+            | reg::CENTURY
     )
 }
 
 impl PioDevice for Cmos {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
-        let v = if offset == 1 { self.read_register(self.index) } else { 0xff };
+        let v = if offset == 1 {
+            self.read_register(self.index)
+        } else {
+            0xff
+        };
         data.fill(v);
     }
 
@@ -228,7 +259,12 @@ impl DateTime {
     }
 
     fn to_unix(self) -> Option<i64> {
-        if !(1..=12).contains(&self.month) || !(1..=31).contains(&self.day) || self.hour > 23 || self.minute > 59 || self.second > 59 {
+        if !(1..=12).contains(&self.month)
+            || !(1..=31).contains(&self.day)
+            || self.hour > 23
+            || self.minute > 59
+            || self.second > 59
+        {
             return None;
         }
         let y = i64::from(self.year) - i64::from(self.month <= 2);
@@ -247,7 +283,7 @@ mod tests {
     use super::*;
 
     /// 2026-11-25 11:44:22 UTC, a Wednesday.
-    const FIXED: i64 = 1_796_039_062;
+    const FIXED: i64 = 1_795_607_062;
 
     fn read(c: &mut Cmos, r: u8) -> u8 {
         c.write(0, &[r]);
@@ -259,7 +295,10 @@ mod tests {
     #[test]
     fn calendar_conversion_round_trips() {
         let t = DateTime::from_unix(FIXED);
-        assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.second, t.weekday), (2026, 11, 25, 11, 44, 22, 3));
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute, t.second, t.weekday),
+            (2026, 11, 25, 11, 44, 22, 3)
+        );
         assert_eq!(t.to_unix(), Some(FIXED));
         assert_eq!(DateTime::from_unix(0).to_unix(), Some(0));
         let leap = DateTime::from_unix(951_782_400); // 2000-02-29
@@ -292,7 +331,12 @@ mod tests {
         c.write(0, &[reg::STATUS_B]);
         c.write(1, &[B_24H | B_BINARY]);
         assert_eq!(read(&mut c, reg::YEAR), 26);
-        let above_4g = u32::from_le_bytes([read(&mut c, 0x5b), read(&mut c, 0x5c), read(&mut c, 0x5d), 0]);
+        let above_4g = u32::from_le_bytes([
+            read(&mut c, 0x5b),
+            read(&mut c, 0x5c),
+            read(&mut c, 0x5d),
+            0,
+        ]);
         assert_eq!(u64::from(above_4g) << 16, 2 << 30);
     }
 }

@@ -30,7 +30,12 @@ pub struct PioBus {
 
 impl PioBus {
     pub fn insert(&mut self, base: u16, len: u16, device: Arc<Mutex<dyn PioDevice>>) {
-        debug_assert!(self.ranges.iter().all(|r| base + len <= r.base || r.base + r.len <= base), "overlapping port ranges");
+        debug_assert!(
+            self.ranges
+                .iter()
+                .all(|r| base + len <= r.base || r.base + r.len <= base),
+            "overlapping port ranges"
+        );
         self.ranges.push(PioRange { base, len, device });
     }
 

@@ -37,7 +37,10 @@ pub type ConsoleSink = std::sync::Arc<std::sync::Mutex<dyn Write + Send>>;
 
 impl BatchedOutput {
     pub fn new(sink: ConsoleSink) -> Self {
-        Self { sink, pending: Vec::with_capacity(256) }
+        Self {
+            sink,
+            pending: Vec::with_capacity(256),
+        }
     }
 
     fn push_out(&mut self) {
@@ -72,7 +75,9 @@ pub struct SerialDevice {
 
 impl SerialDevice {
     pub fn new(interrupt: EventFd, out: ConsoleSink) -> Self {
-        Self { uart: Serial::new(IrqTrigger(interrupt), BatchedOutput::new(out)) }
+        Self {
+            uart: Serial::new(IrqTrigger(interrupt), BatchedOutput::new(out)),
+        }
     }
 
     /// Queues console input for the guest; returns how many bytes fit in the FIFO.
@@ -128,7 +133,8 @@ mod tests {
     #[test]
     fn a_string_write_comes_out_whole_and_input_reaches_the_guest() {
         let out = Shared::default();
-        let mut dev = SerialDevice::new(EventFd::new(0).unwrap(), Arc::new(Mutex::new(out.clone())));
+        let mut dev =
+            SerialDevice::new(EventFd::new(0).unwrap(), Arc::new(Mutex::new(out.clone())));
         dev.write(0, b"hello\n");
         assert_eq!(&*out.0.lock().unwrap(), b"hello\n");
         assert_eq!(dev.enqueue_input(b"ok"), 2);

@@ -22,7 +22,8 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8, tsc_khz: Option<u32>) -
         match entry.function {
             1 => {
                 // Initial APIC ID in EBX[31:24], logical processor count in EBX[23:16].
-                entry.ebx = (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
+                entry.ebx =
+                    (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
                 entry.ecx |= LEAF1_ECX_HYPERVISOR;
                 // HTT: the count in EBX[23:16] is valid.
                 entry.edx |= 1 << 28;
@@ -54,7 +55,9 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8, tsc_khz: Option<u32>) -
                     }
                 }
             }
-            KVM_CPUID_SIGNATURE if tsc_khz.is_some() => entry.eax = entry.eax.max(HYPERVISOR_TIMING_LEAF),
+            KVM_CPUID_SIGNATURE if tsc_khz.is_some() => {
+                entry.eax = entry.eax.max(HYPERVISOR_TIMING_LEAF)
+            }
             _ => {}
         }
     }
@@ -80,7 +83,11 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -96,7 +103,13 @@ mod tests {
         ])
         .unwrap();
         let cpuid = for_vcpu(&supported, 2, 3, Some(2_000_000));
-        let get = |f: u32, i: u32| *cpuid.as_slice().iter().find(|e| e.function == f && e.index == i).unwrap();
+        let get = |f: u32, i: u32| {
+            *cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == f && e.index == i)
+                .unwrap()
+        };
         assert_eq!(get(1, 0).ebx >> 24, 2);
         assert_ne!(get(1, 0).ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!(get(7, 0).edx, 1);

@@ -73,7 +73,11 @@ pub struct MemoryMapEntry {
 /// holding our ACPI tables, and the RAM ranges above 1 MiB.
 pub fn memory_map(mem_size: u64) -> Vec<MemoryMapEntry> {
     let mut map = vec![
-        MemoryMapEntry { addr: 0, size: EBDA_START, kind: E820_RAM },
+        MemoryMapEntry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
         MemoryMapEntry {
             addr: EBDA_START,
             size: HIMEM_START - EBDA_START,
@@ -84,7 +88,11 @@ pub fn memory_map(mem_size: u64) -> Vec<MemoryMapEntry> {
         let start_hi = start.max(HIMEM_START);
         let end = start + len;
         if end > start_hi {
-            map.push(MemoryMapEntry { addr: start_hi, size: end - start_hi, kind: E820_RAM });
+            map.push(MemoryMapEntry {
+                addr: start_hi,
+                size: end - start_hi,
+                kind: E820_RAM,
+            });
         }
     }
     map
@@ -103,17 +111,38 @@ mod tests {
     fn small_vm_has_one_ram_range_and_a_legacy_hole() {
         let map = memory_map(64 << 20);
         assert_eq!(map.len(), 3);
-        assert_eq!(map[0], MemoryMapEntry { addr: 0, size: EBDA_START, kind: E820_RAM });
+        assert_eq!(
+            map[0],
+            MemoryMapEntry {
+                addr: 0,
+                size: EBDA_START,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(map[1].kind, E820_RESERVED);
-        assert_eq!(map[2], MemoryMapEntry { addr: HIMEM_START, size: (64 << 20) - HIMEM_START, kind: E820_RAM });
+        assert_eq!(
+            map[2],
+            MemoryMapEntry {
+                addr: HIMEM_START,
+                size: (64 << 20) - HIMEM_START,
+                kind: E820_RAM
+            }
+        );
     }
 
     #[test]
     fn large_vm_is_split_around_the_mmio_hole() {
         let mem = 5u64 << 30;
-        assert_eq!(ram_ranges(mem), vec![(0, MMIO_HOLE_START), (FOUR_GIB, mem - MMIO_HOLE_START)]);
+        assert_eq!(
+            ram_ranges(mem),
+            vec![(0, MMIO_HOLE_START), (FOUR_GIB, mem - MMIO_HOLE_START)]
+        );
         let map = memory_map(mem);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, mem - (HIMEM_START - EBDA_START));
         assert_eq!(map.last().unwrap().addr, FOUR_GIB);
     }

@@ -5,7 +5,7 @@
 //! - Linux 64-bit boot protocol: long mode with an identity map of the first GiB,
 //!   `rsi` = `boot_params` (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol").
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs, Msrs, kvm_msr_entry};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -53,7 +53,11 @@ fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     kvm_segment {
         base,
         // With the granularity bit set the limit counts 4 KiB pages.
-        limit: if g == 1 { ((limit_raw as u32) << 12) | 0xfff } else { limit_raw as u32 },
+        limit: if g == 1 {
+            ((limit_raw as u32) << 12) | 0xfff
+        } else {
+            limit_raw as u32
+        },
         selector: u16::from(index) * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -89,7 +93,10 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 /// reset state and wait for INIT/SIPI from the guest.
 pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: EntryMode) -> Result<(), Error> {
     let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
-    let mut regs = kvm_regs { rflags: RFLAGS_RESERVED, ..Default::default() };
+    let mut regs = kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    };
     match mode {
         EntryMode::Pvh { entry, start_info } => {
             let gdt = [
@@ -131,7 +138,11 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, mode: EntryMode) ->
 /// State every vCPU needs, boot or not: a sane FPU, fast strings, and the local APIC's
 /// LINT0/LINT1 wired as on a PC (ExtINT from the PIC, NMI).
 pub fn setup_common(vcpu: &VcpuFd) -> Result<(), Error> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("FPU state"))?;
     let msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_IA32_MISC_ENABLE,
@@ -191,7 +202,10 @@ fn load_gdt(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs, gdt: &[u64; 4]) -> Res
 /// Identity-maps the first GiB with 2 MiB pages, enough for the kernel's own early code
 /// to build its real page tables.
 fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
-    let write = |value: u64, addr: u64| mem.write_obj(value, GuestAddress(addr)).map_err(Error::GuestMemory);
+    let write = |value: u64, addr: u64| {
+        mem.write_obj(value, GuestAddress(addr))
+            .map_err(Error::GuestMemory)
+    };
     write(PDPTE_START | PTE_PRESENT_RW, PML4_START)?;
     write(PDE_START | PTE_PRESENT_RW, PDPTE_START)?;
     for i in 0..512u64 {
@@ -207,7 +221,10 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let code = segment_from_gdt(gdt_entry(0xa09b, 0, 0xfffff), 1);
-        assert_eq!((code.selector, code.l, code.g, code.present, code.type_), (8, 1, 1, 1, 0xb));
+        assert_eq!(
+            (code.selector, code.l, code.g, code.present, code.type_),
+            (8, 1, 1, 1, 0xb)
+        );
         assert_eq!(code.limit, 0xffff_ffff);
         let code32 = segment_from_gdt(gdt_entry(0xc09b, 0, 0xfffff), 1);
         assert_eq!((code32.db, code32.l), (1, 0));

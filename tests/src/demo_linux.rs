@@ -1,0 +1,30 @@
+//! The Vireo demo Linux (Debian's kernel + our initramfs), built once per test process
+//! by `vireo-installers` into `target/demo-linux` (packages cached under `target/`).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use vireo_installers::{build_image, default_cache_dir, workspace_root, BuildOptions, ImageReport};
+
+use crate::repo_root;
+
+/// Builds (or finds cached) the demo image and returns what it holds.
+pub fn demo_image() -> ImageReport {
+    static IMAGE: OnceLock<ImageReport> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let options = BuildOptions {
+                out_dir: repo_root().join("target/demo-linux"),
+                cache_dir: default_cache_dir(),
+                workspace: workspace_root(),
+            };
+            build_image(&options, &mut |_| {})
+                .unwrap_or_else(|e| panic!("building the demo Linux image failed: {e}"))
+        })
+        .clone()
+}
+
+/// The uncompressed kernel, for the PVH path.
+pub fn vmlinux() -> PathBuf {
+    demo_image().vmlinux
+}

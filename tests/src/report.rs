@@ -1,0 +1,45 @@
+//! Ran or skipped: every end-to-end test says which, in a line `.ci/run` can check and a
+//! person can see. Skip lines go straight to stderr (past the test harness's capture)
+//! so they are loud in every run.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::repo_root;
+
+/// Where outcomes are appended, one line each: `RAN <test>` or `SKIPPED <test>: <why>`.
+pub fn results_file() -> PathBuf {
+    std::env::var_os("VIREO_E2E_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/e2e-results.log"))
+}
+
+fn append(line: &str) {
+    let path = results_file();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// Records that `test` ran for real.
+pub fn ran(test: &str) {
+    append(&format!("RAN {test}"));
+}
+
+/// Records and announces that `test` could not run on this host.
+pub fn skipped(test: &str, why: &str) {
+    append(&format!("SKIPPED {test}: {why}"));
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED {test}: {why} ***\n");
+}
+
+/// Whether this host has a KVM device at all.
+pub fn host_has_kvm() -> bool {
+    std::path::Path::new("/dev/kvm").exists()
+}

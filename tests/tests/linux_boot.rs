@@ -1,0 +1,184 @@
+//! Real Linux under `vireo-vmm`.
+//!
+//! - Early boot, on any KVM host: Debian's `vmlinux` through PVH with 3 vCPUs and 1 GiB.
+//!   On PVM the kernel is interpreted and stops where PVM cannot go on (FXSAVE/XRSTOR),
+//!   but its own log shows what it made of our boot parameters: the banner, the command
+//!   line, the memory map, the ACPI tables (and no ACPI errors), the vCPU count.
+//! - Full boot of the demo image (bzImage and vmlinux) where the host has hardware
+//!   virtualization: `nproc`, `MemTotal` and `date` as asked. Elsewhere: a loud skip.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use vireo_e2e::demo_linux::{demo_image, vmlinux};
+use vireo_e2e::engine::{host_runs_linux, run_vmm, s, vmm_binary, LiveGuest};
+use vireo_e2e::report;
+use vireo_vmm::boot::DEFAULT_CMDLINE;
+use vireo_vmm::x86_64::layout::{self, E820_RAM};
+
+/// Interpreted kernel code is slow and CI machines are shared: be generous.
+const EARLY_BOOT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The kernel's own e820 line for one entry of our memory map.
+fn e820_line(e: &layout::MemoryMapEntry) -> String {
+    let kind = if e.kind == E820_RAM {
+        "usable"
+    } else {
+        "reserved"
+    };
+    format!(
+        "BIOS-e820: [mem {:#018x}-{:#018x}] {kind}",
+        e.addr,
+        e.addr + e.size - 1
+    )
+}
+
+#[test]
+fn linux_early_boot_through_pvh() {
+    const TEST: &str = "linux_boot::linux_early_boot_through_pvh";
+    if !report::host_has_kvm() {
+        report::skipped(TEST, "no /dev/kvm on this host");
+        return;
+    }
+    report::ran(TEST);
+    let kernel = vmlinux();
+    let user_cmdline = "earlyprintk=serial console=ttyS0 loglevel=8";
+    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&kernel),
+        "--cpus",
+        "3",
+        "--memory",
+        "1G",
+        "--cmdline",
+        user_cmdline,
+    ]));
+
+    let mut expected = vec![
+        "Linux version 6.".to_owned(),
+        format!("Command line: {DEFAULT_CMDLINE} {user_cmdline}"),
+    ];
+    expected.extend(layout::memory_map(1 << 30).iter().map(e820_line));
+    for table in ["RSDP 0x00000000000E0000", "XSDT", "FACP", "DSDT", "APIC"] {
+        expected.push(format!("ACPI: {table}"));
+    }
+    expected.push("smpboot: Allowing 3 CPUs, 0 hotplug CPUs".to_owned());
+    let mut reached = Vec::new();
+    for needle in &expected {
+        match guest.wait_for(needle, EARLY_BOOT_DEADLINE) {
+            Some(at) => reached.push((needle.clone(), at)),
+            None => {
+                let seen = guest.kill();
+                panic!(
+                    "the kernel never printed {needle:?}; its log:\n{}",
+                    seen.join("\n")
+                );
+            }
+        }
+    }
+    // Let it run on to wherever it stops (on PVM: the first FXSAVE/XRSTOR) or to the end
+    // of the deadline, and record how far it got.
+    let status = guest.wait_exit(Duration::from_secs(120));
+    let elapsed = guest.started.elapsed();
+    let log = guest.kill();
+    let acpi_errors: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            l.contains("ACPI Error") || l.contains("ACPI BIOS Error") || l.contains("ACPI Warning")
+        })
+        .collect();
+    assert!(
+        acpi_errors.is_empty(),
+        "the kernel complained about our ACPI tables: {acpi_errors:?}"
+    );
+    let last_kernel_line = log
+        .iter()
+        .rev()
+        .find(|l| l.starts_with('['))
+        .cloned()
+        .unwrap_or_default();
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nLinux early boot (vmlinux via PVH, 3 vCPUs, 1 GiB): 'smpboot: Allowing 3 CPUs' after {:.1} s; \
+         {} kernel log lines in {:.1} s; last: {last_kernel_line}{}",
+        reached.last().unwrap().1.as_secs_f64(),
+        log.len(),
+        elapsed.as_secs_f64(),
+        match status {
+            Some(status) => format!(" (engine exit: {status})"),
+            None => " (still running: killed)".to_owned(),
+        },
+    );
+}
+
+fn host_unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `nproc; grep MemTotal /proc/meminfo; date -u +%s` in the /init's `vireo.run` encoding.
+const RUN: &str = "vireo.run=nproc;+grep+MemTotal+/proc/meminfo;+date+-u+%2B%25s";
+
+#[test]
+fn demo_linux_boots_to_userspace_with_both_kernel_formats() {
+    const TEST: &str = "linux_boot::demo_linux_boots_to_userspace_with_both_kernel_formats";
+    if !report::host_has_kvm() || !host_runs_linux() {
+        report::skipped(
+            TEST,
+            "PVM host: booting a stock kernel needs hardware virtualization (VT-x/AMD-V)",
+        );
+        return;
+    }
+    report::ran(TEST);
+    let image = demo_image();
+    for kernel in [&image.vmlinuz, &image.vmlinux] {
+        let run = run_vmm(
+            &[
+                "--kernel",
+                s(kernel),
+                "--initrd",
+                s(&image.initramfs),
+                "--cpus",
+                "2",
+                "--memory",
+                "512M",
+                "--cmdline",
+                RUN,
+            ],
+            Duration::from_secs(120),
+        );
+        let out = &run.stdout;
+        assert_eq!(
+            run.code(),
+            Some(0),
+            "{}: powered off; console:\n{out}\n{}",
+            kernel.display(),
+            run.stderr
+        );
+        assert!(out.contains("VIREO-GUEST USERSPACE READY"), "{out}");
+        assert!(out.contains("VIREO-RUN EXIT STATUS 0"), "{out}");
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert!(lines.contains(&"2"), "nproc says 2: {out}");
+        let mem_kib: u64 = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("MemTotal line");
+        assert!(
+            (400 << 10..=512 << 10).contains(&mem_kib),
+            "MemTotal {mem_kib} kB for a 512 MiB VM"
+        );
+        let guest_time: u64 = lines
+            .iter()
+            .filter_map(|l| l.parse::<u64>().ok())
+            .find(|&n| n > 1_000_000_000)
+            .expect("date line");
+        assert!(
+            guest_time.abs_diff(host_unix_time()) < 300,
+            "the guest's date is the host's"
+        );
+    }
+}
