@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -119,14 +119,8 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
     let pio = Arc::new(pio);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let threads = start_vcpus(kvm, &vm, &mem, config.vcpus, entry, &pio, &exit_tx, &stop);
-    let threads = match threads {
-        Ok(t) => t,
-        Err((e, started)) => {
-            vcpu::stop_all(started, &stop);
-            return Err(e);
-        }
-    };
+    let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
+    let threads = spawn_vcpus(fds, &pio, &exit_tx, &stop)?;
     let input = console::spawn_input(&console.input, serial, exit_tx.clone());
     drop(exit_tx);
 
@@ -185,30 +179,31 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
     Ok(mem)
 }
 
-/// Creates, configures and starts every vCPU. On failure, returns the threads already
-/// started so the caller can stop them.
-#[allow(clippy::too_many_arguments)]
-fn start_vcpus(
+/// Creates and configures every vCPU before any runs, so the guest's INIT/SIPI always
+/// finds its application processors.
+fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     count: u8,
     entry: regs::EntryMode,
+) -> Result<Vec<VcpuFd>, Error> {
+    let supported = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report its CPUID"))?;
+    (0..count)
+        .map(|index| setup_vcpu(vm, mem, &supported, index, count, entry))
+        .collect()
+}
+
+/// Starts a thread per vCPU; if one cannot start, stops those that did.
+fn spawn_vcpus(
+    fds: Vec<VcpuFd>,
     pio: &Arc<PioBus>,
     exit: &ExitSender,
     stop: &Arc<AtomicBool>,
-) -> Result<Vec<JoinHandle<()>>, (Error, Vec<JoinHandle<()>>)> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| (kvm_err("report its CPUID")(e), Vec::new()))?;
-    // Every vCPU exists before any runs, so the guest's INIT/SIPI always finds its APs.
-    let mut fds = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let fd =
-            setup_vcpu(vm, mem, &supported, index, count, entry).map_err(|e| (e, Vec::new()))?;
-        fds.push(fd);
-    }
-    let mut threads = Vec::with_capacity(count as usize);
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let mut threads = Vec::with_capacity(fds.len());
     for (index, fd) in fds.into_iter().enumerate() {
         let ctx = vcpu::VcpuContext {
             pio: pio.clone(),
@@ -217,7 +212,10 @@ fn start_vcpus(
         };
         match vcpu::spawn(index as u8, fd, ctx) {
             Ok(t) => threads.push(t),
-            Err(e) => return Err((Error::Thread(e), threads)),
+            Err(e) => {
+                vcpu::stop_all(threads, stop);
+                return Err(Error::Thread(e));
+            }
         }
     }
     Ok(threads)
@@ -230,7 +228,7 @@ fn setup_vcpu(
     index: u8,
     count: u8,
     entry: regs::EntryMode,
-) -> Result<kvm_ioctls::VcpuFd, Error> {
+) -> Result<VcpuFd, Error> {
     let fd = vm
         .create_vcpu(u64::from(index))
         .map_err(kvm_err("create a vCPU"))?;
