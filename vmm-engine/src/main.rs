@@ -90,7 +90,10 @@ fn main() -> ExitCode {
             print!("{report}");
             ExitCode::from(if report.usable { 0 } else { code::ERROR as u8 })
         }
-        None => run_vm(cli),
+        None => {
+            tracing::debug!("command line parsed");
+            run_vm(cli)
+        }
     }
 }
 

@@ -87,9 +87,14 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
 /// One boot of the guest, from a fresh VM to its teardown.
 fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
     let vm = create_vm(kvm)?;
+    // Guest memory before the irqchip: on PVM the first memory slot added after the
+    // irqchip waits 5-12 ms (a grace period), before it costs 0.1 ms.
     let mem = create_memory(&vm, config.memory)?;
+    create_irqchip(&vm)?;
+    tracing::debug!("VM created");
     acpi::create_tables(&mem, config.vcpus)?;
     let entry = boot::load(&mem, config.memory, &config.boot)?;
+    tracing::debug!("kernel loaded");
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
@@ -120,7 +125,9 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
     let stop = Arc::new(AtomicBool::new(false));
     let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
+    tracing::debug!("vCPUs created");
     let threads = spawn_vcpus(fds, &pio, &exit_tx, &stop)?;
+    tracing::debug!("vCPUs started");
     let input = console::spawn_input(&console.input, serial, exit_tx.clone());
     drop(exit_tx);
 
@@ -128,7 +135,9 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
     let reason = exit_rx
         .recv()
         .unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
+    tracing::debug!("stopping: {reason}");
     vcpu::stop_all(threads, &stop);
+    tracing::debug!("vCPUs stopped");
     if let Some(input) = input {
         input.stop();
     }
@@ -141,6 +150,11 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
         .map_err(kvm_err("set the TSS address"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
         .map_err(kvm_err("set the identity map address"))?;
+    Ok(vm)
+}
+
+/// The in-kernel LAPICs, IOAPIC and PIC, and the PIT.
+fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
     vm.create_irq_chip()
         .map_err(kvm_err("create the in-kernel irqchip"))?;
     // The PIT keeps port 0x61 (speaker) in the kernel too, so it never exits to us.
@@ -149,8 +163,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
         ..Default::default()
     };
     vm.create_pit2(pit)
-        .map_err(kvm_err("create the in-kernel PIT"))?;
-    Ok(vm)
+        .map_err(kvm_err("create the in-kernel PIT"))
 }
 
 /// Anonymous, MAP_NORESERVE guest RAM (untouched pages cost nothing), registered with
@@ -171,6 +184,18 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
             flags: 0,
+        };
+        // Transparent huge pages, as QEMU asks for too: fewer TLB misses for the guest
+        // (its SHA-256 runs ~45% faster over a 256 MiB buffer here) and fewer faults.
+        // Advice only: where THP is off this changes nothing.
+        // SAFETY: madvise on a mapping we own, over exactly its length; MADV_HUGEPAGE does
+        // not change the contents or validity of the memory.
+        let _ = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
         };
         // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`,
         // which the caller keeps alive for as long as the VM (and its vCPUs) run.
