@@ -16,11 +16,22 @@ fn openpty() -> (OwnedFd, OwnedFd) {
     // SAFETY: openpty writes two fds into the locals; null name/termios/winsize are
     // allowed and mean defaults.
     let rc = unsafe {
-        libc::openpty(&mut controller, &mut terminal, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
     };
     assert_eq!(rc, 0, "openpty");
     // SAFETY: both fds were just opened by openpty and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) }
+    unsafe {
+        (
+            OwnedFd::from_raw_fd(controller),
+            OwnedFd::from_raw_fd(terminal),
+        )
+    }
 }
 
 fn termios(fd: &OwnedFd) -> libc::termios {
@@ -32,7 +43,8 @@ fn termios(fd: &OwnedFd) -> libc::termios {
 }
 
 fn same(a: &libc::termios, b: &libc::termios) -> bool {
-    (a.c_iflag, a.c_oflag, a.c_cflag, a.c_lflag, a.c_cc) == (b.c_iflag, b.c_oflag, b.c_cflag, b.c_lflag, b.c_cc)
+    (a.c_iflag, a.c_oflag, a.c_cflag, a.c_lflag, a.c_cc)
+        == (b.c_iflag, b.c_oflag, b.c_cflag, b.c_lflag, b.c_cc)
 }
 
 #[test]
@@ -47,7 +59,14 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     let (controller, terminal) = openpty();
     let before = termios(&terminal);
     let mut child = Command::new(vmm_binary())
-        .args(["--kernel", s(&elf), "--memory", "64M", "--cmdline", "probe.run=idle"])
+        .args([
+            "--kernel",
+            s(&elf),
+            "--memory",
+            "64M",
+            "--cmdline",
+            "probe.run=idle",
+        ])
         .stdin(Stdio::from(terminal.try_clone().unwrap()))
         .stdout(Stdio::from(terminal.try_clone().unwrap()))
         .stderr(Stdio::piped())
@@ -59,14 +78,25 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     let mut shown = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !String::from_utf8_lossy(&shown).contains("VIREO-PROBE IDLE") {
-        assert!(Instant::now() < deadline, "the guest never came up: {}", String::from_utf8_lossy(&shown));
+        assert!(
+            Instant::now() < deadline,
+            "the guest never came up: {}",
+            String::from_utf8_lossy(&shown)
+        );
         let mut buf = [0u8; 4096];
         let n = console.read(&mut buf).unwrap();
         shown.extend_from_slice(&buf[..n]);
     }
     let during = termios(&terminal);
-    assert!(!same(&before, &during), "the engine put the terminal in raw mode");
-    assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG), 0, "raw: no line editing, echo or signals");
+    assert!(
+        !same(&before, &during),
+        "the engine put the terminal in raw mode"
+    );
+    assert_eq!(
+        during.c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG),
+        0,
+        "raw: no line editing, echo or signals"
+    );
 
     console.write_all(b"\x01x").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -78,8 +108,16 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
         std::thread::sleep(Duration::from_millis(10));
     };
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped by the user"), "{stderr}");
-    assert!(same(&before, &termios(&terminal)), "terminal settings restored on exit");
+    assert!(
+        same(&before, &termios(&terminal)),
+        "terminal settings restored on exit"
+    );
 }

@@ -161,3 +161,48 @@ fn reboot_exits_with_its_own_status_or_restarts() {
     }
     guest.kill();
 }
+
+#[test]
+fn keyboard_controller_reset_reboots() {
+    if !kvm_or_skip("probe_boot::keyboard_controller_reset_reboots") {
+        return;
+    }
+    let run = boot_probe(1, "64M", "probe.run=reboot-i8042", &[]);
+    assert_eq!(
+        run.code(),
+        Some(code::REBOOT),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("VIREO-PROBE REBOOT i8042"));
+}
+
+/// A guest that triple-faults ends the engine with the crash status and a message that
+/// names what KVM reported (a shutdown exit on hardware KVM; PVM's interpreter reports
+/// the fault it could not deliver as an internal error).
+#[test]
+fn triple_fault_is_a_named_crash() {
+    if !kvm_or_skip("probe_boot::triple_fault_is_a_named_crash") {
+        return;
+    }
+    let run = boot_probe(1, "64M", "probe.run=triple-fault", &[]);
+    assert_eq!(
+        run.code(),
+        Some(code::CRASH),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(run.stdout.contains("VIREO-PROBE TRIPLE-FAULT"));
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("guest crashed"))
+        .expect("a crash line");
+    assert!(
+        line.contains("triple fault") || line.contains("KVM internal error"),
+        "{line}"
+    );
+    assert!(line.contains("rip 0x"), "the message says where: {line}");
+}

@@ -389,6 +389,12 @@ pub fn reboot() -> ! {
             settle();
         }
     }
+    reboot_by_i8042()
+}
+
+/// Resets the machine through the keyboard controller's reset line, as Linux's
+/// `reboot=k` does; else a triple fault.
+pub fn reboot_by_i8042() -> ! {
     port::outb(I8042_COMMAND, I8042_PULSE_RESET);
     settle();
     arch::triple_fault()

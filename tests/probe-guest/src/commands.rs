@@ -3,6 +3,9 @@
 //! - `probe.run=selftest` (default): discovery report, the SHA-256 benchmark, power-off.
 //! - `probe.run=poweroff`: discovery report, power-off.
 //! - `probe.run=reboot`: reset through the FADT's RESET_REG.
+//! - `probe.run=reboot-i8042`: reset through the i8042's reset line (command 0xFE).
+//! - `probe.run=triple-fault`: shut the machine down with a triple fault, as a crashing
+//!   kernel would.
 //! - `probe.run=idle`: discovery report, then `IDLE` and a spin loop that never ends
 //!   (for measuring a running VMM from outside: memory, threads).
 //! - `probe.run=fault`: touch unmapped memory, to exercise the fault report (a `FAULT`
@@ -30,6 +33,8 @@ enum Command {
     Selftest,
     PowerOff,
     Reboot,
+    RebootI8042,
+    TripleFault,
     Idle,
     Fault,
 }
@@ -56,6 +61,8 @@ impl<'a> Options<'a> {
                         "selftest" => Ok(Command::Selftest),
                         "poweroff" => Ok(Command::PowerOff),
                         "reboot" => Ok(Command::Reboot),
+                        "reboot-i8042" => Ok(Command::RebootI8042),
+                        "triple-fault" => Ok(Command::TripleFault),
                         "idle" => Ok(Command::Idle),
                         "fault" => Ok(Command::Fault),
                         other => Err(other),
@@ -91,9 +98,20 @@ pub fn run(tsc_khz: u64) -> ! {
         tables.install();
     }
 
-    if options.run == Ok(Command::Reboot) {
-        probe!("REBOOT");
-        acpi::reboot();
+    match options.run {
+        Ok(Command::Reboot) => {
+            probe!("REBOOT");
+            acpi::reboot();
+        }
+        Ok(Command::RebootI8042) => {
+            probe!("REBOOT i8042");
+            acpi::reboot_by_i8042();
+        }
+        Ok(Command::TripleFault) => {
+            probe!("TRIPLE-FAULT");
+            arch::triple_fault();
+        }
+        _ => {}
     }
 
     report_discovery(&boot_info, &acpi);
