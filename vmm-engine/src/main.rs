@@ -49,7 +49,7 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     cpus: u32,
 
-    /// Guest RAM: a number with K, M or G (a plain number is MiB).
+    /// Guest RAM: a number with K, M, G or T (a plain number is MiB).
     #[arg(long, value_name = "SIZE", default_value = "512M")]
     memory: String,
 

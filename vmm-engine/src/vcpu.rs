@@ -51,7 +51,36 @@ pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinH
         .spawn(move || run(index, vcpu, ctx))
 }
 
+/// Tells the VM's owner if a vCPU thread ends without saying why (a panic in exit
+/// handling): the owner must never wait on a VM that has lost a vCPU.
+struct EndGuard<'a> {
+    exit: &'a ExitSender,
+    index: u8,
+    armed: bool,
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.exit.send(ExitReason::Crash(format!(
+                "vCPU {} thread ended unexpectedly",
+                self.index
+            )));
+        }
+    }
+}
+
 fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    let mut guard = EndGuard {
+        exit: &ctx.exit,
+        index,
+        armed: true,
+    };
+    run_loop(index, &mut vcpu, &ctx);
+    guard.armed = false;
+}
+
+fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     while !ctx.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, &ctx.pio),
@@ -60,10 +89,9 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
         };
         if let Outcome::Stop(reason) = outcome {
             let reason = match reason {
-                ExitReason::Crash(why) => ExitReason::Crash(format!(
-                    "{why} on vCPU {index}{}",
-                    where_it_stopped(&mut vcpu)
-                )),
+                ExitReason::Crash(why) => {
+                    ExitReason::Crash(format!("{why} on vCPU {index}{}", where_it_stopped(vcpu)))
+                }
                 other => other,
             };
             tracing::debug!("vcpu{index}: {reason}");
