@@ -6,6 +6,7 @@ pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
