@@ -10,6 +10,7 @@ use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -20,8 +21,10 @@ use crate::devices::acpi_pm::{
     RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
 };
 use crate::devices::serial::{COM1_IRQ, COM1_PORT};
+use crate::pci::root::{PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::x86_64::layout::{
-    ACPI_TABLES_END, ACPI_TABLES_START, IOAPIC_START, LAPIC_START, RSDP_START,
+    ACPI_TABLES_END, ACPI_TABLES_START, IOAPIC_START, LAPIC_START, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_MMIO_WINDOW_END, PCI_MMIO_WINDOW_START, RSDP_START,
 };
 
 const OEM_ID: [u8; 6] = *b"VIREO ";
@@ -48,9 +51,13 @@ pub fn create_tables(mem: &GuestMemoryMmap, vcpus: u8) -> Result<GuestAddress, E
     let dsdt = writer.write(&dsdt())?;
     let fadt = writer.write(&fadt(dsdt))?;
     let madt = writer.write(&madt(vcpus))?;
+    let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    mcfg.add_ecam(PCI_ECAM_START, 0, 0, last_bus());
+    let mcfg = writer.write(&mcfg)?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt);
     xsdt.add_entry(madt);
+    xsdt.add_entry(mcfg);
     let xsdt = writer.write(&xsdt)?;
     let mut rsdp = Vec::new();
     Rsdp::new(OEM_ID, xsdt).to_aml_bytes(&mut rsdp);
@@ -100,7 +107,63 @@ fn dsdt() -> Sdt {
     );
     let com1 = aml::Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs]);
     com1.to_aml_bytes(&mut dsdt);
+    dsdt.append_slice(&pci_host_bridge());
     dsdt
+}
+
+/// The last bus number ECAM covers (1 MiB per bus).
+fn last_bus() -> u8 {
+    (PCI_ECAM_SIZE / (1 << 20) - 1) as u8
+}
+
+/// `\_SB_.PCI0`: the PCI Express host bridge, its bus range, the config ports and the
+/// MMIO window BARs live in; and a motherboard resource claiming ECAM, which OSes look
+/// for before they trust MCFG. Returns the encoded AML.
+fn pci_host_bridge() -> Vec<u8> {
+    let bus_end = u16::from(last_bus());
+    let buses = aml::AddressSpace::new_bus_number(0u16, bus_end);
+    let ports = aml::IO::new(
+        PCI_CONFIG_PORT,
+        PCI_CONFIG_PORT,
+        1,
+        PCI_CONFIG_PORT_LEN as u8,
+    );
+    let window = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO_WINDOW_START as u32,
+        (PCI_MMIO_WINDOW_END - 1) as u32,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&buses, &ports, &window]);
+    let (hid, cid) = (aml::EISAName::new("PNP0A08"), aml::EISAName::new("PNP0A03"));
+    let zero: u8 = 0;
+    let (n_hid, n_cid, n_uid, n_seg, n_bbn, n_crs) = (
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_CID".into(), &cid),
+        aml::Name::new("_UID".into(), &zero),
+        aml::Name::new("_SEG".into(), &zero),
+        aml::Name::new("_BBN".into(), &zero),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let pci0 = aml::Device::new(
+        "_SB_.PCI0".into(),
+        vec![&n_hid, &n_cid, &n_uid, &n_seg, &n_bbn, &n_crs],
+    );
+
+    let ecam = aml::Memory32Fixed::new(false, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+    let res_crs = aml::ResourceTemplate::new(vec![&ecam]);
+    let (res_hid, res_uid): (aml::EISAName, u8) = (aml::EISAName::new("PNP0C02"), 1);
+    let (r_hid, r_uid, r_crs) = (
+        aml::Name::new("_HID".into(), &res_hid),
+        aml::Name::new("_UID".into(), &res_uid),
+        aml::Name::new("_CRS".into(), &res_crs),
+    );
+    let motherboard = aml::Device::new("_SB_.MRES".into(), vec![&r_hid, &r_uid, &r_crs]);
+    let mut out = Vec::new();
+    pci0.to_aml_bytes(&mut out);
+    motherboard.to_aml_bytes(&mut out);
+    out
 }
 
 fn io_register(port: u16) -> GAS {
@@ -216,5 +279,11 @@ mod tests {
         let dsdt = read(&mem, dsdt_addr, dsdt_len);
         assert!(checksum_ok(&dsdt));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
+        let mcfg = find(b"MCFG");
+        assert!(checksum_ok(&mcfg));
+        // One allocation: base address at 44, segment, start and end bus.
+        assert_eq!(u64_at(&mcfg, 44), PCI_ECAM_START);
+        assert_eq!((mcfg[54], mcfg[55]), (0, 0));
     }
 }

@@ -8,6 +8,7 @@ pub mod console;
 pub mod devices;
 pub mod doctor;
 pub mod exit;
+pub mod pci;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;

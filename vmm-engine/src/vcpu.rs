@@ -14,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::PioBus;
 use crate::exit::{ExitReason, ExitSender};
+use crate::pci::PciMmio;
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
 pub fn kick_signal() -> libc::c_int {
@@ -38,6 +39,7 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 /// What a vCPU thread needs besides its fd.
 pub struct VcpuContext {
     pub pio: Arc<PioBus>,
+    pub mmio: PciMmio,
     pub exit: ExitSender,
     pub stop: Arc<AtomicBool>,
 }
@@ -83,7 +85,7 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     while !ctx.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
-            Ok(exit) => handle_exit(exit, &ctx.pio),
+            Ok(exit) => handle_exit(exit, ctx),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,
             Err(e) => Outcome::Stop(ExitReason::Crash(format!("KVM_RUN failed: {e}"))),
         };
@@ -129,15 +131,23 @@ enum Outcome {
     Stop(ExitReason),
 }
 
-fn handle_exit(exit: VcpuExit<'_>, pio: &PioBus) -> Outcome {
+fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Outcome {
     match exit {
         // String I/O (`rep outsb`) arrives as one exit with all its bytes: devices on
         // our bus are byte-wide and consume each byte in turn.
-        VcpuExit::IoOut(port, data) => pio.write(port, data),
-        VcpuExit::IoIn(port, data) => pio.read(port, data),
-        // No MMIO devices on this machine yet: reads float high, writes are dropped.
-        VcpuExit::MmioRead(_, data) => data.fill(0xff),
-        VcpuExit::MmioWrite(addr, _) => tracing::trace!("mmio write to unclaimed {addr:#x}"),
+        VcpuExit::IoOut(port, data) => ctx.pio.write(port, data),
+        VcpuExit::IoIn(port, data) => ctx.pio.read(port, data),
+        // MMIO is PCI's (ECAM and BARs); elsewhere reads float high and writes drop.
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !ctx.mmio.write(addr, data) {
+                tracing::trace!("mmio write to unclaimed {addr:#x}");
+            }
+        }
         // The in-kernel LAPIC handles HLT; an interrupted run just goes round again.
         VcpuExit::Hlt | VcpuExit::Intr => {}
         VcpuExit::Shutdown => {

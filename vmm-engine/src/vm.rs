@@ -17,9 +17,15 @@ use crate::devices::acpi_pm::{self, AcpiPmDevice};
 use crate::devices::cmos::{self, Cmos};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
 use crate::doctor::{self, KvmOpenError};
 use crate::exit::{ExitReason, ExitSender};
+use crate::pci::irq::GsiRouter;
+use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
+use crate::pci::virtio_pci::VirtioPciDevice;
+use crate::pci::PciMmio;
 use crate::x86_64::{cpuid, layout, regs};
 use crate::{acpi, boot, console, vcpu};
 
@@ -47,6 +53,10 @@ pub enum Error {
     Thread(#[source] std::io::Error),
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot set up a PCI device: {0}")]
+    Pci(#[source] crate::pci::virtio_pci::Error),
+    #[error("too many devices for PCI bus 0 or its MMIO window")]
+    PciFull,
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -86,7 +96,7 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
 
 /// One boot of the guest, from a fresh VM to its teardown.
 fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
-    let vm = create_vm(kvm)?;
+    let vm = Arc::new(create_vm(kvm)?);
     // Guest memory before the irqchip: on PVM the first memory slot added after the
     // irqchip waits 5-12 ms (a grace period), before it costs 0.1 ms.
     let mem = create_memory(&vm, config.memory)?;
@@ -97,36 +107,20 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
     tracing::debug!("kernel loaded");
 
     let (exit_tx, exit_rx) = ExitSender::channel();
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)
-        .map_err(kvm_err("route the serial interrupt"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        serial_irq,
-        console.output.clone(),
-    )));
-    let mut pio = PioBus::default();
-    pio.insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone());
+    let (mut pio, serial) = legacy_devices(&vm, config, console, &exit_tx)?;
+    let pci = pci_devices(&vm, &mem)?;
     pio.insert(
-        i8042::I8042_PORT,
-        i8042::I8042_PORT_LEN,
-        Arc::new(Mutex::new(I8042::new(exit_tx.clone()))),
-    );
-    pio.insert(
-        cmos::CMOS_PORT,
-        cmos::CMOS_PORT_LEN,
-        Arc::new(Mutex::new(Cmos::new(config.memory))),
-    );
-    pio.insert(
-        acpi_pm::SLEEP_CONTROL_PORT,
-        acpi_pm::PORT_RANGE_LEN,
-        Arc::new(Mutex::new(AcpiPmDevice::new(exit_tx.clone()))),
+        PCI_CONFIG_PORT,
+        PCI_CONFIG_PORT_LEN,
+        Arc::new(Mutex::new(PciConfigPorts::new(pci.0.clone()))),
     );
     let pio = Arc::new(pio);
+    tracing::debug!("devices created");
 
     let stop = Arc::new(AtomicBool::new(false));
     let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
     tracing::debug!("vCPUs created");
-    let threads = spawn_vcpus(fds, &pio, &exit_tx, &stop)?;
+    let threads = spawn_vcpus(fds, &pio, &pci, &exit_tx, &stop)?;
     tracing::debug!("vCPUs started");
     let input = console::spawn_input(&console.input, serial, exit_tx.clone());
     drop(exit_tx);
@@ -142,6 +136,53 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
         input.stop();
     }
     Ok(reason)
+}
+
+/// The PC's legacy devices on the port bus: COM1, the i8042, the CMOS RTC and the ACPI
+/// power-management registers.
+fn legacy_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    console: &Console,
+    exit: &ExitSender,
+) -> Result<(PioBus, Arc<Mutex<SerialDevice>>), Error> {
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("route the serial interrupt"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        console.output.clone(),
+    )));
+    let mut pio = PioBus::default();
+    pio.insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone());
+    pio.insert(
+        i8042::I8042_PORT,
+        i8042::I8042_PORT_LEN,
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+    );
+    pio.insert(
+        cmos::CMOS_PORT,
+        cmos::CMOS_PORT_LEN,
+        Arc::new(Mutex::new(Cmos::new(config.memory))),
+    );
+    pio.insert(
+        acpi_pm::SLEEP_CONTROL_PORT,
+        acpi_pm::PORT_RANGE_LEN,
+        Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+    );
+    Ok((pio, serial))
+}
+
+/// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
+fn pci_devices(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<PciMmio, Error> {
+    let router = Arc::new(GsiRouter::new(vm.clone()));
+    let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
+    let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Rng::new())];
+    for device in devices {
+        let pci = VirtioPciDevice::new(device, mem.clone(), router.clone()).map_err(Error::Pci)?;
+        root.add(Arc::new(Mutex::new(pci))).ok_or(Error::PciFull)?;
+    }
+    Ok(PciMmio(Arc::new(Mutex::new(root))))
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
@@ -225,6 +266,7 @@ fn create_vcpus(
 fn spawn_vcpus(
     fds: Vec<VcpuFd>,
     pio: &Arc<PioBus>,
+    mmio: &PciMmio,
     exit: &ExitSender,
     stop: &Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
@@ -232,6 +274,7 @@ fn spawn_vcpus(
     for (index, fd) in fds.into_iter().enumerate() {
         let ctx = vcpu::VcpuContext {
             pio: pio.clone(),
+            mmio: mmio.clone(),
             exit: exit.clone(),
             stop: stop.clone(),
         };

@@ -38,6 +38,13 @@ pub const ACPI_TABLES_END: u64 = 0x100000;
 pub const HIMEM_START: u64 = 0x100000;
 /// Start of the 32-bit MMIO hole: RAM below 4 GiB ends here.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// The window PCI BARs are placed in (announced in the DSDT's PCI0 `_CRS`).
+pub const PCI_MMIO_WINDOW_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_WINDOW_END: u64 = 0xe000_0000;
+/// ECAM (PCI Express enhanced configuration access) for bus 0, announced in the MCFG
+/// table and reserved in the memory map.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
 pub const FOUR_GIB: u64 = 0x1_0000_0000;
 /// KVM's in-kernel IOAPIC and LAPIC.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
@@ -69,8 +76,9 @@ pub struct MemoryMapEntry {
     pub kind: u32,
 }
 
-/// The memory map both boot protocols give the guest: low RAM, the reserved legacy area
-/// holding our ACPI tables, and the RAM ranges above 1 MiB.
+/// The memory map both boot protocols give the guest, in address order: low RAM, the
+/// reserved legacy area holding our ACPI tables, the RAM ranges above 1 MiB, and the
+/// PCI ECAM region (reserved, as OSes check before they use MCFG).
 pub fn memory_map(mem_size: u64) -> Vec<MemoryMapEntry> {
     let mut map = vec![
         MemoryMapEntry {
@@ -95,6 +103,12 @@ pub fn memory_map(mem_size: u64) -> Vec<MemoryMapEntry> {
             });
         }
     }
+    map.push(MemoryMapEntry {
+        addr: PCI_ECAM_START,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -110,7 +124,15 @@ mod tests {
     #[test]
     fn small_vm_has_one_ram_range_and_a_legacy_hole() {
         let map = memory_map(64 << 20);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            map[3],
+            MemoryMapEntry {
+                addr: PCI_ECAM_START,
+                size: PCI_ECAM_SIZE,
+                kind: E820_RESERVED
+            }
+        );
         assert_eq!(
             map[0],
             MemoryMapEntry {

@@ -10,6 +10,7 @@
 //! device moves them into its worker thread (`worker`). `reset` (the driver writing 0 to
 //! device_status) stops the worker and returns the device to its inactive state.
 
+pub mod rng;
 pub mod worker;
 
 use std::io;
