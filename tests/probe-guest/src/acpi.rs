@@ -1,7 +1,8 @@
 //! ACPI discovery (RSDP → XSDT/RSDT → MADT, FADT, DSDT's `\_S5`) and power control.
 //!
 //! Only the facts the probe uses are extracted, at boot, before the heap may reuse any
-//! memory: the number of enabled CPUs and the FADT's power registers. Power-off and
+//! memory: the number of enabled CPUs, the FADT's power registers, and for the PCI tests
+//! the MCFG's ECAM and the PCI host's 32-bit memory window from the DSDT. Power-off and
 //! reboot then work from anywhere, including the fault path at CPL0.
 
 use core::fmt;
@@ -51,6 +52,11 @@ const MADT_LOCAL_APIC: u8 = 0;
 const MADT_LOCAL_X2APIC: u8 = 9;
 /// Local (x2)APIC flag: the processor is enabled.
 const MADT_ENABLED: u32 = 1;
+
+/// MCFG: offset of the first configuration space allocation (16 bytes each: base address,
+/// segment group, start bus, end bus, reserved).
+const MCFG_ENTRIES: u64 = 44;
+const MCFG_ENTRY_LEN: u64 = 16;
 
 /// S5 (soft off) sleep type used when the DSDT has no `\_S5` package.
 const DEFAULT_S5_TYPE: u8 = 5;
@@ -129,6 +135,15 @@ impl fmt::Display for Gas {
     }
 }
 
+/// The first ECAM region of the MCFG.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mcfg {
+    pub base: u64,
+    pub segment: u16,
+    pub bus_start: u8,
+    pub bus_end: u8,
+}
+
 /// What the tables said.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Acpi {
@@ -152,6 +167,15 @@ pub struct Acpi {
     /// SLP_TYP for S5 from the DSDT's `\_S5` package (or [`DEFAULT_S5_TYPE`]).
     pub s5_type: u8,
     pub s5_from_dsdt: bool,
+    /// The DSDT's address (0: none).
+    pub dsdt: u64,
+    pub mcfg: Option<Mcfg>,
+    /// The PCI host's 32-bit memory window `(first, last)`: the largest DWordMemory
+    /// descriptor in the DSDT outside the ECAM (see [`find_pci_mmio32`]).
+    pub pci_mmio32: Option<(u32, u32)>,
+    /// The PCI host's `_CBA` (ECAM base) in the DSDT: QEMU 7.2's microvm announces ECAM
+    /// only there, with no MCFG.
+    pub pci_cba: Option<u64>,
 }
 
 /// Why no ACPI tables could be used.
@@ -238,8 +262,13 @@ impl Acpi {
             match &signature(table) {
                 b"APIC" => acpi.parse_madt(table),
                 b"FACP" => acpi.parse_fadt(table),
+                b"MCFG" => acpi.parse_mcfg(table),
                 _ => {}
             }
+        }
+        if acpi.dsdt != 0 {
+            acpi.pci_cba = find_cba(acpi.dsdt);
+            acpi.pci_mmio32 = find_pci_mmio32(acpi.dsdt, acpi.mcfg, acpi.pci_cba);
         }
         Ok(acpi)
     }
@@ -264,6 +293,20 @@ impl Acpi {
                 self.cpus += 1;
             }
             at += entry_len;
+        }
+    }
+
+    fn parse_mcfg(&mut self, mcfg: u64) {
+        let len = table_len(mcfg);
+        self.checksums_ok &= checksum_ok(mcfg, len);
+        if MCFG_ENTRIES + MCFG_ENTRY_LEN <= len {
+            let entry = mcfg + MCFG_ENTRIES;
+            self.mcfg = Some(Mcfg {
+                base: phys::read_u64(entry),
+                segment: phys::read_u32(entry + 8) as u16,
+                bus_start: phys::read_u8(entry + 10),
+                bus_end: phys::read_u8(entry + 11),
+            });
         }
     }
 
@@ -311,6 +354,7 @@ impl Acpi {
             u64::from(phys::read_u32(fadt + fadt::DSDT))
         };
         if dsdt != 0 && dsdt < phys::MAPPED_END && &signature(dsdt) == b"DSDT" {
+            self.dsdt = dsdt;
             if let Some(typ) = find_s5_type(dsdt) {
                 self.s5_type = typ;
                 self.s5_from_dsdt = true;
@@ -346,6 +390,74 @@ fn find_s5_type(dsdt: u64) -> Option<u8> {
         ONE_OP => Some(1),
         _ => None,
     }
+}
+
+/// Finds the PCI host's 32-bit memory window in the DSDT without an AML interpreter:
+/// the `_CRS` resource templates are raw bytes in AML buffers, so this looks for DWord
+/// Address Space descriptors (tag 0x87, length 0x17) of the memory type whose minimum,
+/// maximum and length agree, skips the ECAM (QEMU reserves it in a `RES0` device), and
+/// takes the largest. The command line can override it (`probe.pci_mmio32=`).
+fn find_pci_mmio32(dsdt: u64, mcfg: Option<Mcfg>, cba: Option<u64>) -> Option<(u32, u32)> {
+    const DWORD_ADDRESS: u8 = 0x87;
+    const DWORD_ADDRESS_LEN: u64 = 0x17;
+    const RESOURCE_MEMORY: u8 = 0;
+    let len = table_len(dsdt);
+    let mut best: Option<(u32, u32)> = None;
+    let mut at = SDT_HEADER;
+    while at + 3 + DWORD_ADDRESS_LEN <= len {
+        let p = dsdt + at;
+        at += 1;
+        if phys::read_u8(p) != DWORD_ADDRESS
+            || phys::read_u8(p + 1) != DWORD_ADDRESS_LEN as u8
+            || phys::read_u8(p + 2) != 0
+            || phys::read_u8(p + 3) != RESOURCE_MEMORY
+        {
+            continue;
+        }
+        // After tag, length (2) and type, general and type-specific flags: granularity,
+        // minimum, maximum, translation offset, length, all 32-bit.
+        let min = phys::read_u32(p + 10);
+        let max = phys::read_u32(p + 14);
+        let size = phys::read_u32(p + 22);
+        if max <= min || max - min != size.wrapping_sub(1) {
+            continue;
+        }
+        // ECAM: the MCFG's buses, else 256 buses from `_CBA`.
+        let ecam = mcfg
+            .map(|m| (m.base, m.base + ((u64::from(m.bus_end) + 1) << 20)))
+            .or(cba.map(|base| (base, base + (256 << 20))));
+        let in_ecam =
+            ecam.is_some_and(|(base, end)| u64::from(min) < end && u64::from(max) >= base);
+        if !in_ecam && best.is_none_or(|(lo, hi)| hi - lo < max - min) {
+            best = Some((min, max));
+        }
+    }
+    best
+}
+
+/// Finds the ECAM base in the DSDT: `Name (_CBA, n)` or QEMU's
+/// `Method (_CBA) { Return (n) }`, n an AML integer constant.
+fn find_cba(dsdt: u64) -> Option<u64> {
+    const RETURN_OP: u8 = 0xA4;
+    let len = table_len(dsdt);
+    let name_at =
+        (SDT_HEADER..len.saturating_sub(16)).find(|&i| &signature(dsdt + i) == b"_CBA")?;
+    let mut at = dsdt + name_at + 4;
+    // A method: its flags byte, then Return.
+    if phys::read_u8(at + 1) == RETURN_OP {
+        at += 2;
+    }
+    let (bytes, value_at) = match phys::read_u8(at) {
+        0x0A => (1, at + 1),
+        0x0B => (2, at + 1),
+        0x0C => (4, at + 1),
+        0x0E => (8, at + 1),
+        _ => return None,
+    };
+    let value = (0..bytes).fold(0u64, |v, i| {
+        v | u64::from(phys::read_u8(value_at + i)) << (8 * i)
+    });
+    (value != 0).then_some(value)
 }
 
 /// The tables found at boot, if any.

@@ -11,6 +11,11 @@
 //! - `probe.run=fault`: touch unmapped memory, to exercise the fault report (a `FAULT`
 //!   line with vector 14, then power-off).
 //! - `probe.sha_mib=N`: benchmark size in MiB (default 256).
+//! - `probe.run=pci`: enumerate PCI bus 0 (ECAM), assign the BARs, print the functions.
+//! - `probe.run=blk-write|blk-verify|blk-readonly|blk-two|blk-bench|blk-msix`: the
+//!   virtio-blk tests of [`crate::blk`], tuned by `probe.blk_mib`, `probe.blk_seed`,
+//!   `probe.blk_dev`, `probe.blk_req_kib`, `probe.blk_qd`, `probe.blk_rand`; PCI host
+//!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
 //!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
@@ -18,8 +23,10 @@ use alloc::vec;
 
 use crate::acpi::{self, Acpi};
 use crate::arch;
+use crate::blk::{self, BlkOptions};
 use crate::boot;
 use crate::heap;
+use crate::pci::HostOptions;
 use crate::probe;
 use crate::pvh::BootInfo;
 
@@ -37,12 +44,45 @@ enum Command {
     TripleFault,
     Idle,
     Fault,
+    Pci,
+    BlkWrite,
+    BlkVerify,
+    BlkReadonly,
+    BlkTwo,
+    BlkBench,
+    BlkMsix,
+}
+
+impl Command {
+    /// The device test a command runs after the discovery report, if it is one.
+    fn device_test(self) -> Option<blk::DeviceTest> {
+        Some(match self {
+            Command::Pci => blk::pci_only,
+            Command::BlkWrite => blk::write,
+            Command::BlkVerify => blk::verify,
+            Command::BlkReadonly => blk::readonly,
+            Command::BlkTwo => blk::two,
+            Command::BlkBench => blk::bench,
+            Command::BlkMsix => blk::msix,
+            _ => return None,
+        })
+    }
+}
+
+/// A decimal or `0x`-prefixed hexadecimal number.
+fn parse_u64(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Options<'a> {
     run: Result<Command, &'a str>,
     sha_mib: u64,
+    blk: BlkOptions,
+    host: HostOptions,
 }
 
 impl<'a> Options<'a> {
@@ -50,6 +90,8 @@ impl<'a> Options<'a> {
         let mut options = Options {
             run: Ok(Command::Selftest),
             sha_mib: DEFAULT_SHA_MIB,
+            blk: BlkOptions::default(),
+            host: HostOptions::default(),
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -65,6 +107,13 @@ impl<'a> Options<'a> {
                         "triple-fault" => Ok(Command::TripleFault),
                         "idle" => Ok(Command::Idle),
                         "fault" => Ok(Command::Fault),
+                        "pci" => Ok(Command::Pci),
+                        "blk-write" => Ok(Command::BlkWrite),
+                        "blk-verify" => Ok(Command::BlkVerify),
+                        "blk-readonly" => Ok(Command::BlkReadonly),
+                        "blk-two" => Ok(Command::BlkTwo),
+                        "blk-bench" => Ok(Command::BlkBench),
+                        "blk-msix" => Ok(Command::BlkMsix),
                         other => Err(other),
                     }
                 }
@@ -73,10 +122,38 @@ impl<'a> Options<'a> {
                         options.sha_mib = mib;
                     }
                 }
+                "probe.blk_mib" => set(&mut options.blk.mib, value),
+                "probe.blk_seed" => set(&mut options.blk.seed, value),
+                "probe.blk_dev" => {
+                    if let Some(dev) = parse_u64(value) {
+                        options.blk.dev = dev as usize;
+                    }
+                }
+                "probe.blk_req_kib" => set(&mut options.blk.req_kib, value),
+                "probe.blk_qd" => {
+                    if let Some(qd) = parse_u64(value) {
+                        options.blk.qd = qd.clamp(1, 16) as usize;
+                    }
+                }
+                "probe.blk_rand" => set(&mut options.blk.rand, value),
+                "probe.ecam" => options.host.ecam = parse_u64(value),
+                "probe.pci_mmio32" => {
+                    options.host.mmio32 = value.split_once('-').and_then(|(first, last)| {
+                        let (first, last) = (parse_u64(first)?, parse_u64(last)?);
+                        Some((u32::try_from(first).ok()?, u32::try_from(last).ok()?))
+                    })
+                }
                 _ => {}
             }
         }
         options
+    }
+}
+
+/// Sets `slot` from a number, if `value` is one.
+fn set(slot: &mut u64, value: &str) {
+    if let Some(number) = parse_u64(value) {
+        *slot = number;
     }
 }
 
@@ -123,6 +200,11 @@ pub fn run(tsc_khz: u64) -> ! {
 
     match options.run {
         Ok(Command::Selftest) if heap.is_some() => sha256_bench(options.sha_mib, tsc_khz),
+        Ok(command) if heap.is_some() && command.device_test().is_some() => {
+            if let Some(test) = command.device_test() {
+                blk::with_pci(&options.host, &options.blk, tsc_khz, test);
+            }
+        }
         Ok(Command::Fault) => {
             let unmapped = crate::phys::MAPPED_END as *const u64;
             // SAFETY: deliberately not: reading above the identity map page-faults, and

@@ -11,14 +11,17 @@ extern crate alloc;
 
 mod acpi;
 mod arch;
+mod blk;
 mod boot;
 mod commands;
 mod heap;
+mod pci;
 mod phys;
 mod pvh;
 mod rt;
 mod serial;
 mod sync;
+mod virtio;
 
 /// The CPL3 entry the boot stub `iretq`s to, on the boot user stack.
 #[no_mangle]

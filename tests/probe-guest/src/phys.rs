@@ -32,6 +32,21 @@ pub fn read_u64(addr: u64) -> u64 {
     unsafe { ptr::<u64>(addr).read_unaligned() }
 }
 
+/// MMIO read of the given width (8, 16, 32 or 64 bits; others read 0): volatile, so that
+/// polling a device register really reads it every time.
+pub fn mmio_read(addr: u64, bits: u8) -> u64 {
+    // SAFETY: as for `mmio_write`.
+    unsafe {
+        match bits {
+            8 => u64::from(ptr::<u8>(addr).read_volatile()),
+            16 => u64::from(ptr::<u16>(addr).read_volatile()),
+            32 => u64::from(ptr::<u32>(addr).read_volatile()),
+            64 => ptr::<u64>(addr).read_volatile(),
+            _ => 0,
+        }
+    }
+}
+
 /// MMIO write of the given width (8, 16, 32 or 64 bits; others are ignored).
 pub fn mmio_write(addr: u64, bits: u8, value: u64) {
     // SAFETY: the address is inside the identity map (checked by `ptr`); the caller

@@ -5,6 +5,10 @@
 //! produced and hashed in chunks of any size (a guest with 64 MiB of RAM cannot hold a
 //! 256 MiB buffer) and still gives the same digest as hashing it in one piece. Only the
 //! hashing is timed; producing the pattern is not.
+//!
+//! The disk pattern ([`fill_disk_pattern`], [`check_disk_pattern`]) is the same idea with
+//! a seed: what the probe's block tests write to a virtio disk, so that the host can check
+//! the image file with this very code.
 #![no_std]
 
 use sha2::{Digest, Sha256};
@@ -38,6 +42,57 @@ pub fn fill_pattern(buf: &mut [u8], offset: u64) {
     let tail = words.into_remainder();
     let last = pattern_word(pos / 8).to_le_bytes();
     tail.copy_from_slice(&last[..tail.len()]);
+}
+
+/// Bytes per word of the disk pattern.
+const WORD: u64 = 8;
+
+/// The disk pattern's word number `index` for `seed`: the benchmark pattern shifted by
+/// `seed << 40` words, so that two seeds never share a word at the same offset for disks
+/// below 8 TiB (2^40 words). The probe's block tests write it; a host test checks an
+/// image file with [`check_disk_pattern`].
+fn disk_word(seed: u64, index: u64) -> u64 {
+    pattern_word(index.wrapping_add(seed << 40))
+}
+
+/// Fills `buf` with the disk pattern for `seed` at byte offset `offset` of the disk.
+/// Like [`fill_pattern`], the bytes depend only on the seed and the offset.
+pub fn fill_disk_pattern(seed: u64, offset: u64, buf: &mut [u8]) {
+    let mut pos = offset;
+    let mut rest = buf;
+    while !pos.is_multiple_of(WORD) && !rest.is_empty() {
+        rest[0] = disk_word(seed, pos / WORD).to_le_bytes()[(pos % WORD) as usize];
+        rest = &mut rest[1..];
+        pos += 1;
+    }
+    let mut words = rest.chunks_exact_mut(WORD as usize);
+    for word in &mut words {
+        word.copy_from_slice(&disk_word(seed, pos / WORD).to_le_bytes());
+        pos += WORD;
+    }
+    let tail = words.into_remainder();
+    let last = disk_word(seed, pos / WORD).to_le_bytes();
+    tail.copy_from_slice(&last[..tail.len()]);
+}
+
+/// Checks `buf` against the disk pattern for `seed` at byte offset `offset`: `None` if it
+/// matches, else the disk offset of the first byte that differs.
+pub fn check_disk_pattern(seed: u64, offset: u64, buf: &[u8]) -> Option<u64> {
+    let mut expected = [0u8; 512];
+    let mut done = 0;
+    while done < buf.len() {
+        let len = (buf.len() - done).min(expected.len());
+        let at = offset + done as u64;
+        fill_disk_pattern(seed, at, &mut expected[..len]);
+        if expected[..len] != buf[done..done + len] {
+            let bad = (0..len)
+                .find(|&i| expected[i] != buf[done + i])
+                .unwrap_or(0);
+            return Some(at + bad as u64);
+        }
+        done += len;
+    }
+    None
 }
 
 /// SHA-256 of `data` (uses SHA-NI when the CPU has it, detected at run time).
@@ -134,6 +189,23 @@ mod tests {
         assert_eq!(a.digest, b.digest);
         fill_pattern(&mut big, 0);
         assert_eq!(a.digest, sha256(&big));
+    }
+
+    #[test]
+    fn disk_pattern_is_seekable_and_seeded() {
+        let mut whole = vec![0u8; 4096];
+        fill_disk_pattern(7, 0, &mut whole);
+        let mut part = vec![0u8; 1000];
+        fill_disk_pattern(7, 1001, &mut part);
+        assert_eq!(&whole[1001..2001], &part[..]);
+        assert_eq!(check_disk_pattern(7, 0, &whole), None);
+        assert_eq!(check_disk_pattern(7, 1001, &part), None);
+        let mut other = vec![0u8; 4096];
+        fill_disk_pattern(8, 0, &mut other);
+        assert!(whole.chunks(8).zip(other.chunks(8)).all(|(a, b)| a != b));
+        whole[3000] ^= 1;
+        assert_eq!(check_disk_pattern(7, 0, &whole), Some(3000));
+        assert_eq!(check_disk_pattern(8, 0, &whole), Some(0));
     }
 
     #[test]
