@@ -815,9 +815,12 @@ pub fn msix(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
         match unsafe { blk.read_blocks_nb(i as usize * 8, &mut req, &mut buf, &mut resp) } {
             Ok(token) => {
                 let interrupted = wait_until(IRQ_WAIT_MS, tsc_khz, || total_interrupts() > i);
-                let used = interrupted && wait_until(IRQ_WAIT_MS, tsc_khz, || blk.peek_used() == Some(token));
+                let used = interrupted
+                    && wait_until(IRQ_WAIT_MS, tsc_khz, || blk.peek_used() == Some(token));
                 // SAFETY: the buffers passed to `read_blocks_nb` for this token.
-                io_ok &= used && unsafe { blk.complete_read_blocks(token, &req, &mut buf, &mut resp) }.is_ok();
+                io_ok &= used
+                    && unsafe { blk.complete_read_blocks(token, &req, &mut buf, &mut resp) }
+                        .is_ok();
             }
             Err(_) => io_ok = false,
         }
