@@ -43,3 +43,30 @@ pub fn skipped(test: &str, why: &str) {
 pub fn host_has_kvm() -> bool {
     std::path::Path::new("/dev/kvm").exists()
 }
+
+/// For tests that need KVM: records `test` as ran and returns true, or skips it loudly
+/// on a host without `/dev/kvm` and returns false.
+pub fn require_kvm(test: &str) -> bool {
+    if host_has_kvm() {
+        ran(test);
+        true
+    } else {
+        skipped(test, "no /dev/kvm on this host");
+        false
+    }
+}
+
+/// For tests that boot a stock Linux to userspace: they need hardware virtualization
+/// (on a PVM host the kernel is interpreted and does not finish booting).
+pub fn require_hardware_kvm(test: &str) -> bool {
+    if host_has_kvm() && crate::engine::host_runs_linux() {
+        ran(test);
+        true
+    } else {
+        skipped(
+            test,
+            "PVM host: booting a stock kernel needs hardware virtualization (VT-x/AMD-V)",
+        );
+        false
+    }
+}

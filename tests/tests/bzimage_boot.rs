@@ -63,11 +63,9 @@ fn tiny_bzimage() -> Vec<u8> {
 #[test]
 fn bzimage_64bit_entry_sees_boot_params_and_cmdline() {
     const TEST: &str = "bzimage_boot::bzimage_64bit_entry_sees_boot_params_and_cmdline";
-    if !report::host_has_kvm() {
-        report::skipped(TEST, "no /dev/kvm on this host");
+    if !report::require_kvm(TEST) {
         return;
     }
-    report::ran(TEST);
     let dir = std::env::temp_dir().join(format!("vireo-bz-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = dir.join("tiny.bzImage");

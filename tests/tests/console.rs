@@ -50,11 +50,9 @@ fn same(a: &libc::termios, b: &libc::termios) -> bool {
 #[test]
 fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     const TEST: &str = "console::ctrl_a_x_quits_and_the_terminal_is_restored";
-    if !report::host_has_kvm() {
-        report::skipped(TEST, "no /dev/kvm on this host");
+    if !report::require_kvm(TEST) {
         return;
     }
-    report::ran(TEST);
     let elf = probe_guest_elf();
     let (controller, terminal) = openpty();
     let before = termios(&terminal);

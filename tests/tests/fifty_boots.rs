@@ -19,11 +19,9 @@ fn count_entries(dir: &str) -> usize {
 #[test]
 fn fifty_boots_in_one_process_leak_nothing() {
     const TEST: &str = "fifty_boots::fifty_boots_in_one_process_leak_nothing";
-    if !report::host_has_kvm() {
-        report::skipped(TEST, "no /dev/kvm on this host");
+    if !report::require_kvm(TEST) {
         return;
     }
-    report::ran(TEST);
     let config = VmConfig {
         boot: BootSource {
             kernel: probe_guest_elf(),
@@ -34,6 +32,8 @@ fn fifty_boots_in_one_process_leak_nothing() {
         memory: 64 << 20,
         reboot: RebootPolicy::Exit,
         kvm_device: "/dev/kvm".into(),
+        disks: Vec::new(),
+        control_socket: None,
     };
     let output = Arc::new(Mutex::new(Vec::<u8>::new()));
     let console = Console {

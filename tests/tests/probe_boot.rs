@@ -12,17 +12,6 @@ use vireo_vmm::x86_64::layout;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Skips (loudly) where there is no KVM; returns false then.
-fn kvm_or_skip(test: &str) -> bool {
-    if report::host_has_kvm() {
-        report::ran(test);
-        true
-    } else {
-        report::skipped(test, "no /dev/kvm on this host");
-        false
-    }
-}
-
 fn boot_probe(cpus: u32, memory: &str, cmdline: &str, extra: &[&str]) -> Run {
     let elf = probe_guest_elf();
     let cpus = cpus.to_string();
@@ -65,7 +54,7 @@ fn assert_memmap_matches(run: &Run, mem_bytes: u64) {
 
 #[test]
 fn boots_with_1_and_4_vcpus_in_64m_and_2g() {
-    if !kvm_or_skip("probe_boot::boots_with_1_and_4_vcpus_in_64m_and_2g") {
+    if !report::require_kvm("probe_boot::boots_with_1_and_4_vcpus_in_64m_and_2g") {
         return;
     }
     for (cpus, memory, bytes) in [
@@ -101,7 +90,7 @@ fn boots_with_1_and_4_vcpus_in_64m_and_2g() {
 
 #[test]
 fn selftest_hashes_like_the_host() {
-    if !kvm_or_skip("probe_boot::selftest_hashes_like_the_host") {
+    if !report::require_kvm("probe_boot::selftest_hashes_like_the_host") {
         return;
     }
     let run = boot_probe(1, "256M", "probe.run=selftest probe.sha_mib=16", &[]);
@@ -126,7 +115,7 @@ fn selftest_hashes_like_the_host() {
 
 #[test]
 fn reboot_exits_with_its_own_status_or_restarts() {
-    if !kvm_or_skip("probe_boot::reboot_exits_with_its_own_status_or_restarts") {
+    if !report::require_kvm("probe_boot::reboot_exits_with_its_own_status_or_restarts") {
         return;
     }
     let run = boot_probe(2, "64M", "probe.run=reboot", &[]);
@@ -164,7 +153,7 @@ fn reboot_exits_with_its_own_status_or_restarts() {
 
 #[test]
 fn keyboard_controller_reset_reboots() {
-    if !kvm_or_skip("probe_boot::keyboard_controller_reset_reboots") {
+    if !report::require_kvm("probe_boot::keyboard_controller_reset_reboots") {
         return;
     }
     let run = boot_probe(1, "64M", "probe.run=reboot-i8042", &[]);
@@ -183,7 +172,7 @@ fn keyboard_controller_reset_reboots() {
 /// the fault it could not deliver as an internal error).
 #[test]
 fn triple_fault_is_a_named_crash() {
-    if !kvm_or_skip("probe_boot::triple_fault_is_a_named_crash") {
+    if !report::require_kvm("probe_boot::triple_fault_is_a_named_crash") {
         return;
     }
     let run = boot_probe(1, "64M", "probe.run=triple-fault", &[]);

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::boot::BootSource;
+use crate::devices::virtio::block::config::DiskConfig;
 
 /// Guests smaller than this cannot hold a kernel, its initrd and page tables.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -28,6 +29,10 @@ pub struct VmConfig {
     pub memory: u64,
     pub reboot: RebootPolicy,
     pub kvm_device: PathBuf,
+    /// virtio-blk disks, in the order the guest finds them.
+    pub disks: Vec<DiskConfig>,
+    /// Where to serve the control protocol (`control::protocol`), if anywhere.
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,6 +5,7 @@ pub mod acpi;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod devices;
 pub mod doctor;
 pub mod exit;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use clap::{Parser, Subcommand, ValueEnum};
 use vireo_vmm::boot::{BootSource, DEFAULT_CMDLINE};
 use vireo_vmm::console::{ConsoleInput, RawTerminal};
+use vireo_vmm::devices::virtio::block::config::DiskConfig;
 use vireo_vmm::doctor::{self, DEFAULT_KVM_DEVICE};
 use vireo_vmm::exit::code;
 use vireo_vmm::{config, Console, RebootPolicy, VmConfig};
@@ -56,6 +57,14 @@ struct Cli {
     /// What a guest reboot does: end the engine with exit status 3, or start the guest again.
     #[arg(long, value_enum, default_value_t = RebootArg::Exit)]
     reboot: RebootArg,
+
+    /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME]. Repeatable.
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskConfig>,
+
+    /// Serve the control protocol (JSON lines: status, balloon, power-off) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
 
     /// The KVM device node.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_DEVICE, hide = true)]
@@ -150,6 +159,8 @@ fn run_vm(cli: Cli) -> ExitCode {
             RebootArg::Restart => RebootPolicy::Restart,
         },
         kvm_device: cli.kvm_device,
+        disks: cli.disk,
+        control_socket: cli.control_socket,
     };
     let raw = RawTerminal::enter();
     let console = Console {

@@ -13,10 +13,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{self, RebootPolicy, VmConfig};
 use crate::console::ConsoleInput;
+use crate::control::protocol::{Request, Response};
+use crate::control::{self, ControlServer};
 use crate::devices::acpi_pm::{self, AcpiPmDevice};
 use crate::devices::cmos::{self, Cmos};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
@@ -57,6 +61,10 @@ pub enum Error {
     Pci(#[source] crate::pci::virtio_pci::Error),
     #[error("too many devices for PCI bus 0 or its MMIO window")]
     PciFull,
+    #[error(transparent)]
+    Disk(#[from] BlockError),
+    #[error(transparent)]
+    Control(#[from] control::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -108,13 +116,20 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let (mut pio, serial) = legacy_devices(&vm, config, console, &exit_tx)?;
-    let pci = pci_devices(&vm, &mem)?;
+    let (pci, balloon) = pci_devices(&vm, &mem, config)?;
     pio.insert(
         PCI_CONFIG_PORT,
         PCI_CONFIG_PORT_LEN,
         Arc::new(Mutex::new(PciConfigPorts::new(pci.0.clone()))),
     );
     let pio = Arc::new(pio);
+    let _control = match &config.control_socket {
+        Some(path) => Some(ControlServer::start(
+            path,
+            Arc::new(VmControl::new(config, exit_tx.clone(), balloon)),
+        )?),
+        None => None,
+    };
     tracing::debug!("devices created");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,15 +189,26 @@ fn legacy_devices(
 }
 
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
-fn pci_devices(vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<PciMmio, Error> {
+fn pci_devices(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<(PciMmio, BalloonHandle), Error> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
-    let devices: Vec<Box<dyn VirtioDevice>> = vec![Box::new(Rng::new())];
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        devices.push(Box::new(Block::new(disk)?));
+    }
+    devices.push(Box::new(Rng::new()));
+    let balloon = Balloon::new(0).map_err(Error::EventFd)?;
+    let balloon_handle = balloon.handle();
+    devices.push(Box::new(balloon));
     for device in devices {
         let pci = VirtioPciDevice::new(device, mem.clone(), router.clone()).map_err(Error::Pci)?;
         root.add(Arc::new(Mutex::new(pci))).ok_or(Error::PciFull)?;
     }
-    Ok(PciMmio(Arc::new(Mutex::new(root))))
+    Ok((PciMmio(Arc::new(Mutex::new(root))), balloon_handle))
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
@@ -308,4 +334,80 @@ fn setup_vcpu(
         regs::setup_boot_vcpu(&fd, mem, entry)?;
     }
     Ok(fd)
+}
+
+/// The VM as the control socket sees it.
+struct VmControl {
+    vcpus: u8,
+    memory: u64,
+    exit: ExitSender,
+    balloon: BalloonHandle,
+}
+
+/// How long a `balloon-stats` request waits for the guest's driver to report.
+const BALLOON_STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl VmControl {
+    fn new(config: &VmConfig, exit: ExitSender, balloon: BalloonHandle) -> Self {
+        Self {
+            vcpus: config.vcpus,
+            memory: config.memory,
+            exit,
+            balloon,
+        }
+    }
+
+    fn balloon_state(&self) -> Response {
+        Response::Balloon {
+            target_mib: u64::from(self.balloon.target_pages()) * 4096 >> 20,
+            actual_mib: self.balloon.actual_bytes() >> 20,
+        }
+    }
+}
+
+impl control::Handler for VmControl {
+    fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status {} => Response::Status {
+                state: "running".into(),
+                vcpus: self.vcpus,
+                memory_mib: self.memory >> 20,
+            },
+            Request::PowerOff {} => {
+                self.exit.send(ExitReason::Stopped);
+                Response::Ok
+            }
+            Request::BalloonSet { target_mib } => {
+                if target_mib > self.memory >> 20 {
+                    return Response::Error {
+                        message: format!(
+                            "balloon target {target_mib} MiB is more than the VM's {} MiB",
+                            self.memory >> 20
+                        ),
+                    };
+                }
+                match self.balloon.set_target_bytes(target_mib << 20) {
+                    Ok(()) => self.balloon_state(),
+                    Err(e) => Response::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
+            Request::BalloonGet {} => self.balloon_state(),
+            Request::BalloonStats {} => {
+                // Fresh statistics if the driver answers in time, else its last report.
+                let stats = self
+                    .balloon
+                    .refresh_stats(BALLOON_STATS_WAIT)
+                    .ok()
+                    .or_else(|| self.balloon.stats());
+                match stats.map(serde_json::to_value) {
+                    Some(Ok(stats)) => Response::BalloonStats { stats },
+                    _ => Response::Error {
+                        message: "the guest's balloon driver has not reported statistics".into(),
+                    },
+                }
+            }
+        }
+    }
 }

@@ -317,9 +317,10 @@ impl VirtioPciDevice {
             common::QUEUE_ENABLE if queue_writable && v16 == 1 => {
                 let mem = self.mem.clone();
                 if let Some(q) = self.selected_queue() {
-                    if q.is_valid(&mem) {
-                        q.set_ready(true);
-                    } else {
+                    // virtio-queue validates only ready queues: mark it, check, undo.
+                    q.set_ready(true);
+                    if !q.is_valid(&mem) {
+                        q.set_ready(false);
                         tracing::warn!("virtio-pci: driver enabled a queue whose rings are not in guest memory");
                     }
                 }

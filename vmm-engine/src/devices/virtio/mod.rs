@@ -10,13 +10,15 @@
 //! device moves them into its worker thread (`worker`). `reset` (the driver writing 0 to
 //! device_status) stops the worker and returns the device to its inactive state.
 
+pub mod balloon;
+pub mod block;
 pub mod rng;
 pub mod worker;
 
 use std::io;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -101,7 +103,9 @@ pub fn drain_queue(
     let mut used_any = false;
     loop {
         queue.disable_notification(mem)?;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        // `iter` (unlike `pop_descriptor_chain`) fails on an avail index more than a
+        // queue's worth ahead: a guest lying about it must not spin us forever.
+        while let Some(chain) = queue.iter(mem)?.next() {
             let head = chain.head_index();
             let len = handle(chain);
             queue.add_used(mem, head, len)?;

@@ -246,4 +246,23 @@ mod tests {
         let used_len: u32 = mem.read_obj(GuestAddress(mock.used_addr().0 + 8)).unwrap();
         assert_eq!(used_len, 0);
     }
+
+    /// A guest that claims more available buffers than the queue holds gets an error,
+    /// not a device that spins forever.
+    #[test]
+    fn an_avail_index_far_ahead_is_an_error() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        queue.set_ready(true);
+        // avail.idx (at avail ring + 2) far beyond the 16 entries the queue has.
+        mem.write_obj(100u16, GuestAddress(mock.avail_addr().0 + 2))
+            .unwrap();
+        let mut handler = RngQueue {
+            queue,
+            mem: mem.clone(),
+            interrupt: Arc::new(CountingInterrupt::default()),
+        };
+        assert!(handler.queue_notified(0).is_err());
+    }
 }
