@@ -1,6 +1,6 @@
 //! The control socket of a running engine: JSON lines in, one response line per request
 //! out, bad requests answered with an error (the connection stays usable), and
-//! `power-off` ending the VM.
+//! balloon requests answered, and `power-off` ending the VM.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -57,6 +57,16 @@ fn status_errors_and_power_off() {
         "{bad}"
     );
     assert!(ask("{").contains(r#""response":"error""#));
+    // The probe guest has no balloon driver: the target is kept for when one binds,
+    // nothing is given back, and there are no statistics to report.
+    assert_eq!(
+        ask(r#"{"request":"balloon-set","target_mib":32}"#).trim(),
+        r#"{"response":"balloon","target_mib":32,"actual_mib":0}"#
+    );
+    assert!(
+        ask(r#"{"request":"balloon-set","target_mib":4096}"#).contains("more than the VM's 96 MiB")
+    );
+    assert!(ask(r#"{"request":"balloon-stats"}"#).contains("has not reported"));
     assert_eq!(
         ask(r#"{"request":"power-off"}"#).trim(),
         r#"{"response":"ok"}"#

@@ -276,3 +276,76 @@ fn demo_linux_reads_hwrng() {
     assert!(out.contains("virtio_rng"), "{out}");
     assert!(out.lines().any(|l| l.trim() == "4096"), "{out}");
 }
+
+/// The engine's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The guest touches 300 MiB and frees it; inflating the balloon through the control
+/// socket gives that memory back to the host (the engine's RSS falls).
+#[test]
+fn demo_linux_balloon_returns_memory_to_the_host() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    const TEST: &str = "linux_boot::demo_linux_balloon_returns_memory_to_the_host";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let image = demo_image();
+    let socket = std::env::temp_dir().join(format!("vireo-balloon-{}.sock", std::process::id()));
+    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&image.vmlinuz),
+        "--initrd",
+        s(&image.initramfs),
+        "--memory",
+        "512M",
+        "--control-socket",
+        s(&socket),
+        "--cmdline",
+        "vireo.run=dd+if=/dev/zero+of=/dev/null+bs=300M+count=1+%26%26+echo+TOUCHED+%26%26+sleep+60",
+    ]));
+    assert!(
+        guest
+            .wait_for("TOUCHED", Duration::from_secs(120))
+            .is_some(),
+        "the guest touched its memory"
+    );
+    let before = rss_kib(guest.child.id());
+    let stream = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ask = |line: &str| {
+        writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        answer
+    };
+    assert!(ask(r#"{"request":"balloon-set","target_mib":384}"#).contains(r#""target_mib":384"#));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = ask(r#"{"request":"balloon-get"}"#);
+        if state.contains(r#""actual_mib":384"#) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never inflated: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = rss_kib(guest.child.id());
+    let stats = ask(r#"{"request":"balloon-stats"}"#);
+    guest.kill();
+    assert!(
+        after + 200 * 1024 < before,
+        "RSS {before} kB -> {after} kB after inflating 384 MiB"
+    );
+    assert!(stats.contains("total_memory"), "{stats}");
+}
