@@ -359,7 +359,7 @@ impl VmControl {
 
     fn balloon_state(&self) -> Response {
         Response::Balloon {
-            target_mib: u64::from(self.balloon.target_pages()) * 4096 >> 20,
+            target_mib: (u64::from(self.balloon.target_pages()) * 4096) >> 20,
             actual_mib: self.balloon.actual_bytes() >> 20,
         }
     }

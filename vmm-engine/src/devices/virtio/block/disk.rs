@@ -683,12 +683,23 @@ mod tests {
         stderr
     }
 
-    /// Waits until a QEMU started on `path` holds it, then returns why we cannot open it.
-    fn wait_until_held(path: &Path, readonly: bool) -> DiskError {
+    /// Waits until a QEMU started on `path` has taken all its locks (QEMU takes them in
+    /// steps while it starts), then returns why we cannot open the image.
+    fn wait_until_held(path: &Path, readonly: bool, qemu_writes: bool) -> DiskError {
+        use super::super::lock::{is_locked_by_others, RAW_LOCK_PERM_BASE, RAW_LOCK_SHARED_BASE};
         let file = File::open(path).unwrap();
+        // Byte 201: "does not share write", which every QEMU VM takes; byte 101:
+        // "writes", which a writable one takes.
+        let mut bytes = vec![RAW_LOCK_SHARED_BASE + 1];
+        if qemu_writes {
+            bytes.push(RAW_LOCK_PERM_BASE + 1);
+        }
         let start = Instant::now();
-        // Only look: taking the lock, even briefly, would make QEMU fail to start.
-        while !super::super::lock::in_use_by_others(&file).unwrap() {
+        // Only look: taking a lock, even briefly, would make QEMU fail to start.
+        while !bytes
+            .iter()
+            .all(|&b| is_locked_by_others(&file, b).unwrap())
+        {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "QEMU never locked {path:?}"
@@ -758,7 +769,7 @@ mod tests {
         ] {
             let img = make(1 << 20);
             let qemu = QemuVm::start(img.as_path(), format, false);
-            let err = wait_until_held(img.as_path(), true);
+            let err = wait_until_held(img.as_path(), true, true);
             assert!(
                 matches!(
                     err,
@@ -775,7 +786,7 @@ mod tests {
 
             // A read-only QEMU VM: we may read along, not write.
             let qemu = QemuVm::start(img.as_path(), format, true);
-            let err = wait_until_held(img.as_path(), false);
+            let err = wait_until_held(img.as_path(), false, false);
             assert!(matches!(err, DiskError::Lock { .. }), "{err}");
             Disk::open(&config(img.as_path(), None, true)).unwrap();
             drop(qemu);

@@ -440,8 +440,13 @@ impl RequestExecutor {
             let mut done = 0;
             while done < r.len {
                 let n = (r.len - done).min(bounce.len() as u64) as usize;
-                let ok = disk.backend().read_at(&mut bounce[..n], offset).is_ok()
-                    && mem.write_slice(&bounce[..n], at(r.addr, done)).is_ok();
+                let ok = match disk.backend().read_at(&mut bounce[..n], offset) {
+                    Ok(()) => mem.write_slice(&bounce[..n], at(r.addr, done)).is_ok(),
+                    Err(e) => {
+                        tracing::warn!("virtio-blk: reading the disk at {offset}: {e}");
+                        false
+                    }
+                };
                 if !ok {
                     return Outcome {
                         status: VIRTIO_BLK_S_IOERR,
@@ -469,7 +474,13 @@ impl RequestExecutor {
             while done < r.len {
                 let n = (r.len - done).min(bounce.len() as u64) as usize;
                 let ok = mem.read_slice(&mut bounce[..n], at(r.addr, done)).is_ok()
-                    && disk.backend().write_at(&bounce[..n], offset).is_ok();
+                    && match disk.backend().write_at(&bounce[..n], offset) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!("virtio-blk: writing the disk at {offset}: {e}");
+                            false
+                        }
+                    };
                 if !ok {
                     return Outcome::status(VIRTIO_BLK_S_IOERR);
                 }

@@ -182,4 +182,19 @@ mod tests {
         assert_eq!(driver.status(&s), 0);
         assert_eq!(interrupt.used(), 1);
     }
+
+    #[test]
+    fn an_avail_index_beyond_the_queue_is_an_error_not_a_hang() {
+        let mem = guest_memory();
+        let mut driver = Driver::new(&mem);
+        let (mut w, interrupt, _img) = worker(&mem, &driver, true);
+        driver.request(VIRTIO_BLK_T_GET_ID, 0, Err(20));
+        driver.vq.avail().idx().store(QUEUE_SIZE + 1);
+        assert!(w.process_queue().is_err());
+        assert_eq!(interrupt.used(), 0);
+        // The driver repairs its index: service resumes.
+        driver.vq.avail().idx().store(1);
+        assert!(w.process_queue().unwrap());
+        assert_eq!(driver.used_idx(), 1);
+    }
 }
