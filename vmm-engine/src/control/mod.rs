@@ -60,23 +60,38 @@ impl ControlServer {
             }
             let _ = std::fs::remove_file(path);
         }
-        let bind_err = |source| Error::Bind { path: path.to_owned(), source };
+        let bind_err = |source| Error::Bind {
+            path: path.to_owned(),
+            source,
+        };
         let listener = UnixListener::bind(path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?;
         let epoll = Epoll::new().map_err(Error::Thread)?;
         epoll
-            .ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_STOP))
+            .ctl(
+                ControlOperation::Add,
+                stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_STOP),
+            )
             .map_err(Error::Thread)?;
         epoll
-            .ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_LISTENER))
+            .ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+            )
             .map_err(Error::Thread)?;
         let thread = std::thread::Builder::new()
             .name("control".into())
             .stack_size(256 << 10)
             .spawn(move || serve(epoll, listener, handler))
             .map_err(Error::Thread)?;
-        Ok(Self { stop, thread: Some(thread), path: path.to_owned() })
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            path: path.to_owned(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -114,10 +129,16 @@ fn serve(epoll: Epoll, listener: UnixListener, handler: Arc<dyn Handler>) {
                 TOKEN_STOP => return,
                 TOKEN_LISTENER => accept(&epoll, &listener, &mut clients, &mut next_token),
                 token => {
-                    let keep = clients.get_mut(&token).is_some_and(|c| serve_client(c, handler.as_ref()));
+                    let keep = clients
+                        .get_mut(&token)
+                        .is_some_and(|c| serve_client(c, handler.as_ref()));
                     if !keep {
                         if let Some(c) = clients.remove(&token) {
-                            let _ = epoll.ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+                            let _ = epoll.ctl(
+                                ControlOperation::Delete,
+                                c.stream.as_raw_fd(),
+                                EpollEvent::default(),
+                            );
                         }
                     }
                 }
@@ -126,11 +147,21 @@ fn serve(epoll: Epoll, listener: UnixListener, handler: Arc<dyn Handler>) {
     }
 }
 
-fn accept(epoll: &Epoll, listener: &UnixListener, clients: &mut HashMap<u64, Client>, next_token: &mut u64) {
+fn accept(
+    epoll: &Epoll,
+    listener: &UnixListener,
+    clients: &mut HashMap<u64, Client>,
+    next_token: &mut u64,
+) {
     while let Ok((stream, _)) = listener.accept() {
         if clients.len() >= MAX_CLIENTS {
             let mut s = stream;
-            let _ = s.write_all(encode_response(&Response::Error { message: "too many clients".into() }).as_bytes());
+            let _ = s.write_all(
+                encode_response(&Response::Error {
+                    message: "too many clients".into(),
+                })
+                .as_bytes(),
+            );
             continue;
         }
         if stream.set_nonblocking(true).is_err() {
@@ -138,8 +169,21 @@ fn accept(epoll: &Epoll, listener: &UnixListener, clients: &mut HashMap<u64, Cli
         }
         let token = *next_token;
         *next_token += 1;
-        if epoll.ctl(ControlOperation::Add, stream.as_raw_fd(), EpollEvent::new(EventSet::IN, token)).is_ok() {
-            clients.insert(token, Client { stream, pending: Vec::new() });
+        if epoll
+            .ctl(
+                ControlOperation::Add,
+                stream.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .is_ok()
+        {
+            clients.insert(
+                token,
+                Client {
+                    stream,
+                    pending: Vec::new(),
+                },
+            );
         }
     }
 }
@@ -168,14 +212,22 @@ fn serve_client(client: &mut Client, handler: &dyn Handler) -> bool {
         };
         // Responses are small; a client that does not read them is dropped.
         client.stream.set_nonblocking(false).ok();
-        let sent = client.stream.write_all(encode_response(&response).as_bytes()).is_ok();
+        let sent = client
+            .stream
+            .write_all(encode_response(&response).as_bytes())
+            .is_ok();
         client.stream.set_nonblocking(true).ok();
         if !sent {
             return false;
         }
     }
     if client.pending.len() > MAX_LINE {
-        let _ = client.stream.write_all(encode_response(&Response::Error { message: "request line too long".into() }).as_bytes());
+        let _ = client.stream.write_all(
+            encode_response(&Response::Error {
+                message: "request line too long".into(),
+            })
+            .as_bytes(),
+        );
         return false;
     }
     true
@@ -190,7 +242,11 @@ mod tests {
     impl Handler for Echo {
         fn handle(&self, request: Request) -> Response {
             match request {
-                Request::Status {} => Response::Status { state: "running".into(), vcpus: 1, memory_mib: 64 },
+                Request::Status {} => Response::Status {
+                    state: "running".into(),
+                    vcpus: 1,
+                    memory_mib: 64,
+                },
                 _ => Response::Ok,
             }
         }
@@ -198,15 +254,24 @@ mod tests {
 
     #[test]
     fn serves_clients_and_survives_bad_lines() {
-        let path = std::env::temp_dir().join(format!("vireo-control-test-{}.sock", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("vireo-control-test-{}.sock", std::process::id()));
         let server = ControlServer::start(&path, Arc::new(Echo)).unwrap();
-        assert!(matches!(ControlServer::start(&path, Arc::new(Echo)), Err(Error::InUse(_))));
+        assert!(matches!(
+            ControlServer::start(&path, Arc::new(Echo)),
+            Err(Error::InUse(_))
+        ));
         let stream = UnixStream::connect(&path).unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut w = stream;
-        w.write_all(b"{\"request\":\"status\"}\ngarbage\n\n{\"request\":\"power-off\"}\n").unwrap();
+        w.write_all(b"{\"request\":\"status\"}\ngarbage\n\n{\"request\":\"power-off\"}\n")
+            .unwrap();
         let mut line = String::new();
-        for expected in ["\"state\":\"running\"", "bad request", "\"response\":\"ok\""] {
+        for expected in [
+            "\"state\":\"running\"",
+            "bad request",
+            "\"response\":\"ok\"",
+        ] {
             line.clear();
             reader.read_line(&mut line).unwrap();
             assert!(line.contains(expected), "{line}");

@@ -33,16 +33,29 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "kebab-case")]
 pub enum Response {
-    Status { state: String, vcpus: u8, memory_mib: u64 },
-    Balloon { target_mib: u64, actual_mib: u64 },
-    BalloonStats { stats: serde_json::Value },
+    Status {
+        state: String,
+        vcpus: u8,
+        memory_mib: u64,
+    },
+    Balloon {
+        target_mib: u64,
+        actual_mib: u64,
+    },
+    BalloonStats {
+        stats: serde_json::Value,
+    },
     Ok,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// Parses one request line; a bad line becomes the error response to send back.
 pub fn parse_request(line: &str) -> Result<Request, Response> {
-    serde_json::from_str(line).map_err(|e| Response::Error { message: format!("bad request: {e}") })
+    serde_json::from_str(line).map_err(|e| Response::Error {
+        message: format!("bad request: {e}"),
+    })
 }
 
 /// One response line, newline included.
@@ -60,8 +73,14 @@ mod tests {
 
     #[test]
     fn requests_parse_and_mistakes_are_named() {
-        assert_eq!(parse_request(r#"{"request":"status"}"#), Ok(Request::Status {}));
-        assert_eq!(parse_request(r#"{"request":"balloon-set","target_mib":64}"#), Ok(Request::BalloonSet { target_mib: 64 }));
+        assert_eq!(
+            parse_request(r#"{"request":"status"}"#),
+            Ok(Request::Status {})
+        );
+        assert_eq!(
+            parse_request(r#"{"request":"balloon-set","target_mib":64}"#),
+            Ok(Request::BalloonSet { target_mib: 64 })
+        );
         let err = |line: &str| match parse_request(line) {
             Err(Response::Error { message }) => message,
             other => panic!("{other:?}"),
@@ -74,7 +93,13 @@ mod tests {
 
     #[test]
     fn responses_are_one_line_each() {
-        let line = encode_response(&Response::Balloon { target_mib: 1, actual_mib: 0 });
-        assert_eq!(line, "{\"response\":\"balloon\",\"target_mib\":1,\"actual_mib\":0}\n");
+        let line = encode_response(&Response::Balloon {
+            target_mib: 1,
+            actual_mib: 0,
+        });
+        assert_eq!(
+            line,
+            "{\"response\":\"balloon\",\"target_mib\":1,\"actual_mib\":0}\n"
+        );
     }
 }
