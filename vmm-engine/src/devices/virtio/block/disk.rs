@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ use imago::qcow2::Qcow2;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageOpenOptions};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
+use vm_memory::VolatileSlice;
 
 use super::config::{DiskConfig, DiskFormat};
 use super::lock::{ImageLock, LockError};
@@ -49,6 +51,23 @@ pub trait DiskBackend: Send {
     fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
     /// The size in bytes of the units the backend frees space in (a hint for the guest).
     fn discard_granularity(&self) -> u64;
+    /// Reads straight into guest memory, when the backend can (a raw file: one `pread`
+    /// into the guest's pages, no bounce buffer). `None`: it cannot; use `read_at`.
+    fn read_into_guest(
+        &mut self,
+        _dst: &VolatileSlice<'_, ()>,
+        _offset: u64,
+    ) -> Option<io::Result<()>> {
+        None
+    }
+    /// Writes straight from guest memory, when the backend can. `None`: use `write_at`.
+    fn write_from_guest(
+        &mut self,
+        _src: &VolatileSlice<'_, ()>,
+        _offset: u64,
+    ) -> Option<io::Result<()>> {
+        None
+    }
 }
 
 /// Why a disk image could not be opened.
@@ -253,6 +272,56 @@ impl RawDisk {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// `pread`/`pwrite` between `file` at `offset` and a slice of guest memory, looping over
+/// short transfers. Reading past the end of the file is an error (the caller checked the
+/// range against the disk's size, so it means the file shrank under us).
+fn positional_io(
+    file: &File,
+    slice: &VolatileSlice<'_, ()>,
+    offset: u64,
+    direction: Direction,
+) -> io::Result<()> {
+    let guard = slice.ptr_guard_mut();
+    let base = guard.as_ptr();
+    let len = slice.len();
+    let mut done = 0usize;
+    while done < len {
+        let at = i64::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `base..base + len` is guest memory that `slice` describes and `guard`
+        // keeps mapped for this call; the kernel reads or writes at most `len - done`
+        // bytes from `base + done`. Guest memory may change under us (the guest owns
+        // it), which is fine for a byte copy done by the kernel.
+        let n = unsafe {
+            match direction {
+                Direction::Read => {
+                    libc::pread(file.as_raw_fd(), base.add(done).cast(), len - done, at)
+                }
+                Direction::Write => {
+                    libc::pwrite(file.as_raw_fd(), base.add(done).cast(), len - done, at)
+                }
+            }
+        };
+        match n {
+            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    Ok(())
+}
+
 /// File systems without hole punching or zero ranges answer these; anything else is a
 /// real error.
 fn is_unsupported(e: Errno) -> bool {
@@ -274,6 +343,22 @@ impl DiskBackend for RawDisk {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn read_into_guest(
+        &mut self,
+        dst: &VolatileSlice<'_, ()>,
+        offset: u64,
+    ) -> Option<io::Result<()>> {
+        Some(positional_io(&self.file, dst, offset, Direction::Read))
+    }
+
+    fn write_from_guest(
+        &mut self,
+        src: &VolatileSlice<'_, ()>,
+        offset: u64,
+    ) -> Option<io::Result<()>> {
+        Some(positional_io(&self.file, src, offset, Direction::Write))
     }
 
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {

@@ -435,8 +435,25 @@ impl RequestExecutor {
             return Outcome::status(VIRTIO_BLK_S_IOERR);
         };
         let mut written = 0;
-        let bounce = self.bounce();
         for r in req.data.ranges() {
+            // The fast path: straight from the file into the guest's pages.
+            if let Some(result) =
+                vm_memory::GuestMemoryBackend::get_slice(mem, r.addr, r.len as usize)
+                    .ok()
+                    .and_then(|slice| disk.backend().read_into_guest(&slice, offset))
+            {
+                if let Err(e) = result {
+                    tracing::warn!("virtio-blk: reading the disk at {offset}: {e}");
+                    return Outcome {
+                        status: VIRTIO_BLK_S_IOERR,
+                        written,
+                    };
+                }
+                offset += r.len;
+                written += r.len;
+                continue;
+            }
+            let bounce = self.bounce();
             let mut done = 0;
             while done < r.len {
                 let n = (r.len - done).min(bounce.len() as u64) as usize;
@@ -468,8 +485,20 @@ impl RequestExecutor {
         let Some(mut offset) = Self::data_offset(req, disk) else {
             return Outcome::status(VIRTIO_BLK_S_IOERR);
         };
-        let bounce = self.bounce();
         for r in req.data.ranges() {
+            if let Some(result) =
+                vm_memory::GuestMemoryBackend::get_slice(mem, r.addr, r.len as usize)
+                    .ok()
+                    .and_then(|slice| disk.backend().write_from_guest(&slice, offset))
+            {
+                if let Err(e) = result {
+                    tracing::warn!("virtio-blk: writing the disk at {offset}: {e}");
+                    return Outcome::status(VIRTIO_BLK_S_IOERR);
+                }
+                offset += r.len;
+                continue;
+            }
+            let bounce = self.bounce();
             let mut done = 0;
             while done < r.len {
                 let n = (r.len - done).min(bounce.len() as u64) as usize;
