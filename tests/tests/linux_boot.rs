@@ -246,7 +246,24 @@ fn demo_linux_formats_writes_and_rereads_a_virtio_disk() {
             &["--disk", &disk],
         );
         assert!(!first.contains("No such"), "{first}");
-        let second = run_demo("mount+/dev/vda+/mnt+%26%26+cat+/mnt/f", &["--disk", &disk]);
+        let second = run_demo(
+            "mount+/dev/vda+/mnt+%26%26+cat+/mnt/f+%26%26+dmesg",
+            &["--disk", &disk],
+        );
+        // The kernel's own PCI enumeration: our host bridge and the disk with its BAR,
+        // MSI-X in use, and no resource the kernel could not claim.
+        assert!(second.contains("pci 0000:00:01.0: [1af4:1042]"), "{second}");
+        assert!(second.contains("pci 0000:00:01.0: BAR 0"), "{second}");
+        assert!(
+            !second.contains("can't claim") && !second.contains("conflict"),
+            "{second}"
+        );
+        assert!(
+            second.contains(
+                "PCI: MMCONFIG for domain 0000 [bus 00-00] at [mem 0xe0000000-0xe00fffff]"
+            ),
+            "{second}"
+        );
         assert!(
             second.lines().any(|l| l.trim() == "vireo-disk-ok"),
             "{second}"
