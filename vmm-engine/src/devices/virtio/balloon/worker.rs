@@ -28,7 +28,7 @@ use vm_memory::{
 use super::stats::{BalloonStats, MAX_STATS_BYTES};
 use super::{BalloonHandle, Shared, BALLOON_PAGE_BYTES, VIRTIO_BALLOON_PFN_SHIFT};
 use crate::devices::virtio::worker::WorkerHandler;
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{drain_queue, Interrupt};
 
 /// Host page size. The engine runs on x86_64, whose base pages are 4 KiB, the balloon's
 /// unit too. (On a larger-page host, madvise would refuse the unaligned ranges: pages
@@ -127,15 +127,15 @@ impl BalloonWorker {
         let role = q.role;
         let queue_err = |source| WorkerError::Queue { role, source };
         let notify = match role {
-            QueueRole::Inflate => drain(&mut q.queue, mem, |chain| {
+            QueueRole::Inflate => drain_queue(&mut q.queue, mem, |chain| {
                 inflate(chain, mem, shared);
                 0
             }),
-            QueueRole::Deflate => drain(&mut q.queue, mem, |chain| {
+            QueueRole::Deflate => drain_queue(&mut q.queue, mem, |chain| {
                 deflate(chain, mem, shared);
                 0
             }),
-            QueueRole::Reporting => drain(&mut q.queue, mem, |chain| {
+            QueueRole::Reporting => drain_queue(&mut q.queue, mem, |chain| {
                 report(chain, mem, shared);
                 0
             }),
@@ -188,31 +188,6 @@ impl WorkerHandler for BalloonWorker {
     fn backend_ready(&mut self, _index: usize) -> Result<(), String> {
         self.release_stats().map_err(|e| e.to_string())
     }
-}
-
-/// `super::super::drain_queue`'s loop (disable notifications, use every chain, enable
-/// and look again), except that a broken avail ring (an index more than the queue size
-/// ahead) ends it with an error: `pop_descriptor_chain` reports that as "no chain" while
-/// `enable_notification` keeps seeing new buffers, and the loop would spin for ever.
-fn drain(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    mut handle: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
-) -> Result<bool, virtio_queue::Error> {
-    let mut used_any = false;
-    loop {
-        queue.disable_notification(mem)?;
-        while let Some(chain) = queue.iter(mem)?.next() {
-            let head = chain.head_index();
-            let len = handle(chain);
-            queue.add_used(mem, head, len)?;
-            used_any = true;
-        }
-        if !queue.enable_notification(mem)? {
-            break;
-        }
-    }
-    Ok(used_any && queue.needs_notification(mem)?)
 }
 
 /// Drains the statsq: parses each buffer and keeps it instead of using it. The driver
