@@ -8,6 +8,7 @@ packages=(
   build-essential pkg-config   # cc for crates with C parts, linking the probe guest
   qemu-system-x86 qemu-utils   # the side-by-side reference in benchmarks; qemu-img
   kmod cpio xz-utils zstd      # depmod and archives for the demo Linux image
+  busybox-static               # the demo guest's shell, to test its /init on the host
   util-linux                   # setpriv, used by the permission test
   linux-perf                   # exit counts in the benchmarks
   ca-certificates
