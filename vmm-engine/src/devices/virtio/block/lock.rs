@@ -220,7 +220,16 @@ mod tests {
         assert!(in_use_by_others(&b).unwrap());
         drop(writer);
         drop(a);
-        assert!(!in_use_by_others(&b).unwrap());
+        // A concurrent fork in this test process (other tests run qemu-img) keeps a copy
+        // of `a`, and its lock, until the child execs: wait that out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while in_use_by_others(&b).unwrap() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lock outlived its file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
 
         // Once the writer is gone, two readers coexist but keep a writer out.
         let c = open(tmp.as_path());

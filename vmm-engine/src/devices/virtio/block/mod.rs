@@ -706,7 +706,20 @@ mod tests {
             "{err}"
         );
         drop(first);
-        Block::new(&config).unwrap();
+        // Another test of this process forking (qemu-img) holds a copy of the dropped
+        // descriptor, and so the OFD lock, until its child execs: give that a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Block::new(&config) {
+                Ok(_) => break,
+                Err(BlockError::Disk(DiskError::Lock { .. }))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopening after the first device closed: {e}"),
+            }
+        }
     }
 
     #[test]
