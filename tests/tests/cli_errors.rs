@@ -104,6 +104,15 @@ fn initrd_missing() {
 }
 
 #[test]
+fn bad_display_size() {
+    let elf = probe_guest_elf();
+    for bad in ["huge", "100x100", "1280x"] {
+        let run = run_vmm(&["--kernel", s(&elf), "--display", bad], DEADLINE);
+        assert_one_line_error(&run, 2, "WIDTHxHEIGHT");
+    }
+}
+
+#[test]
 fn memory_and_cpu_limits() {
     let elf = probe_guest_elf();
     let k = s(&elf);

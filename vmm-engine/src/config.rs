@@ -33,6 +33,43 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Where to serve the control protocol (`control::protocol`), if anywhere.
     pub control_socket: Option<PathBuf>,
+    /// The guest's screen and its keyboard and tablet; `None`: a headless VM.
+    pub display: Option<DisplayConfig>,
+}
+
+/// Screen sizes a display may start with.
+pub const DISPLAY_MIN: u32 = 320;
+pub const DISPLAY_MAX: u32 = 8192;
+
+/// `--display WxH`: the size of the screen the guest is offered at first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisplayConfig {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// `--display WxH` or `--display none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisplayArg(pub Option<DisplayConfig>);
+
+impl std::str::FromStr for DisplayArg {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        if text == "none" {
+            return Ok(DisplayArg(None));
+        }
+        let bad = || Error::BadDisplay(text.to_owned());
+        let (w, h) = text.split_once(['x', 'X']).ok_or_else(bad)?;
+        let (width, height): (u32, u32) =
+            (w.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?);
+        if !(DISPLAY_MIN..=DISPLAY_MAX).contains(&width)
+            || !(DISPLAY_MIN..=DISPLAY_MAX).contains(&height)
+        {
+            return Err(bad());
+        }
+        Ok(DisplayArg(Some(DisplayConfig { width, height })))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,6 +80,8 @@ pub enum Error {
     MemoryTooSmall { given: u64 },
     #[error("memory {given} MiB is more than this host has ({host} MiB): give the VM less")]
     MemoryTooLarge { given: u64, host: u64 },
+    #[error("invalid display '{0}': use WIDTHxHEIGHT, each {DISPLAY_MIN} to {DISPLAY_MAX} pixels (e.g. 1280x800), or none")]
+    BadDisplay(String),
     #[error("--cpus 0: a VM needs at least one vCPU")]
     NoVcpus,
     #[error("--cpus {given} is more than this host and Vireo allow: use at most {limit}")]
@@ -102,6 +141,33 @@ mod tests {
         assert_eq!(parse_memory_size("1T"), Ok(1 << 40));
         for bad in ["", "G", "12X", "-1M", "1.5G", "99999999999999G"] {
             assert!(parse_memory_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_sizes() {
+        let size = |w, h| {
+            Ok(DisplayArg(Some(DisplayConfig {
+                width: w,
+                height: h,
+            })))
+        };
+        assert_eq!("1280x800".parse(), size(1280, 800));
+        assert_eq!("1920X1080".parse(), size(1920, 1080));
+        assert_eq!("none".parse(), Ok(DisplayArg(None)));
+        for bad in [
+            "",
+            "1280",
+            "x800",
+            "1280x",
+            "0x0",
+            "100x100",
+            "9000x600",
+            "axb",
+            "1280x800x2",
+        ] {
+            let err = bad.parse::<DisplayArg>().unwrap_err();
+            assert!(err.to_string().contains("WIDTHxHEIGHT"), "{bad}: {err}");
         }
     }
 

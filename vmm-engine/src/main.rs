@@ -62,6 +62,11 @@ struct Cli {
     #[arg(long, value_name = "SPEC")]
     disk: Vec<DiskConfig>,
 
+    /// The guest's screen: WIDTHxHEIGHT adds a keyboard and an absolute tablet (driven
+    /// through the control socket); none (the default) leaves them out.
+    #[arg(long, value_name = "WxH|none", default_value = "none")]
+    display: config::DisplayArg,
+
     /// Serve the control protocol (JSON lines: status, balloon, power-off) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -161,6 +166,7 @@ fn run_vm(cli: Cli) -> ExitCode {
         kvm_device: cli.kvm_device,
         disks: cli.disk,
         control_socket: cli.control_socket,
+        display: cli.display.0,
     };
     let raw = RawTerminal::enter();
     let console = Console {

@@ -11,9 +11,9 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{self, RebootPolicy, VmConfig};
+use crate::config::{self, DisplayConfig, RebootPolicy, VmConfig};
 use crate::console::ConsoleInput;
-use crate::control::protocol::{Request, Response};
+use crate::control::protocol::{PointerButton, Request, Response};
 use crate::control::{self, ControlServer};
 use crate::devices::acpi_pm::{self, AcpiPmDevice};
 use crate::devices::cmos::{self, Cmos};
@@ -21,6 +21,8 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind};
+use crate::devices::virtio::input::{Input, InputHandle};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
@@ -116,7 +118,7 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let (mut pio, serial) = legacy_devices(&vm, config, console, &exit_tx)?;
-    let (pci, balloon) = pci_devices(&vm, &mem, config)?;
+    let (pci, handles) = pci_devices(&vm, &mem, config)?;
     pio.insert(
         PCI_CONFIG_PORT,
         PCI_CONFIG_PORT_LEN,
@@ -126,7 +128,7 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
     let _control = match &config.control_socket {
         Some(path) => Some(ControlServer::start(
             path,
-            Arc::new(VmControl::new(config, exit_tx.clone(), balloon)),
+            Arc::new(VmControl::new(config, exit_tx.clone(), handles)),
         )?),
         None => None,
     };
@@ -188,12 +190,19 @@ fn legacy_devices(
     Ok((pio, serial))
 }
 
+/// The host sides of the devices the control socket drives.
+struct DeviceHandles {
+    balloon: BalloonHandle,
+    /// The keyboard and the tablet, with a display.
+    input: Option<(InputHandle, InputHandle)>,
+}
+
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
 fn pci_devices(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
-) -> Result<(PciMmio, BalloonHandle), Error> {
+) -> Result<(PciMmio, DeviceHandles), Error> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -204,11 +213,23 @@ fn pci_devices(
     let balloon = Balloon::new(0).map_err(Error::EventFd)?;
     let balloon_handle = balloon.handle();
     devices.push(Box::new(balloon));
+    let mut input = None;
+    if config.display.is_some() {
+        let keyboard = Input::new(InputKind::Keyboard).map_err(Error::EventFd)?;
+        let tablet = Input::new(InputKind::Tablet).map_err(Error::EventFd)?;
+        input = Some((keyboard.handle(), tablet.handle()));
+        devices.push(Box::new(keyboard));
+        devices.push(Box::new(tablet));
+    }
     for device in devices {
         let pci = VirtioPciDevice::new(device, mem.clone(), router.clone()).map_err(Error::Pci)?;
         root.add(Arc::new(Mutex::new(pci))).ok_or(Error::PciFull)?;
     }
-    Ok((PciMmio(Arc::new(Mutex::new(root))), balloon_handle))
+    let handles = DeviceHandles {
+        balloon: balloon_handle,
+        input,
+    };
+    Ok((PciMmio(Arc::new(Mutex::new(root))), handles))
 }
 
 fn create_vm(kvm: &Kvm) -> Result<VmFd, Error> {
@@ -342,18 +363,105 @@ struct VmControl {
     memory: u64,
     exit: ExitSender,
     balloon: BalloonHandle,
+    input: Option<(InputHandle, InputHandle)>,
+    display: Option<DisplayConfig>,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
 const BALLOON_STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl VmControl {
-    fn new(config: &VmConfig, exit: ExitSender, balloon: BalloonHandle) -> Self {
+    fn new(config: &VmConfig, exit: ExitSender, handles: DeviceHandles) -> Self {
         Self {
             vcpus: config.vcpus,
             memory: config.memory,
             exit,
-            balloon,
+            balloon: handles.balloon,
+            input: handles.input,
+            display: config.display,
+        }
+    }
+
+    /// Sends one group of events to the keyboard (`false`) or the tablet (`true`).
+    fn input(&self, tablet: bool, events: &[InputEvent]) -> Response {
+        let Some((keyboard, pointer)) = &self.input else {
+            return Response::Error {
+                message:
+                    "this VM has no display, so no keyboard or tablet: start it with --display WxH"
+                        .into(),
+            };
+        };
+        let device = if tablet { pointer } else { keyboard };
+        match device.send(events) {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::Error {
+                message: format!("{}: {e}", device.kind_name()),
+            },
+        }
+    }
+
+    /// Scales a screen position into the tablet's 0..=ABS_MAX range.
+    fn tablet_position(&self, x: u32, y: u32) -> (u32, u32) {
+        let scale = |v: u32, size: u32| {
+            let last = u64::from(size.max(2) - 1);
+            (u64::from(v).min(last) * u64::from(evdev::ABS_MAX) / last) as u32
+        };
+        match self.display {
+            Some(d) => (scale(x, d.width), scale(y, d.height)),
+            None => (0, 0),
+        }
+    }
+
+    fn input_request(&self, request: Request) -> Response {
+        match request {
+            Request::InputKey { code, pressed } => self.input(
+                false,
+                &[InputEvent::new(evdev::EV_KEY, code, u32::from(pressed))],
+            ),
+            Request::InputPointer { x, y } => {
+                let (x, y) = self.tablet_position(x, y);
+                self.input(
+                    true,
+                    &[
+                        InputEvent::new(evdev::EV_ABS, evdev::ABS_X, x),
+                        InputEvent::new(evdev::EV_ABS, evdev::ABS_Y, y),
+                    ],
+                )
+            }
+            Request::InputButton { button, pressed } => {
+                let code = match button {
+                    PointerButton::Left => evdev::BTN_LEFT,
+                    PointerButton::Right => evdev::BTN_RIGHT,
+                    PointerButton::Middle => evdev::BTN_MIDDLE,
+                    PointerButton::Side => evdev::BTN_SIDE,
+                    PointerButton::Extra => evdev::BTN_EXTRA,
+                };
+                self.input(
+                    true,
+                    &[InputEvent::new(evdev::EV_KEY, code, u32::from(pressed))],
+                )
+            }
+            Request::InputScroll { dx, dy } => {
+                // evdev's wheel counts up as positive; the request counts down.
+                let mut events = Vec::new();
+                if dy != 0 {
+                    events.push(InputEvent::new(
+                        evdev::EV_REL,
+                        evdev::REL_WHEEL,
+                        dy.wrapping_neg() as u32,
+                    ));
+                }
+                if dx != 0 {
+                    events.push(InputEvent::new(evdev::EV_REL, evdev::REL_HWHEEL, dx as u32));
+                }
+                if events.is_empty() {
+                    return Response::Ok;
+                }
+                self.input(true, &events)
+            }
+            _ => Response::Error {
+                message: "not an input request".into(),
+            },
         }
     }
 
@@ -394,6 +502,10 @@ impl control::Handler for VmControl {
                 }
             }
             Request::BalloonGet {} => self.balloon_state(),
+            request @ (Request::InputKey { .. }
+            | Request::InputPointer { .. }
+            | Request::InputButton { .. }
+            | Request::InputScroll { .. }) => self.input_request(request),
             Request::BalloonStats {} => {
                 // Fresh statistics if the driver answers in time, else its last report.
                 let stats = self

@@ -16,6 +16,8 @@
 //!   virtio-blk tests of [`crate::blk`], tuned by `probe.blk_mib`, `probe.blk_seed`,
 //!   `probe.blk_dev`, `probe.blk_req_kib`, `probe.blk_qd`, `probe.blk_rand`; PCI host
 //!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
+//! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
+//!   about themselves, then every event until Escape.
 //!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
@@ -51,6 +53,7 @@ enum Command {
     BlkTwo,
     BlkBench,
     BlkMsix,
+    Input,
 }
 
 impl Command {
@@ -64,6 +67,7 @@ impl Command {
             Command::BlkTwo => blk::two,
             Command::BlkBench => blk::bench,
             Command::BlkMsix => blk::msix,
+            Command::Input => crate::input::run,
             _ => return None,
         })
     }
@@ -114,6 +118,7 @@ impl<'a> Options<'a> {
                         "blk-two" => Ok(Command::BlkTwo),
                         "blk-bench" => Ok(Command::BlkBench),
                         "blk-msix" => Ok(Command::BlkMsix),
+                        "input" => Ok(Command::Input),
                         other => Err(other),
                     }
                 }

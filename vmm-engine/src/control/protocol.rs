@@ -27,6 +27,34 @@ pub enum Request {
     BalloonStats {},
     /// Ends the VM at once, as pulling the plug (no guest shutdown).
     PowerOff {},
+    /// A key goes down or up on the keyboard (`code`: a Linux evdev key code, e.g. 30
+    /// for A). Needs a display.
+    InputKey { code: u16, pressed: bool },
+    /// The tablet's pointer moves to (`x`, `y`), pixels of the guest's screen.
+    InputPointer { x: u32, y: u32 },
+    /// A pointer button goes down or up.
+    InputButton {
+        button: PointerButton,
+        pressed: bool,
+    },
+    /// The wheels turn: `dy` notches down (negative: up), `dx` right.
+    InputScroll {
+        #[serde(default)]
+        dx: i32,
+        #[serde(default)]
+        dy: i32,
+    },
+}
+
+/// The tablet's buttons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointerButton {
+    Left,
+    Right,
+    Middle,
+    Side,
+    Extra,
 }
 
 /// The engine's answers.
@@ -89,6 +117,22 @@ mod tests {
         assert!(err(r#"{"request":"balloon-set"}"#).contains("target_mib"));
         assert!(err(r#"{"request":"status","extra":1}"#).contains("unknown field"));
         assert!(err("not json").contains("bad request"));
+        assert_eq!(
+            parse_request(r#"{"request":"input-button","button":"left","pressed":true}"#),
+            Ok(Request::InputButton {
+                button: PointerButton::Left,
+                pressed: true
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"request":"input-scroll","dy":-2}"#),
+            Ok(Request::InputScroll { dx: 0, dy: -2 })
+        );
+        assert!(
+            err(r#"{"request":"input-button","button":"thumb","pressed":true}"#)
+                .contains("unknown variant")
+        );
+        assert!(err(r#"{"request":"input-key","code":70000,"pressed":true}"#).contains("code"));
     }
 
     #[test]

@@ -122,6 +122,11 @@ impl InputHandle {
         self.shared.lock().leds
     }
 
+    /// Events waiting for the driver's buffers.
+    pub fn backlog(&self) -> usize {
+        self.shared.lock().events.len()
+    }
+
     /// Whether a driver runs the device.
     pub fn is_active(&self) -> bool {
         self.shared.lock().active
@@ -132,8 +137,9 @@ impl InputHandle {
     }
 }
 
-/// The worker's side: both queues.
-struct InputQueues {
+/// The worker's side: both queues. Public so that the fuzz target drives it directly,
+/// without the worker thread.
+pub struct InputQueues {
     mem: GuestMemoryMmap,
     interrupt: Arc<dyn Interrupt>,
     eventq: Queue,
@@ -142,9 +148,31 @@ struct InputQueues {
 }
 
 impl InputQueues {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        eventq: Queue,
+        statusq: Queue,
+        device: &InputHandle,
+    ) -> Self {
+        // From now on a driver runs the device: the host may send it events.
+        {
+            let mut pending = device.shared.lock();
+            pending.active = true;
+            pending.events.clear();
+        }
+        Self {
+            mem,
+            interrupt,
+            eventq,
+            statusq,
+            shared: device.shared.clone(),
+        }
+    }
+
     /// Moves waiting events into the driver's buffers, one each (5.8.6.1), until either
     /// runs out.
-    fn deliver(&mut self) -> Result<(), String> {
+    pub fn deliver(&mut self) -> Result<(), String> {
         let mem = self.mem.clone();
         let mut used_any = false;
         let mut pending = self.shared.lock();
@@ -184,7 +212,7 @@ impl InputQueues {
     }
 
     /// Reads the events the driver sends (LED changes) and gives the buffers back.
-    fn read_status(&mut self) -> Result<(), String> {
+    pub fn read_status(&mut self) -> Result<(), String> {
         let mem = self.mem.clone();
         let shared = self.shared.clone();
         let notify = super::drain_queue(&mut self.statusq, &mem, |chain| {
@@ -332,18 +360,7 @@ impl VirtioDevice for Input {
                     got: q.len(),
                     needed: 2,
                 })?;
-        let handler = InputQueues {
-            mem,
-            interrupt,
-            eventq: eventq.queue,
-            statusq: statusq.queue,
-            shared: self.shared.clone(),
-        };
-        {
-            let mut pending = self.shared.lock();
-            pending.active = true;
-            pending.events.clear();
-        }
+        let handler = InputQueues::new(mem, interrupt, eventq.queue, statusq.queue, &self.handle());
         let worker = Worker::spawn("virtio-input", vec![eventq.notify, statusq.notify], handler);
         match worker {
             Ok(w) => {
