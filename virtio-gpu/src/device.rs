@@ -90,7 +90,7 @@ pub struct Gpu {
 
 /// Host bytes a framebuffer for `mode` costs.
 fn framebuffer_cost(mode: &ScanoutMode) -> u64 {
-    u64::from(mode.width) * u64::from(mode.height) * u64::from(BYTES_PER_PIXEL)
+    (u64::from(mode.width) * u64::from(mode.height)).saturating_mul(u64::from(BYTES_PER_PIXEL))
 }
 
 impl Gpu {

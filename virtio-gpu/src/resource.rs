@@ -110,10 +110,12 @@ pub struct Resource {
 }
 
 impl Resource {
-    /// Host bytes a `width`x`height` resource costs, or `None` if that does not fit in
-    /// 64 bits (it cannot: both are 32-bit, times 4, plus the overhead).
+    /// Host bytes a `width`x`height` resource costs; saturates (2^32 x 2^32 pixels of 4
+    /// bytes do not fit in 64 bits), which no memory cap admits.
     pub fn cost(width: u32, height: u32) -> u64 {
-        u64::from(width) * u64::from(height) * u64::from(BYTES_PER_PIXEL) + RESOURCE_OVERHEAD
+        (u64::from(width) * u64::from(height))
+            .saturating_mul(u64::from(BYTES_PER_PIXEL))
+            .saturating_add(RESOURCE_OVERHEAD)
     }
 
     /// A black resource; fails instead of aborting when the host has no memory for it.
@@ -267,6 +269,12 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn the_largest_resource_costs_more_than_any_cap() {
+        assert_eq!(Resource::cost(u32::MAX, u32::MAX), u64::MAX);
+        assert_eq!(Resource::cost(1, 1), 4 + RESOURCE_OVERHEAD);
     }
 
     #[test]
