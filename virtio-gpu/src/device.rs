@@ -19,8 +19,8 @@ use vm_memory::GuestMemory;
 use crate::chain::Chain;
 use crate::config::{check_size, ConfigError, GpuConfig};
 use crate::display::{
-    CursorEvent, CursorImage, Display, DisplayEvent, Framebuffer, Rect, ScanoutMode, CURSOR_HEIGHT,
-    CURSOR_WIDTH,
+    CursorEvent, CursorImage, DisplayBackend, DisplayEvent, Framebuffer, Rect, ScanoutMode,
+    CURSOR_HEIGHT, CURSOR_WIDTH,
 };
 use crate::edid;
 use crate::format::{PixelFormat, BYTES_PER_PIXEL};
@@ -85,7 +85,7 @@ pub struct Gpu {
     /// `events_read` of the configuration space.
     events_read: u32,
     cursor_visible: bool,
-    display: Box<dyn Display>,
+    display: Box<dyn DisplayBackend>,
 }
 
 /// Host bytes a framebuffer for `mode` costs.
@@ -97,7 +97,7 @@ impl Gpu {
     /// The virtio device id.
     pub const DEVICE_TYPE: u32 = VIRTIO_ID_GPU;
 
-    pub fn new(config: &GpuConfig, display: Box<dyn Display>) -> Result<Self, ConfigError> {
+    pub fn new(config: &GpuConfig, display: Box<dyn DisplayBackend>) -> Result<Self, ConfigError> {
         config.validate()?;
         let scanouts = config
             .scanouts
@@ -264,7 +264,7 @@ impl Gpu {
         let (hdr, result) = match chain.read(mem, &mut raw) {
             Ok(CTRL_HDR_LEN) => {
                 let hdr = CtrlHdr::parse(&raw);
-                let result = self.serve(queue, &hdr, &mut chain, mem);
+                let result = self.serve(queue, &raw, &hdr, &mut chain, mem);
                 (hdr, result)
             }
             Ok(got) => (
@@ -287,6 +287,7 @@ impl Gpu {
     fn serve<M: GuestMemory>(
         &mut self,
         queue: QueueKind,
+        raw_hdr: &[u8; CTRL_HDR_LEN],
         hdr: &CtrlHdr,
         chain: &mut Chain,
         mem: &M,
@@ -301,7 +302,7 @@ impl Gpu {
         let needed =
             protocol::request_len(hdr.type_).ok_or(CommandError::UnknownCommand(hdr.type_))?;
         let mut buf = vec![0u8; needed];
-        buf[..CTRL_HDR_LEN].copy_from_slice(&hdr.response(hdr.type_));
+        buf[..CTRL_HDR_LEN].copy_from_slice(raw_hdr);
         let got = CTRL_HDR_LEN
             + chain
                 .read(mem, &mut buf[CTRL_HDR_LEN..])
@@ -761,7 +762,7 @@ mod tests {
 
     struct TestDisplay(Arc<Mutex<Shared>>);
 
-    impl Display for TestDisplay {
+    impl DisplayBackend for TestDisplay {
         fn create_framebuffer(
             &mut self,
             _scanout: u32,

@@ -1,4 +1,4 @@
-//! The host side of the device: what the engine implements ([`Display`],
+//! The host side of the device: what the engine implements ([`DisplayBackend`],
 //! [`Framebuffer`]) and what the device tells it ([`DisplayEvent`]).
 //!
 //! Each enabled scanout has a framebuffer the engine created for it (backed by a memfd
@@ -144,7 +144,7 @@ pub enum CursorEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DisplayEvent {
     /// The scanout shows a `mode` image from now on, in the framebuffer the device last
-    /// asked [`Display::create_framebuffer`] for this scanout.
+    /// asked [`DisplayBackend::create_framebuffer`] for this scanout.
     ScanoutEnabled {
         scanout: u32,
         mode: ScanoutMode,
@@ -163,10 +163,11 @@ pub enum DisplayEvent {
 }
 
 /// The display the engine gives the device.
-pub trait Display: Send {
+pub trait DisplayBackend: Send {
     /// A framebuffer for `scanout` showing `mode`. Called on SET_SCANOUT when the mode
-    /// changes; the previous framebuffer of that scanout is dropped once the new one is
-    /// in place. An error fails the guest's command with ERR_OUT_OF_MEMORY.
+    /// changes, after the scanout's previous framebuffer was dropped (and
+    /// `ScanoutDisabled` sent), so that both never take memory at once. An error fails
+    /// the guest's command with ERR_OUT_OF_MEMORY and leaves the scanout disabled.
     fn create_framebuffer(
         &mut self,
         scanout: u32,

@@ -4,7 +4,7 @@
 //! descriptor chain at a time with the guest memory it lives in
 //! ([`Gpu::process_control`], [`Gpu::process_cursor`]), reads and writes its
 //! configuration space ([`Gpu::read_config`], [`Gpu::write_config`]) and resets it
-//! ([`Gpu::reset`]). What the guest displays leaves through a [`Display`] the engine
+//! ([`Gpu::reset`]). What the guest displays leaves through a [`DisplayBackend`] the engine
 //! implements: it creates each scanout's [`Framebuffer`] (a memfd, say) and receives
 //! [`DisplayEvent`]s: scanouts enabled or disabled, damage rectangles after each flush,
 //! cursor images and moves. The host changes a display's size with
@@ -29,7 +29,7 @@ pub use device::{
     Gpu, ResizeError, CONFIG_SPACE_LEN, CONTROLQ, CURSORQ, MAX_BACKING_ENTRIES, QUEUE_SIZES,
 };
 pub use display::{
-    CursorEvent, CursorImage, Display, DisplayEvent, Framebuffer, Rect, ScanoutMode,
+    CursorEvent, CursorImage, DisplayBackend, DisplayEvent, Framebuffer, Rect, ScanoutMode,
     VecFramebuffer, CURSOR_HEIGHT, CURSOR_WIDTH,
 };
 pub use format::PixelFormat;

@@ -59,8 +59,6 @@ pub enum CommandError {
     UnknownCommand(u32),
     #[error("the request has {got} bytes, the command needs {needed}")]
     ShortRequest { needed: usize, got: usize },
-    #[error("the chain has no room for the {0}-byte response")]
-    ShortResponse(usize),
     #[error("cannot access the chain's buffers in guest memory")]
     ChainMemory(#[source] vm_memory::GuestMemoryError),
     #[error("resource id {0} does not name a resource")]
@@ -118,7 +116,6 @@ impl CommandError {
             | InvalidCursor { .. } => VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER,
             UnknownCommand(_)
             | ShortRequest { .. }
-            | ShortResponse(_)
             | ChainMemory(_)
             | NoBacking(_)
             | BackingAttached(_)

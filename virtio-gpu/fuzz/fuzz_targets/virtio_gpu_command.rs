@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_gpu::{
-    Display, DisplayEvent, Framebuffer, Gpu, GpuConfig, ScanoutConfig, ScanoutMode,
+    DisplayBackend, DisplayEvent, Framebuffer, Gpu, GpuConfig, ScanoutConfig, ScanoutMode,
     VecFramebuffer,
 };
 use virtio_queue::desc::split::Descriptor;
@@ -41,7 +41,7 @@ const MEMORY_CAP: u64 = 8 << 20;
 /// Checks every event against the scanouts' modes.
 struct CheckingDisplay(Arc<Mutex<Vec<Option<ScanoutMode>>>>);
 
-impl Display for CheckingDisplay {
+impl DisplayBackend for CheckingDisplay {
     fn create_framebuffer(
         &mut self,
         _scanout: u32,
@@ -92,13 +92,24 @@ fn chain(gpu: &mut Gpu, mem: &GuestMemoryMmap, op: u8, input: &mut &[u8]) {
     let resp = u32::from(le16(input)) % 2048;
     let request = take(input, len);
     mem.write_slice(request, GuestAddress(REQUEST)).unwrap();
-    let far = |moved: bool, addr: u64| if moved { addr + MEM_SIZE as u64 - 0x800 } else { addr };
+    let far = |moved: bool, addr: u64| {
+        if moved {
+            addr + MEM_SIZE as u64 - 0x800
+        } else {
+            addr
+        }
+    };
     let req_addr = far(op & 4 != 0, REQUEST);
     let cut = cut.min(request.len());
     let mut descs = vec![
         readable(req_addr, cut as u32),
         readable(req_addr + cut as u64, (request.len() - cut) as u32),
-        Descriptor::new(far(op & 8 != 0, RESPONSE), resp, VRING_DESC_F_WRITE as u16, 0),
+        Descriptor::new(
+            far(op & 8 != 0, RESPONSE),
+            resp,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ),
     ];
     if op & 16 != 0 {
         descs.push(readable(REQUEST, 16));
@@ -131,8 +142,14 @@ fuzz_target!(|input: &[u8]| {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
     let config = GpuConfig {
         scanouts: vec![
-            ScanoutConfig { width: 640, height: 480 },
-            ScanoutConfig { width: 320, height: 200 },
+            ScanoutConfig {
+                width: 640,
+                height: 480,
+            },
+            ScanoutConfig {
+                width: 320,
+                height: 200,
+            },
         ],
         max_host_memory: MEMORY_CAP,
     };
