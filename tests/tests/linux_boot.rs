@@ -371,3 +371,30 @@ fn demo_linux_balloon_returns_memory_to_the_host() {
     );
     assert!(stats.contains("total_memory"), "{stats}");
 }
+
+/// With a display, the stock kernel's `virtio_input` finds the keyboard and the tablet,
+/// and the input core classifies them from what their configuration space announces: a
+/// keyboard (the `kbd` handler) and an absolute pointer with both axes.
+#[test]
+fn demo_linux_classifies_the_keyboard_and_tablet() {
+    const TEST: &str = "linux_boot::demo_linux_classifies_the_keyboard_and_tablet";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let out = run_demo("cat+/proc/bus/input/devices", &["--display", "1280x800"]);
+    let device = |name: &str| -> String {
+        out.split("\n\n")
+            .find(|block| block.contains(&format!("N: Name=\"{name}\"")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{out}"))
+            .to_owned()
+    };
+    let keyboard = device("Vireo Virtio Keyboard");
+    assert!(
+        keyboard.contains("I: Bus=0006 Vendor=1af4 Product=0001"),
+        "{keyboard}"
+    );
+    assert!(keyboard.contains("kbd"), "{keyboard}");
+    let tablet = device("Vireo Virtio Tablet");
+    assert!(tablet.contains("B: ABS=3"), "ABS_X and ABS_Y: {tablet}");
+    assert!(tablet.contains("B: KEY=1f0000"), "five buttons: {tablet}");
+}
