@@ -10,38 +10,8 @@ use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// Everything the agent reports about the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GuestInfo {
-    /// `PRETTY_NAME` from os-release, or "Linux <kernel release>" when there is none (as
-    /// in a busybox initramfs).
-    pub os_pretty_name: String,
-    /// `uname -r`.
-    pub kernel_release: String,
-    pub hostname: String,
-    /// Time since boot, in milliseconds (first field of `/proc/uptime`).
-    pub uptime_ms: u64,
-    /// `MemTotal` from `/proc/meminfo`, in KiB.
-    pub mem_total_kib: u64,
-    /// `MemAvailable` from `/proc/meminfo` in KiB (estimated from `MemFree`, `Buffers` and
-    /// `Cached` on kernels older than 3.14).
-    pub mem_available_kib: u64,
-    /// Addresses of all interfaces except loopback, in `getifaddrs` order.
-    pub addresses: Vec<InterfaceAddress>,
-}
-
-/// One IPv4 or IPv6 address of a network interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InterfaceAddress {
-    pub interface: String,
-    pub address: IpAddr,
-    /// Prefix length from the netmask, when the interface reports one.
-    pub prefix_len: Option<u8>,
-}
+/// The types live in the `no_std` protocol, which carries them to the host.
+pub use crate::protocol::{GuestInfo, InterfaceAddress};
 
 /// Memory figures from `/proc/meminfo`, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
