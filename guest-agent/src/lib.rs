@@ -16,3 +16,9 @@ pub mod protocol;
 
 #[cfg(feature = "std")]
 pub mod guest_info;
+
+#[cfg(feature = "std")]
+pub mod agent;
+
+#[cfg(feature = "std")]
+pub mod host;

@@ -1,0 +1,133 @@
+//! The guest side: listen on vsock (or a Unix socket), serve one host connection at a
+//! time, answer info/ping/power requests, and keep the guest clock in sync with the host.
+//!
+//! A connection that drops and is replaced by a new one is what a transport reset looks
+//! like from inside the guest (the engine sends one after a restore), so every connection
+//! after the first starts with a sync that steps the clock.
+
+pub mod clock;
+pub mod power;
+pub mod session;
+pub mod timesync;
+pub mod transport;
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::FrameDecoder;
+use clock::Clock;
+use power::PowerControl;
+use session::{anyhow_like, Session};
+use timesync::TimeSyncConfig;
+use transport::{AgentListener, AgentStream};
+
+/// What the agent acts on; tests inject a simulated clock and a recording power control.
+pub struct AgentServices {
+    pub clock: Arc<dyn Clock>,
+    pub power: Arc<dyn PowerControl>,
+    pub time_sync: TimeSyncConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("connection I/O failed")]
+    Io(#[from] io::Error),
+    #[error("closed the connection after a protocol error")]
+    Protocol,
+}
+
+/// A write stuck this long means the host stopped reading: give the connection up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound on a read's wait, so a deadline set while blocked is not missed by long.
+const MAX_READ_WAIT: Duration = Duration::from_secs(1);
+
+pub(crate) fn log(args: std::fmt::Arguments<'_>) {
+    eprintln!("vireo-agent: {args}");
+}
+
+/// Serves one connection until the host closes it (`Ok`) or it fails.
+pub fn serve_connection(
+    stream: &mut AgentStream,
+    services: &AgentServices,
+    restored: bool,
+) -> Result<(), ServeError> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let mut session = Session::new(services, restored);
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        for frame in session.take_outbox() {
+            stream.write_all(&frame)?;
+        }
+        if let Some(action) = session.take_power() {
+            if let Err(err) = services.power.power(action) {
+                log(format_args!("{action:?} failed: {}", anyhow_like(&err)));
+            }
+        }
+        if session.should_close() {
+            return Err(ServeError::Protocol);
+        }
+        let now = Instant::now();
+        let wait = session
+            .deadline()
+            .map_or(MAX_READ_WAIT, |d| d.saturating_duration_since(now))
+            .clamp(Duration::from_millis(1), MAX_READ_WAIT);
+        stream.set_read_timeout(Some(wait))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                decoder.push(&buf[..n]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(payload)) => session.on_payload(&payload, Instant::now()),
+                        Ok(None) => break,
+                        Err(err) => {
+                            session.on_frame_error(err);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        session.tick(Instant::now());
+    }
+}
+
+/// Accepts host connections one at a time, forever.
+pub fn run(listener: &AgentListener, services: &AgentServices) -> ! {
+    let mut served = 0u64;
+    loop {
+        let mut stream = match listener.accept() {
+            Ok(stream) => stream,
+            Err(err) => {
+                // EMFILE and the like: wait instead of spinning.
+                log(format_args!("{}", anyhow_like(&err)));
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let restored = served > 0;
+        log(format_args!(
+            "host connected{}",
+            if restored {
+                " (transport reset: treating as restored)"
+            } else {
+                ""
+            }
+        ));
+        match serve_connection(&mut stream, services, restored) {
+            Ok(()) => log(format_args!("host disconnected")),
+            Err(err) => log(format_args!("connection ended: {}", anyhow_like(&err))),
+        }
+        served += 1;
+    }
+}

@@ -1,0 +1,356 @@
+//! One host connection, as a state machine free of I/O: payloads and clock ticks in,
+//! frames to send and a power action to run out. [`super::serve_connection`] drives it
+//! over a socket; tests can drive it directly.
+
+use std::time::{Duration, Instant};
+
+use super::timesync::{SyncRound, TimeSyncConfig};
+use super::{log, AgentServices};
+use crate::guest_info::GuestInfo;
+use crate::protocol::{
+    decode_payload, encode_message, error_code, kind, Capabilities, ErrorReply, FrameError, Hello,
+    Message, PowerAction, TimeCorrection, TimeSyncReport, NO_REPLY, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+};
+
+/// What this agent offers.
+pub const AGENT_CAPABILITIES: Capabilities = Capabilities::INFO
+    .union(Capabilities::POWER)
+    .union(Capabilities::TIME);
+
+pub struct Session<'a> {
+    services: &'a AgentServices,
+    /// The connection replaced an earlier one (a transport reset: the VM was restored),
+    /// so the first sync steps the clock whatever the offset.
+    restored: bool,
+    peer: Option<Hello>,
+    next_id: u32,
+    round: Option<SyncRound>,
+    next_round_at: Option<Instant>,
+    /// Ids of `TimeSyncNow` requests to answer when the round ends.
+    report_to: Vec<u32>,
+    outbox: Vec<Vec<u8>>,
+    power: Option<PowerAction>,
+    close: bool,
+    last_report: Option<TimeSyncReport>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(services: &'a AgentServices, restored: bool) -> Self {
+        Self {
+            services,
+            restored,
+            peer: None,
+            next_id: 1,
+            round: None,
+            next_round_at: None,
+            report_to: Vec::new(),
+            outbox: Vec::new(),
+            power: None,
+            close: false,
+            last_report: None,
+        }
+    }
+
+    fn config(&self) -> &TimeSyncConfig {
+        &self.services.time_sync
+    }
+
+    /// The host's hello, once received.
+    pub fn peer(&self) -> Option<&Hello> {
+        self.peer.as_ref()
+    }
+
+    pub fn last_report(&self) -> Option<TimeSyncReport> {
+        self.last_report
+    }
+
+    /// Frames to write, in order.
+    pub fn take_outbox(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// A power action accepted: run it once the acceptance has been written.
+    pub fn take_power(&mut self) -> Option<PowerAction> {
+        self.power.take()
+    }
+
+    /// The connection must be closed once the outbox is written.
+    pub fn should_close(&self) -> bool {
+        self.close
+    }
+
+    /// When [`tick`](Self::tick) must run next.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.round {
+            Some(round) => round.deadline(self.config()),
+            None => self.next_round_at,
+        }
+    }
+
+    fn send(&mut self, id: u32, message: &Message) {
+        match encode_message(id, message) {
+            Ok(frame) => self.outbox.push(frame),
+            // Only an over-64-MiB message gets here; say so instead of dropping silently.
+            Err(err) => {
+                log(format_args!("cannot encode {:#06x}: {err}", message.kind()));
+                self.send_error(id, message.kind(), error_code::FAILED, err.to_string());
+            }
+        }
+    }
+
+    fn send_error(&mut self, id: u32, in_reply_to_kind: u16, code: u16, text: String) {
+        let reply = Message::Error(ErrorReply {
+            code,
+            in_reply_to_kind,
+            text,
+        });
+        if let Ok(frame) = encode_message(id, &reply) {
+            self.outbox.push(frame);
+        }
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// The frame decoder failed: the stream is out of sync, so say why and close.
+    pub fn on_frame_error(&mut self, err: FrameError) {
+        log(format_args!("closing the connection: {err}"));
+        self.send_error(NO_REPLY, 0, error_code::MALFORMED, err.to_string());
+        self.close = true;
+    }
+
+    pub fn on_payload(&mut self, payload: &[u8], now: Instant) {
+        let envelope = match decode_payload(payload) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                let (id, _) = err.reply_to();
+                self.outbox
+                    .extend(encode_message(id, &Message::Error(err.to_error_reply())));
+                return;
+            }
+        };
+        let id = envelope.id;
+        let message = envelope.message;
+        if self.peer.is_none() && !matches!(message, Message::Hello(_) | Message::Error(_)) {
+            self.send_error(
+                id,
+                message.kind(),
+                error_code::NO_HELLO,
+                "hello first".into(),
+            );
+            return;
+        }
+        match message {
+            Message::Hello(hello) => self.on_hello(id, hello, now),
+            // Errors are never answered, so two peers cannot bounce errors forever.
+            Message::Error(err) => log(format_args!(
+                "host error for request {id} (kind {:#06x}): code {}: {}",
+                err.in_reply_to_kind, err.code, err.text
+            )),
+            Message::Ping(data) => self.send(id, &Message::Pong(data)),
+            Message::InfoRequest => match GuestInfo::gather() {
+                Ok(info) => self.send(id, &Message::InfoReply(info)),
+                Err(err) => {
+                    let text = anyhow_like(&err).to_string();
+                    self.send_error(id, kind::INFO_REQUEST, error_code::FAILED, text);
+                }
+            },
+            Message::PowerRequest(action) => {
+                log(format_args!("host asks for {action:?}"));
+                self.send(id, &Message::PowerAccepted(action));
+                self.power = Some(action);
+            }
+            Message::TimeSyncNow => {
+                if !self.host_has(Capabilities::TIME) {
+                    self.send_error(
+                        id,
+                        kind::TIME_SYNC_NOW,
+                        error_code::NOT_SUPPORTED,
+                        "the host did not offer the time capability in its hello".into(),
+                    );
+                    return;
+                }
+                self.report_to.push(id);
+                if self.round.is_none() {
+                    self.next_round_at = Some(now);
+                    self.tick(now);
+                }
+            }
+            Message::TimeReply(reply) => {
+                let t1 = self.services.clock.now_unix_ns();
+                let config = self.services.time_sync.clone();
+                let matched = self
+                    .round
+                    .as_mut()
+                    .is_some_and(|r| r.reply(&config, id, reply.host_unix_ns, t1, now));
+                if matched {
+                    self.tick(now);
+                }
+            }
+            other @ (Message::ClipboardGrab(_)
+            | Message::ClipboardRequest(_)
+            | Message::ClipboardData(_)
+            | Message::ClipboardRelease(_)
+            | Message::FsRequest(_)
+            | Message::FsReply(_)
+            | Message::DisplayStatus(_)) => self.send_error(
+                id,
+                other.kind(),
+                error_code::NOT_SUPPORTED,
+                "this agent does not offer this feature yet".into(),
+            ),
+            other @ (Message::Pong(_)
+            | Message::InfoReply(_)
+            | Message::PowerAccepted(_)
+            | Message::TimeQuery
+            | Message::TimeSyncReport(_)) => self.send_error(
+                id,
+                other.kind(),
+                error_code::UNEXPECTED,
+                "the agent does not answer this message".into(),
+            ),
+        }
+    }
+
+    fn host_has(&self, caps: Capabilities) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.capabilities.contains(caps))
+    }
+
+    fn on_hello(&mut self, id: u32, hello: Hello, now: Instant) {
+        if hello.major != PROTOCOL_MAJOR {
+            self.send_error(
+                id,
+                kind::HELLO,
+                error_code::UNSUPPORTED_VERSION,
+                format!(
+                    "agent speaks protocol {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}, host {}.{}",
+                    hello.major, hello.minor
+                ),
+            );
+            self.close = true;
+            return;
+        }
+        log(format_args!(
+            "host hello: {} protocol {}.{}, capabilities {:?}",
+            hello.software,
+            hello.major,
+            hello.minor,
+            hello.capabilities.names()
+        ));
+        let first = self.peer.is_none();
+        self.peer = Some(hello);
+        self.send(
+            id,
+            &Message::Hello(Hello {
+                major: PROTOCOL_MAJOR,
+                minor: PROTOCOL_MINOR,
+                capabilities: AGENT_CAPABILITIES,
+                software: concat!("vireo-agent ", env!("CARGO_PKG_VERSION")).into(),
+            }),
+        );
+        // Sync at once on connect (and at once after a reset, when `restored`).
+        if first && self.host_has(Capabilities::TIME) {
+            self.next_round_at = Some(now);
+            self.tick(now);
+        }
+    }
+
+    /// Advances time sync: times out a query, sends the next one, ends a round, starts a
+    /// round that is due.
+    pub fn tick(&mut self, now: Instant) {
+        let config = self.services.time_sync.clone();
+        if self.round.is_none() && self.next_round_at.is_some_and(|t| t <= now) {
+            self.round = Some(SyncRound::new(self.restored));
+        }
+        let Some(round) = self.round.as_mut() else {
+            return;
+        };
+        round.tick(&config, now);
+        if round.wants_query(&config) {
+            let id = self.fresh_id();
+            let t0 = self.services.clock.now_unix_ns();
+            if let Some(round) = self.round.as_mut() {
+                round.query_sent(id, now, t0);
+            }
+            self.send(id, &Message::TimeQuery);
+        } else if round.is_done(&config) {
+            let decision = round.decide(&config);
+            let forced = round.force_step;
+            self.round = None;
+            self.next_round_at = Some(now + config.interval);
+            self.finish_round(decision, forced);
+        }
+    }
+
+    fn finish_round(&mut self, decision: super::timesync::Decision, forced: bool) {
+        let clock = &self.services.clock;
+        let (offset_ns, round_trip) = decision
+            .best
+            .map_or((0, Duration::ZERO), |s| (s.offset_ns, s.round_trip));
+        let applied = match decision.correction {
+            TimeCorrection::Stepped => clock.step(offset_ns).map(|()| "stepped"),
+            TimeCorrection::Slewed => clock.slew(offset_ns).map(|()| "slewing"),
+            TimeCorrection::None => Ok("within tolerance, left"),
+            TimeCorrection::NoSample => Ok("no usable sample, left"),
+        };
+        let correction = match applied {
+            Ok(what) => {
+                log(format_args!(
+                    "time: {what} the clock{} (offset {:+.3} ms, round trip {} µs, {}/{} samples rejected)",
+                    if forced && decision.correction == TimeCorrection::Stepped { " after a transport reset" } else { "" },
+                    offset_ns as f64 / 1e6,
+                    round_trip.as_micros(),
+                    decision.rejected,
+                    decision.taken,
+                ));
+                decision.correction
+            }
+            Err(err) => {
+                log(format_args!(
+                    "time: cannot correct an offset of {:+.3} ms: {}",
+                    offset_ns as f64 / 1e6,
+                    anyhow_like(&err)
+                ));
+                TimeCorrection::None
+            }
+        };
+        if decision.best.is_some() {
+            // Only a round with a sample ends the forced step after a restore.
+            self.restored = false;
+        }
+        let report = TimeSyncReport {
+            offset_ns,
+            round_trip_ns: u64::try_from(round_trip.as_nanos()).unwrap_or(u64::MAX),
+            correction,
+            samples: decision.taken,
+            rejected: decision.rejected,
+            guest_unix_ns: clock.now_unix_ns(),
+        };
+        self.last_report = Some(report);
+        for id in std::mem::take(&mut self.report_to) {
+            self.send(id, &Message::TimeSyncReport(report));
+        }
+    }
+}
+
+/// An error and its sources on one line ("a: b: c"), without anyhow in the library.
+pub(crate) fn anyhow_like(err: &dyn std::error::Error) -> impl std::fmt::Display + '_ {
+    struct Chain<'e>(&'e dyn std::error::Error);
+    impl std::fmt::Display for Chain<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)?;
+            let mut source = self.0.source();
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
+            Ok(())
+        }
+    }
+    Chain(err)
+}

@@ -1,0 +1,536 @@
+//! The host-side client: connects, says hello, answers the agent's time queries, and
+//! reconnects by itself (bounded backoff) whenever the connection drops.
+//!
+//! One worker thread owns the reading half of the connection; callers write their
+//! request under a lock and wait on a channel registered under the request's id, which
+//! the worker completes when the answer with that id arrives.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::transport::{connect, Endpoint};
+use crate::agent::clock::system_now_ns;
+use crate::protocol::{
+    decode_payload, encode_message, error_code, Capabilities, EncodeError, ErrorReply,
+    FrameDecoder, GuestInfo, Hello, Message, PowerAction, TimeReply, TimeSyncReport,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR,
+};
+
+/// What the host offers the agent: it answers time queries.
+pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// How long a call waits for a connection and then for its answer.
+    pub call_timeout: Duration,
+    /// How long [`AgentClient::connect`] waits for the first connection.
+    pub connect_timeout: Duration,
+    /// Reconnection backoff: starts at `backoff_min`, doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Delay before answering each time query: a test knob that simulates a slow host.
+    pub time_reply_delay: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            time_reply_delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the agent: {0}")]
+    Unreachable(String),
+    #[error("no connection to the agent within {0:?}")]
+    NotConnected(Duration),
+    #[error("the agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the connection dropped before the answer came")]
+    Disconnected,
+    #[error("writing the request failed")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error("agent error {code}: {text}")]
+    Agent { code: u16, text: String },
+    #[error("the agent answered with message kind {0:#06x}")]
+    Unexpected(u16),
+    #[error("the agent does not offer {0}")]
+    NotOffered(&'static str),
+}
+
+/// Things that happen without a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    Connected(Hello),
+    Disconnected,
+    /// A message from the agent that answers no call (a display status, an error for an
+    /// id we no longer wait for).
+    Message(Message),
+}
+
+#[derive(Default)]
+struct ConnState {
+    writer: Option<UnixStream>,
+    peer: Option<Hello>,
+    last_error: Option<String>,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    config: ClientConfig,
+    state: Mutex<ConnState>,
+    changed: Condvar,
+    pending: Mutex<HashMap<u32, Sender<Message>>>,
+    next_id: AtomicU32,
+    connections: AtomicU64,
+    stop: AtomicBool,
+    events: SyncSender<ClientEvent>,
+}
+
+/// Events queue up to this many; beyond, new ones are dropped (nobody is reading).
+const EVENT_QUEUE: usize = 256;
+
+pub struct AgentClient {
+    shared: Arc<Shared>,
+    events: Receiver<ClientEvent>,
+    worker: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves plain data behind: keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentClient {
+    /// Starts the client and waits for the first connection and hello.
+    pub fn connect(endpoint: Endpoint, config: ClientConfig) -> Result<Self, ClientError> {
+        let client = Self::start(endpoint, config);
+        let timeout = client.shared.config.connect_timeout;
+        match client.wait_connected(timeout) {
+            Ok(_) => Ok(client),
+            Err(_) => {
+                let why = lock(&client.shared.state)
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| format!("no hello within {timeout:?}"));
+                Err(ClientError::Unreachable(why))
+            }
+        }
+    }
+
+    /// Starts the client without waiting: it connects (and reconnects) in the background.
+    pub fn start(endpoint: Endpoint, config: ClientConfig) -> Self {
+        let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            endpoint,
+            config,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            pending: Mutex::default(),
+            next_id: AtomicU32::new(1),
+            connections: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            events: events_tx,
+        });
+        let worker_shared = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name("vireo-agent-client".into())
+            .spawn(move || worker_shared.run())
+            .ok();
+        Self {
+            shared,
+            events,
+            worker,
+        }
+    }
+
+    pub fn events(&self) -> &Receiver<ClientEvent> {
+        &self.events
+    }
+
+    /// Successful connections (hello done) so far: a reconnect makes it grow.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The agent's hello on the current connection.
+    pub fn peer(&self) -> Option<Hello> {
+        lock(&self.shared.state).peer.clone()
+    }
+
+    /// Waits until a connection is up and returns the agent's hello.
+    pub fn wait_connected(&self, timeout: Duration) -> Result<Hello, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        loop {
+            if let (Some(_), Some(peer)) = (&state.writer, &state.peer) {
+                return Ok(peer.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::NotConnected(timeout));
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Sends a message and waits for the answer carrying its id; an error message from
+    /// the agent becomes [`ClientError::Agent`].
+    pub fn request(&self, message: &Message) -> Result<Message, ClientError> {
+        let frame_for = |id| encode_message(id, message);
+        self.request_frame(frame_for)
+    }
+
+    /// Sends a message of any kind with a raw body (kinds this version does not model,
+    /// malformed bodies), and waits for the answer.
+    pub fn request_raw(&self, kind: u16, body: &[u8]) -> Result<Message, ClientError> {
+        self.request_frame(|id| {
+            Ok(crate::protocol::encode_frame(
+                &crate::protocol::encode_raw_payload(kind, id, body),
+            )?)
+        })
+    }
+
+    fn request_frame(
+        &self,
+        frame_for: impl FnOnce(u32) -> Result<Vec<u8>, EncodeError>,
+    ) -> Result<Message, ClientError> {
+        let timeout = self.shared.config.call_timeout;
+        let deadline = Instant::now() + timeout;
+        self.wait_connected(timeout)?;
+        let id = self.shared.fresh_id();
+        let frame = frame_for(id)?;
+        let (tx, rx) = mpsc::channel();
+        lock(&self.shared.pending).insert(id, tx);
+        let written = {
+            let mut state = lock(&self.shared.state);
+            match state.writer.as_mut() {
+                Some(w) => w.write_all(&frame).map_err(ClientError::from),
+                None => Err(ClientError::Disconnected),
+            }
+        };
+        if let Err(err) = written {
+            lock(&self.shared.pending).remove(&id);
+            return Err(err);
+        }
+        let answer = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        lock(&self.shared.pending).remove(&id);
+        match answer {
+            Ok(Message::Error(ErrorReply { code, text, .. })) => {
+                Err(ClientError::Agent { code, text })
+            }
+            Ok(message) => Ok(message),
+            Err(RecvTimeoutError::Timeout) => Err(ClientError::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
+        }
+    }
+
+    fn require(&self, cap: Capabilities, name: &'static str) -> Result<(), ClientError> {
+        let hello = self.wait_connected(self.shared.config.call_timeout)?;
+        if hello.capabilities.contains(cap) {
+            Ok(())
+        } else {
+            Err(ClientError::NotOffered(name))
+        }
+    }
+
+    pub fn info(&self) -> Result<GuestInfo, ClientError> {
+        self.require(Capabilities::INFO, "guest info")?;
+        match self.request(&Message::InfoRequest)? {
+            Message::InfoReply(info) => Ok(info),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Round trip of a ping carrying a few bytes that must come back unchanged.
+    pub fn ping(&self) -> Result<Duration, ClientError> {
+        let payload = system_now_ns().to_le_bytes().to_vec();
+        let start = Instant::now();
+        match self.request(&Message::Ping(payload.clone()))? {
+            Message::Pong(echo) if echo == payload => Ok(start.elapsed()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    /// Asks the agent to sync its clock now; returns once it has.
+    pub fn time_sync_now(&self) -> Result<TimeSyncReport, ClientError> {
+        self.require(Capabilities::TIME, "time sync")?;
+        match self.request(&Message::TimeSyncNow)? {
+            Message::TimeSyncReport(report) => Ok(report),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+
+    pub fn shutdown(&self) -> Result<(), ClientError> {
+        self.power(PowerAction::Shutdown)
+    }
+
+    pub fn reboot(&self) -> Result<(), ClientError> {
+        self.power(PowerAction::Reboot)
+    }
+
+    fn power(&self, action: PowerAction) -> Result<(), ClientError> {
+        self.require(Capabilities::POWER, "power control")?;
+        match self.request(&Message::PowerRequest(action))? {
+            Message::PowerAccepted(a) if a == action => Ok(()),
+            other => Err(ClientError::Unexpected(other.kind())),
+        }
+    }
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(w) = lock(&self.shared.state).writer.as_ref() {
+            // Unblocks the worker's read.
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Shared {
+    fn fresh_id(&self) -> u32 {
+        loop {
+            // Zero means "no reply expected": skip it when the counter wraps.
+            let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    fn emit(&self, event: ClientEvent) {
+        let _ = self.events.try_send(event);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The worker: connect, serve, and on any failure start again after a backoff.
+    fn run(&self) {
+        let mut backoff = self.config.backoff_min;
+        while !self.stopped() {
+            match self.handshake() {
+                Ok((stream, decoder, hello)) => {
+                    backoff = self.config.backoff_min;
+                    self.serve(stream, decoder, hello);
+                }
+                Err(why) => {
+                    lock(&self.state).last_error = Some(why);
+                    // Sleep in slices so that dropping the client is not held up.
+                    let until = Instant::now() + backoff;
+                    while !self.stopped() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10).min(backoff));
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Connects and exchanges hellos; returns the stream, the decoder with any bytes that
+    /// followed the agent's hello, and the hello.
+    fn handshake(&self) -> Result<(UnixStream, FrameDecoder, Hello), String> {
+        let timeout = self.config.connect_timeout;
+        let mut stream = connect(&self.endpoint, timeout).map_err(|e| chain(&e))?;
+        let id = self.fresh_id();
+        let hello = Message::Hello(Hello {
+            major: PROTOCOL_MAJOR,
+            minor: PROTOCOL_MINOR,
+            capabilities: HOST_CAPABILITIES,
+            software: concat!("vireo-host ", env!("CARGO_PKG_VERSION")).into(),
+        });
+        let frame = encode_message(id, &hello).map_err(|e| e.to_string())?;
+        stream.write_all(&frame).map_err(|e| chain(&e))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| chain(&e))?;
+        let mut decoder = FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).map_err(|e| chain(&e))?;
+            if n == 0 {
+                return Err("the agent closed the connection during the hello".into());
+            }
+            decoder.push(&buf[..n]);
+            while let Some(payload) = decoder.next_frame().map_err(|e| e.to_string())? {
+                match decode_payload(&payload) {
+                    Ok(env) if env.id == id => match env.message {
+                        Message::Hello(peer) if peer.major == PROTOCOL_MAJOR => {
+                            stream.set_read_timeout(None).map_err(|e| chain(&e))?;
+                            return Ok((stream, decoder, peer));
+                        }
+                        Message::Hello(peer) => {
+                            return Err(format!(
+                                "the agent speaks protocol {}.{}, we speak {PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+                                peer.major, peer.minor
+                            ))
+                        }
+                        Message::Error(e) => {
+                            return Err(format!("the agent refused the hello: {}", e.text))
+                        }
+                        other => {
+                            return Err(format!(
+                                "the agent answered the hello with kind {:#06x}",
+                                other.kind()
+                            ))
+                        }
+                    },
+                    // Anything before the hello's answer is not ours to handle yet.
+                    _ => continue,
+                }
+            }
+        }
+    }
+
+    fn serve(&self, stream: UnixStream, mut decoder: FrameDecoder, hello: Hello) {
+        let Ok(writer) = stream.try_clone() else {
+            return;
+        };
+        {
+            let mut state = lock(&self.state);
+            state.writer = Some(writer);
+            state.peer = Some(hello.clone());
+            state.last_error = None;
+        }
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_all();
+        self.emit(ClientEvent::Connected(hello));
+        if self.stopped() {
+            // Drop raced the connection: the writer was not there to shut down.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+
+        let mut reader = stream;
+        let mut buf = vec![0u8; 64 * 1024];
+        'conn: loop {
+            // Frames that came with the hello first, then whatever arrives.
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(payload)) => self.on_payload(&payload),
+                    Ok(None) => break,
+                    Err(err) => {
+                        lock(&self.state).last_error = Some(err.to_string());
+                        break 'conn;
+                    }
+                }
+            }
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => decoder.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    lock(&self.state).last_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        {
+            let mut state = lock(&self.state);
+            state.writer = None;
+            state.peer = None;
+        }
+        // Dropping the senders wakes every waiting call with `Disconnected`.
+        lock(&self.pending).clear();
+        self.changed.notify_all();
+        self.emit(ClientEvent::Disconnected);
+    }
+
+    fn reply(&self, id: u32, message: &Message) {
+        if let Ok(frame) = encode_message(id, message) {
+            if let Some(w) = lock(&self.state).writer.as_mut() {
+                // A failed write shows up as a failed read in the worker: nothing to do.
+                let _ = w.write_all(&frame);
+            }
+        }
+    }
+
+    fn on_payload(&self, payload: &[u8]) {
+        let env = match decode_payload(payload) {
+            Ok(env) => env,
+            Err(err) => {
+                let (id, _) = err.reply_to();
+                self.reply(id, &Message::Error(err.to_error_reply()));
+                return;
+            }
+        };
+        let id = env.id;
+        match env.message {
+            Message::TimeQuery => {
+                if !self.config.time_reply_delay.is_zero() {
+                    std::thread::sleep(self.config.time_reply_delay);
+                }
+                let reply = TimeReply {
+                    host_unix_ns: system_now_ns(),
+                };
+                self.reply(id, &Message::TimeReply(reply));
+            }
+            Message::Ping(data) => self.reply(id, &Message::Pong(data)),
+            m @ (Message::Hello(_)
+            | Message::Error(_)
+            | Message::Pong(_)
+            | Message::InfoReply(_)
+            | Message::PowerAccepted(_)
+            | Message::TimeSyncReport(_)
+            | Message::TimeReply(_)) => {
+                let waiter = lock(&self.pending).remove(&id);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(m);
+                    }
+                    None => self.emit(ClientEvent::Message(m)),
+                }
+            }
+            m @ Message::DisplayStatus(_) => self.emit(ClientEvent::Message(m)),
+            m @ (Message::ClipboardGrab(_)
+            | Message::ClipboardRequest(_)
+            | Message::ClipboardData(_)
+            | Message::ClipboardRelease(_)
+            | Message::FsRequest(_)
+            | Message::FsReply(_)) => self.reply(
+                id,
+                &Message::Error(ErrorReply {
+                    code: error_code::NOT_SUPPORTED,
+                    in_reply_to_kind: m.kind(),
+                    text: "this host does not offer this feature yet".into(),
+                }),
+            ),
+            m @ (Message::InfoRequest | Message::PowerRequest(_) | Message::TimeSyncNow) => self
+                .reply(
+                    id,
+                    &Message::Error(ErrorReply {
+                        code: error_code::UNEXPECTED,
+                        in_reply_to_kind: m.kind(),
+                        text: "the host does not answer this message".into(),
+                    }),
+                ),
+        }
+    }
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    crate::agent::session::anyhow_like(err).to_string()
+}
