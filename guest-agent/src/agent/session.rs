@@ -354,3 +354,143 @@ pub(crate) fn anyhow_like(err: &dyn std::error::Error) -> impl std::fmt::Display
     }
     Chain(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::agent::clock::SimulatedClock;
+    use crate::agent::power::RecordingPower;
+    use crate::protocol::{Envelope, FrameDecoder};
+
+    fn services() -> AgentServices {
+        AgentServices {
+            clock: Arc::new(SimulatedClock::default()),
+            power: Arc::new(RecordingPower::default()),
+            time_sync: TimeSyncConfig::default(),
+        }
+    }
+
+    fn payload(id: u32, message: &Message) -> Vec<u8> {
+        let frame = encode_message(id, message).unwrap();
+        frame[crate::protocol::frame::FRAME_HEADER_LEN..].to_vec()
+    }
+
+    fn sent(session: &mut Session<'_>) -> Vec<Envelope> {
+        let mut decoder = FrameDecoder::new();
+        for frame in session.take_outbox() {
+            decoder.push(&frame);
+        }
+        let mut out = Vec::new();
+        while let Some(p) = decoder.next_frame().unwrap() {
+            out.push(decode_payload(&p).unwrap());
+        }
+        out
+    }
+
+    fn hello(major: u16, capabilities: Capabilities) -> Message {
+        Message::Hello(Hello {
+            major,
+            minor: 7,
+            capabilities,
+            software: "test host".into(),
+        })
+    }
+
+    fn error_code_of(env: &Envelope) -> u16 {
+        match &env.message {
+            Message::Error(e) => e.code,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_before_the_hello_are_refused() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        session.on_payload(&payload(5, &Message::Ping(vec![1])), Instant::now());
+        let out = sent(&mut session);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, 5);
+        assert_eq!(error_code_of(&out[0]), error_code::NO_HELLO);
+        assert!(!session.should_close());
+    }
+
+    #[test]
+    fn other_major_version_is_refused_and_closed() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        session.on_payload(
+            &payload(1, &hello(PROTOCOL_MAJOR + 1, Capabilities::TIME)),
+            Instant::now(),
+        );
+        let out = sent(&mut session);
+        assert_eq!(error_code_of(&out[0]), error_code::UNSUPPORTED_VERSION);
+        assert!(session.should_close());
+        assert!(session.peer().is_none());
+    }
+
+    #[test]
+    fn newer_minor_hello_is_answered_and_time_sync_starts() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        session.on_payload(
+            &payload(1, &hello(PROTOCOL_MAJOR, Capabilities(u32::MAX))),
+            Instant::now(),
+        );
+        let out = sent(&mut session);
+        assert!(matches!(
+            &out[0],
+            Envelope { id: 1, message: Message::Hello(h) } if h.capabilities == AGENT_CAPABILITIES
+        ));
+        // The first time query follows at once, with an id of the agent's own.
+        assert!(matches!(out[1].message, Message::TimeQuery));
+        assert_ne!(out[1].id, 0);
+    }
+
+    #[test]
+    fn host_without_time_gets_no_queries_and_an_error_for_sync_now() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        let now = Instant::now();
+        session.on_payload(&payload(1, &hello(PROTOCOL_MAJOR, Capabilities::NONE)), now);
+        session.tick(now + Duration::from_secs(60));
+        assert_eq!(sent(&mut session).len(), 1);
+        assert_eq!(session.deadline(), None);
+        session.on_payload(&payload(2, &Message::TimeSyncNow), now);
+        assert_eq!(
+            error_code_of(&sent(&mut session)[0]),
+            error_code::NOT_SUPPORTED
+        );
+    }
+
+    #[test]
+    fn power_is_accepted_then_handed_out_once() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        let now = Instant::now();
+        session.on_payload(&payload(1, &hello(PROTOCOL_MAJOR, Capabilities::NONE)), now);
+        session.on_payload(
+            &payload(9, &Message::PowerRequest(PowerAction::Reboot)),
+            now,
+        );
+        let out = sent(&mut session);
+        assert_eq!(out[1].id, 9);
+        assert_eq!(out[1].message, Message::PowerAccepted(PowerAction::Reboot));
+        assert_eq!(session.take_power(), Some(PowerAction::Reboot));
+        assert_eq!(session.take_power(), None);
+    }
+
+    #[test]
+    fn oversized_frame_closes_with_an_error() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        session.on_frame_error(FrameError::TooLarge {
+            len: 1 << 31,
+            max: 1 << 26,
+        });
+        assert_eq!(error_code_of(&sent(&mut session)[0]), error_code::MALFORMED);
+        assert!(session.should_close());
+    }
+}
