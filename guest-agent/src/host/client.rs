@@ -410,6 +410,9 @@ impl Shared {
         let Ok(writer) = stream.try_clone() else {
             return;
         };
+        // The worker writes answers to time queries itself: if the agent stopped reading
+        // while we both write, the timeout breaks the stall instead of hanging the worker.
+        let _ = writer.set_write_timeout(Some(self.config.call_timeout));
         {
             let mut state = lock(&self.state);
             state.writer = Some(writer);
