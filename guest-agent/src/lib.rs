@@ -18,6 +18,9 @@ pub mod protocol;
 pub mod guest_info;
 
 #[cfg(feature = "std")]
+pub mod util;
+
+#[cfg(feature = "std")]
 pub mod agent;
 
 #[cfg(feature = "std")]

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::FrameDecoder;
+use crate::util::error_chain;
 use clock::Clock;
 use power::PowerControl;
-use session::{anyhow_like, Session};
+use session::Session;
 use timesync::TimeSyncConfig;
 use transport::{AgentListener, AgentStream};
 
@@ -62,7 +63,7 @@ pub fn serve_connection(
         }
         if let Some(action) = session.take_power() {
             if let Err(err) = services.power.power(action) {
-                log(format_args!("{action:?} failed: {}", anyhow_like(&err)));
+                log(format_args!("{action:?} failed: {}", error_chain(&err)));
             }
         }
         if session.should_close() {
@@ -110,7 +111,7 @@ pub fn run(listener: &AgentListener, services: &AgentServices) -> ! {
             Ok(stream) => stream,
             Err(err) => {
                 // EMFILE and the like: wait instead of spinning.
-                log(format_args!("{}", anyhow_like(&err)));
+                log(format_args!("{}", error_chain(&err)));
                 std::thread::sleep(Duration::from_millis(200));
                 continue;
             }
@@ -126,7 +127,7 @@ pub fn run(listener: &AgentListener, services: &AgentServices) -> ! {
         ));
         match serve_connection(&mut stream, services, restored) {
             Ok(()) => log(format_args!("host disconnected")),
-            Err(err) => log(format_args!("connection ended: {}", anyhow_like(&err))),
+            Err(err) => log(format_args!("connection ended: {}", error_chain(&err))),
         }
         served += 1;
     }

@@ -11,6 +11,7 @@ use crate::protocol::{
     decode_payload, encode_message, error_code, kind, Capabilities, ErrorReply, FrameError, Hello,
     Message, PowerAction, TimeCorrection, TimeSyncReport, NO_REPLY, PROTOCOL_MAJOR, PROTOCOL_MINOR,
 };
+use crate::util::error_chain;
 
 /// What this agent offers.
 pub const AGENT_CAPABILITIES: Capabilities = Capabilities::INFO
@@ -154,7 +155,7 @@ impl<'a> Session<'a> {
             Message::InfoRequest => match GuestInfo::gather() {
                 Ok(info) => self.send(id, &Message::InfoReply(info)),
                 Err(err) => {
-                    let text = anyhow_like(&err).to_string();
+                    let text = error_chain(&err).to_string();
                     self.send_error(id, kind::INFO_REQUEST, error_code::FAILED, text);
                 }
             },
@@ -314,7 +315,7 @@ impl<'a> Session<'a> {
                 log(format_args!(
                     "time: cannot correct an offset of {:+.3} ms: {}",
                     offset_ns as f64 / 1e6,
-                    anyhow_like(&err)
+                    error_chain(&err)
                 ));
                 TimeCorrection::None
             }
@@ -336,23 +337,6 @@ impl<'a> Session<'a> {
             self.send(id, &Message::TimeSyncReport(report));
         }
     }
-}
-
-/// An error and its sources on one line ("a: b: c"), without anyhow in the library.
-pub(crate) fn anyhow_like(err: &dyn std::error::Error) -> impl std::fmt::Display + '_ {
-    struct Chain<'e>(&'e dyn std::error::Error);
-    impl std::fmt::Display for Chain<'_> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "{}", self.0)?;
-            let mut source = self.0.source();
-            while let Some(s) = source {
-                write!(f, ": {s}")?;
-                source = s.source();
-            }
-            Ok(())
-        }
-    }
-    Chain(err)
 }
 
 #[cfg(test)]

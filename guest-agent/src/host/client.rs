@@ -15,12 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::transport::{connect, Endpoint};
-use crate::agent::clock::system_now_ns;
 use crate::protocol::{
     decode_payload, encode_message, error_code, Capabilities, EncodeError, ErrorReply,
     FrameDecoder, GuestInfo, Hello, Message, PowerAction, TimeReply, TimeSyncReport,
     PROTOCOL_MAJOR, PROTOCOL_MINOR,
 };
+use crate::util::{error_chain, system_now_ns};
 
 /// What the host offers the agent: it answers time queries.
 pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME;
@@ -535,5 +535,5 @@ impl Shared {
 }
 
 fn chain(err: &dyn std::error::Error) -> String {
-    crate::agent::session::anyhow_like(err).to_string()
+    error_chain(err).to_string()
 }
