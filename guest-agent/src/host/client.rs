@@ -537,3 +537,130 @@ impl Shared {
 fn chain(err: &dyn std::error::Error) -> String {
     error_chain(err).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::protocol::{decode_payload, encode_frame, encode_raw_payload, Envelope};
+
+    fn socket_path(name: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("vireo-client-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// Reads frames from `stream` until one decodes; returns it.
+    fn read_envelope(stream: &mut UnixStream, decoder: &mut FrameDecoder) -> Envelope {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(p) = decoder.next_frame().unwrap() {
+                return decode_payload(&p).unwrap();
+            }
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed");
+            decoder.push(&buf[..n]);
+        }
+    }
+
+    /// A hand-written agent: answers every connection's hello with `major`, then runs
+    /// `then` on the first connection, and keeps that connection open until `release`
+    /// is dropped. The listener lives as long as the test process.
+    fn fake_agent(
+        path: &PathBuf,
+        major: u16,
+        release: Receiver<()>,
+        then: impl FnOnce(&mut UnixStream, &mut FrameDecoder) + Send + 'static,
+    ) -> Receiver<()> {
+        let listener = UnixListener::bind(path).unwrap();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut then = Some(then);
+            let mut kept = Vec::new();
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let mut decoder = FrameDecoder::new();
+                let hello = read_envelope(&mut stream, &mut decoder);
+                assert!(
+                    matches!(hello.message, Message::Hello(ref h) if h.capabilities == HOST_CAPABILITIES)
+                );
+                let answer = Message::Hello(Hello {
+                    major,
+                    minor: 9,
+                    capabilities: Capabilities::INFO,
+                    software: "fake agent".into(),
+                });
+                stream
+                    .write_all(&encode_message(hello.id, &answer).unwrap())
+                    .unwrap();
+                if let Some(then) = then.take() {
+                    then(&mut stream, &mut decoder);
+                    let _ = done_tx.send(());
+                    let _ = release.recv();
+                }
+                kept.push(stream);
+            }
+        });
+        done
+    }
+
+    #[test]
+    fn host_answers_unknown_kinds_and_time_queries_from_a_newer_agent() {
+        let path = socket_path("newer");
+        let (release_tx, release) = mpsc::channel();
+        let done = fake_agent(&path, PROTOCOL_MAJOR, release, |stream, decoder| {
+            let frame = encode_frame(&encode_raw_payload(0x7a01, 77, b"new")).unwrap();
+            stream.write_all(&frame).unwrap();
+            let reply = read_envelope(stream, decoder);
+            assert_eq!(reply.id, 77);
+            assert!(
+                matches!(reply.message, Message::Error(ref e) if e.code == error_code::UNKNOWN_KIND && e.in_reply_to_kind == 0x7a01)
+            );
+            stream
+                .write_all(&encode_message(78, &Message::TimeQuery).unwrap())
+                .unwrap();
+            let reply = read_envelope(stream, decoder);
+            assert_eq!(reply.id, 78);
+            let Message::TimeReply(t) = reply.message else {
+                panic!("{reply:?}")
+            };
+            assert!((t.host_unix_ns - system_now_ns()).abs() < 1_000_000_000);
+        });
+        let client =
+            AgentClient::connect(Endpoint::Unix(path.clone()), ClientConfig::default()).unwrap();
+        // A panic in the fake agent shows up as a closed channel here.
+        done.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The fake agent offers info only.
+        assert!(matches!(
+            client.time_sync_now(),
+            Err(ClientError::NotOffered(_))
+        ));
+        drop(release_tx);
+        drop(client);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn agent_of_another_major_version_is_refused() {
+        let path = socket_path("major");
+        // Released at once: every reconnection attempt meets the same refusal.
+        let (_, release) = mpsc::channel();
+        let _done = fake_agent(&path, PROTOCOL_MAJOR + 1, release, |_, _| {});
+        let config = ClientConfig {
+            connect_timeout: Duration::from_millis(500),
+            ..ClientConfig::default()
+        };
+        let err = AgentClient::connect(Endpoint::Unix(path.clone()), config)
+            .err()
+            .expect("refused");
+        let expected = format!("speaks protocol {}.9", PROTOCOL_MAJOR + 1);
+        assert!(err.to_string().contains(&expected), "{err}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

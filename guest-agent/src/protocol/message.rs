@@ -142,7 +142,7 @@ pub struct ErrorReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestInfo {
-    /// `PRETTY_NAME` from os-release, or "Linux <kernel release>" when there is none (as
+    /// `PRETTY_NAME` from os-release, or `Linux <kernel release>` when there is none (as
     /// in a busybox initramfs).
     pub os_pretty_name: String,
     /// `uname -r`.
