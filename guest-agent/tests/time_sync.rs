@@ -27,8 +27,24 @@ fn socket_path() -> PathBuf {
     ))
 }
 
-/// Starts the agent's accept loop in a thread; it lives as long as the test process.
-fn start_agent(clock: Arc<SimulatedClock>, interval: Duration) -> Endpoint {
+/// The agent's socket file, removed when the test ends (the listening thread itself
+/// lives as long as the test process).
+struct AgentSocket(PathBuf);
+
+impl AgentSocket {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::Unix(self.0.clone())
+    }
+}
+
+impl Drop for AgentSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Starts the agent's accept loop in a thread.
+fn start_agent(clock: Arc<SimulatedClock>, interval: Duration) -> AgentSocket {
     let path = socket_path();
     let listener = AgentListener::bind(&ListenAddr::Unix(path.clone())).unwrap();
     let services = AgentServices {
@@ -40,7 +56,7 @@ fn start_agent(clock: Arc<SimulatedClock>, interval: Duration) -> Endpoint {
         },
     };
     std::thread::spawn(move || agent::run(&listener, &services));
-    Endpoint::Unix(path)
+    AgentSocket(path)
 }
 
 fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
@@ -58,9 +74,9 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Durat
 fn clock_an_hour_wrong_is_stepped_within_2s_to_within_50ms() {
     for sign in [1, -1] {
         let clock = Arc::new(SimulatedClock::with_offset_ns(sign * HOUR_NS));
-        let endpoint = start_agent(clock.clone(), Duration::from_secs(10));
+        let agent = start_agent(clock.clone(), Duration::from_secs(10));
         let start = Instant::now();
-        let client = AgentClient::connect(endpoint, ClientConfig::default()).unwrap();
+        let client = AgentClient::connect(agent.endpoint(), ClientConfig::default()).unwrap();
         let took = wait_until(Duration::from_secs(2), || clock.offset_ns().abs() < 50 * MS)
             .map(|_| start.elapsed());
         let took =
@@ -80,8 +96,8 @@ fn clock_an_hour_wrong_is_stepped_within_2s_to_within_50ms() {
 #[test]
 fn small_drift_is_slewed_not_stepped() {
     let clock = Arc::new(SimulatedClock::with_offset_ns(200 * MS));
-    let endpoint = start_agent(clock.clone(), Duration::from_secs(10));
-    let client = AgentClient::connect(endpoint, ClientConfig::default()).unwrap();
+    let agent = start_agent(clock.clone(), Duration::from_secs(10));
+    let client = AgentClient::connect(agent.endpoint(), ClientConfig::default()).unwrap();
     // The sync on connect slews.
     let took = wait_until(Duration::from_secs(2), || clock.slews() >= 1);
     assert!(took.is_some(), "no slew");
@@ -97,12 +113,12 @@ fn small_drift_is_slewed_not_stepped() {
 #[test]
 fn long_round_trips_are_rejected() {
     let clock = Arc::new(SimulatedClock::with_offset_ns(HOUR_NS));
-    let endpoint = start_agent(clock.clone(), Duration::from_secs(10));
+    let agent = start_agent(clock.clone(), Duration::from_secs(10));
     let config = ClientConfig {
         time_reply_delay: Duration::from_millis(150),
         ..ClientConfig::default()
     };
-    let client = AgentClient::connect(endpoint, config).unwrap();
+    let client = AgentClient::connect(agent.endpoint(), config).unwrap();
     let report = client.time_sync_now().unwrap();
     assert_eq!(report.correction, TimeCorrection::NoSample, "{report:?}");
     assert_eq!(report.rejected, report.samples);
@@ -114,8 +130,8 @@ fn long_round_trips_are_rejected() {
 #[test]
 fn transport_reset_steps_at_once_even_a_small_offset() {
     let clock = Arc::new(SimulatedClock::with_offset_ns(0));
-    let endpoint = start_agent(clock.clone(), Duration::from_secs(10));
-    let client = AgentClient::connect(endpoint.clone(), ClientConfig::default()).unwrap();
+    let agent = start_agent(clock.clone(), Duration::from_secs(10));
+    let client = AgentClient::connect(agent.endpoint(), ClientConfig::default()).unwrap();
     assert_eq!(
         client.time_sync_now().unwrap().correction,
         TimeCorrection::None
@@ -124,7 +140,7 @@ fn transport_reset_steps_at_once_even_a_small_offset() {
     // The VM was "saved" and restored 300 ms later: the guest clock stood still.
     clock.step(-300 * MS).unwrap();
     let steps_before = clock.steps();
-    let client = AgentClient::connect(endpoint, ClientConfig::default()).unwrap();
+    let client = AgentClient::connect(agent.endpoint(), ClientConfig::default()).unwrap();
     let took = wait_until(Duration::from_secs(2), || clock.steps() > steps_before);
     assert!(took.is_some(), "no step after the reset");
     assert!(clock.offset_ns().abs() < 50 * MS, "{}", clock.offset_ns());
@@ -135,8 +151,8 @@ fn transport_reset_steps_at_once_even_a_small_offset() {
 #[test]
 fn periodic_sync_catches_a_later_jump_without_being_asked() {
     let clock = Arc::new(SimulatedClock::with_offset_ns(0));
-    let endpoint = start_agent(clock.clone(), Duration::from_millis(200));
-    let client = AgentClient::connect(endpoint, ClientConfig::default()).unwrap();
+    let agent = start_agent(clock.clone(), Duration::from_millis(200));
+    let client = AgentClient::connect(agent.endpoint(), ClientConfig::default()).unwrap();
     client.time_sync_now().unwrap();
     clock.step(5_000 * MS).unwrap();
     let took = wait_until(Duration::from_secs(2), || clock.offset_ns().abs() < 50 * MS);
