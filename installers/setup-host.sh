@@ -9,6 +9,7 @@ packages=(
   qemu-system-x86 qemu-utils   # the side-by-side reference in benchmarks; qemu-img
   kmod cpio xz-utils zstd      # depmod and archives for the demo Linux image
   util-linux                   # setpriv, used by the permission test
+  passt                        # user-mode networking for --net (the engine starts it)
   linux-perf                   # exit counts in the benchmarks
   ca-certificates
 )

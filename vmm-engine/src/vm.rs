@@ -21,6 +21,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{self, Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
@@ -64,6 +65,8 @@ pub enum Error {
     #[error(transparent)]
     Disk(#[from] BlockError),
     #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
     Control(#[from] control::Error),
 }
 
@@ -89,6 +92,9 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
             path: initrd.clone(),
             source,
         })?;
+    }
+    if let Some(net) = &config.net {
+        net::check_backend(net)?;
     }
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
@@ -199,6 +205,9 @@ fn pci_devices(
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
         devices.push(Box::new(Block::new(disk)?));
+    }
+    if let Some(net) = &config.net {
+        devices.push(Box::new(Net::new(net)?));
     }
     devices.push(Box::new(Rng::new()));
     let balloon = Balloon::new(0).map_err(Error::EventFd)?;

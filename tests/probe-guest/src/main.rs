@@ -15,6 +15,7 @@ mod blk;
 mod boot;
 mod commands;
 mod heap;
+mod net;
 mod pci;
 mod phys;
 mod pvh;

@@ -12,6 +12,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod net;
 pub mod rng;
 pub mod worker;
 
