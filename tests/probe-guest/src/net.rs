@@ -44,7 +44,7 @@ const ETH_HLEN: usize = 14;
 /// No progress for this long: the test has failed.
 const TIMEOUT_MS: u64 = 10_000;
 /// TCP socket buffers: a window of a few 64 KiB segments.
-const TCP_BUFFER: usize = 1 << 20;
+const TCP_BUFFER: usize = 256 << 10;
 
 /// What the `probe.net_*` words set.
 #[derive(Clone, Copy, Debug)]
@@ -364,10 +364,14 @@ fn connect(
     lease: &Lease,
     port: u16,
 ) -> Option<smoltcp::iface::SocketHandle> {
-    let socket = tcp::Socket::new(
+    let mut socket = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0u8; TCP_BUFFER]),
         tcp::SocketBuffer::new(vec![0u8; TCP_BUFFER]),
     );
+    // Acknowledge at once: smoltcp's default 10 ms delayed ACK throttles a sender
+    // that waits for acknowledgements to open its window (passt does).
+    socket.set_ack_delay(None);
+    socket.set_nagle_enabled(false);
     let handle = sockets.add(socket);
     let local_port = 49152 + (arch::rdtsc() % 16384) as u16;
     if sockets

@@ -24,6 +24,8 @@ const PREFIX_LEN: usize = 4;
 /// What may wait for passt to read it: when more is pending, the worker stops taking
 /// frames from the guest (they stay in the tx queue) until the socket is writable.
 const OUTPUT_HIGH_WATER: usize = 256 << 10;
+/// The send buffer asked for passt's end of the socket: a few MiB of frames in flight.
+const PASST_SNDBUF: libc::c_int = 4 << 20;
 /// How much is read from the socket at once: room for a few large frames per syscall.
 const INPUT_BUFFER_LEN: usize = 4 * (PREFIX_LEN + MAX_FRAME_LEN);
 
@@ -82,6 +84,7 @@ impl Passt {
         let program = find_passt()?;
         let (ours, theirs) = UnixStream::pair().map_err(PasstError::Socket)?;
         ours.set_nonblocking(true).map_err(PasstError::Socket)?;
+        enlarge_send_buffer(&theirs);
         let child = spawn_with_fd(&program, OwnedFd::from(theirs))?;
         tracing::debug!("passt started as pid {}", child.id());
         Ok(Self::with_socket(child, ours))
@@ -103,6 +106,31 @@ impl Passt {
     /// The child's process ID (for logs and tests).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+/// passt writes a burst of frames with one nonblocking `sendmsg` and drops whatever the
+/// socket cannot take (TCP then recovers after passt's 2 s ACK timeout): its end needs a
+/// send buffer as large as a guest's TCP window. passt enlarges the sockets it accepts
+/// itself, not one given with `--fd`, so the engine does it before handing it over:
+/// SO_SNDBUFFORCE where allowed (CAP_NET_ADMIN), else SO_SNDBUF (capped by
+/// net.core.wmem_max).
+fn enlarge_send_buffer(socket: &UnixStream) {
+    let size: libc::c_int = PASST_SNDBUF;
+    for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt reads one int through a valid pointer of the given length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
     }
 }
 

@@ -302,7 +302,16 @@ impl WorkerHandler for NetWorker {
                 .disable_notification(&self.mem)
                 .and_then(|()| self.process_rx())
         } else {
-            self.process_tx()
+            let tx = self.process_tx();
+            // A guest that sends is alive: look for receive buffers again even without
+            // a receiveq kick. Some drivers miss kicks (virtio-drivers 0.13 compares
+            // avail_event without wrapping, so after 65536 buffers it stops kicking).
+            if self.rx_waiting {
+                self.rx_waiting = false;
+                tx.and_then(|()| self.process_rx())
+            } else {
+                tx
+            }
         };
         self.after(result)
     }
