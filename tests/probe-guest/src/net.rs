@@ -277,9 +277,14 @@ pub fn run(pci: &mut Pci, options: &NetOptions, tsc_khz: u64, test: NetTest) {
         post_rx(&mut inner, vec![0u8; NET_HDR_LEN + frame_len]);
     }
     probe!(
-        "net_dev bdf={} mac={} queue_size={QUEUE_SIZE} mtu={mtu}",
+        "net_dev bdf={} mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} queue_size={QUEUE_SIZE} mtu={mtu}",
         function.df,
-        EthernetAddress(mac)
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5]
     );
     let mut device = ProbeNet {
         inner: RefCell::new(inner),
