@@ -56,20 +56,22 @@ impl Vmm for Vireo {
 }
 
 struct Qemu {
-    dir: PathBuf,
+    /// passt started as root runs as nobody and makes its socket after that: in the
+    /// world-writable temporary directory, not in a directory of ours.
+    socket: PathBuf,
 }
 
 impl Vmm for Qemu {
     fn command(&self, cmdline: &str) -> (Command, Option<Child>) {
-        let socket = self.dir.join("passt.sock");
-        let _ = std::fs::remove_file(&socket);
+        let socket = &self.socket;
+        let _ = std::fs::remove_file(socket);
         let passt = Command::new("passt")
             .args([
                 "--foreground",
                 "--quiet",
                 "--one-off",
                 "--socket",
-                s(&socket),
+                s(socket),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -234,8 +236,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let dir = std::env::temp_dir().join(format!("vireo-net-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let socket = std::env::temp_dir().join(format!("vireo-net-bench-{}.sock", std::process::id()));
     let mut body = vec![0u8; HTTP_MIB << 20];
     vireo_cpu_bench::fill_pattern(&mut body, 0);
     let digest =
@@ -243,7 +244,9 @@ fn main() {
             .unwrap();
     let body: &'static [u8] = Box::leak(body.into_boxed_slice());
     let has_qemu = qemu_available() && passt_installed();
-    let qemu = Qemu { dir: dir.clone() };
+    let qemu = Qemu {
+        socket: socket.clone(),
+    };
     let (mut v, mut q) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         // Interleaved so that drift on this shared machine hits both columns alike.
@@ -295,7 +298,7 @@ fn main() {
             qq.map(fmt).unwrap_or_else(|| "n/a".into())
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&socket);
 }
 
 fn passt_installed() -> bool {
