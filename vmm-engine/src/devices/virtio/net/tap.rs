@@ -87,6 +87,9 @@ impl Tap {
             // A TAP write takes the whole frame or nothing.
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            // The interface is down (no carrier): the frame is lost, as on a cable
+            // unplugged, and the card keeps working for when it comes up.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(true),
             Err(e) => Err(e),
         }
     }
