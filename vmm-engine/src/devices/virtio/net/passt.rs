@@ -338,7 +338,10 @@ mod tests {
                 seen += 1;
             }
         }
-        drop(writer.join().unwrap());
+        // passt closes its end (shutdown: a test thread forking at this moment may hold
+        // a copy of the fd, which would keep a mere close from being seen).
+        let peer = writer.join().unwrap();
+        peer.shutdown(std::net::Shutdown::Both).unwrap();
         assert!(matches!(passt.peek_frame(), Err(BackendError::Closed)));
     }
 
