@@ -586,6 +586,11 @@ mod tests {
 
     /// Guest memory, the two queues as a driver sets them up, and a worker on a fake
     /// passt whose other end is `peer`.
+    ///
+    /// virtio-queue 0.18's `MockSplitQueue::create` places the used ring right after
+    /// the first `len` *bytes* of the avail ring (its end ignores the entry size), so with
+    /// 16 entries used elements land on avail entries 10 and up: tests keep at most 8
+    /// chains outstanding per queue.
     struct Rig<'a> {
         mem: &'a GuestMemoryMmap,
         rxq: MockSplitQueue<'a, GuestMemoryMmap>,
@@ -976,8 +981,8 @@ mod tests {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        // Two descriptors per chain: the ring holds FRAMES chains without a driver
-        // reusing descriptors in flight.
+        // Eight two-descriptor chains: no descriptor reused while in flight, and no
+        // more than the mock's rings hold (see `Rig`).
         const FRAMES: u16 = QSIZE / 2;
         let frame = ethernet(60_000, 1);
         for _ in 0..FRAMES {
