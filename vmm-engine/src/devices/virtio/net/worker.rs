@@ -587,9 +587,9 @@ mod tests {
     /// Guest memory, the two queues as a driver sets them up, and a worker on a fake
     /// passt whose other end is `peer`.
     ///
-    /// virtio-queue 0.18's `MockSplitQueue::create` places the used ring right after
-    /// the first `len` *bytes* of the avail ring (its end ignores the entry size), so with
-    /// 16 entries used elements land on avail entries 10 and up: tests keep at most 8
+    /// virtio-queue 0.18's `MockSplitQueue::create` computes the avail ring's end from
+    /// its entry count, not its size in bytes, so the used ring overlaps it: with 16
+    /// entries, used elements land on avail entries 10 and up. Tests keep at most 8
     /// chains outstanding per queue.
     struct Rig<'a> {
         mem: &'a GuestMemoryMmap,
