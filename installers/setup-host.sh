@@ -10,6 +10,7 @@ packages=(
   kmod cpio xz-utils zstd      # depmod and archives for the demo Linux image
   busybox-static               # the demo guest's shell, to test its /init on the host
   util-linux                   # setpriv, used by the permission test
+  passt                        # user-mode networking for --net (the engine starts it)
   linux-perf                   # exit counts in the benchmarks
   ca-certificates
 )

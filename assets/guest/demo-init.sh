@@ -28,6 +28,43 @@ while read -r module; do
 	modprobe "$module" || echo "vireo-init: cannot load module $module"
 done </etc/vireo/modules
 
+# A network card (virtio-net: passt's user-mode network or a TAP bridge): DHCP on the
+# first one with busybox udhcpc, which runs the script below on each lease event
+# ($1 and the lease in its environment: ip, mask (prefix bits), router, dns, mtu).
+mkdir -p /etc/vireo
+cat >/etc/vireo/udhcpc.script <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set "$interface" up
+	;;
+bound | renew)
+	ip -4 addr flush dev "$interface"
+	ip addr add "$ip/${mask:-24}" dev "$interface"
+	[ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+	for r in $router; do
+		ip route replace default via "$r" dev "$interface"
+		break
+	done
+	: >/etc/resolv.conf
+	for d in $dns; do echo "nameserver $d" >>/etc/resolv.conf; done
+	echo "vireo-init: $interface $ip/$mask gateway $router dns $dns"
+	;;
+esac
+SCRIPT
+chmod 755 /etc/vireo/udhcpc.script
+for nic in /sys/class/net/*; do
+	nic=${nic##*/}
+	[ "$nic" = lo ] && continue
+	ip link set "$nic" up
+	# -n: give up (after -t tries) rather than wait forever; with a lease udhcpc goes to
+	# the background and renews it.
+	udhcpc -i "$nic" -s /etc/vireo/udhcpc.script -t 5 -T 2 -n >/dev/null 2>&1 ||
+		echo "vireo-init: no DHCP lease on $nic"
+	break
+done
+
 # The agent; for now it reports the guest info once.
 vireo-agent info || echo "vireo-init: vireo-agent info failed"
 

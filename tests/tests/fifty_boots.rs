@@ -33,6 +33,7 @@ fn fifty_boots_in_one_process_leak_nothing() {
         reboot: RebootPolicy::Exit,
         kvm_device: "/dev/kvm".into(),
         disks: Vec::new(),
+        net: None,
         control_socket: None,
         display: None,
     };

@@ -398,3 +398,42 @@ fn demo_linux_classifies_the_keyboard_and_tablet() {
     assert!(tablet.contains("B: ABS=3"), "ABS_X and ABS_Y: {tablet}");
     assert!(tablet.contains("B: KEY=1f0000"), "five buttons: {tablet}");
 }
+
+/// The demo Linux's own virtio_net with passt: /init gets a DHCP lease with udhcpc, and
+/// `wget` fetches a file from a server this test runs on 127.0.0.1, through the
+/// gateway address (which passt maps to the host's loopback).
+#[test]
+fn demo_linux_gets_a_lease_and_fetches_a_file_through_passt() {
+    const TEST: &str = "linux_boot::demo_linux_gets_a_lease_and_fetches_a_file_through_passt";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = "vireo-net-ok\n";
+        let _ = write!(
+            conn,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        String::from_utf8_lossy(&request).into_owned()
+    });
+    // The gateway is the default route's; wget prints the body.
+    let run =
+        format!("gw=$(ip+route+|+awk+'/default/{{print+$3}}');+wget+-q+-O+-+http://$gw:{port}/f");
+    let out = run_demo(&run, &["--net"]);
+    assert!(out.contains("vireo-init: eth0"), "a lease: {out}");
+    assert!(out.lines().any(|l| l.trim() == "vireo-net-ok"), "{out}");
+    assert!(server.join().unwrap().starts_with("GET /f "));
+}

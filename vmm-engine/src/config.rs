@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::boot::BootSource;
 use crate::devices::virtio::block::config::DiskConfig;
+use crate::devices::virtio::net::config::NetConfig;
 
 /// Guests smaller than this cannot hold a kernel, its initrd and page tables.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -31,6 +32,8 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// virtio-blk disks, in the order the guest finds them.
     pub disks: Vec<DiskConfig>,
+    /// The virtio-net card, if the VM has one.
+    pub net: Option<NetConfig>,
     /// Where to serve the control protocol (`control::protocol`), if anywhere.
     pub control_socket: Option<PathBuf>,
     /// The guest's screen and its keyboard and tablet; `None`: a headless VM.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vireo_vmm::boot::{BootSource, DEFAULT_CMDLINE};
 use vireo_vmm::console::{ConsoleInput, RawTerminal};
 use vireo_vmm::devices::virtio::block::config::DiskConfig;
+use vireo_vmm::devices::virtio::net::config::NetConfig;
 use vireo_vmm::doctor::{self, DEFAULT_KVM_DEVICE};
 use vireo_vmm::exit::code;
 use vireo_vmm::{config, Console, RebootPolicy, VmConfig};
@@ -66,6 +67,10 @@ struct Cli {
     /// through the control socket); none (the default) leaves them out.
     #[arg(long, value_name = "WxH|none", default_value = "none")]
     display: config::DisplayArg,
+    /// A virtio-net card: passt (user-mode networking, the default) or tap=NAME, and
+    /// mac=52:54:00:xx:xx:xx. `--net` alone means passt.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "passt")]
+    net: Option<NetConfig>,
 
     /// Serve the control protocol (JSON lines: status, balloon, power-off) on this Unix socket.
     #[arg(long, value_name = "PATH")]
@@ -165,6 +170,7 @@ fn run_vm(cli: Cli) -> ExitCode {
         },
         kvm_device: cli.kvm_device,
         disks: cli.disk,
+        net: cli.net,
         control_socket: cli.control_socket,
         display: cli.display.0,
     };

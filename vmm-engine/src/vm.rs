@@ -23,6 +23,7 @@ use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind};
 use crate::devices::virtio::input::{Input, InputHandle};
+use crate::devices::virtio::net::{self, Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
@@ -66,6 +67,8 @@ pub enum Error {
     #[error(transparent)]
     Disk(#[from] BlockError),
     #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
     Control(#[from] control::Error),
 }
 
@@ -91,6 +94,9 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
             path: initrd.clone(),
             source,
         })?;
+    }
+    if let Some(net) = &config.net {
+        net::check_backend(net)?;
     }
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
@@ -208,6 +214,9 @@ fn pci_devices(
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
         devices.push(Box::new(Block::new(disk)?));
+    }
+    if let Some(net) = &config.net {
+        devices.push(Box::new(Net::new(net)?));
     }
     devices.push(Box::new(Rng::new()));
     let balloon = Balloon::new(0).map_err(Error::EventFd)?;

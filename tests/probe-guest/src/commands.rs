@@ -19,6 +19,10 @@
 //! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
 //!   about themselves, then every event until Escape.
 //!
+//! - `probe.run=net-dhcp|net-http|net-bench`: the virtio-net tests of [`crate::net`]
+//!   (DHCP, an HTTP GET from the host, TCP throughput to the host), tuned by
+//!   `probe.net_port`, `probe.net_path`, `probe.net_mib`, `probe.net_mtu`.
+//!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
 use alloc::vec;
@@ -28,6 +32,7 @@ use crate::arch;
 use crate::blk::{self, BlkOptions};
 use crate::boot;
 use crate::heap;
+use crate::net::{self, NetOptions, NetTest};
 use crate::pci::HostOptions;
 use crate::probe;
 use crate::pvh::BootInfo;
@@ -54,6 +59,7 @@ enum Command {
     BlkBench,
     BlkMsix,
     Input,
+    Net(NetTest),
 }
 
 impl Command {
@@ -86,6 +92,7 @@ struct Options<'a> {
     run: Result<Command, &'a str>,
     sha_mib: u64,
     blk: BlkOptions,
+    net: NetOptions<'a>,
     host: HostOptions,
 }
 
@@ -95,6 +102,7 @@ impl<'a> Options<'a> {
             run: Ok(Command::Selftest),
             sha_mib: DEFAULT_SHA_MIB,
             blk: BlkOptions::default(),
+            net: NetOptions::default(),
             host: HostOptions::default(),
         };
         for word in cmdline.split_ascii_whitespace() {
@@ -119,6 +127,9 @@ impl<'a> Options<'a> {
                         "blk-bench" => Ok(Command::BlkBench),
                         "blk-msix" => Ok(Command::BlkMsix),
                         "input" => Ok(Command::Input),
+                        "net-dhcp" => Ok(Command::Net(NetTest::Dhcp)),
+                        "net-http" => Ok(Command::Net(NetTest::Http)),
+                        "net-bench" => Ok(Command::Net(NetTest::Bench)),
                         other => Err(other),
                     }
                 }
@@ -141,6 +152,18 @@ impl<'a> Options<'a> {
                     }
                 }
                 "probe.blk_rand" => set(&mut options.blk.rand, value),
+                "probe.net_port" => {
+                    if let Some(port) = parse_u64(value).and_then(|p| u16::try_from(p).ok()) {
+                        options.net.port = port;
+                    }
+                }
+                "probe.net_path" if value.starts_with('/') => options.net.path = value,
+                "probe.net_mib" => set(&mut options.net.mib, value),
+                "probe.net_mtu" => {
+                    if let Some(mtu) = parse_u64(value) {
+                        options.net.mtu = mtu as usize;
+                    }
+                }
                 "probe.ecam" => options.host.ecam = parse_u64(value),
                 "probe.pci_mmio32" => {
                     options.host.mmio32 = value.split_once('-').and_then(|(first, last)| {
@@ -208,6 +231,11 @@ pub fn run(tsc_khz: u64) -> ! {
         Ok(command) if heap.is_some() && command.device_test().is_some() => {
             if let Some(test) = command.device_test() {
                 blk::with_pci(&options.host, &options.blk, tsc_khz, test);
+            }
+        }
+        Ok(Command::Net(test)) if heap.is_some() => {
+            if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
+                net::run(&mut pci, &options.net, tsc_khz, test);
             }
         }
         Ok(Command::Fault) => {

@@ -16,6 +16,7 @@ mod boot;
 mod commands;
 mod heap;
 mod input;
+mod net;
 mod pci;
 mod phys;
 mod pvh;

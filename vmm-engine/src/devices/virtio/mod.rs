@@ -13,6 +13,7 @@
 pub mod balloon;
 pub mod block;
 pub mod input;
+pub mod net;
 pub mod rng;
 pub mod worker;
 

@@ -1,0 +1,305 @@
+//! virtio-net (virtio 1.2, 5.1 "Network Device"): one receive and one transmit queue,
+//! a MAC address and a link status in the configuration space, frames to and from a
+//! backend on the host: `passt` (user-mode networking, the default) or a TAP interface.
+//!
+//! Offered features: VERSION_1, EVENT_IDX, MAC, STATUS, MRG_RXBUF (a frame may span
+//! several receive buffers), CSUM (the guest may leave a partial checksum, completed
+//! here in software because passt wants complete frames) and GUEST_CSUM (frames from
+//! passt are marked DATA_VALID: passt computed their checksums). No TSO/UFO: that would
+//! need segmentation here.
+//!
+//! - `config`: the `--net` option.
+//! - `backend`: what the worker needs of a backend; `passt`, `tap`: the two backends.
+//! - `worker`: the queues ↔ backend loop, header handling, checksum completion.
+
+pub mod backend;
+pub mod config;
+pub mod passt;
+pub mod tap;
+pub mod worker;
+
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use vm_memory::GuestMemoryMmap;
+
+use super::worker::Worker;
+use super::{
+    ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+use backend::Backend;
+pub use config::{MacAddr, NetBackendConfig, NetConfig, NetConfigError};
+use worker::{NetWorker, RX_QUEUE, TX_QUEUE};
+
+/// Ring sizes: 256 buffers of receive room keep a burst from passt (which reads 64 KiB
+/// at a time from the host's sockets) from stalling on the guest.
+const QUEUE_SIZES: &[u16] = &[256, 256];
+
+/// Offsets in `virtio_net_config`.
+const CONFIG_MAC: usize = 0;
+const CONFIG_STATUS: usize = 6;
+const CONFIG_MAX_VIRTQUEUE_PAIRS: usize = 8;
+const CONFIG_LEN: usize = 10;
+
+/// Why the network card could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Passt(#[from] passt::PasstError),
+    #[error(transparent)]
+    Tap(#[from] tap::TapError),
+}
+
+/// Checks what can be checked about the backend before a VM is built (passt installed).
+pub fn check_backend(config: &NetConfig) -> Result<(), NetError> {
+    if config.backend == NetBackendConfig::Passt {
+        passt::find_passt()?;
+    }
+    Ok(())
+}
+
+/// The network card.
+pub struct Net {
+    mac: MacAddr,
+    /// The backend while no worker has it.
+    backend: Option<Box<dyn Backend>>,
+    worker: Option<Worker<NetWorker>>,
+}
+
+impl Net {
+    /// Starts the backend (passt, or opens the TAP interface).
+    pub fn new(config: &NetConfig) -> Result<Self, NetError> {
+        let backend: Box<dyn Backend> = match &config.backend {
+            NetBackendConfig::Passt => Box::new(passt::Passt::spawn()?),
+            NetBackendConfig::Tap { name } => Box::new(tap::Tap::open(name)?),
+        };
+        Ok(Self::with_backend(config.mac_or_default(), backend))
+    }
+
+    /// A card on a given backend (tests, fuzzing).
+    pub fn with_backend(mac: MacAddr, backend: Box<dyn Backend>) -> Self {
+        Net {
+            mac,
+            backend: Some(backend),
+            worker: None,
+        }
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        c[CONFIG_MAC..CONFIG_MAC + 6].copy_from_slice(&self.mac.0);
+        c[CONFIG_STATUS..CONFIG_STATUS + 2]
+            .copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        // Only meaningful with VIRTIO_NET_F_MQ, which is not offered; one pair.
+        c[CONFIG_MAX_VIRTQUEUE_PAIRS..CONFIG_MAX_VIRTQUEUE_PAIRS + 2]
+            .copy_from_slice(&1u16.to_le_bytes());
+        c
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        QUEUE_SIZES
+    }
+
+    fn device_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_NET_F_CSUM
+            | 1 << VIRTIO_NET_F_GUEST_CSUM
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_STATUS
+            | 1 << VIRTIO_NET_F_MRG_RXBUF
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| config.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The MAC is read-only without VIRTIO_NET_F_CTRL_MAC_ADDR (5.1.4.2): ignored.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let got = queues.len();
+        let mut rx = None;
+        let mut tx = None;
+        for q in queues {
+            match q.index {
+                RX_QUEUE => rx = Some(q),
+                TX_QUEUE => tx = Some(q),
+                _ => {}
+            }
+        }
+        let (Some(rx), Some(tx)) = (rx, tx) else {
+            return Err(ActivateError::QueueCount { got, needed: 2 });
+        };
+        let backend = self.backend.take().ok_or_else(|| {
+            ActivateError::Backend("the network backend is gone (its worker failed)".into())
+        })?;
+        let handler = NetWorker::new(mem, interrupt, rx.queue, tx.queue, backend, acked_features)
+            .map_err(ActivateError::Worker)?;
+        // Worker queue indexes follow this order: 0 = receiveq, 1 = transmitq.
+        let worker = Worker::spawn("virtio-net", vec![rx.notify, tx.notify], handler)
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            if let Some(handler) = worker.stop() {
+                tracing::debug!("virtio-net reset: {:?}", handler.counters);
+                self.backend = Some(handler.into_backend());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    #[derive(Default)]
+    struct CountingInterrupt(AtomicUsize);
+    impl Interrupt for CountingInterrupt {
+        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn signal_config_change(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn config_space_and_features() {
+        let (passt, _peer) = passt::fake_passt();
+        let mac = MacAddr([0x52, 0x54, 0, 1, 2, 3]);
+        let net = Net::with_backend(mac, Box::new(passt));
+        let mut c = [0xffu8; 12];
+        net.read_config(0, &mut c);
+        assert_eq!(&c[..6], &mac.0);
+        assert_eq!(
+            u16::from_le_bytes([c[6], c[7]]),
+            VIRTIO_NET_S_LINK_UP as u16
+        );
+        assert_eq!(&c[10..], &[0, 0], "beyond the config: zero");
+        let mut one = [0u8; 2];
+        net.read_config(6, &mut one);
+        assert_eq!(one, [1, 0]);
+        net.read_config(u64::MAX, &mut one);
+        assert_eq!(one, [0, 0]);
+        let f = net.device_features();
+        assert_ne!(f & VIRTIO_F_VERSION_1, 0);
+        assert_ne!(f & 1 << VIRTIO_NET_F_MRG_RXBUF, 0);
+        // No segmentation offloads: they would need segmentation here.
+        for bit in [
+            virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_TSO4,
+            virtio_bindings::virtio_net::VIRTIO_NET_F_HOST_UFO,
+            virtio_bindings::virtio_net::VIRTIO_NET_F_GUEST_TSO4,
+        ] {
+            assert_eq!(f & 1 << bit, 0);
+        }
+    }
+
+    /// Through the device's own worker thread: activate, transmit one frame, see it at
+    /// "passt", reset, activate again with the same backend.
+    #[test]
+    fn activate_transmit_reset_activate() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (passt, mut peer) = passt::fake_passt();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut net = Net::with_backend(MacAddr::for_this_process(), Box::new(passt));
+        for round in 0..2u8 {
+            let rxq = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+            let txq = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+            let frame: Vec<u8> = (0..64).map(|i| i ^ round).collect();
+            mem.write_slice(&[0u8; 12], GuestAddress(0x8000)).unwrap();
+            mem.write_slice(&frame, GuestAddress(0x8000 + 12)).unwrap();
+            txq.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(0x8000, 76, 0, 0))])
+                .unwrap();
+            let mut queues = Vec::new();
+            let mut kicks = Vec::new();
+            for (index, q) in [(RX_QUEUE, &rxq), (TX_QUEUE, &txq)] {
+                let mut queue: Queue = q.create_queue().unwrap();
+                queue.set_ready(true);
+                let notify = EventFd::new(0).unwrap();
+                kicks.push(notify.try_clone().unwrap());
+                queues.push(ActiveQueue {
+                    index,
+                    queue,
+                    notify,
+                });
+            }
+            let interrupt = Arc::new(CountingInterrupt::default());
+            net.activate(mem.clone(), interrupt, queues, net.device_features())
+                .unwrap();
+            kicks[1].write(1).unwrap();
+            let mut got = [0u8; 4 + 64];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got[..4], &64u32.to_be_bytes());
+            assert_eq!(&got[4..], &frame[..]);
+            net.reset();
+            assert!(net.backend.is_some(), "the backend survives a reset");
+        }
+    }
+
+    #[test]
+    fn activation_needs_both_queues() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (passt, _peer) = passt::fake_passt();
+        let mut net = Net::with_backend(MacAddr::for_this_process(), Box::new(passt));
+        let q = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+        let queue: Queue = q.create_queue().unwrap();
+        let err = net
+            .activate(
+                mem.clone(),
+                Arc::new(CountingInterrupt::default()),
+                vec![ActiveQueue {
+                    index: RX_QUEUE,
+                    queue,
+                    notify: EventFd::new(0).unwrap(),
+                }],
+                0,
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ActivateError::QueueCount { got: 1, needed: 2 }
+        ));
+    }
+}
