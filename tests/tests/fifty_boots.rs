@@ -34,6 +34,7 @@ fn fifty_boots_in_one_process_leak_nothing() {
         kvm_device: "/dev/kvm".into(),
         disks: Vec::new(),
         control_socket: None,
+        vsock: None,
     };
     let output = Arc::new(Mutex::new(Vec::<u8>::new()));
     let console = Console {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::boot::BootSource;
 use crate::devices::virtio::block::config::DiskConfig;
+use crate::devices::virtio::vsock::VsockConfig;
 
 /// Guests smaller than this cannot hold a kernel, its initrd and page tables.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -33,6 +34,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Where to serve the control protocol (`control::protocol`), if anywhere.
     pub control_socket: Option<PathBuf>,
+    /// The virtio-vsock device and its host-side Unix socket, if any.
+    pub vsock: Option<VsockConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

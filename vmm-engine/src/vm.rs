@@ -22,6 +22,7 @@ use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SER
 use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockConfigError, VsockListener};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
 use crate::doctor::{self, KvmOpenError};
@@ -65,6 +66,10 @@ pub enum Error {
     Disk(#[from] BlockError),
     #[error(transparent)]
     Control(#[from] control::Error),
+    #[error(transparent)]
+    Vsock(#[from] VsockConfigError),
+    #[error("cannot set up the vsock device: {0}")]
+    VsockDevice(#[source] std::io::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -90,11 +95,16 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
             source,
         })?;
     }
+    // Bound once for every boot; dropping it at the end removes the socket file.
+    let vsock = match &config.vsock {
+        Some(v) => Some(VsockListener::bind(&v.socket)?),
+        None => None,
+    };
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
     vcpu::install_kick_handler().map_err(Error::Thread)?;
     loop {
-        let reason = boot_once(&kvm, config, console)?;
+        let reason = boot_once(&kvm, config, console, vsock.as_ref())?;
         if reason != ExitReason::Reboot || config.reboot != RebootPolicy::Restart {
             return Ok(reason);
         }
@@ -103,7 +113,12 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
 }
 
 /// One boot of the guest, from a fresh VM to its teardown.
-fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
+fn boot_once(
+    kvm: &Kvm,
+    config: &VmConfig,
+    console: &Console,
+    vsock: Option<&VsockListener>,
+) -> Result<ExitReason, Error> {
     let vm = Arc::new(create_vm(kvm)?);
     // Guest memory before the irqchip: on PVM the first memory slot added after the
     // irqchip waits 5-12 ms (a grace period), before it costs 0.1 ms.
@@ -116,7 +131,7 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let (mut pio, serial) = legacy_devices(&vm, config, console, &exit_tx)?;
-    let (pci, balloon) = pci_devices(&vm, &mem, config)?;
+    let (pci, balloon) = pci_devices(&vm, &mem, config, vsock)?;
     pio.insert(
         PCI_CONFIG_PORT,
         PCI_CONFIG_PORT_LEN,
@@ -193,6 +208,7 @@ fn pci_devices(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
+    vsock: Option<&VsockListener>,
 ) -> Result<(PciMmio, BalloonHandle), Error> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
@@ -204,6 +220,11 @@ fn pci_devices(
     let balloon = Balloon::new(0).map_err(Error::EventFd)?;
     let balloon_handle = balloon.handle();
     devices.push(Box::new(balloon));
+    if let (Some(v), Some(listener)) = (&config.vsock, vsock) {
+        let socket = listener.try_clone().map_err(Error::VsockDevice)?;
+        let device = Vsock::new(v.cid, v.socket.clone(), socket).map_err(Error::VsockDevice)?;
+        devices.push(Box::new(device));
+    }
     for device in devices {
         let pci = VirtioPciDevice::new(device, mem.clone(), router.clone()).map_err(Error::Pci)?;
         root.add(Arc::new(Mutex::new(pci))).ok_or(Error::PciFull)?;

@@ -13,6 +13,7 @@
 pub mod balloon;
 pub mod block;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use std::io;
