@@ -16,6 +16,10 @@
 //!   virtio-blk tests of [`crate::blk`], tuned by `probe.blk_mib`, `probe.blk_seed`,
 //!   `probe.blk_dev`, `probe.blk_req_kib`, `probe.blk_qd`, `probe.blk_rand`; PCI host
 //!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
+//! - `probe.run=vsock-echo|vsock-serve|vsock-close-early|vsock-cycles|vsock-refused|vsock-bench`:
+//!   the virtio-vsock tests of [`crate::vsock`], tuned by `probe.vsock_port`,
+//!   `probe.vsock_conns`, `probe.vsock_mib`, `probe.vsock_cycles`, `probe.vsock_bench_mib`,
+//!   `probe.vsock_pings`, `probe.vsock_chunk_kib`, `probe.vsock_seed`.
 //!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
@@ -29,6 +33,7 @@ use crate::heap;
 use crate::pci::HostOptions;
 use crate::probe;
 use crate::pvh::BootInfo;
+use crate::vsock::{self, VsockOptions};
 
 /// Default benchmark size.
 const DEFAULT_SHA_MIB: u64 = 256;
@@ -51,6 +56,7 @@ enum Command {
     BlkTwo,
     BlkBench,
     BlkMsix,
+    Vsock(vsock::Test),
 }
 
 impl Command {
@@ -82,6 +88,7 @@ struct Options<'a> {
     run: Result<Command, &'a str>,
     sha_mib: u64,
     blk: BlkOptions,
+    vsock: VsockOptions,
     host: HostOptions,
 }
 
@@ -91,6 +98,7 @@ impl<'a> Options<'a> {
             run: Ok(Command::Selftest),
             sha_mib: DEFAULT_SHA_MIB,
             blk: BlkOptions::default(),
+            vsock: VsockOptions::default(),
             host: HostOptions::default(),
         };
         for word in cmdline.split_ascii_whitespace() {
@@ -114,6 +122,12 @@ impl<'a> Options<'a> {
                         "blk-two" => Ok(Command::BlkTwo),
                         "blk-bench" => Ok(Command::BlkBench),
                         "blk-msix" => Ok(Command::BlkMsix),
+                        "vsock-echo" => Ok(Command::Vsock(vsock::Test::Echo)),
+                        "vsock-serve" => Ok(Command::Vsock(vsock::Test::Serve)),
+                        "vsock-close-early" => Ok(Command::Vsock(vsock::Test::CloseEarly)),
+                        "vsock-cycles" => Ok(Command::Vsock(vsock::Test::Cycles)),
+                        "vsock-refused" => Ok(Command::Vsock(vsock::Test::Refused)),
+                        "vsock-bench" => Ok(Command::Vsock(vsock::Test::Bench)),
                         other => Err(other),
                     }
                 }
@@ -136,6 +150,26 @@ impl<'a> Options<'a> {
                     }
                 }
                 "probe.blk_rand" => set(&mut options.blk.rand, value),
+                "probe.vsock_port" => {
+                    if let Some(port) = parse_u64(value).and_then(|p| u32::try_from(p).ok()) {
+                        options.vsock.port = port;
+                    }
+                }
+                "probe.vsock_conns" => {
+                    if let Some(n) = parse_u64(value) {
+                        options.vsock.conns = n.clamp(1, 64) as usize;
+                    }
+                }
+                "probe.vsock_mib" => set(&mut options.vsock.mib, value),
+                "probe.vsock_cycles" => set(&mut options.vsock.cycles, value),
+                "probe.vsock_bench_mib" => set(&mut options.vsock.bench_mib, value),
+                "probe.vsock_pings" => {
+                    if let Some(n) = parse_u64(value) {
+                        options.vsock.pings = n.clamp(1, 1_000_000) as usize;
+                    }
+                }
+                "probe.vsock_chunk_kib" => set(&mut options.vsock.chunk_kib, value),
+                "probe.vsock_seed" => set(&mut options.vsock.seed, value),
                 "probe.ecam" => options.host.ecam = parse_u64(value),
                 "probe.pci_mmio32" => {
                     options.host.mmio32 = value.split_once('-').and_then(|(first, last)| {
@@ -203,6 +237,18 @@ pub fn run(tsc_khz: u64) -> ! {
         Ok(command) if heap.is_some() && command.device_test().is_some() => {
             if let Some(test) = command.device_test() {
                 blk::with_pci(&options.host, &options.blk, tsc_khz, test);
+            }
+        }
+        Ok(Command::Vsock(test)) if heap.is_some() => {
+            if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
+                vsock::run(test, &mut pci, &options.vsock, tsc_khz);
+            }
+            if test == vsock::Test::Cycles {
+                // The host counts the engine's fds now that every connection is closed.
+                probe!("IDLE");
+                loop {
+                    core::hint::spin_loop();
+                }
             }
         }
         Ok(Command::Fault) => {
