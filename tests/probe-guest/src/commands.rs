@@ -243,13 +243,6 @@ pub fn run(tsc_khz: u64) -> ! {
             if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
                 vsock::run(test, &mut pci, &options.vsock, tsc_khz);
             }
-            if test == vsock::Test::Cycles {
-                // The host counts the engine's fds now that every connection is closed.
-                probe!("IDLE");
-                loop {
-                    core::hint::spin_loop();
-                }
-            }
         }
         Ok(Command::Fault) => {
             let unmapped = crate::phys::MAPPED_END as *const u64;

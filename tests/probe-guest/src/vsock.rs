@@ -527,8 +527,8 @@ fn close_early(sock: &mut Sock, options: &VsockOptions) {
 }
 
 /// `probe.run=vsock-cycles`: one warm-up cycle, a pause (the host counts the engine's
-/// fds), `cycles` connect/close cycles to host port `port`, then `IDLE`.
-fn cycles(sock: &mut Sock, options: &VsockOptions) {
+/// fds), `cycles` connect/close cycles to host port `port`, then `IDLE` for ever.
+fn cycles(sock: &mut Sock, options: &VsockOptions) -> ! {
     let one = |sock: &mut Sock, i: u64| -> Result<(), Failure> {
         let local = FIRST_LOCAL_PORT + (i % 20_000) as u32;
         sock.connect(options.port, local)?;
@@ -559,6 +559,12 @@ fn cycles(sock: &mut Sock, options: &VsockOptions) {
         us(ticks, sock.tsc_khz) / options.cycles.max(1),
         u8::from(warm && failed == 0),
     );
+    // The host counts the engine's fds now that every connection is closed; the device
+    // stays in use (dropping the driver would reset it).
+    probe!("IDLE");
+    loop {
+        let _ = sock.mgr.poll();
+    }
 }
 
 /// `probe.run=vsock-refused`: a connection to host port `port`, where nobody listens.

@@ -212,6 +212,28 @@ impl Connection {
         }
     }
 
+    /// After the guest's SHUTDOWN with F_RECEIVE: nothing more is read for it, and the
+    /// host's writes fail (EPIPE) instead of filling a buffer nobody drains.
+    pub fn shut_host_read(&mut self) {
+        if !self.guest_shut_recv {
+            let _ = self.stream.shutdown(std::net::Shutdown::Read);
+            self.guest_shut_recv = true;
+        }
+    }
+
+    /// Reads and drops what the host sent that the guest will never take, so that a
+    /// graceful close reads as EOF on the host, not ECONNRESET (what closing a Unix
+    /// socket with unread data gives its peer). Bounded: a socket buffer's worth.
+    pub fn discard_unread(&mut self) {
+        let mut buf = [0u8; 16 << 10];
+        for _ in 0..64 {
+            match self.stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Both directions are finished: the connection can be reset and forgotten.
     pub fn finished(&self) -> bool {
         self.host_write_shut && (self.host_eof || self.guest_shut_recv)

@@ -200,7 +200,9 @@ impl Muxer {
                     }
                     VIRTIO_VSOCK_OP_SHUTDOWN => {
                         conn.guest_shut_send |= header.flags & VIRTIO_VSOCK_SHUTDOWN_F_SEND != 0;
-                        conn.guest_shut_recv |= header.flags & VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE != 0;
+                        if header.flags & VIRTIO_VSOCK_SHUTDOWN_F_RECEIVE != 0 {
+                            conn.shut_host_read();
+                        }
                         conn.shut_host_write_if_drained();
                         self.finish_if_done(key);
                     }
@@ -570,7 +572,8 @@ impl Muxer {
 
     /// Both directions are done: RST to the guest, and the connection is forgotten.
     fn finish_if_done(&mut self, key: ConnKey) {
-        if self.conns.get(&key).is_some_and(Connection::finished) {
+        if let Some(conn) = self.conns.get_mut(&key).filter(|c| c.finished()) {
+            conn.discard_unread();
             self.reset(key);
         }
     }
