@@ -4,6 +4,7 @@
 //! each connection on another; dropping the server stops it and removes its socket.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +39,8 @@ pub enum Mode {
 /// A Unix-socket server at `PATH_<port>`.
 pub struct Server {
     path: PathBuf,
+    /// The listening socket, shut down in `Drop` to wake the accepting thread.
+    listener: UnixListener,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// One record per connection, in accept order.
@@ -58,6 +61,7 @@ impl Server {
         let path = port_path(socket, port);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).expect("bind the host-side vsock server");
+        let waker = listener.try_clone().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let records = Arc::new(Mutex::new(Vec::new()));
         let (stop2, records2) = (stop.clone(), records.clone());
@@ -88,6 +92,7 @@ impl Server {
         });
         Server {
             path,
+            listener: waker,
             stop,
             thread: Some(thread),
             records,
@@ -103,7 +108,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = UnixStream::connect(&self.path);
+        // SAFETY: shutdown(2) on a socket fd this struct owns; it changes no memory.
+        // A listening socket shut down fails its pending and future accepts, which ends
+        // the thread's loop (its socket file may already be gone, so connecting to it
+        // is no way to wake it).
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -60,6 +60,16 @@ pub struct Shared {
     resets_delivered: AtomicU64,
 }
 
+impl Shared {
+    pub fn new() -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(Shared {
+            reset_request: EventFd::new(libc::EFD_NONBLOCK)?,
+            active: AtomicBool::new(false),
+            resets_delivered: AtomicU64::new(0),
+        }))
+    }
+}
+
 /// The host side of a vsock device: cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct VsockHandle {
@@ -104,11 +114,7 @@ impl Vsock {
             guest_cid,
             uds_path,
             listener,
-            shared: Arc::new(Shared {
-                reset_request: EventFd::new(libc::EFD_NONBLOCK)?,
-                active: AtomicBool::new(false),
-                resets_delivered: AtomicU64::new(0),
-            }),
+            shared: Shared::new()?,
             worker: None,
         })
     }

@@ -50,8 +50,9 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// The timer ticks this often while anything waits for a deadline.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 
-const TOKEN_LISTENER: u32 = 0;
-const TOKEN_TIMER: u32 = 1;
+/// The listener's and the timer's tokens in the worker's epoll.
+pub const TOKEN_LISTENER: u32 = 0;
+pub const TOKEN_TIMER: u32 = 1;
 const FIRST_STREAM_TOKEN: u32 = 16;
 
 /// What the muxer counted: the guest's mistakes, for logs and tests.
