@@ -108,7 +108,7 @@ fn guest_to_host_echo_16_connections_of_8_mib() {
     let line = probe_line(&run, "vsock_echo");
     assert_eq!(line.get("ok"), Some("1"), "{line:?}");
     assert_eq!(line.u64("conns"), Some(16));
-    assert_eq!(line.u64("bytes"), Some(16 * 8 << 20));
+    assert_eq!(line.u64("bytes"), Some((16 * 8) << 20));
     drop(server);
     // The engine removed its socket when it stopped.
     assert!(!dir.socket().exists());

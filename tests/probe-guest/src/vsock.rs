@@ -483,13 +483,20 @@ fn close_early(sock: &mut Sock, options: &VsockOptions) {
         match sock.mgr.send(host(options.port), local, &out[..n]) {
             Ok(()) => sent += n as u64,
             Err(e) if insufficient(&e) => {
-                // Credit comes back as the host reads; drop what is echoed.
-                let _ = sock.mgr.poll();
+                // Credit comes back as the host reads, and the host reads only while
+                // its echo gets through: drop what is echoed, and say so (the device
+                // learns the probe's fwd_cnt only from its packets).
+                while let Ok(Some(_)) = sock.mgr.poll() {}
                 let mut sink = [0u8; 4096];
+                let mut dropped = 0;
                 while let Ok(n) = sock.mgr.recv(host(options.port), local, &mut sink) {
                     if n == 0 {
                         break;
                     }
+                    dropped += n;
+                }
+                if dropped > 0 {
+                    let _ = sock.mgr.update_credit(host(options.port), local);
                 }
                 if arch::rdtsc() - start > sock.timeout_ticks() {
                     result = Err(Failure::Timeout);
