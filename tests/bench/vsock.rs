@@ -7,7 +7,8 @@
 //! a kernel module) and has no Unix-socket host side to drive the same way.
 //!
 //! `cargo bench -p vireo-e2e --bench vsock` (VIREO_BENCH_MIB=N MiB each way, default 256;
-//! VIREO_BENCH_PINGS=N round trips, default 2000).
+//! VIREO_BENCH_PINGS=N round trips, default 2000; VIREO_BENCH_CHUNK_KIB=N bytes per guest
+//! send, default the probe's).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,7 +35,7 @@ struct Figures {
     rtt_p99_us: f64,
 }
 
-fn vireo(mib: u64, pings: u64) -> Figures {
+fn vireo(mib: u64, pings: u64, chunk_kib: Option<u64>) -> Figures {
     let dir = std::env::temp_dir().join(format!("vireo-vsock-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -55,7 +56,8 @@ fn vireo(mib: u64, pings: u64) -> Figures {
         &format!("cid=3,socket={}", socket.display()),
         "--cmdline",
         &format!(
-            "probe.run=vsock-bench probe.vsock_port={PORT} probe.vsock_bench_mib={mib} probe.vsock_pings={pings}"
+            "probe.run=vsock-bench probe.vsock_port={PORT} probe.vsock_bench_mib={mib} probe.vsock_pings={pings}{}",
+            chunk_kib.map(|k| format!(" probe.vsock_chunk_kib={k}")).unwrap_or_default()
         ),
     ]);
     let run = run_command(&mut cmd, Duration::from_secs(600));
@@ -140,7 +142,10 @@ fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let mib = env_u64("VIREO_BENCH_MIB", 256);
     let pings = env_u64("VIREO_BENCH_PINGS", 2000);
-    let v = vireo(mib, pings);
+    let chunk_kib = std::env::var("VIREO_BENCH_CHUNK_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let v = vireo(mib, pings, chunk_kib);
     // The host's loopback: both directions are the same path, measured once each.
     let tcp_g2h = tcp_stream(mib << 20);
     let tcp_h2g = tcp_stream(mib << 20);

@@ -65,7 +65,7 @@ impl Default for VsockOptions {
             cycles: 1000,
             bench_mib: 256,
             pings: 2000,
-            chunk_kib: 64,
+            chunk_kib: 128,
             seed: 1,
         }
     }

@@ -257,10 +257,15 @@ mod tests {
 
     impl<'a> Driver<'a> {
         fn new(mem: &'a GuestMemoryMmap) -> Self {
+            Self::with_rx_buffers(mem, 8)
+        }
+
+        /// The driver with `rx_buffers` rx buffers posted (more come with `post_rx`).
+        fn with_rx_buffers(mem: &'a GuestMemoryMmap, rx_buffers: u16) -> Self {
             let rx = MockSplitQueue::create(mem, GuestAddress(0), 16);
             let tx = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
             let ev = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
-            let descs: Vec<RawDescriptor> = (0..8)
+            let descs: Vec<RawDescriptor> = (0..u64::from(rx_buffers))
                 .map(|i| {
                     RawDescriptor::from(SplitDescriptor::new(
                         RX_BUFS + i * u64::from(RX_BUF_LEN),
@@ -270,7 +275,9 @@ mod tests {
                     ))
                 })
                 .collect();
-            rx.add_desc_chains(&descs, 0).unwrap();
+            if !descs.is_empty() {
+                rx.add_desc_chains(&descs, 0).unwrap();
+            }
             Driver {
                 mem,
                 rx,
@@ -343,6 +350,27 @@ mod tests {
                 self.rx_seen += 1;
             }
             out
+        }
+
+        /// Posts rx buffers `first..first + n` (descriptor i is buffer i).
+        fn post_rx(&self, first: u16, n: u16) {
+            let descs: Vec<RawDescriptor> = (first..first + n)
+                .map(|i| {
+                    RawDescriptor::from(SplitDescriptor::new(
+                        RX_BUFS + u64::from(i) * u64::from(RX_BUF_LEN),
+                        RX_BUF_LEN,
+                        WRITE,
+                        0,
+                    ))
+                })
+                .collect();
+            self.rx.add_desc_chains(&descs, first).unwrap();
+        }
+
+        fn tx_used(&self) -> u16 {
+            self.mem
+                .read_obj(self.tx.used_addr().unchecked_add(2))
+                .unwrap()
         }
 
         fn post_event_buffer(&self) {
@@ -495,5 +523,92 @@ mod tests {
         ));
         // The listener survives a reset, for the next activation.
         assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    }
+
+    fn activate(
+        dev: &mut Vsock,
+        driver: &Driver,
+        mem: &GuestMemoryMmap,
+        features: u64,
+    ) -> (Arc<CountingInterrupt>, Vec<EventFd>) {
+        let interrupt = Arc::new(CountingInterrupt::default());
+        let notifies: Vec<EventFd> = (0..3).map(|_| EventFd::new(0).unwrap()).collect();
+        let kicks: Vec<EventFd> = notifies.iter().map(|e| e.try_clone().unwrap()).collect();
+        let queues = driver
+            .queues()
+            .into_iter()
+            .zip(notifies)
+            .enumerate()
+            .map(|(i, (mut queue, notify))| {
+                queue.set_event_idx(features & VIRTIO_RING_F_EVENT_IDX != 0);
+                ActiveQueue {
+                    index: i as u16,
+                    queue,
+                    notify,
+                }
+            })
+            .collect();
+        dev.activate(mem.clone(), interrupt.clone(), queues, features)
+            .unwrap();
+        (interrupt, kicks)
+    }
+
+    /// virtio-drivers waits for every tx buffer to come back before it polls rx: the
+    /// device completes tx packets even when it has no rx buffer for the answers, keeps
+    /// the answers, and, with EVENT_IDX, asks for a kick (avail_event) to send them
+    /// once the driver posts buffers.
+    #[test]
+    fn tx_completes_without_rx_buffers_and_answers_wait_for_them() {
+        let dir = TempDir::new("starved");
+        let path = dir.0.join("v.sock");
+        let _host = UnixListener::bind(format!("{}_701", path.display())).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mut driver = Driver::with_rx_buffers(&mem, 0);
+        let mut dev = Vsock::new(CID, path.clone(), UnixListener::bind(&path).unwrap()).unwrap();
+        let (_interrupt, kicks) = activate(
+            &mut dev,
+            &driver,
+            &mem,
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        );
+        // A connection to a listener, and three to nobody: four answers, no rx buffer.
+        driver.send(guest(VIRTIO_VSOCK_OP_REQUEST, 1, 701), &[]);
+        for port in 2..5 {
+            driver.send(guest(VIRTIO_VSOCK_OP_REQUEST, port, 9), &[]);
+        }
+        kicks[1].write(1).unwrap();
+        wait_until("tx completions", || driver.tx_used() == 4);
+        assert!(driver.received().is_empty());
+        driver.post_rx(0, 2);
+        kicks[0].write(1).unwrap();
+        let mut got = Vec::new();
+        wait_until("two answers", || {
+            got.extend(driver.received());
+            got.len() == 2
+        });
+        // Still two answers to send and no buffer: the device asks to be kicked at the
+        // driver's next rx buffer (avail_event, after the used ring's 16 entries, = 2).
+        let avail_event = || -> u16 {
+            mem.read_obj(driver.rx.used_addr().unchecked_add(4 + 8 * 16))
+                .unwrap()
+        };
+        wait_until("avail_event", || avail_event() == 2);
+        driver.post_rx(2, 4);
+        kicks[0].write(1).unwrap();
+        wait_until("the other two", || {
+            got.extend(driver.received());
+            got.len() == 4
+        });
+        let ops: Vec<u16> = got.iter().map(|(h, _)| h.op).collect();
+        assert_eq!(
+            ops,
+            [
+                VIRTIO_VSOCK_OP_RESPONSE,
+                VIRTIO_VSOCK_OP_RST,
+                VIRTIO_VSOCK_OP_RST,
+                VIRTIO_VSOCK_OP_RST
+            ]
+        );
+        dev.reset();
     }
 }
