@@ -215,6 +215,24 @@ impl Muxer {
         }
     }
 
+    /// A packet whose payload could not be read (too long, or beyond its chain): its
+    /// connection is reset, or the guest told there is none.
+    pub fn reject(&mut self, header: &Header) {
+        if header.src_cid != self.guest_cid || header.dst_cid != VMADDR_CID_HOST {
+            self.counters.bad_cid += 1;
+            return;
+        }
+        let key = ConnKey {
+            host_port: header.dst_port,
+            guest_port: header.src_port,
+        };
+        if self.conns.contains_key(&key) {
+            self.reset(key);
+        } else {
+            self.reply_rst(header);
+        }
+    }
+
     /// The guest asks for host port `key.host_port`: connect to `PATH_<port>`.
     fn guest_connect(&mut self, key: ConnKey, header: &Header) {
         if self.conns.contains_key(&key) {
@@ -948,6 +966,25 @@ mod tests {
         }
         assert!(env.muxer.counters.resets_sent >= 6);
         assert!(sent >= BUF_ALLOC as usize);
+    }
+
+    #[test]
+    fn a_packet_with_a_bad_payload_resets_its_connection() {
+        let mut env = Env::new("reject");
+        let _host = UnixListener::bind(format!("{}_83", env.path().display())).unwrap();
+        env.muxer
+            .handle_tx(&guest(VIRTIO_VSOCK_OP_REQUEST, 5, 83), &[]);
+        assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RESPONSE]);
+        let mut rw = guest(VIRTIO_VSOCK_OP_RW, 5, 83);
+        rw.len = 1 << 30;
+        env.muxer.reject(&rw);
+        assert_eq!(env.muxer.connection_count(), 0);
+        assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RST]);
+        // For no connection: a RST all the same; with a foreign CID: nothing.
+        env.muxer.reject(&rw);
+        rw.src_cid = 42;
+        env.muxer.reject(&rw);
+        assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RST]);
     }
 
     #[test]

@@ -85,6 +85,17 @@ fn le_u64(b: &[u8; HDR_LEN], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
+impl PacketError {
+    /// The header of a packet whose payload is wrong: its connection is reset.
+    pub fn header(&self) -> Option<&Header> {
+        match self {
+            PacketError::ShortPayload { header, .. }
+            | PacketError::PayloadTooLarge { header, .. } => Some(header),
+            _ => None,
+        }
+    }
+}
+
 impl Header {
     pub fn from_bytes(b: &[u8; HDR_LEN]) -> Self {
         Header {
@@ -124,10 +135,10 @@ pub enum PacketError {
     BadChain,
     #[error("the chain holds {have} readable bytes, less than the {HDR_LEN}-byte header")]
     ShortHeader { have: usize },
-    #[error("the header says {len} payload bytes but the chain holds {have}")]
-    ShortPayload { len: u32, have: usize },
-    #[error("a {len}-byte payload is more than the {max} bytes a packet may carry")]
-    PayloadTooLarge { len: u32, max: usize },
+    #[error("the header says {} payload bytes but the chain holds {have}", header.len)]
+    ShortPayload { header: Header, have: usize },
+    #[error("a {}-byte payload is more than the {max} bytes a packet may carry", header.len)]
+    PayloadTooLarge { header: Header, max: usize },
     #[error("the rx buffer holds {have} writable bytes, less than the {HDR_LEN}-byte header")]
     RxBufferTooSmall { have: usize },
     #[error("cannot write the rx buffer: {0}")]
@@ -160,16 +171,13 @@ pub fn read_tx(
     let len = header.len as usize;
     if len > max_payload {
         return Err(PacketError::PayloadTooLarge {
-            len: header.len,
+            header,
             max: max_payload,
         });
     }
     let have = reader.available_bytes();
     if len > have {
-        return Err(PacketError::ShortPayload {
-            len: header.len,
-            have,
-        });
+        return Err(PacketError::ShortPayload { header, have });
     }
     payload.resize(len, 0);
     reader
@@ -285,7 +293,10 @@ mod tests {
             let mut payload = Vec::new();
             assert_eq!(
                 read_tx(c, mem, 64, &mut payload),
-                Err(PacketError::ShortPayload { len: 5, have: 4 })
+                Err(PacketError::ShortPayload {
+                    header: sample(),
+                    have: 4
+                })
             );
         });
     }

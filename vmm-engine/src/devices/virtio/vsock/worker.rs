@@ -55,6 +55,10 @@ impl VsockWorker {
                 Err(e) => {
                     *bad += 1;
                     tracing::debug!("virtio-vsock: dropped a tx packet: {e}");
+                    // Its payload is lost: the connection cannot go on.
+                    if let Some(header) = e.header() {
+                        muxer.reject(header);
+                    }
                 }
             }
             // The device writes nothing into tx buffers.
