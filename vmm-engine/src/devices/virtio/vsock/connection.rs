@@ -132,11 +132,15 @@ impl Connection {
         }
     }
 
-    /// Takes the guest's view of its receive buffer from any packet it sent.
+    /// Takes the guest's view of its receive buffer from any packet it sent. A CREDIT_REQUEST
+    /// is answered once there is credit again: a guest whose buffer stays full is not
+    /// asked over and over (each question and answer costs both sides a buffer).
     pub fn update_peer_credit(&mut self, header: &Header) {
         self.peer_buf_alloc = header.buf_alloc;
         self.peer_fwd_cnt = header.fwd_cnt;
-        self.credit_requested = false;
+        if self.peer_credit() > 0 {
+            self.credit_requested = false;
+        }
     }
 
     /// Payload bytes the guest has room for. A guest reporting nonsense (a `fwd_cnt`

@@ -1030,6 +1030,11 @@ mod tests {
             [VIRTIO_VSOCK_OP_RW, VIRTIO_VSOCK_OP_CREDIT_REQUEST]
         );
         assert_eq!(rx[0].1, b"abcd");
+        // An answer that still has no room does not start a question-answer loop.
+        let mut full = guest(VIRTIO_VSOCK_OP_CREDIT_UPDATE, 4, 82);
+        full.buf_alloc = 4;
+        env.muxer.handle_tx(&full, &[]);
+        assert!(env.drain_rx().is_empty());
         // The guest consumed them: the rest follows.
         let mut upd = guest(VIRTIO_VSOCK_OP_CREDIT_UPDATE, 4, 82);
         upd.buf_alloc = 4;
