@@ -28,7 +28,7 @@ const RX_BUFFER: usize = 64 << 10;
 /// The receive buffer per connection the probe advertises (`buf_alloc`).
 const CONN_BUFFER: u32 = 256 << 10;
 /// A CREDIT_UPDATE goes to the device after consuming this much.
-const CREDIT_UPDATE_AFTER: usize = (CONN_BUFFER / 4) as usize;
+const CREDIT_UPDATE_AFTER: usize = (CONN_BUFFER / 2) as usize;
 /// No progress for this long is a hang.
 const TIMEOUT_MS: u64 = 10_000;
 /// First local port of the probe's connections.
