@@ -108,11 +108,11 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown(2) on a socket fd this struct owns; it changes no memory.
         // A listening socket shut down fails its pending and future accepts, which ends
         // the thread's loop (its socket file may already be gone, so connecting to it
         // is no way to wake it).
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ =
+            nix::sys::socket::shutdown(self.listener.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
