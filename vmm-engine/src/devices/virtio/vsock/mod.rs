@@ -611,4 +611,45 @@ mod tests {
         );
         dev.reset();
     }
+
+    /// A host client whose CONNECT the guest never answers is closed after
+    /// `muxer::CONNECT_TIMEOUT`, by the worker's timer.
+    #[test]
+    fn an_unanswered_connect_closes_the_host_client_in_time() {
+        let dir = TempDir::new("connect-timeout");
+        let path = dir.0.join("v.sock");
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mut driver = Driver::new(&mem);
+        let mut dev = Vsock::new(CID, path.clone(), UnixListener::bind(&path).unwrap()).unwrap();
+        let (_interrupt, _kicks) = activate(&mut dev, &driver, &mem, VIRTIO_F_VERSION_1);
+        let start = Instant::now();
+        let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        client.write_all(b"CONNECT 77\n").unwrap();
+        let mut got = Vec::new();
+        wait_until("the REQUEST", || {
+            got.extend(driver.received());
+            !got.is_empty()
+        });
+        assert_eq!(
+            (got[0].0.op, got[0].0.dst_port),
+            (VIRTIO_VSOCK_OP_REQUEST, 77)
+        );
+        client
+            .set_read_timeout(Some(muxer::CONNECT_TIMEOUT * 3))
+            .unwrap();
+        let mut b = [0u8; 8];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "closed, with no OK line");
+        let waited = start.elapsed();
+        assert!(
+            waited >= muxer::CONNECT_TIMEOUT && waited < muxer::CONNECT_TIMEOUT * 2,
+            "{waited:?}"
+        );
+        // The guest is told the request is void.
+        wait_until("the RST", || {
+            got.extend(driver.received());
+            got.len() == 2
+        });
+        assert_eq!(got[1].0.op, VIRTIO_VSOCK_OP_RST);
+        dev.reset();
+    }
 }
