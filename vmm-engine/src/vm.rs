@@ -97,7 +97,11 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
     }
     // Bound once for every boot; dropping it at the end removes the socket file.
     let vsock = match &config.vsock {
-        Some(v) => Some(VsockListener::bind(&v.socket)?),
+        Some(v) => {
+            // The flag parser checked it; a config built otherwise may not have been.
+            v.validate()?;
+            Some(VsockListener::bind(&v.socket)?)
+        }
         None => None,
     };
     let kvm = doctor::open_kvm(&config.kvm_device)?;
