@@ -6,6 +6,9 @@
 //! No QEMU column: QEMU's vsock is vhost-vsock, which needs `/dev/vhost-vsock` (root,
 //! a kernel module) and has no Unix-socket host side to drive the same way.
 //!
+//! Each figure is the median of VIREO_BENCH_RUNS rounds (default 3), each round running
+//! the guest and then the host's loopback, so both see the same machine load.
+//!
 //! `cargo bench -p vireo-e2e --bench vsock` (VIREO_BENCH_MIB=N MiB each way, default 256;
 //! VIREO_BENCH_PINGS=N round trips, default 2000; VIREO_BENCH_CHUNK_KIB=N bytes per guest
 //! send, default the probe's).
@@ -28,6 +31,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+#[derive(Clone, Copy)]
 struct Figures {
     g2h_mib_s: f64,
     h2g_mib_s: f64,
@@ -145,15 +149,41 @@ fn main() {
     let chunk_kib = std::env::var("VIREO_BENCH_CHUNK_KIB")
         .ok()
         .and_then(|v| v.parse().ok());
-    let v = vireo(mib, pings, chunk_kib);
-    // The host's loopback: both directions are the same path, measured once each.
-    let tcp_g2h = tcp_stream(mib << 20);
-    let tcp_h2g = tcp_stream(mib << 20);
-    let (tcp_p50, tcp_p99) = tcp_rtt(pings);
+    let runs = env_u64("VIREO_BENCH_RUNS", 3).max(1);
+    let mut ours = Vec::new();
+    let mut host = Vec::new();
+    for _ in 0..runs {
+        ours.push(vireo(mib, pings, chunk_kib));
+        // The host's loopback: both directions are the same path, measured once each.
+        let (p50, p99) = tcp_rtt(pings);
+        host.push(Figures {
+            g2h_mib_s: tcp_stream(mib << 20),
+            h2g_mib_s: tcp_stream(mib << 20),
+            rtt_p50_us: p50,
+            rtt_p99_us: p99,
+        });
+    }
+    let median = |runs: &[Figures], f: fn(&Figures) -> f64| -> f64 {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let v = Figures {
+        g2h_mib_s: median(&ours, |f| f.g2h_mib_s),
+        h2g_mib_s: median(&ours, |f| f.h2g_mib_s),
+        rtt_p50_us: median(&ours, |f| f.rtt_p50_us),
+        rtt_p99_us: median(&ours, |f| f.rtt_p99_us),
+    };
+    let (tcp_g2h, tcp_h2g, tcp_p50, tcp_p99) = (
+        median(&host, |f| f.g2h_mib_s),
+        median(&host, |f| f.h2g_mib_s),
+        median(&host, |f| f.rtt_p50_us),
+        median(&host, |f| f.rtt_p99_us),
+    );
 
     println!();
     println!(
-        "vsock: probe guest <-> host through vireo-vmm (hybrid vsock, Unix socket), {mib} MiB each way, {pings} x 64-byte round trips"
+        "vsock: probe guest <-> host through vireo-vmm (hybrid vsock, Unix socket), {mib} MiB each way, {pings} x 64-byte round trips, median of {runs} rounds"
     );
     println!(
         "{:<28} {:>14} {:>18} {:>10}",
