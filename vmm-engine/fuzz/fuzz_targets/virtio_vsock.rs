@@ -101,13 +101,23 @@ fn queue(base: u64) -> Queue {
     let mut q = Queue::new(QUEUE_SIZE).unwrap();
     q.set_size(QUEUE_SIZE);
     q.try_set_desc_table_address(GuestAddress(base)).unwrap();
-    q.try_set_avail_ring_address(GuestAddress(base + 0x1000)).unwrap();
-    q.try_set_used_ring_address(GuestAddress(base + 0x2000)).unwrap();
+    q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
+        .unwrap();
+    q.try_set_used_ring_address(GuestAddress(base + 0x2000))
+        .unwrap();
     q.set_ready(true);
     q
 }
 
-fn write_desc(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+fn write_desc(
+    mem: &GuestMemoryMmap,
+    table: u64,
+    i: u16,
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+) {
     let entry = table + 16 * u64::from(i);
     mem.write_obj(addr, GuestAddress(entry)).unwrap();
     mem.write_obj(len, GuestAddress(entry + 8)).unwrap();
@@ -121,13 +131,22 @@ fn write_desc(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, fl
 ///   or closes its streams (b[1] picks).
 /// - b[1]: guest port (small, so packets hit live connections); b[2]: host port (80 or
 ///   other); b[3]: flags; b[4..8] buf_alloc; b[8..12] fwd_cnt; b[12..14] payload length.
-fn structured(muxer: &mut Muxer, events: &[u8], clients: &mut Vec<UnixStream>, accepted: &mut Vec<UnixStream>) {
+fn structured(
+    muxer: &mut Muxer,
+    events: &[u8],
+    clients: &mut Vec<UnixStream>,
+    accepted: &mut Vec<UnixStream>,
+) {
     let mut payload_in = vec![0xabu8; 64 << 10];
     let mut out = Vec::new();
     for b in events.chunks_exact(16) {
         let kind = b[0] % 12;
         let guest_port = u32::from(b[1] % 8);
-        let host_port = if b[2] & 1 == 0 { HOST_PORT } else { u32::from(b[2]) };
+        let host_port = if b[2] & 1 == 0 {
+            HOST_PORT
+        } else {
+            u32::from(b[2])
+        };
         match kind {
             0..=9 => {
                 let mut h = Header {
@@ -148,7 +167,8 @@ fn structured(muxer: &mut Muxer, events: &[u8], clients: &mut Vec<UnixStream>, a
                 if kind == 9 {
                     h.type_ = VIRTIO_VSOCK_TYPE_SEQPACKET;
                 }
-                let len = (usize::from(u16::from_le_bytes([b[12], b[13]])) % (payload_in.len() + 1))
+                let len = (usize::from(u16::from_le_bytes([b[12], b[13]]))
+                    % (payload_in.len() + 1))
                     .min(BUF_ALLOC as usize);
                 h.len = len as u32;
                 payload_in.truncate(len.max(1));
@@ -168,7 +188,11 @@ fn structured(muxer: &mut Muxer, events: &[u8], clients: &mut Vec<UnixStream>, a
                 let all = clients.len() + accepted.len();
                 if all > 0 {
                     let i = usize::from(b[1]) % all;
-                    let s = if i < clients.len() { &mut clients[i] } else { &mut accepted[i - clients.len()] };
+                    let s = if i < clients.len() {
+                        &mut clients[i]
+                    } else {
+                        &mut accepted[i - clients.len()]
+                    };
                     if b[3] & 1 == 0 {
                         let _ = s.write(&[b[4]; 100]);
                     } else if i < clients.len() {
@@ -203,7 +227,10 @@ fn structured(muxer: &mut Muxer, events: &[u8], clients: &mut Vec<UnixStream>, a
 fuzz_target!(|input: &[u8]| {
     let mut input = input;
     let head = take(&mut input, 4);
-    let events = take(&mut input, 16 * usize::from(head.get(3).copied().unwrap_or(0)));
+    let events = take(
+        &mut input,
+        16 * usize::from(head.get(3).copied().unwrap_or(0)),
+    );
     let tx_avail = u16::from(head.first().copied().unwrap_or(1)) % (2 * QUEUE_SIZE);
     let rx_bufs = u16::from(head.get(1).copied().unwrap_or(4)) % (QUEUE_SIZE + 1);
     let rx_len = u32::from(head.get(2).copied().unwrap_or(64)) * 64 + 8;
@@ -216,10 +243,16 @@ fuzz_target!(|input: &[u8]| {
         let addr = if raw_addr < 1 << 31 {
             DATA_AREA + u64::from(raw_addr) % (MEM_SIZE - DATA_AREA)
         } else {
-            u64::from(raw_addr).wrapping_mul(0x1_0000_0001).rotate_left(raw_addr & 63)
+            u64::from(raw_addr)
+                .wrapping_mul(0x1_0000_0001)
+                .rotate_left(raw_addr & 63)
         };
         let raw_len = u32_at(descs, at + 4);
-        let len = if raw_len & 1 << 31 != 0 { raw_len } else { raw_len % (1 << 18) };
+        let len = if raw_len & 1 << 31 != 0 {
+            raw_len
+        } else {
+            raw_len % (1 << 18)
+        };
         let flags = u16::from(descs.get(at + 8).copied().unwrap_or(0));
         let next = u16::from(descs.get(at + 9).copied().unwrap_or(0));
         write_desc(&mem, TX, i, addr, len, flags, next);
@@ -227,18 +260,22 @@ fuzz_target!(|input: &[u8]| {
     let heads = take(&mut input, usize::from(QUEUE_SIZE));
     for i in 0..QUEUE_SIZE {
         let h = u16::from(heads.get(usize::from(i)).copied().unwrap_or(0));
-        mem.write_obj(h, GuestAddress(TX + 0x1000 + 4 + 2 * u64::from(i))).unwrap();
+        mem.write_obj(h, GuestAddress(TX + 0x1000 + 4 + 2 * u64::from(i)))
+            .unwrap();
     }
-    mem.write_obj(tx_avail, GuestAddress(TX + 0x1000 + 2)).unwrap();
+    mem.write_obj(tx_avail, GuestAddress(TX + 0x1000 + 2))
+        .unwrap();
     let data = take(&mut input, 4096);
     mem.write_slice(data, GuestAddress(DATA_AREA)).unwrap();
     // rx buffers: writable, in the upper half of memory.
     for i in 0..rx_bufs {
         let addr = MEM_SIZE / 2 + u64::from(i) * 0x4000;
         write_desc(&mem, RX, i, addr, rx_len.min(0x4000), 2, 0);
-        mem.write_obj(i, GuestAddress(RX + 0x1000 + 4 + 2 * u64::from(i))).unwrap();
+        mem.write_obj(i, GuestAddress(RX + 0x1000 + 4 + 2 * u64::from(i)))
+            .unwrap();
     }
-    mem.write_obj(rx_bufs, GuestAddress(RX + 0x1000 + 2)).unwrap();
+    mem.write_obj(rx_bufs, GuestAddress(RX + 0x1000 + 2))
+        .unwrap();
 
     let interrupt = Arc::new(CountingInterrupt(AtomicUsize::new(0)));
     let listener = host().listener.try_clone().unwrap();
