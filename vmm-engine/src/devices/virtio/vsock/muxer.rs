@@ -968,6 +968,44 @@ mod tests {
         assert!(sent >= BUF_ALLOC as usize);
     }
 
+    /// Packets that make no sense on a connection reset it: a RESPONSE to a connection
+    /// the guest asked for, data after the guest's own SHUTDOWN SEND, an unknown op.
+    #[test]
+    fn protocol_violations_reset_the_connection() {
+        let mut env = Env::new("violations");
+        let _host = UnixListener::bind(format!("{}_84", env.path().display())).unwrap();
+        let connect = |env: &mut Env, port: u32| {
+            env.muxer
+                .handle_tx(&guest(VIRTIO_VSOCK_OP_REQUEST, port, 84), &[]);
+            assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RESPONSE]);
+        };
+        connect(&mut env, 1);
+        env.muxer
+            .handle_tx(&guest(VIRTIO_VSOCK_OP_RESPONSE, 1, 84), &[]);
+        assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RST]);
+
+        connect(&mut env, 2);
+        let mut sd = guest(VIRTIO_VSOCK_OP_SHUTDOWN, 2, 84);
+        sd.flags = VIRTIO_VSOCK_SHUTDOWN_F_SEND;
+        env.muxer.handle_tx(&sd, &[]);
+        assert_eq!(env.muxer.connection_count(), 1);
+        let mut rw = guest(VIRTIO_VSOCK_OP_RW, 2, 84);
+        rw.len = 1;
+        env.muxer.handle_tx(&rw, b"x");
+        assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RST]);
+
+        connect(&mut env, 3);
+        env.muxer.handle_tx(&guest(99, 3, 84), &[]);
+        assert_eq!(ops(&env.drain_rx()), [VIRTIO_VSOCK_OP_RST]);
+        assert_eq!(env.muxer.connection_count(), 0);
+        // A REQUEST for a connection that exists is ignored, not a second connection.
+        connect(&mut env, 4);
+        env.muxer
+            .handle_tx(&guest(VIRTIO_VSOCK_OP_REQUEST, 4, 84), &[]);
+        assert!(env.drain_rx().is_empty());
+        assert_eq!(env.muxer.connection_count(), 1);
+    }
+
     #[test]
     fn a_packet_with_a_bad_payload_resets_its_connection() {
         let mut env = Env::new("reject");
