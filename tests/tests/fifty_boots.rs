@@ -8,7 +8,7 @@ use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_vmm::boot::BootSource;
 use vireo_vmm::console::ConsoleInput;
-use vireo_vmm::{Console, ExitReason, RebootPolicy, VmConfig};
+use vireo_vmm::{Console, ExitReason, VmConfig};
 
 fn count_entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -23,19 +23,13 @@ fn fifty_boots_in_one_process_leak_nothing() {
         return;
     }
     let config = VmConfig {
-        boot: BootSource {
+        vcpus: 2,
+        memory: 64 << 20,
+        ..VmConfig::new(BootSource {
             kernel: probe_guest_elf(),
             initrd: None,
             cmdline: "probe.run=poweroff".into(),
-        },
-        vcpus: 2,
-        memory: 64 << 20,
-        reboot: RebootPolicy::Exit,
-        kvm_device: "/dev/kvm".into(),
-        disks: Vec::new(),
-        net: None,
-        control_socket: None,
-        display: None,
+        })
     };
     let output = Arc::new(Mutex::new(Vec::<u8>::new()));
     let console = Console {

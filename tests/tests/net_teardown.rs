@@ -11,7 +11,7 @@ use vireo_e2e::report;
 use vireo_vmm::boot::BootSource;
 use vireo_vmm::console::ConsoleInput;
 use vireo_vmm::devices::virtio::net::NetConfig;
-use vireo_vmm::{Console, ExitReason, RebootPolicy, VmConfig};
+use vireo_vmm::{Console, ExitReason, VmConfig};
 
 fn count_entries(dir: &str) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
@@ -38,19 +38,13 @@ fn ten_boots_with_passt_leak_nothing() {
         return;
     }
     let config = VmConfig {
-        boot: BootSource {
+        memory: 128 << 20,
+        net: Some("passt".parse::<NetConfig>().unwrap()),
+        ..VmConfig::new(BootSource {
             kernel: probe_guest_elf(),
             initrd: None,
             cmdline: "probe.run=net-dhcp".into(),
-        },
-        vcpus: 1,
-        memory: 128 << 20,
-        reboot: RebootPolicy::Exit,
-        kvm_device: "/dev/kvm".into(),
-        disks: Vec::new(),
-        net: Some("passt".parse::<NetConfig>().unwrap()),
-        control_socket: None,
-        display: None,
+        })
     };
     let output = Arc::new(Mutex::new(Vec::<u8>::new()));
     let console = Console {

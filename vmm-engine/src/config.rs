@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::boot::BootSource;
 use crate::devices::virtio::block::config::DiskConfig;
 use crate::devices::virtio::net::config::NetConfig;
+use crate::devices::virtio::vsock::VsockConfig;
 
 /// Guests smaller than this cannot hold a kernel, its initrd and page tables.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -38,6 +39,28 @@ pub struct VmConfig {
     pub control_socket: Option<PathBuf>,
     /// The guest's screen and its keyboard and tablet; `None`: a headless VM.
     pub display: Option<DisplayConfig>,
+    /// The virtio-vsock device and its host-side Unix socket, if any.
+    pub vsock: Option<VsockConfig>,
+}
+
+impl VmConfig {
+    /// A VM booting `boot` with the command line's defaults: 1 vCPU, 512 MiB, no disks,
+    /// no network, vsock, display or control socket. Callers set what they need with
+    /// struct update syntax (`VmConfig { vcpus: 2, ..VmConfig::new(boot) }`).
+    pub fn new(boot: BootSource) -> Self {
+        Self {
+            boot,
+            vcpus: 1,
+            memory: 512 << 20,
+            reboot: RebootPolicy::Exit,
+            kvm_device: crate::doctor::DEFAULT_KVM_DEVICE.into(),
+            disks: Vec::new(),
+            net: None,
+            control_socket: None,
+            display: None,
+            vsock: None,
+        }
+    }
 }
 
 /// Screen sizes a display may start with.

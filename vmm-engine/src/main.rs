@@ -9,6 +9,7 @@ use vireo_vmm::boot::{BootSource, DEFAULT_CMDLINE};
 use vireo_vmm::console::{ConsoleInput, RawTerminal};
 use vireo_vmm::devices::virtio::block::config::DiskConfig;
 use vireo_vmm::devices::virtio::net::config::NetConfig;
+use vireo_vmm::devices::virtio::vsock::VsockConfig;
 use vireo_vmm::doctor::{self, DEFAULT_KVM_DEVICE};
 use vireo_vmm::exit::code;
 use vireo_vmm::{config, Console, RebootPolicy, VmConfig};
@@ -75,6 +76,11 @@ struct Cli {
     /// Serve the control protocol (JSON lines: status, balloon, power-off) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+
+    /// A virtio-vsock device: cid=N,socket=PATH. Host clients connect to PATH and write
+    /// `CONNECT <port>`; guest connections to host port P go to PATH_P.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<VsockConfig>,
 
     /// The KVM device node.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_DEVICE, hide = true)]
@@ -173,6 +179,7 @@ fn run_vm(cli: Cli) -> ExitCode {
         net: cli.net,
         control_socket: cli.control_socket,
         display: cli.display.0,
+        vsock: cli.vsock,
     };
     let raw = RawTerminal::enter();
     let console = Console {

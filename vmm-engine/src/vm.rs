@@ -25,6 +25,7 @@ use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind}
 use crate::devices::virtio::input::{Input, InputHandle};
 use crate::devices::virtio::net::{self, Net, NetError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockConfigError, VsockListener};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
 use crate::doctor::{self, KvmOpenError};
@@ -70,6 +71,10 @@ pub enum Error {
     Net(#[from] NetError),
     #[error(transparent)]
     Control(#[from] control::Error),
+    #[error(transparent)]
+    Vsock(#[from] VsockConfigError),
+    #[error("cannot set up the vsock device: {0}")]
+    VsockDevice(#[source] std::io::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -98,11 +103,20 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
     if let Some(net) = &config.net {
         net::check_backend(net)?;
     }
+    // Bound once for every boot; dropping it at the end removes the socket file.
+    let vsock = match &config.vsock {
+        Some(v) => {
+            // The flag parser checked it; a config built otherwise may not have been.
+            v.validate()?;
+            Some(VsockListener::bind(&v.socket)?)
+        }
+        None => None,
+    };
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
     vcpu::install_kick_handler().map_err(Error::Thread)?;
     loop {
-        let reason = boot_once(&kvm, config, console)?;
+        let reason = boot_once(&kvm, config, console, vsock.as_ref())?;
         if reason != ExitReason::Reboot || config.reboot != RebootPolicy::Restart {
             return Ok(reason);
         }
@@ -111,7 +125,12 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
 }
 
 /// One boot of the guest, from a fresh VM to its teardown.
-fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
+fn boot_once(
+    kvm: &Kvm,
+    config: &VmConfig,
+    console: &Console,
+    vsock: Option<&VsockListener>,
+) -> Result<ExitReason, Error> {
     let vm = Arc::new(create_vm(kvm)?);
     // Guest memory before the irqchip: on PVM the first memory slot added after the
     // irqchip waits 5-12 ms (a grace period), before it costs 0.1 ms.
@@ -124,7 +143,7 @@ fn boot_once(kvm: &Kvm, config: &VmConfig, console: &Console) -> Result<ExitReas
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let (mut pio, serial) = legacy_devices(&vm, config, console, &exit_tx)?;
-    let (pci, handles) = pci_devices(&vm, &mem, config)?;
+    let (pci, handles) = pci_devices(&vm, &mem, config, vsock)?;
     pio.insert(
         PCI_CONFIG_PORT,
         PCI_CONFIG_PORT_LEN,
@@ -208,6 +227,7 @@ fn pci_devices(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
+    vsock: Option<&VsockListener>,
 ) -> Result<(PciMmio, DeviceHandles), Error> {
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
@@ -229,6 +249,11 @@ fn pci_devices(
         input = Some((keyboard.handle(), tablet.handle()));
         devices.push(Box::new(keyboard));
         devices.push(Box::new(tablet));
+    }
+    if let (Some(v), Some(listener)) = (&config.vsock, vsock) {
+        let socket = listener.try_clone().map_err(Error::VsockDevice)?;
+        let device = Vsock::new(v.cid, v.socket.clone(), socket).map_err(Error::VsockDevice)?;
+        devices.push(Box::new(device));
     }
     for device in devices {
         let pci = VirtioPciDevice::new(device, mem.clone(), router.clone()).map_err(Error::Pci)?;

@@ -341,7 +341,7 @@ fn status_name(status: RespStatus) -> &'static str {
     }
 }
 
-fn error_name(error: Error) -> &'static str {
+pub(crate) fn error_name(error: Error) -> &'static str {
     match error {
         Error::QueueFull => "queue_full",
         Error::NotReady => "not_ready",

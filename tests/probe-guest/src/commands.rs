@@ -22,6 +22,10 @@
 //! - `probe.run=net-dhcp|net-http|net-bench`: the virtio-net tests of [`crate::net`]
 //!   (DHCP, an HTTP GET from the host, TCP throughput to the host), tuned by
 //!   `probe.net_port`, `probe.net_path`, `probe.net_mib`, `probe.net_mtu`.
+//! - `probe.run=vsock-echo|vsock-serve|vsock-close-early|vsock-cycles|vsock-refused|vsock-bench`:
+//!   the virtio-vsock tests of [`crate::vsock`], tuned by `probe.vsock_port`,
+//!   `probe.vsock_conns`, `probe.vsock_mib`, `probe.vsock_cycles`, `probe.vsock_bench_mib`,
+//!   `probe.vsock_pings`, `probe.vsock_chunk_kib`, `probe.vsock_seed`.
 //!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
@@ -36,6 +40,7 @@ use crate::net::{self, NetOptions, NetTest};
 use crate::pci::HostOptions;
 use crate::probe;
 use crate::pvh::BootInfo;
+use crate::vsock::{self, VsockOptions};
 
 /// Default benchmark size.
 const DEFAULT_SHA_MIB: u64 = 256;
@@ -60,6 +65,7 @@ enum Command {
     BlkMsix,
     Input,
     Net(NetTest),
+    Vsock(vsock::Test),
 }
 
 impl Command {
@@ -93,6 +99,7 @@ struct Options<'a> {
     sha_mib: u64,
     blk: BlkOptions,
     net: NetOptions<'a>,
+    vsock: VsockOptions,
     host: HostOptions,
 }
 
@@ -103,6 +110,7 @@ impl<'a> Options<'a> {
             sha_mib: DEFAULT_SHA_MIB,
             blk: BlkOptions::default(),
             net: NetOptions::default(),
+            vsock: VsockOptions::default(),
             host: HostOptions::default(),
         };
         for word in cmdline.split_ascii_whitespace() {
@@ -130,6 +138,12 @@ impl<'a> Options<'a> {
                         "net-dhcp" => Ok(Command::Net(NetTest::Dhcp)),
                         "net-http" => Ok(Command::Net(NetTest::Http)),
                         "net-bench" => Ok(Command::Net(NetTest::Bench)),
+                        "vsock-echo" => Ok(Command::Vsock(vsock::Test::Echo)),
+                        "vsock-serve" => Ok(Command::Vsock(vsock::Test::Serve)),
+                        "vsock-close-early" => Ok(Command::Vsock(vsock::Test::CloseEarly)),
+                        "vsock-cycles" => Ok(Command::Vsock(vsock::Test::Cycles)),
+                        "vsock-refused" => Ok(Command::Vsock(vsock::Test::Refused)),
+                        "vsock-bench" => Ok(Command::Vsock(vsock::Test::Bench)),
                         other => Err(other),
                     }
                 }
@@ -164,6 +178,26 @@ impl<'a> Options<'a> {
                         options.net.mtu = mtu as usize;
                     }
                 }
+                "probe.vsock_port" => {
+                    if let Some(port) = parse_u64(value).and_then(|p| u32::try_from(p).ok()) {
+                        options.vsock.port = port;
+                    }
+                }
+                "probe.vsock_conns" => {
+                    if let Some(n) = parse_u64(value) {
+                        options.vsock.conns = n.clamp(1, 64) as usize;
+                    }
+                }
+                "probe.vsock_mib" => set(&mut options.vsock.mib, value),
+                "probe.vsock_cycles" => set(&mut options.vsock.cycles, value),
+                "probe.vsock_bench_mib" => set(&mut options.vsock.bench_mib, value),
+                "probe.vsock_pings" => {
+                    if let Some(n) = parse_u64(value) {
+                        options.vsock.pings = n.clamp(1, 1_000_000) as usize;
+                    }
+                }
+                "probe.vsock_chunk_kib" => set(&mut options.vsock.chunk_kib, value),
+                "probe.vsock_seed" => set(&mut options.vsock.seed, value),
                 "probe.ecam" => options.host.ecam = parse_u64(value),
                 "probe.pci_mmio32" => {
                     options.host.mmio32 = value.split_once('-').and_then(|(first, last)| {
@@ -236,6 +270,11 @@ pub fn run(tsc_khz: u64) -> ! {
         Ok(Command::Net(test)) if heap.is_some() => {
             if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
                 net::run(&mut pci, &options.net, tsc_khz, test);
+            }
+        }
+        Ok(Command::Vsock(test)) if heap.is_some() => {
+            if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
+                vsock::run(test, &mut pci, &options.vsock, tsc_khz);
             }
         }
         Ok(Command::Fault) => {

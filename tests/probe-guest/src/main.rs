@@ -24,6 +24,7 @@ mod rt;
 mod serial;
 mod sync;
 mod virtio;
+mod vsock;
 
 /// The CPL3 entry the boot stub `iretq`s to, on the boot user stack.
 #[no_mangle]

@@ -15,6 +15,7 @@ pub mod block;
 pub mod input;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use std::io;

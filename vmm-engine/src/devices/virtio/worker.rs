@@ -1,8 +1,13 @@
 //! One thread per activated device, owning its queues: an epoll loop over a kill eventfd,
 //! each queue's notify eventfd and any backend fds the device adds (house style 3).
+//!
+//! Backends come in two kinds: a fixed list (`backend_fds`, known when the worker starts:
+//! a disk, a request eventfd) and fds the handler adds and removes while it runs through
+//! the `FdRegistry` it gets in `attach` (vsock's connections come and go).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -22,6 +27,50 @@ pub trait WorkerHandler: Send + 'static {
     fn backend_ready(&mut self, _index: usize) -> Result<(), String> {
         Ok(())
     }
+    /// Called once, before the thread starts, with the registry for fds the handler adds
+    /// while it runs.
+    fn attach(&mut self, _registry: FdRegistry) {}
+    /// An fd the handler registered with `token` has `events`.
+    fn registered_fd_ready(&mut self, _token: u32, _events: EventSet) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Epoll tokens at and above this are the handler's own (`FdRegistry`), below it the
+/// worker's: kill, queues, fixed backends.
+const REGISTERED_TOKEN_BASE: u64 = 1 << 32;
+
+/// Adds and removes a handler's own fds in its worker's epoll, each with a token of the
+/// handler's choosing (it comes back in `registered_fd_ready`).
+pub struct FdRegistry {
+    epoll: Arc<Epoll>,
+}
+
+impl FdRegistry {
+    /// Waits for `events` on `fd`. The fd stays the caller's: remove it before closing it
+    /// (closing also removes it, unless it was duplicated).
+    pub fn add(&self, fd: RawFd, token: u32, events: EventSet) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(events, REGISTERED_TOKEN_BASE + u64::from(token)),
+        )
+    }
+
+    /// Changes the events waited for on `fd`.
+    pub fn modify(&self, fd: RawFd, token: u32, events: EventSet) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Modify,
+            fd,
+            EpollEvent::new(events, REGISTERED_TOKEN_BASE + u64::from(token)),
+        )
+    }
+
+    /// Stops waiting on `fd`.
+    pub fn remove(&self, fd: RawFd) -> io::Result<()> {
+        self.epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
 }
 
 /// A running worker thread.
@@ -35,9 +84,9 @@ const TOKEN_KILL: u64 = 0;
 
 impl<H: WorkerHandler> Worker<H> {
     /// Starts a thread named `name` serving `notifiers` (one eventfd per queue).
-    pub fn spawn(name: &str, notifiers: Vec<EventFd>, handler: H) -> io::Result<Self> {
+    pub fn spawn(name: &str, notifiers: Vec<EventFd>, mut handler: H) -> io::Result<Self> {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
+        let epoll = Arc::new(Epoll::new()?);
         epoll.ctl(
             ControlOperation::Add,
             kill.as_raw_fd(),
@@ -58,6 +107,9 @@ impl<H: WorkerHandler> Worker<H> {
                 EpollEvent::new(EventSet::IN, backend_base + i as u64),
             )?;
         }
+        handler.attach(FdRegistry {
+            epoll: epoll.clone(),
+        });
         let kill_for_thread = kill.try_clone()?;
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
@@ -88,12 +140,12 @@ impl<H: WorkerHandler> Drop for Worker<H> {
 }
 
 fn run<H: WorkerHandler>(
-    epoll: Epoll,
+    epoll: Arc<Epoll>,
     kill: EventFd,
     notifiers: Vec<EventFd>,
     mut handler: H,
 ) -> H {
-    let mut events = vec![EpollEvent::default(); notifiers.len() + 8];
+    let mut events = vec![EpollEvent::default(); notifiers.len() + 32];
     let backend_base = 1 + notifiers.len() as u64;
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -114,6 +166,9 @@ fn run<H: WorkerHandler>(
                 // Consume the kick first: a kick that arrives while we drain re-arms it.
                 let _ = notifiers[index].read();
                 handler.queue_notified(index)
+            } else if token >= REGISTERED_TOKEN_BASE {
+                handler
+                    .registered_fd_ready((token - REGISTERED_TOKEN_BASE) as u32, event.event_set())
             } else {
                 handler.backend_ready((token - backend_base) as usize)
             };
@@ -146,6 +201,50 @@ mod tests {
         assert_eq!(
             rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
             1
+        );
+        assert!(worker.stop().is_some());
+    }
+
+    /// A handler that registers an fd of its own once attached, and records its events.
+    struct Registering {
+        fd: RawFd,
+        registry: Option<FdRegistry>,
+        seen: mpsc::Sender<(u32, bool)>,
+    }
+    impl WorkerHandler for Registering {
+        fn queue_notified(&mut self, _index: usize) -> Result<(), String> {
+            Ok(())
+        }
+        fn attach(&mut self, registry: FdRegistry) {
+            registry.add(self.fd, 7, EventSet::IN).unwrap();
+            self.registry = Some(registry);
+        }
+        fn registered_fd_ready(&mut self, token: u32, events: EventSet) -> Result<(), String> {
+            // Level-triggered: remove it so that it does not fire again.
+            if let Some(r) = &self.registry {
+                r.remove(self.fd).map_err(|e| e.to_string())?;
+            }
+            self.seen
+                .send((token, events.contains(EventSet::IN)))
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    #[test]
+    fn registered_fds_come_back_with_their_token() {
+        let (tx, rx) = mpsc::channel();
+        let own = EventFd::new(0).unwrap();
+        let handler = Registering {
+            fd: own.as_raw_fd(),
+            registry: None,
+            seen: tx,
+        };
+        let worker =
+            Worker::spawn("test-registry", vec![EventFd::new(0).unwrap()], handler).unwrap();
+        own.write(1).unwrap();
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap(),
+            (7, true)
         );
         assert!(worker.stop().is_some());
     }

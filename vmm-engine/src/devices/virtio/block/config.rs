@@ -159,7 +159,7 @@ fn set_once<T>(slot: &mut Option<T>, key: &'static str, value: T) -> Result<(), 
 
 /// Splits at single commas; `,,` stands for a literal comma. Empty items (a trailing
 /// comma) are dropped.
-fn split_options(s: &str) -> Vec<String> {
+pub(crate) fn split_options(s: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut current = String::new();
     let mut chars = s.chars().peekable();
