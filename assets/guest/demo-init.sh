@@ -20,6 +20,11 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 
 hostname vireo-demo
+
+# busybox's poweroff and reboot (which the agent runs when the host asks) signal PID 1:
+# USR2 powers off, TERM reboots. The shell acts on them once its foreground command ends.
+trap 'echo "vireo-init: powering off"; sync; poweroff -f' USR2
+trap 'echo "vireo-init: rebooting"; sync; reboot -f' TERM
 ip link set lo up 2>/dev/null
 
 # The list is written by the image builder: the wanted modules that are not built in.
@@ -65,8 +70,13 @@ for nic in /sys/class/net/*; do
 	break
 done
 
-# The agent; for now it reports the guest info once.
+# The guest info once on the console, then the agent itself, serving the host on vsock
+# port 7000 when the VM has a vsock device (its log: /run/vireo-agent.log).
 vireo-agent info || echo "vireo-init: vireo-agent info failed"
+for dev in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; do
+	[ -e "$dev" ] && vireo-agent run >/run/vireo-agent.log 2>&1 &
+	break
+done
 
 echo "VIREO-GUEST USERSPACE READY"
 

@@ -437,3 +437,60 @@ fn demo_linux_gets_a_lease_and_fetches_a_file_through_passt() {
     assert!(out.lines().any(|l| l.trim() == "vireo-net-ok"), "{out}");
     assert!(server.join().unwrap().starts_with("GET /f "));
 }
+
+/// The demo Linux's `vireo-agent` serves the host over real virtio-vsock: through the
+/// engine's hybrid socket (`CONNECT 7000`) the host client gets the hello and the
+/// guest's info, a ping, and a time sync.
+#[test]
+fn demo_linux_agent_answers_over_vsock() {
+    use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+    use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
+    const TEST: &str = "linux_boot::demo_linux_agent_answers_over_vsock";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let image = demo_image();
+    let socket =
+        std::env::temp_dir().join(format!("vireo-agent-vsock-{}.sock", std::process::id()));
+    let spec = format!("cid=3,socket={}", s(&socket));
+    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&image.vmlinuz),
+        "--initrd",
+        s(&image.initramfs),
+        "--memory",
+        "512M",
+        "--vsock",
+        &spec,
+        "--cmdline",
+        "vireo.run=sleep+60",
+    ]));
+    assert!(
+        guest
+            .wait_for("VIREO-GUEST USERSPACE READY", Duration::from_secs(120))
+            .is_some(),
+        "the demo Linux reached userspace"
+    );
+    let client = AgentClient::start(
+        Endpoint::HybridVsock {
+            path: socket.clone(),
+            port: AGENT_VSOCK_PORT,
+        },
+        ClientConfig::default(),
+    );
+    let hello = client
+        .wait_connected(Duration::from_secs(30))
+        .expect("the agent answers on vsock port 7000");
+    assert!(
+        hello
+            .capabilities
+            .contains(vireo_guest_agent::protocol::Capabilities::INFO),
+        "{hello:?}"
+    );
+    let info = client.info().expect("guest info");
+    assert_eq!(info.hostname, "vireo-demo", "{info:?}");
+    assert!(client.ping().is_ok());
+    assert!(client.time_sync_now().is_ok());
+    drop(client);
+    let _ = guest.kill();
+}
