@@ -12,6 +12,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod gpu;
 pub mod input;
 pub mod rng;
 pub mod worker;
