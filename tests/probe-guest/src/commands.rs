@@ -18,6 +18,8 @@
 //!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
 //! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
 //!   about themselves, then every event until Escape.
+//! - `probe.run=gpu-draw|gpu-resize|gpu-cursor|gpu-hostile|gpu-bench`: virtio-gpu
+//!   ([`crate::gpu`]); `probe.gpu_secs=N` sets the benchmark's length.
 //!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
@@ -54,6 +56,11 @@ enum Command {
     BlkBench,
     BlkMsix,
     Input,
+    GpuDraw,
+    GpuResize,
+    GpuCursor,
+    GpuHostile,
+    GpuBench,
 }
 
 impl Command {
@@ -68,6 +75,11 @@ impl Command {
             Command::BlkBench => blk::bench,
             Command::BlkMsix => blk::msix,
             Command::Input => crate::input::run,
+            Command::GpuDraw => crate::gpu::draw_and_idle,
+            Command::GpuResize => crate::gpu::resize,
+            Command::GpuCursor => crate::gpu::cursor,
+            Command::GpuHostile => crate::gpu::hostile,
+            Command::GpuBench => crate::gpu::bench,
             _ => return None,
         })
     }
@@ -119,6 +131,11 @@ impl<'a> Options<'a> {
                         "blk-bench" => Ok(Command::BlkBench),
                         "blk-msix" => Ok(Command::BlkMsix),
                         "input" => Ok(Command::Input),
+                        "gpu-draw" => Ok(Command::GpuDraw),
+                        "gpu-resize" => Ok(Command::GpuResize),
+                        "gpu-cursor" => Ok(Command::GpuCursor),
+                        "gpu-hostile" => Ok(Command::GpuHostile),
+                        "gpu-bench" => Ok(Command::GpuBench),
                         other => Err(other),
                     }
                 }
@@ -141,6 +158,11 @@ impl<'a> Options<'a> {
                     }
                 }
                 "probe.blk_rand" => set(&mut options.blk.rand, value),
+                "probe.gpu_secs" => {
+                    if let Some(secs) = parse_u64(value) {
+                        crate::gpu::set_bench_secs(secs);
+                    }
+                }
                 "probe.ecam" => options.host.ecam = parse_u64(value),
                 "probe.pci_mmio32" => {
                     options.host.mmio32 = value.split_once('-').and_then(|(first, last)| {
