@@ -22,8 +22,35 @@ fn socket_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vireo-gpu-{name}-{}.sock", std::process::id()))
 }
 
+/// A running engine that is killed if a test fails before stopping it: one left
+/// running would keep the test's stderr open and spin a core. (`Child::kill` does
+/// nothing to a child already waited for, so no other process is ever hit.)
+struct Guest(LiveGuest);
+
+impl std::ops::Deref for Guest {
+    type Target = LiveGuest;
+    fn deref(&self) -> &LiveGuest {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guest {
+    fn deref_mut(&mut self) -> &mut LiveGuest {
+        &mut self.0
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.child.try_wait() {
+            let _ = self.0.child.kill();
+            let _ = self.0.child.wait();
+        }
+    }
+}
+
 /// A probe guest with a `display` screen running `run`, and its control socket.
-fn spawn(name: &str, display: &str, run: &str) -> (LiveGuest, PathBuf) {
+fn spawn(name: &str, display: &str, run: &str) -> (Guest, PathBuf) {
     let socket = socket_path(name);
     let elf = probe_guest_elf();
     let guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
@@ -38,10 +65,10 @@ fn spawn(name: &str, display: &str, run: &str) -> (LiveGuest, PathBuf) {
         "--cmdline",
         &format!("probe.run={run}"),
     ]));
-    (guest, socket)
+    (Guest(guest), socket)
 }
 
-fn probe_line(guest: &LiveGuest, tag: &str) -> ProbeLine {
+fn probe_line(guest: &Guest, tag: &str) -> ProbeLine {
     guest
         .seen
         .iter()
@@ -260,13 +287,12 @@ fn hostile_commands_get_errors_and_the_device_keeps_working() {
     if !report::require_kvm(TEST) {
         return;
     }
-    let (mut guest, socket) = spawn("hostile", "640x480", "gpu-hostile");
+    let (mut guest, _socket) = spawn("hostile", "640x480", "gpu-hostile");
     assert!(
         guest.wait_for("VIREO-PROBE POWEROFF", BOOT).is_some(),
         "{:#?}",
         guest.seen
     );
-    let _ = socket;
     let status = guest.wait_exit(Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{:#?}", guest.seen);
     let cases: Vec<(String, u64)> = guest
@@ -320,7 +346,7 @@ fn display_requests_without_a_display_are_clear_errors() {
     }
     let socket = socket_path("headless");
     let elf = probe_guest_elf();
-    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+    let mut guest = Guest(LiveGuest::spawn(Command::new(vmm_binary()).args([
         "--kernel",
         s(&elf),
         "--memory",
@@ -331,7 +357,7 @@ fn display_requests_without_a_display_are_clear_errors() {
         s(&socket),
         "--cmdline",
         "probe.run=idle",
-    ]));
+    ])));
     let mut client = DisplayClient::connect(&socket, BOOT);
     for request in [
         r#"{"request":"screenshot","path":"/tmp/never.png"}"#,

@@ -265,6 +265,8 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 struct RawGpu {
     transport: ProbeTransport,
     controlq: VirtQueue<ProbeHal, 4>,
+    /// Never used, but the device serves only when both its queues are enabled.
+    _cursorq: VirtQueue<ProbeHal, 4>,
     response: Vec<u8>,
 }
 
@@ -281,6 +283,7 @@ impl RawGpu {
             DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK,
         );
         let controlq = VirtQueue::new(&mut transport, 0, false, false).map_err(|_| "controlq")?;
+        let cursorq = VirtQueue::new(&mut transport, 1, false, false).map_err(|_| "cursorq")?;
         transport.set_status(
             DeviceStatus::ACKNOWLEDGE
                 | DeviceStatus::DRIVER
@@ -290,6 +293,7 @@ impl RawGpu {
         Ok(RawGpu {
             transport,
             controlq,
+            _cursorq: cursorq,
             response: alloc::vec![0u8; 512],
         })
     }
