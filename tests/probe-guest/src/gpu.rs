@@ -207,8 +207,9 @@ pub fn cursor(pci: &mut Pci, _options: &BlkOptions, _tsc_khz: u64) {
     idle();
 }
 
-/// `probe.run=gpu-bench`: each frame stamps its number into the top row (so every
-/// frame differs), then `flush` (TRANSFER_TO_HOST_2D + RESOURCE_FLUSH of the whole
+/// `probe.run=gpu-bench`: each frame stamps its number and the TSC into its first 16
+/// bytes (so every frame differs, and a host client can tell how long the frame took
+/// to reach it), then `flush` (TRANSFER_TO_HOST_2D + RESOURCE_FLUSH of the whole
 /// screen, one round trip each). Also the flush round trips' p50/p99.
 pub fn bench(pci: &mut Pci, _options: &BlkOptions, tsc_khz: u64) {
     let Some((mut gpu, width, height, fb_ptr)) = ready(pci) else {
@@ -222,10 +223,13 @@ pub fn bench(pci: &mut Pci, _options: &BlkOptions, tsc_khz: u64) {
     let mut frame = 0u64;
     while arch::rdtsc() < end {
         frame += 1;
-        // SAFETY: the framebuffer stays mapped and ours while `gpu` lives and its
-        // resolution does not change; the first 8 bytes are inside it.
-        unsafe { fb_ptr.cast::<u64>().write_unaligned(frame) };
         let t0 = arch::rdtsc();
+        // SAFETY: the framebuffer stays mapped and ours while `gpu` lives and its
+        // resolution does not change; the first 16 bytes are inside it.
+        unsafe {
+            fb_ptr.cast::<u64>().write_unaligned(frame);
+            fb_ptr.add(8).cast::<u64>().write_unaligned(t0);
+        }
         if let Err(error) = gpu.flush() {
             probe!("error gpu=flush frame={frame} detail=\"{error:?}\"");
             return;
