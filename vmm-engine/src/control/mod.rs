@@ -446,4 +446,151 @@ mod tests {
         drop(server);
         assert!(!path.exists(), "socket removed at teardown");
     }
+
+    struct WithHub(Arc<EventHub>);
+    impl Handler for WithHub {
+        fn handle(&self, _request: Request) -> Response {
+            Response::Ok
+        }
+        fn events(&self) -> Option<Arc<EventHub>> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// Reads one chunk and the fds that came with it.
+    fn recv_with_fds(stream: &UnixStream) -> (Vec<u8>, Vec<OwnedFd>) {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::FromRawFd;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these fds in this process for us.
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        let n = msg.bytes;
+        buf.truncate(n);
+        (buf, fds)
+    }
+
+    #[test]
+    fn attached_clients_get_events_and_fds_and_a_stuck_one_is_dropped() {
+        use protocol::{Event, ScreenMode};
+        use std::os::unix::fs::FileExt;
+        const EVENTS: usize = MAX_UNREAD / (16 << 10) + 100;
+        let path =
+            std::env::temp_dir().join(format!("vireo-control-hub-{}.sock", std::process::id()));
+        let hub = Arc::new(EventHub::new().unwrap());
+        let _server = ControlServer::start(&path, Arc::new(WithHub(hub.clone()))).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        (&client)
+            .write_all(b"{\"request\":\"display-attach\"}\n")
+            .unwrap();
+        let (line, fds) = recv_with_fds(&client);
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.starts_with("{\"response\":\"display\""), "{text}");
+        assert!(
+            text.contains("\"enabled\":false") && fds.is_empty(),
+            "{text}"
+        );
+
+        // A mode change carries the framebuffer's fd: the client reads what we wrote.
+        let file = std::fs::File::from(
+            nix::sys::memfd::memfd_create(c"test-fb", nix::sys::memfd::MFdFlags::empty()).unwrap(),
+        );
+        file.write_all_at(b"pixels", 0).unwrap();
+        let mode = ScreenMode {
+            scanout: 0,
+            enabled: true,
+            width: 1,
+            height: 1,
+            stride: 4,
+            format: "B8G8R8A8".into(),
+        };
+        hub.publish(Event::Mode(mode), Some(Arc::new(OwnedFd::from(file))));
+        let (line, fds) = recv_with_fds(&client);
+        assert!(String::from_utf8_lossy(&line).starts_with("{\"event\":\"mode\""));
+        assert_eq!(fds.len(), 1);
+        let mut got = [0u8; 6];
+        std::fs::File::from(fds.into_iter().next().unwrap())
+            .read_exact_at(&mut got, 0)
+            .unwrap();
+        assert_eq!(&got, b"pixels");
+
+        // A client that attaches and never reads: publishing never waits for it, and
+        // it is disconnected once far enough behind; the first client reads all along.
+        let reading = std::thread::spawn({
+            let mut reader = BufReader::new(client.try_clone().unwrap());
+            move || {
+                let mut line = String::new();
+                let mut cursors = 0;
+                while cursors < EVENTS {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap() == 0 {
+                        break;
+                    }
+                    cursors += usize::from(line.starts_with("{\"event\":\"cursor\""));
+                }
+                (cursors, reader)
+            }
+        });
+        let stuck = UnixStream::connect(&path).unwrap();
+        (&stuck)
+            .write_all(b"{\"request\":\"display-attach\"}\n")
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let big = Event::Cursor {
+            scanout: 0,
+            x: 0,
+            y: 0,
+            hot_x: 0,
+            hot_y: 0,
+            visible: true,
+            image: Some("A".repeat(16 << 10)),
+        };
+        // More than MAX_UNREAD in all, paced so that a client that reads keeps up.
+        for i in 0..EVENTS {
+            let start = std::time::Instant::now();
+            hub.publish(big.clone(), None);
+            assert!(start.elapsed() < std::time::Duration::from_millis(100));
+            if i % 20 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        stuck
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut sink = Vec::new();
+        let read = (&stuck).read_to_end(&mut sink);
+        assert!(read.is_ok(), "the engine closed the stuck client: {read:?}");
+        assert!(
+            sink.len() < EVENTS * (16 << 10),
+            "it did not get everything"
+        );
+
+        // The first client, which reads, got every event and still works.
+        let (cursors, mut reader) = reading.join().unwrap();
+        assert_eq!(cursors, EVENTS);
+        let mut line = String::new();
+        (&client).write_all(b"{\"request\":\"status\"}\n").unwrap();
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "{\"response\":\"ok\"}\n");
+    }
 }
