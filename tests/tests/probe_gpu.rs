@@ -314,7 +314,7 @@ fn hostile_commands_get_errors_and_the_device_keeps_working() {
             .unwrap_or_else(|| panic!("no case {name}: {cases:?}"))
             .1
     };
-    assert_eq!(cases.len(), 11, "{cases:?}");
+    assert_eq!(cases.len(), 12, "{cases:?}");
     for (case, code) in &cases {
         match case.as_str() {
             "create_ok" | "attach_ok" => assert_eq!(*code, OK_NODATA, "{case}"),

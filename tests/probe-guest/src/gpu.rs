@@ -342,7 +342,7 @@ pub fn hostile(pci: &mut Pci, _options: &BlkOptions, _tsc_khz: u64) {
     let backing = alloc::vec![0x5au8; 64 * 64 * 4];
     let addr = backing.as_ptr() as u64;
     let (lo, hi) = (addr as u32, (addr >> 32) as u32);
-    let cases: [(&str, u32, Vec<u32>); 11] = [
+    let cases: [(&str, u32, Vec<u32>); 12] = [
         ("unknown_command", 0x0999, Vec::new()),
         ("short_create", CMD_RESOURCE_CREATE_2D, alloc::vec![7]),
         (
@@ -375,6 +375,12 @@ pub fn hostile(pci: &mut Pci, _options: &BlkOptions, _tsc_khz: u64) {
             "huge_backing",
             CMD_RESOURCE_ATTACH_BACKING,
             alloc::vec![7, 1, 0, 0xffff, u32::MAX, 0],
+        ),
+        // 2^28 entries announced, one present: the device must not trust the count.
+        (
+            "huge_entry_count",
+            CMD_RESOURCE_ATTACH_BACKING,
+            alloc::vec![7, 0x1000_0000, lo, hi, 4096, 0],
         ),
         (
             "attach_ok",
