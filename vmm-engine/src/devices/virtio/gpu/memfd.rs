@@ -105,8 +105,9 @@ impl Framebuffer for MemfdFramebuffer {
 
     fn pixels(&self) -> &[u8] {
         // SAFETY: `ptr` maps `len` bytes for as long as `self` lives; the memfd is sealed
-        // against shrinking, so every page stays backed. Other processes may map it
-        // read-only only, so nothing else writes these bytes.
+        // against shrinking, so every page stays backed. Other processes can map it
+        // read-only only (F_SEAL_FUTURE_WRITE; on kernels before 5.1 a client could
+        // write pixels, which changes bytes but never their validity as `u8`).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
