@@ -3,6 +3,7 @@
 //! tests ran and which were skipped on this host (`.ci/run` reads that record).
 
 pub mod demo_linux;
+pub mod display;
 pub mod engine;
 pub mod probe_guest;
 pub mod qemu;

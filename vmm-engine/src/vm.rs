@@ -21,6 +21,7 @@ use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::gpu::{Gpu, GpuError, GpuHandle};
 use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind};
 use crate::devices::virtio::input::{Input, InputHandle};
 use crate::devices::virtio::net::{self, Net, NetError};
@@ -75,6 +76,8 @@ pub enum Error {
     Vsock(#[from] VsockConfigError),
     #[error("cannot set up the vsock device: {0}")]
     VsockDevice(#[source] std::io::Error),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -220,6 +223,8 @@ struct DeviceHandles {
     balloon: BalloonHandle,
     /// The keyboard and the tablet, with a display.
     input: Option<(InputHandle, InputHandle)>,
+    /// The GPU, with a display.
+    gpu: Option<GpuHandle>,
 }
 
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
@@ -243,7 +248,12 @@ fn pci_devices(
     let balloon_handle = balloon.handle();
     devices.push(Box::new(balloon));
     let mut input = None;
-    if config.display.is_some() {
+    let mut gpu = None;
+    if let Some(display) = config.display {
+        // The GPU first, so the guest's first display is function 0 of the lot.
+        let device = Gpu::new(display.width, display.height)?;
+        gpu = Some(device.handle());
+        devices.push(Box::new(device));
         let keyboard = Input::new(InputKind::Keyboard).map_err(Error::EventFd)?;
         let tablet = Input::new(InputKind::Tablet).map_err(Error::EventFd)?;
         input = Some((keyboard.handle(), tablet.handle()));
@@ -262,6 +272,7 @@ fn pci_devices(
     let handles = DeviceHandles {
         balloon: balloon_handle,
         input,
+        gpu,
     };
     Ok((PciMmio(Arc::new(Mutex::new(root))), handles))
 }
@@ -399,6 +410,7 @@ struct VmControl {
     balloon: BalloonHandle,
     input: Option<(InputHandle, InputHandle)>,
     display: Option<DisplayConfig>,
+    gpu: Option<GpuHandle>,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
@@ -413,6 +425,7 @@ impl VmControl {
             balloon: handles.balloon,
             input: handles.input,
             display: config.display,
+            gpu: handles.gpu,
         }
     }
 
@@ -434,16 +447,47 @@ impl VmControl {
         }
     }
 
-    /// Scales a screen position into the tablet's 0..=ABS_MAX range.
+    /// Scales a screen position into the tablet's 0..=ABS_MAX range: the screen is what
+    /// the guest shows now, else the size it was offered.
     fn tablet_position(&self, x: u32, y: u32) -> (u32, u32) {
         let scale = |v: u32, size: u32| {
             let last = u64::from(size.max(2) - 1);
             (u64::from(v).min(last) * u64::from(evdev::ABS_MAX) / last) as u32
         };
-        match self.display {
-            Some(d) => (scale(x, d.width), scale(y, d.height)),
+        let shown = self.gpu.as_ref().and_then(GpuHandle::scanout_size);
+        match shown.or(self.display.map(|d| (d.width, d.height))) {
+            Some((width, height)) => (scale(x, width), scale(y, height)),
             None => (0, 0),
         }
+    }
+
+    /// `screenshot`, `display-resize` and (without a display) `display-attach`; the
+    /// control server answers `display-attach` itself when there is a display.
+    fn display_request(&self, request: Request) -> Response {
+        let Some(gpu) = &self.gpu else {
+            return Response::Error {
+                message: "this VM has no display: start it with --display WxH".into(),
+            };
+        };
+        let result = match request {
+            Request::Screenshot { path } => {
+                gpu.screenshot(std::path::Path::new(&path))
+                    .map(|(width, height)| Response::Screenshot {
+                        path,
+                        width,
+                        height,
+                    })
+            }
+            Request::DisplayResize { width, height } => {
+                gpu.resize(width, height).map(|()| Response::Ok)
+            }
+            _ => Ok(Response::Error {
+                message: "display-attach is answered by the control socket itself".into(),
+            }),
+        };
+        result.unwrap_or_else(|e| Response::Error {
+            message: e.to_string(),
+        })
     }
 
     fn input_request(&self, request: Request) -> Response {
@@ -540,6 +584,9 @@ impl control::Handler for VmControl {
             | Request::InputPointer { .. }
             | Request::InputButton { .. }
             | Request::InputScroll { .. }) => self.input_request(request),
+            request @ (Request::DisplayAttach {}
+            | Request::Screenshot { .. }
+            | Request::DisplayResize { .. }) => self.display_request(request),
             Request::BalloonStats {} => {
                 // Fresh statistics if the driver answers in time, else its last report.
                 let stats = self
@@ -555,5 +602,9 @@ impl control::Handler for VmControl {
                 }
             }
         }
+    }
+
+    fn events(&self) -> Option<Arc<control::events::EventHub>> {
+        self.gpu.as_ref().map(GpuHandle::events)
     }
 }

@@ -18,6 +18,8 @@
 //!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
 //! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
 //!   about themselves, then every event until Escape.
+//! - `probe.run=gpu-draw|gpu-resize|gpu-cursor|gpu-hostile|gpu-bench`: virtio-gpu
+//!   ([`crate::gpu`]); `probe.gpu_secs=N` sets the benchmark's length.
 //!
 //! - `probe.run=net-dhcp|net-http|net-bench`: the virtio-net tests of [`crate::net`]
 //!   (DHCP, an HTTP GET from the host, TCP throughput to the host), tuned by
@@ -66,6 +68,11 @@ enum Command {
     Input,
     Net(NetTest),
     Vsock(vsock::Test),
+    GpuDraw,
+    GpuResize,
+    GpuCursor,
+    GpuHostile,
+    GpuBench,
 }
 
 impl Command {
@@ -80,6 +87,11 @@ impl Command {
             Command::BlkBench => blk::bench,
             Command::BlkMsix => blk::msix,
             Command::Input => crate::input::run,
+            Command::GpuDraw => crate::gpu::draw_and_idle,
+            Command::GpuResize => crate::gpu::resize,
+            Command::GpuCursor => crate::gpu::cursor,
+            Command::GpuHostile => crate::gpu::hostile,
+            Command::GpuBench => crate::gpu::bench,
             _ => return None,
         })
     }
@@ -144,6 +156,11 @@ impl<'a> Options<'a> {
                         "vsock-cycles" => Ok(Command::Vsock(vsock::Test::Cycles)),
                         "vsock-refused" => Ok(Command::Vsock(vsock::Test::Refused)),
                         "vsock-bench" => Ok(Command::Vsock(vsock::Test::Bench)),
+                        "gpu-draw" => Ok(Command::GpuDraw),
+                        "gpu-resize" => Ok(Command::GpuResize),
+                        "gpu-cursor" => Ok(Command::GpuCursor),
+                        "gpu-hostile" => Ok(Command::GpuHostile),
+                        "gpu-bench" => Ok(Command::GpuBench),
                         other => Err(other),
                     }
                 }
@@ -198,6 +215,11 @@ impl<'a> Options<'a> {
                 }
                 "probe.vsock_chunk_kib" => set(&mut options.vsock.chunk_kib, value),
                 "probe.vsock_seed" => set(&mut options.vsock.seed, value),
+                "probe.gpu_secs" => {
+                    if let Some(secs) = parse_u64(value) {
+                        crate::gpu::set_bench_secs(secs);
+                    }
+                }
                 "probe.ecam" => options.host.ecam = parse_u64(value),
                 "probe.pci_mmio32" => {
                     options.host.mmio32 = value.split_once('-').and_then(|(first, last)| {

@@ -14,6 +14,7 @@ mod arch;
 mod blk;
 mod boot;
 mod commands;
+mod gpu;
 mod heap;
 mod input;
 mod net;

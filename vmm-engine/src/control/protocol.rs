@@ -9,6 +9,19 @@
 //! → {"request":"balloon-set","target_mib":128}
 //! ← {"response":"balloon","target_mib":128,"actual_mib":0}
 //! ```
+//!
+//! A client that sends `display-attach` also gets pushed `Event` lines from then on,
+//! tagged `event` instead of `response`. The attach answer and every `mode` event of an
+//! enabled scanout carry the scanout's framebuffer, a memfd, as SCM_RIGHTS ancillary data
+//! on the message holding the line's first byte:
+//!
+//! ```text
+//! → {"request":"display-attach"}
+//! ← {"response":"display","scanout":0,"enabled":true,"width":1280,"height":800,"stride":5120,"format":"B8G8R8A8"}   + fd
+//! ← {"event":"damage","scanout":0,"x":0,"y":0,"width":1280,"height":800}
+//! ← {"event":"cursor","scanout":0,"x":10,"y":20,"hot_x":0,"hot_y":0,"visible":true,"image":"<base64 RGBA>"}
+//! ← {"event":"mode","scanout":0,"enabled":true,"width":1024,"height":768,"stride":4096,"format":"B8G8R8A8"}   + fd
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +57,13 @@ pub enum Request {
         #[serde(default)]
         dy: i32,
     },
+    /// Subscribes this connection to the display's events; answered with `display` and
+    /// the framebuffer's memfd.
+    DisplayAttach {},
+    /// Writes what the guest's screen shows now to `path`, as PNG.
+    Screenshot { path: String },
+    /// The host's window has a new size: offer it to the guest as its display's mode.
+    DisplayResize { width: u32, height: u32 },
 }
 
 /// The tablet's buttons.
@@ -73,10 +93,67 @@ pub enum Response {
     BalloonStats {
         stats: serde_json::Value,
     },
+    /// The screen, as `display-attach` answers (the memfd rides along when `enabled`).
+    Display(ScreenMode),
+    Screenshot {
+        path: String,
+        width: u32,
+        height: u32,
+    },
     Ok,
     Error {
         message: String,
     },
+}
+
+/// A scanout's mode as clients map it: `stride` bytes per row of `height` rows in the
+/// memfd, each pixel 4 bytes in `format` (named by byte order: B8G8R8A8 is B, G, R, A).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScreenMode {
+    pub scanout: u32,
+    /// Whether the guest shows anything; the other fields are 0 or empty when not.
+    pub enabled: bool,
+    pub width: u32,
+    pub height: u32,
+    pub stride: u32,
+    pub format: String,
+}
+
+/// What the engine pushes to clients that subscribed (`display-attach`), unasked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The guest flushed this rectangle: the memfd holds its new pixels.
+    Damage {
+        scanout: u32,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+    },
+    /// The scanout's mode changed: unmap the old memfd, map the one sent with this line.
+    Mode(ScreenMode),
+    /// The guest's cursor: `x`, `y` is where its hot spot points on the scanout. `image`
+    /// (64x64 RGBA, base64) is present when the image changed; `visible` false: hidden.
+    Cursor {
+        scanout: u32,
+        x: i32,
+        y: i32,
+        hot_x: u32,
+        hot_y: u32,
+        visible: bool,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        image: Option<String>,
+    },
+}
+
+/// One event line, newline included.
+pub fn encode_event(event: &Event) -> String {
+    let mut line = serde_json::to_string(event).unwrap_or_else(|e| {
+        format!(r#"{{"event":"error","message":"cannot encode the event: {e}"}}"#)
+    });
+    line.push('\n');
+    line
 }
 
 /// Parses one request line; a bad line becomes the error response to send back.
@@ -134,6 +211,61 @@ mod tests {
         );
         // Internally tagged enums lose the field name in serde's range errors.
         assert!(err(r#"{"request":"input-key","code":70000,"pressed":true}"#).contains("70000"));
+    }
+
+    #[test]
+    fn display_requests_and_events_have_their_documented_shapes() {
+        assert_eq!(
+            parse_request(r#"{"request":"display-attach"}"#),
+            Ok(Request::DisplayAttach {})
+        );
+        assert_eq!(
+            parse_request(r#"{"request":"display-resize","width":1024,"height":768}"#),
+            Ok(Request::DisplayResize {
+                width: 1024,
+                height: 768
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"request":"screenshot","path":"/tmp/s.png"}"#),
+            Ok(Request::Screenshot {
+                path: "/tmp/s.png".into()
+            })
+        );
+        let mode = ScreenMode {
+            scanout: 0,
+            enabled: true,
+            width: 2,
+            height: 1,
+            stride: 8,
+            format: "B8G8R8A8".into(),
+        };
+        assert_eq!(
+            encode_response(&Response::Display(mode.clone())),
+            "{\"response\":\"display\",\"scanout\":0,\"enabled\":true,\"width\":2,\
+             \"height\":1,\"stride\":8,\"format\":\"B8G8R8A8\"}\n"
+        );
+        assert!(encode_event(&Event::Mode(mode)).starts_with("{\"event\":\"mode\",\"scanout\":0,"));
+        assert_eq!(
+            encode_event(&Event::Damage {
+                scanout: 0,
+                x: 1,
+                y: 2,
+                width: 3,
+                height: 4
+            }),
+            "{\"event\":\"damage\",\"scanout\":0,\"x\":1,\"y\":2,\"width\":3,\"height\":4}\n"
+        );
+        let moved = encode_event(&Event::Cursor {
+            scanout: 0,
+            x: -1,
+            y: 5,
+            hot_x: 0,
+            hot_y: 0,
+            visible: true,
+            image: None,
+        });
+        assert!(!moved.contains("image"), "{moved}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod balloon;
 pub mod block;
+pub mod gpu;
 pub mod input;
 pub mod net;
 pub mod rng;
