@@ -160,6 +160,14 @@ pub fn resize(pci: &mut Pci, _options: &BlkOptions, tsc_khz: u64) {
             }
         }
     };
+    // The host updates the display info before it raises the interrupt: a poll can see
+    // the new size first, so give the ISR bit a moment to follow.
+    let irq_deadline = arch::rdtsc() + 1000 * ms;
+    while !config_irq && arch::rdtsc() < irq_deadline {
+        config_irq |= gpu
+            .ack_interrupt()
+            .contains(InterruptStatus::DEVICE_CONFIGURATION_INTERRUPT);
+    }
     match gpu.change_resolution(size.0, size.1) {
         Ok(fb) => draw(fb, size.0),
         Err(error) => {
