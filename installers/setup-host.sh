@@ -11,6 +11,10 @@ packages=(
   busybox-static               # the demo guest's shell, to test its /init on the host
   util-linux                   # setpriv, used by the permission test
   linux-perf                   # exit counts in the benchmarks
+  # vireo-vmm --window (winit + wgpu, loaded at run time) and its tests on a private X
+  # server: Mesa's GL and Vulkan drivers, Xvfb, xdotool, ImageMagick's import.
+  libxcursor1 libxi6 libxkbcommon-x11-0 libegl1 libegl-mesa0 libvulkan1 mesa-vulkan-drivers
+  xvfb xauth xdotool imagemagick
   ca-certificates
 )
 

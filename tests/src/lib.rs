@@ -7,6 +7,7 @@ pub mod engine;
 pub mod probe_guest;
 pub mod qemu;
 pub mod report;
+pub mod xvfb;
 
 use std::path::PathBuf;
 
