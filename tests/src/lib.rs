@@ -9,6 +9,7 @@ pub mod probe_guest;
 pub mod qemu;
 pub mod report;
 pub mod vsock_host;
+pub mod xvfb;
 
 use std::path::PathBuf;
 

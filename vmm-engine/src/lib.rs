@@ -12,6 +12,8 @@ pub mod exit;
 pub mod pci;
 pub mod vcpu;
 pub mod vm;
+#[cfg(feature = "window")]
+pub mod window;
 pub mod x86_64;
 
 pub use config::{RebootPolicy, VmConfig};

@@ -73,6 +73,13 @@ struct Cli {
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "passt")]
     net: Option<NetConfig>,
 
+    /// Show the guest's screen in a window (needs an X11 or Wayland session): keyboard and
+    /// pointer go to the guest, closing the window powers the VM off. Implies a display
+    /// (1280x800 unless --display says otherwise).
+    #[cfg(feature = "window")]
+    #[arg(long)]
+    window: bool,
+
     /// Serve the control protocol (JSON lines: status, balloon, power-off) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -162,7 +169,11 @@ fn run_vm(cli: Cli) -> ExitCode {
             })
         }
     };
-    let config = VmConfig {
+    #[cfg(feature = "window")]
+    let window = cli.window;
+    #[cfg(not(feature = "window"))]
+    let window = false;
+    let mut config = VmConfig {
         boot: BootSource {
             kernel: cli.kernel.expect("clap requires --kernel"),
             initrd: cli.initrd,
@@ -181,6 +192,12 @@ fn run_vm(cli: Cli) -> ExitCode {
         display: cli.display.0,
         vsock: cli.vsock,
     };
+    if window && config.display.is_none() {
+        config.display = Some(config::DisplayConfig {
+            width: 1280,
+            height: 800,
+        });
+    }
     let raw = RawTerminal::enter();
     let console = Console {
         output: Arc::new(Mutex::new(std::io::stdout())),
@@ -188,7 +205,11 @@ fn run_vm(cli: Cli) -> ExitCode {
             escapes: raw.is_some(),
         },
     };
-    let result = vireo_vmm::run(&config, &console);
+    let result = if window {
+        run_with_window(config, console)
+    } else {
+        vireo_vmm::run(&config, &console).map_err(anyhow::Error::from)
+    };
     drop(raw);
     match result {
         Ok(reason) => {
@@ -199,8 +220,79 @@ fn run_vm(cli: Cli) -> ExitCode {
             }
             ExitCode::from(reason.exit_code() as u8)
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(e.as_ref()),
     }
+}
+
+/// Runs the VM on a thread and its window on this one (windowing systems want the main
+/// thread); the window talks to the VM through its control socket, a private one unless
+/// --control-socket names it.
+#[cfg(feature = "window")]
+fn run_with_window(
+    mut config: VmConfig,
+    console: Console,
+) -> anyhow::Result<vireo_vmm::ExitReason> {
+    use vireo_vmm::window::{UserEvent, WindowLoop};
+    // Before the VM starts: a host with no display server fails with nothing started.
+    let window = WindowLoop::new()?;
+    let socket = match &config.control_socket {
+        Some(path) => path.clone(),
+        None => {
+            let path = private_socket_path()?;
+            config.control_socket = Some(path.clone());
+            path
+        }
+    };
+    let display = config.display.expect("--window implies a display");
+    let title = format!(
+        "{} — Vireo",
+        config
+            .boot
+            .kernel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let proxy = window.proxy();
+    let vm = std::thread::Builder::new()
+        .name("vm".into())
+        .spawn(move || {
+            let result = vireo_vmm::run(&config, &console);
+            let _ = proxy.send_event(UserEvent::VmEnded);
+            result
+        })?;
+    window.run(socket, title, (display.width, display.height));
+    let result = vm
+        .join()
+        .map_err(|_| anyhow::anyhow!("the VM's thread panicked"))?;
+    Ok(result?)
+}
+
+#[cfg(not(feature = "window"))]
+fn run_with_window(_: VmConfig, _: Console) -> anyhow::Result<vireo_vmm::ExitReason> {
+    anyhow::bail!("this vireo-vmm was built without the window feature")
+}
+
+/// `$XDG_RUNTIME_DIR/vireo/window-<pid>.sock` (or under /tmp), in a directory only we
+/// can enter.
+#[cfg(feature = "window")]
+fn private_socket_path() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("vireo-{}", nix_uid()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    Ok(dir.join(format!("window-{}.sock", std::process::id())))
+}
+
+#[cfg(feature = "window")]
+fn nix_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// One line naming what went wrong, with its causes, and exit status 1.

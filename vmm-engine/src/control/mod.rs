@@ -9,6 +9,7 @@
 //! waits in its bounded queue, and a client past the bound is disconnected, so one
 //! stuck client never stalls the others or the devices.
 
+pub mod client;
 pub mod events;
 pub mod protocol;
 
