@@ -16,6 +16,8 @@ pub mod gpu;
 pub mod input;
 pub mod net;
 pub mod rng;
+#[cfg(test)]
+pub mod test_utils;
 pub mod vsock;
 pub mod worker;
 

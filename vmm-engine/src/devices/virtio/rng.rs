@@ -157,25 +157,13 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::time::{Duration, Instant};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::QueueT;
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::EventFd;
-
-    #[derive(Default)]
-    struct CountingInterrupt(AtomicUsize);
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The driver side from virtio-queue's mock: post one writable buffer, kick, and
     /// check it came back used, full of (non-zero) entropy, with an interrupt.
@@ -210,7 +198,7 @@ mod tests {
         .unwrap();
         kick.write(1).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while interrupt.0.load(Ordering::SeqCst) == 0 {
+        while interrupt.used() == 0 {
             assert!(Instant::now() < deadline, "no interrupt");
             std::thread::sleep(Duration::from_millis(5));
         }

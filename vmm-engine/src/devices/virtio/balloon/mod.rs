@@ -476,28 +476,11 @@ impl VirtioDevice for Balloon {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress};
-
-    #[derive(Default)]
-    struct CountingInterrupt {
-        used: AtomicUsize,
-        config: AtomicUsize,
-    }
-
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-            self.used.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            self.config.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
 
     fn read_u32(dev: &Balloon, offset: u64) -> u32 {
         let mut b = [0u8; 4];
@@ -634,16 +617,16 @@ mod tests {
         let d = activate(&mut dev, 2, VIRTIO_F_VERSION_1);
         assert!(h.is_active());
         h.set_target_pages(100).unwrap();
-        assert_eq!(d.interrupt.config.load(Ordering::SeqCst), 1);
+        assert_eq!(d.interrupt.config(), 1);
         assert_eq!(read_u32(&dev, config::NUM_PAGES), 100);
         h.set_target_bytes(1 << 30).unwrap();
-        assert_eq!(d.interrupt.config.load(Ordering::SeqCst), 2);
+        assert_eq!(d.interrupt.config(), 2);
         assert_eq!(read_u32(&dev, config::NUM_PAGES), 1 << 18);
         // Without a stats queue there are no statistics to ask for.
         assert!(matches!(h.request_stats(), Err(BalloonError::NoStatsQueue)));
         dev.reset();
         h.set_target_pages(5).unwrap();
-        assert_eq!(d.interrupt.config.load(Ordering::SeqCst), 2);
+        assert_eq!(d.interrupt.config(), 2);
         assert!(!h.is_active());
     }
 
@@ -733,7 +716,7 @@ mod tests {
         });
         let fresh = driver.unwrap();
         assert_eq!(fresh.free_memory, Some(1 << 29));
-        assert!(d.interrupt.used.load(Ordering::SeqCst) >= 1);
+        assert!(d.interrupt.used() >= 1);
 
         // With no driver answering, a refresh times out rather than hanging.
         let err = h.refresh_stats(Duration::from_millis(50)).unwrap_err();

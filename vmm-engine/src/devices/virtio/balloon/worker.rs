@@ -400,7 +400,7 @@ mod tests {
     use super::super::stats::{encode_entry, VIRTIO_BALLOON_S_MEMFREE, VIRTIO_BALLOON_S_MEMTOT};
     use super::super::Balloon;
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -412,18 +412,6 @@ mod tests {
     const HIGH: (u64, u64) = (48 * MIB, 32 * MIB);
     /// Where the PFN arrays and stats buffers go.
     const BUFFERS: u64 = 0x10_0000;
-
-    #[derive(Default)]
-    struct CountingInterrupt(AtomicUsize);
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn guest_memory() -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[
@@ -557,7 +545,7 @@ mod tests {
         s.worker.queue_notified(0).unwrap();
 
         assert_eq!(used_idx(&s, 0), 1);
-        assert_eq!(s.interrupt.0.load(Ordering::SeqCst), 1);
+        assert_eq!(s.interrupt.used(), 1);
         assert!(resident(&s.mem, low, MIB).iter().all(|&r| !r));
         assert!(resident(&s.mem, high, MIB).iter().all(|&r| !r));
         // The pages either side were not in the balloon: still there, still intact.
@@ -703,12 +691,12 @@ mod tests {
         assert_eq!(stats.free_memory, Some(77));
         assert_eq!(stats.swap_in, None);
         assert_eq!(used_idx(&s, 2), 0);
-        assert_eq!(s.interrupt.0.load(Ordering::SeqCst), 0);
+        assert_eq!(s.interrupt.used(), 0);
 
         // The host asks: the buffer goes back, with an interrupt.
         s.worker.backend_ready(0).unwrap();
         assert_eq!(used_idx(&s, 2), 1);
-        assert_eq!(s.interrupt.0.load(Ordering::SeqCst), 1);
+        assert_eq!(s.interrupt.used(), 1);
         // Asking again with nothing held does nothing.
         s.worker.backend_ready(0).unwrap();
         assert_eq!(used_idx(&s, 2), 1);

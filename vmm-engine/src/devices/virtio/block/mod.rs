@@ -276,7 +276,6 @@ impl VirtioDevice for Block {
 pub(crate) mod test_support {
     use std::path::Path;
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor;
@@ -287,6 +286,7 @@ pub(crate) mod test_support {
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
+    pub use crate::devices::virtio::test_utils::CountingInterrupt;
 
     pub const MEM_SIZE: usize = 16 << 20;
     /// Where data buffers start, above the rings.
@@ -294,30 +294,6 @@ pub(crate) mod test_support {
 
     pub fn guest_memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap()
-    }
-
-    /// Counts interrupts.
-    #[derive(Default)]
-    pub struct CountingInterrupt {
-        pub used: AtomicUsize,
-        pub config: AtomicUsize,
-    }
-
-    impl CountingInterrupt {
-        pub fn used(&self) -> usize {
-            self.used.load(Ordering::SeqCst)
-        }
-    }
-
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _queue: u16) -> std::io::Result<()> {
-            self.used.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            self.config.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
     }
 
     /// One part of a chain: (guest address, length, device-writable).
@@ -505,7 +481,7 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::time::{Duration, Instant};
 
     use virtio_bindings::virtio_blk::{
@@ -659,7 +635,7 @@ mod tests {
             assert_eq!(driver.status(&r), VIRTIO_BLK_S_OK as u8, "round {round}");
             assert_eq!(driver.read(r.data, 512), vec![7u8; 512]);
             assert_eq!(driver.used(0).1, 513);
-            wait_for(|| interrupt.used.load(Ordering::SeqCst) == 1);
+            wait_for(|| interrupt.used() == 1);
 
             // Reset while active: the worker stops, the disk stays open and locked.
             block.reset();

@@ -297,7 +297,7 @@ impl VirtioDevice for Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::time::{Duration, Instant};
     use virtio_bindings::virtio_gpu as b;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -306,22 +306,6 @@ mod tests {
     use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
-
-    #[derive(Default)]
-    struct CountingInterrupt {
-        used: AtomicUsize,
-        config: AtomicUsize,
-    }
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-            self.used.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            self.config.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
 
     const REQ: u64 = 0x1_0000;
     const RESP: u64 = 0x2_0000;
@@ -444,7 +428,7 @@ mod tests {
             types[5],
             b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID
         );
-        assert!(interrupt.used.load(Ordering::SeqCst) > 0);
+        assert!(interrupt.used() > 0);
         // Guest memory at PIXELS was zero: the screen is transparent black, 4x2.
         let shot = handle.capture().unwrap();
         assert_eq!((shot.width, shot.height), (4, 2));
@@ -459,13 +443,9 @@ mod tests {
         );
         // The host resizes: a config interrupt.
         handle.resize(8, 6).unwrap();
-        assert_eq!(interrupt.config.load(Ordering::SeqCst), 1);
+        assert_eq!(interrupt.config(), 1);
         handle.resize(8, 6).unwrap();
-        assert_eq!(
-            interrupt.config.load(Ordering::SeqCst),
-            1,
-            "nothing changed"
-        );
+        assert_eq!(interrupt.config(), 1, "nothing changed");
         assert!(handle.resize(0, 6).is_err());
         gpu.reset();
         assert!(matches!(handle.capture(), Err(GpuError::NoScanout)));

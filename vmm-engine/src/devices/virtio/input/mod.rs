@@ -389,24 +389,12 @@ impl VirtioDevice for Input {
 mod tests {
     use super::event::*;
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::time::{Duration, Instant};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
-
-    #[derive(Default)]
-    struct CountingInterrupt(AtomicUsize);
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
@@ -491,7 +479,7 @@ mod tests {
         assert_eq!(used_len(&mem, &mock, 0), 8);
         assert_eq!(event_at(&mem, 0), InputEvent::new(EV_KEY, 30, 1));
         assert_eq!(event_at(&mem, 1), InputEvent::syn());
-        assert_eq!(interrupt.0.load(Ordering::SeqCst), 1);
+        assert_eq!(interrupt.used(), 1);
     }
 
     #[test]

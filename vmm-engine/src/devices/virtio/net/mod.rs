@@ -184,26 +184,14 @@ impl VirtioDevice for Net {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::io::Read;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
-
-    #[derive(Default)]
-    struct CountingInterrupt(AtomicUsize);
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, _q: u16) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn config_space_and_features() {

@@ -563,26 +563,14 @@ fn receive_mergeable(
 mod tests {
     use super::super::passt::fake_passt;
     use super::*;
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
 
     const QSIZE: u16 = 16;
-
-    #[derive(Default)]
-    struct CountingInterrupt([AtomicUsize; 2]);
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, q: u16) -> std::io::Result<()> {
-            self.0[usize::from(q)].fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// Guest memory, the two queues as a driver sets them up, and a worker on a fake
     /// passt whose other end is `peer`.
@@ -758,7 +746,7 @@ mod tests {
         assert_eq!(rig.used_idx(false), 2);
         assert_eq!(rig.used(false, 0), (0, 0));
         assert_eq!(rig.worker.counters.tx_frames, 2);
-        assert_eq!(rig.interrupt.0[1].load(Ordering::SeqCst), 1);
+        assert_eq!(rig.interrupt.used_on(1), 1);
     }
 
     #[test]
@@ -886,7 +874,7 @@ mod tests {
             .unwrap();
         assert_eq!(got, frame);
         assert_eq!(rig.worker.counters.rx_frames, 1);
-        assert_eq!(rig.interrupt.0[0].load(Ordering::SeqCst), 1);
+        assert_eq!(rig.interrupt.used_on(0), 1);
     }
 
     #[test]

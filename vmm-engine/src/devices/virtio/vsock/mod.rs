@@ -214,8 +214,8 @@ impl VirtioDevice for Vsock {
 mod tests {
     use super::packet::*;
     use super::*;
+    use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::io::{Read, Write};
-    use std::sync::atomic::AtomicUsize;
     use std::time::{Duration, Instant};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -225,18 +225,6 @@ mod tests {
     const CID: u64 = 3;
     const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-
-    #[derive(Default)]
-    struct CountingInterrupt([AtomicUsize; 3]);
-    impl Interrupt for CountingInterrupt {
-        fn signal_used_queue(&self, q: u16) -> std::io::Result<()> {
-            self.0[usize::from(q)].fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The driver's side of three queues in one guest memory, built with virtio-queue's
     /// mock: rx buffers are posted up front, tx packets are added one by one.
@@ -485,7 +473,7 @@ mod tests {
             !got.is_empty()
         });
         assert_eq!(got[0].0.op, VIRTIO_VSOCK_OP_RESPONSE);
-        assert!(interrupt.0[0].load(Ordering::SeqCst) > 0);
+        assert!(interrupt.used_on(0) > 0);
 
         let mut rw = guest(VIRTIO_VSOCK_OP_RW, 1025, 700);
         rw.len = 4;
