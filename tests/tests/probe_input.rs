@@ -166,7 +166,6 @@ fn keys_pointer_buttons_and_wheel_reach_the_guest() {
     }
     let done = probe_lines(&lines, "input_done");
     assert_eq!(done.first().and_then(|d| d.u64("ok")), Some(1), "{all}");
-    report::ran(TEST);
 }
 
 #[test]
@@ -195,5 +194,4 @@ fn input_requests_without_a_display_say_how_to_get_one() {
     assert!(answer.contains("--display"), "{answer}");
     control.ok(r#"{"request":"power-off"}"#);
     assert!(guest.wait_exit(Duration::from_secs(30)).is_some());
-    report::ran(TEST);
 }

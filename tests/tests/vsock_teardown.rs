@@ -6,21 +6,16 @@
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 
+use vireo_e2e::in_process::{self, Holdings};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_e2e::vsock_host::{Mode, Server};
 use vireo_vmm::boot::BootSource;
-use vireo_vmm::console::ConsoleInput;
 use vireo_vmm::devices::virtio::vsock::VsockConfig;
-use vireo_vmm::{Console, ExitReason, VmConfig};
+use vireo_vmm::{ExitReason, VmConfig};
 
 const PORT: u32 = 1234;
-
-fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
 
 #[test]
 fn ten_vsock_boots_leak_nothing() {
@@ -46,13 +41,7 @@ fn ten_vsock_boots_leak_nothing() {
                 ),
             })
     };
-    let output = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let console = Console {
-        output: output.clone(),
-        input: ConsoleInput::None,
-    };
     let boot = |i: usize| {
-        output.lock().unwrap().clear();
         let server = Server::start(&socket, PORT, Mode::Echo, false);
         // A host client that connects and waits, without a CONNECT line: the engine
         // must close it when the VM stops.
@@ -68,8 +57,7 @@ fn ten_vsock_boots_leak_nothing() {
             }
             false
         });
-        let reason = vireo_vmm::run(&config, &console).expect("the VM starts");
-        let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        let (reason, text) = in_process::boot(&config);
         assert_eq!(reason, ExitReason::PowerOff, "boot {i}: {text}");
         assert!(text.contains("vsock_echo conns=4"), "boot {i}: {text}");
         assert!(text.contains(" ok=1 "), "boot {i}: {text}");
@@ -82,18 +70,14 @@ fn ten_vsock_boots_leak_nothing() {
     };
     boot(0);
     // This is the only test in its binary, so nothing else opens fds or starts threads.
-    let (fds, threads) = (
-        count_entries("/proc/self/fd"),
-        count_entries("/proc/self/task"),
-    );
+    let first = Holdings::now();
     for i in 1..10 {
         boot(i);
     }
-    assert_eq!(count_entries("/proc/self/fd"), fds, "fds after 10 boots");
     assert_eq!(
-        count_entries("/proc/self/task"),
-        threads,
-        "threads after 10 boots"
+        Holdings::now(),
+        first,
+        "fds, threads, children after 10 boots"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
