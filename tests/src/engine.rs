@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::repo_root;
 
-/// Builds `vireo-vmm` (a no-op when up to date) and returns its path.
+/// Builds `vireo-vmm` and `vireo-window` beside it (a no-op when up to date) and returns
+/// the engine's path.
 pub fn vmm_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -19,7 +20,7 @@ pub fn vmm_binary() -> PathBuf {
             .map(|p| p.components().any(|c| c.as_os_str() == "release"))
             .unwrap_or(false);
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "vireo-vmm", "--bin", "vireo-vmm"]);
+        cmd.args(["build", "--quiet", "-p", "vireo-vmm", "--bins"]);
         if release {
             cmd.arg("--release");
         }

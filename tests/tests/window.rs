@@ -32,16 +32,18 @@ fn rgb_pixels(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     let mut reader = decoder.read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf).expect("PNG data");
-    let step = match info.color_type {
-        png::ColorType::Rgba => 4,
-        png::ColorType::Rgb => 3,
+    assert_eq!(info.bit_depth, png::BitDepth::Eight);
+    let data = &buf[..info.buffer_size()];
+    let pixels = match info.color_type {
+        png::ColorType::Rgba => data.chunks_exact(4).map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Rgb => data.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect(),
+        // ImageMagick writes an all-grey image (a window not yet painted) as greyscale.
+        png::ColorType::Grayscale => data.iter().map(|&g| [g, g, g]).collect(),
+        png::ColorType::GrayscaleAlpha => {
+            data.chunks_exact(2).map(|p| [p[0], p[0], p[0]]).collect()
+        }
         other => panic!("{}: unexpected color type {other:?}", path.display()),
     };
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    let pixels = buf[..info.buffer_size()]
-        .chunks_exact(step)
-        .map(|p| [p[0], p[1], p[2]])
-        .collect();
     (info.width, info.height, pixels)
 }
 
@@ -113,7 +115,7 @@ fn the_window_shows_the_guests_screen_and_types_into_it() {
     let mismatched = loop {
         let status = x
             .command("import")
-            .args(["-window", &window, s(&shown)])
+            .args(["-window", &window, &format!("PNG24:{}", s(&shown))])
             .status()
             .expect("ImageMagick's import runs (installers/setup-host.sh installs imagemagick)");
         assert!(status.success());
@@ -200,4 +202,54 @@ fn keys_typed_into_the_window_reach_the_guest() {
         lines.contains("input_done") && lines.contains("ok=1"),
         "{lines}"
     );
+}
+
+#[test]
+fn closing_the_window_powers_the_vm_off() {
+    const TEST: &str = "window::closing_the_window_powers_the_vm_off";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let x = Xvfb::start(1280, 1024);
+    let elf = probe_guest_elf();
+    let mut guest = LiveGuest::spawn(x.command(s(&vmm_binary())).args([
+        "--kernel",
+        s(&elf),
+        "--memory",
+        "64M",
+        "--window",
+        "--cmdline",
+        "probe.run=idle",
+    ]));
+    assert!(guest
+        .wait_for("VIREO-PROBE IDLE", Duration::from_secs(60))
+        .is_some());
+    let window = find_window(&x, "Vireo", Duration::from_secs(30));
+    let closed = x
+        .command("xdotool")
+        .args(["windowclose", &window])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+    let status = guest.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the engine powered the VM off and exited"
+    );
+}
+
+#[test]
+fn window_without_a_display_server_is_a_clear_error() {
+    let elf = probe_guest_elf();
+    let out = std::process::Command::new(vmm_binary())
+        .args(["--kernel", s(&elf), "--window"])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("X11 or Wayland session"), "{stderr}");
 }

@@ -14,6 +14,7 @@ pub mod vcpu;
 pub mod vm;
 #[cfg(feature = "window")]
 pub mod window;
+pub mod window_process;
 pub mod x86_64;
 
 pub use config::{RebootPolicy, VmConfig};

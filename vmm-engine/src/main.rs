@@ -76,7 +76,6 @@ struct Cli {
     /// Show the guest's screen in a window (needs an X11 or Wayland session): keyboard and
     /// pointer go to the guest, closing the window powers the VM off. Implies a display
     /// (1280x800 unless --display says otherwise).
-    #[cfg(feature = "window")]
     #[arg(long)]
     window: bool,
 
@@ -169,10 +168,7 @@ fn run_vm(cli: Cli) -> ExitCode {
             })
         }
     };
-    #[cfg(feature = "window")]
     let window = cli.window;
-    #[cfg(not(feature = "window"))]
-    let window = false;
     let mut config = VmConfig {
         boot: BootSource {
             kernel: cli.kernel.expect("clap requires --kernel"),
@@ -224,17 +220,16 @@ fn run_vm(cli: Cli) -> ExitCode {
     }
 }
 
-/// Runs the VM on a thread and its window on this one (windowing systems want the main
-/// thread); the window talks to the VM through its control socket, a private one unless
-/// --control-socket names it.
-#[cfg(feature = "window")]
+/// Runs the VM with its window beside it (`window_process`): the window talks to the
+/// VM through its control socket, a private one unless --control-socket names it.
 fn run_with_window(
     mut config: VmConfig,
     console: Console,
 ) -> anyhow::Result<vireo_vmm::ExitReason> {
-    use vireo_vmm::window::{UserEvent, WindowLoop};
-    // Before the VM starts: a host with no display server fails with nothing started.
-    let window = WindowLoop::new()?;
+    use vireo_vmm::window_process::WindowProcess;
+    let binary = WindowProcess::binary();
+    // Before the VM starts: a user error stops us with nothing running.
+    WindowProcess::check(&binary)?;
     let socket = match &config.control_socket {
         Some(path) => path.clone(),
         None => {
@@ -253,46 +248,27 @@ fn run_with_window(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     );
-    let proxy = window.proxy();
-    let vm = std::thread::Builder::new()
-        .name("vm".into())
-        .spawn(move || {
-            let result = vireo_vmm::run(&config, &console);
-            let _ = proxy.send_event(UserEvent::VmEnded);
-            result
-        })?;
-    window.run(socket, title, (display.width, display.height));
-    let result = vm
-        .join()
-        .map_err(|_| anyhow::anyhow!("the VM's thread panicked"))?;
+    let window = WindowProcess::spawn(&binary, &socket, &title, (display.width, display.height))?;
+    let result = vireo_vmm::run(&config, &console);
+    window.finish();
     Ok(result?)
 }
 
-#[cfg(not(feature = "window"))]
-fn run_with_window(_: VmConfig, _: Console) -> anyhow::Result<vireo_vmm::ExitReason> {
-    anyhow::bail!("this vireo-vmm was built without the window feature")
-}
-
-/// `$XDG_RUNTIME_DIR/vireo/window-<pid>.sock` (or under /tmp), in a directory only we
-/// can enter.
-#[cfg(feature = "window")]
+/// `$XDG_RUNTIME_DIR/vireo-<uid>/window-<pid>.sock` (or under /tmp), in a directory only
+/// we can enter.
 fn private_socket_path() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("vireo-{}", nix_uid()));
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = base.join(format!("vireo-{uid}"));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
     Ok(dir.join(format!("window-{}.sock", std::process::id())))
-}
-
-#[cfg(feature = "window")]
-fn nix_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
 }
 
 /// One line naming what went wrong, with its causes, and exit status 1.

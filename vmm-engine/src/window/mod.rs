@@ -29,10 +29,9 @@ use virtio_gpu::PixelFormat;
 /// What reaches the window's event loop from its helper threads.
 pub enum UserEvent {
     Display(DisplayMessage),
-    /// The display connection failed or ended.
+    /// The display connection failed or ended: the VM stopped (or the engine let go of
+    /// this window).
     DisplayLost(String),
-    /// The VM stopped: close the window.
-    VmEnded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +52,6 @@ impl WindowLoop {
             .build()
             .map_err(WindowError::EventLoop)?;
         Ok(Self { event_loop })
-    }
-
-    /// For the VM's thread: tells the window when the VM has stopped.
-    pub fn proxy(&self) -> EventLoopProxy<UserEvent> {
-        self.event_loop.create_proxy()
     }
 
     /// Shows the screen of the VM whose control socket is `socket` until the window is
@@ -329,9 +323,9 @@ impl ApplicationHandler<UserEvent> for App {
                 }
             }
             UserEvent::Display(DisplayMessage::Event(event)) => self.on_event(event_loop, event),
-            UserEvent::DisplayLost(why) => tracing::info!("window: display connection: {why}"),
-            UserEvent::VmEnded => {
-                // Nothing to power off: the VM is gone.
+            UserEvent::DisplayLost(why) => {
+                // The VM is gone (or never came): nothing to power off.
+                tracing::info!("window: display connection: {why}");
                 self.powered_off = true;
                 event_loop.exit();
             }
@@ -340,7 +334,8 @@ impl ApplicationHandler<UserEvent> for App {
 
     fn window_event(&mut self, event_loop: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
         match event {
-            WindowEvent::CloseRequested => {
+            // Closed by its user, or destroyed from outside: either way the VM goes.
+            WindowEvent::CloseRequested | WindowEvent::Destroyed => {
                 self.power_off();
                 event_loop.exit();
             }
