@@ -341,6 +341,10 @@ fn device_rows(pci: &Pci, inputs: &[InputDevice], failed: &[DeviceFunction]) -> 
                 None => (String::from("input"), Status::Found),
             },
             Some(other) => (String::from(virtio_kind(other)), Status::Found),
+            // Class 6, subclass 0: the PCIe host bridge every bus 0 starts with.
+            None if (function.info.class, function.info.subclass) == (6, 0) => {
+                (String::from("host-bridge"), Status::Found)
+            }
             None => {
                 let mut word = String::new();
                 let _ = write!(
@@ -532,16 +536,6 @@ fn draw_all(
         w: title_end - MARGIN,
         h: CELL,
     };
-    // A rule under the title.
-    canvas.fill(
-        Rect {
-            x: MARGIN,
-            y: y + CELL + 3,
-            w: line_w,
-            h: 2,
-        },
-        TEXT,
-    );
     let swatch = Rect {
         x: width.saturating_sub(MARGIN + SWATCH_W),
         y: MARGIN / 2,
@@ -549,6 +543,21 @@ fn draw_all(
         h: SWATCH_H,
     };
     canvas.fill(swatch, swatch_rgb);
+    // Its label, left of it (the swatch itself stays one solid colour for the host).
+    let label_x = swatch.x.saturating_sub(7 * CELL);
+    if label_x > title_end {
+        canvas.text(label_x, y, "status", TEXT, BACKGROUND);
+    }
+    // A rule under the title, up to the swatch.
+    canvas.fill(
+        Rect {
+            x: MARGIN,
+            y: y + CELL + 3,
+            w: swatch.x.saturating_sub(MARGIN + CELL),
+            h: 2,
+        },
+        TEXT,
+    );
     y += 2 * LINE;
 
     let mut text = String::new();
@@ -761,14 +770,6 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
             }
             ok &= screen.flush();
         }
-        if let Some((x, y)) = moved {
-            if let Err(error) = screen.gpu.move_cursor(x, y) {
-                probe!("error screen=move_cursor detail=\"{error:?}\"");
-                ok = false;
-            }
-            moves += 1;
-            probe!("screen_pointer x={x} y={y}");
-        }
         for code in new_keys.drain(..) {
             typed += 1;
             match key_char(code) {
@@ -776,6 +777,14 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
                 Some(c) => probe!("screen_key code={code} char={c}"),
                 None => probe!("screen_key code={code} char=none"),
             }
+        }
+        if let Some((x, y)) = moved {
+            if let Err(error) = screen.gpu.move_cursor(x, y) {
+                probe!("error screen=move_cursor detail=\"{error:?}\"");
+                ok = false;
+            }
+            moves += 1;
+            probe!("screen_pointer x={x} y={y}");
         }
         if escape {
             probe!(
