@@ -447,6 +447,11 @@ struct Lines {
     pointer: Option<(u32, u32)>,
 }
 
+/// How many characters fit after the label of a changing line.
+fn key_columns(line: Rect) -> u32 {
+    (line.w / CELL).saturating_sub(LABEL_COLUMNS)
+}
+
 /// `text` after a `LABEL_COLUMNS`-wide label.
 fn draw_line(canvas: &mut Canvas<'_>, rect: Rect, label: &str, value: &str) {
     canvas.fill(rect, BACKGROUND);
@@ -575,11 +580,31 @@ fn draw_all(
     let _ = write!(text, "PCI bus 0: {} functions", rows.len());
     canvas.text(MARGIN, y, &text, TEXT, BACKGROUND);
     y += LINE;
-    for row in rows {
+    // Rows that fit above the six lines that follow them (blank, uptime, keys, pointer,
+    // blank, help), so the changing lines stay on screen however many functions there
+    // are; the rest are summed up in one row (the `screen_device` lines list them all).
+    let room = (height.saturating_sub(y + 6 * LINE + MARGIN) / LINE) as usize;
+    let shown = if rows.len() <= room {
+        rows.len()
+    } else {
+        room.saturating_sub(1)
+    };
+    // Bus order; when not all fit, the opened devices (ok or FAIL) first.
+    let mut order: Vec<&DeviceRow> = rows.iter().collect();
+    if shown < rows.len() {
+        order.sort_by_key(|row| row.status == Status::Found);
+    }
+    for row in &order[..shown] {
         text.clear();
         let _ = write!(text, "  {}  {:<16}", row.df, row.kind);
         let x = canvas.text(MARGIN, y, &text, TEXT, BACKGROUND);
         canvas.text(x, y, row.status.word(), row.status.colour(), BACKGROUND);
+        y += LINE;
+    }
+    if shown < rows.len() {
+        text.clear();
+        let _ = write!(text, "  ... and {} more", rows.len() - shown);
+        canvas.text(MARGIN, y, &text, TEXT, BACKGROUND);
         y += LINE;
     }
     y += LINE;
@@ -591,7 +616,7 @@ fn draw_all(
         canvas,
         keys,
         "keys",
-        &keys_text(&lines.keys, line_w / CELL - LABEL_COLUMNS),
+        &keys_text(&lines.keys, key_columns(keys)),
     );
     y += LINE;
     let pointer = line(y);
@@ -656,8 +681,10 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
     let swatch_rgb = if all_ok { SWATCH_OK } else { SWATCH_FAIL };
 
     let ticks_per_sec = tsc_khz * 1000;
-    let uptime =
-        || (ticks_per_sec != 0).then(|| (arch::rdtsc() - boot::boot_tsc()) / ticks_per_sec);
+    let uptime = || {
+        let ticks = arch::rdtsc().saturating_sub(boot::boot_tsc());
+        (ticks_per_sec != 0).then(|| ticks / ticks_per_sec)
+    };
     let mut second = uptime();
     let mut lines = Lines {
         keys: Vec::new(),
@@ -708,7 +735,7 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
         if all_ok { "ok" } else { "fail" }
     );
 
-    let key_columns = layout.keys.w / CELL - LABEL_COLUMNS;
+    let key_columns = key_columns(layout.keys);
     let (mut typed, mut moves, mut redraws) = (0u64, 0u64, 0u64);
     // Axis values of the tablet's current event group, applied at its SYN_REPORT.
     let (mut abs_x, mut abs_y) = (None, None);
