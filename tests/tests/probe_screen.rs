@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use base64::Engine as _;
 use vireo_e2e::display::{field, DisplayClient};
 use vireo_e2e::engine::{s, vmm_binary, LiveGuest, ProbeLine};
 use vireo_e2e::probe_guest::probe_guest_elf;
@@ -324,6 +325,20 @@ fn a_tablet_move_comes_back_in_pixels_and_moves_the_hardware_cursor() {
     let hot = (ready.u64("cursor_hot_x"), ready.u64("cursor_hot_y"));
     let attach = client.ask(r#"{"request":"display-attach"}"#);
     assert_eq!(attach.json["response"], "display", "{}", attach.json);
+    // Attaching replays the cursor the probe set up: its image, in the middle.
+    let set = client.wait_event(EVENT, |e| e["event"] == "cursor");
+    assert_eq!(
+        (field(&set.json, "x"), field(&set.json, "y")),
+        (u64::from(WIDTH / 2), u64::from(HEIGHT / 2))
+    );
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(set.json["image"].as_str().expect("the cursor's image"))
+        .expect("base64");
+    assert_eq!(image.len(), 64 * 64 * 4, "a 64x64 RGBA cursor");
+    let alpha = |x: usize, y: usize| image[(y * 64 + x) * 4 + 3];
+    let (hx, hy) = (hot.0.unwrap() as usize, hot.1.unwrap() as usize);
+    assert_eq!(alpha(hx, hy), 0xff, "the hot spot is on the arrow");
+    assert_eq!(alpha(63, 63), 0, "around the arrow is transparent");
     let answer = client.ask(r#"{"request":"input-pointer","x":500,"y":300}"#);
     assert_eq!(answer.json["response"], "ok", "{}", answer.json);
     assert!(
