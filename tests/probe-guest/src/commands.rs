@@ -20,6 +20,8 @@
 //!   about themselves, then every event until Escape.
 //! - `probe.run=gpu-draw|gpu-resize|gpu-cursor|gpu-hostile|gpu-bench`: virtio-gpu
 //!   ([`crate::gpu`]); `probe.gpu_secs=N` sets the benchmark's length.
+//! - `probe.run=selftest-screen`: a self-test screen on virtio-gpu, live from the
+//!   virtio-input devices until Escape ([`crate::screen`]).
 //!
 //! - `probe.run=net-dhcp|net-http|net-bench`: the virtio-net tests of [`crate::net`]
 //!   (DHCP, an HTTP GET from the host, TCP throughput to the host), tuned by
@@ -73,6 +75,7 @@ enum Command {
     GpuCursor,
     GpuHostile,
     GpuBench,
+    SelftestScreen,
 }
 
 impl Command {
@@ -161,6 +164,7 @@ impl<'a> Options<'a> {
                         "gpu-cursor" => Ok(Command::GpuCursor),
                         "gpu-hostile" => Ok(Command::GpuHostile),
                         "gpu-bench" => Ok(Command::GpuBench),
+                        "selftest-screen" => Ok(Command::SelftestScreen),
                         other => Err(other),
                     }
                 }
@@ -287,6 +291,15 @@ pub fn run(tsc_khz: u64) -> ! {
         Ok(command) if heap.is_some() && command.device_test().is_some() => {
             if let Some(test) = command.device_test() {
                 blk::with_pci(&options.host, &options.blk, tsc_khz, test);
+            }
+        }
+        Ok(Command::SelftestScreen) if heap.is_some() => {
+            if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
+                let discovery = crate::screen::Discovery {
+                    cpus: acpi.as_ref().map_or(0, |tables| tables.cpus),
+                    mem_bytes: boot_info.total_ram(),
+                };
+                crate::screen::run(&mut pci, &discovery, tsc_khz);
             }
         }
         Ok(Command::Net(test)) if heap.is_some() => {

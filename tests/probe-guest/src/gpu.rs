@@ -58,7 +58,7 @@ fn draw(fb: &mut [u8], width: u32) {
     }
 }
 
-fn open(pci: &mut Pci) -> Option<Gpu> {
+pub(crate) fn open(pci: &mut Pci) -> Option<Gpu> {
     let Some(function) = virtio::find(pci, DeviceType::GPU, 0) else {
         probe!("error gpu=no_device");
         return None;

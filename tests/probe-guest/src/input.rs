@@ -32,7 +32,7 @@ fn count_bits(bitmap: &[u8]) -> u32 {
     bitmap.iter().map(|b| b.count_ones()).sum()
 }
 
-fn has_bit(bitmap: &[u8], bit: u16) -> bool {
+pub(crate) fn has_bit(bitmap: &[u8], bit: u16) -> bool {
     bitmap
         .get(usize::from(bit / 8))
         .is_some_and(|b| b & (1 << (bit % 8)) != 0)

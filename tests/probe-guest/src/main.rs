@@ -22,6 +22,7 @@ mod pci;
 mod phys;
 mod pvh;
 mod rt;
+mod screen;
 mod serial;
 mod sync;
 mod virtio;
