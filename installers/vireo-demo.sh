@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./installers/setup-host.sh
-cargo build --release -p vireo-vmm
+cargo build --release -p vireo-vmm   # vireo-vmm and vireo-window
 vmm=target/release/vireo-vmm
 
 echo "== what this host's KVM can run"
@@ -15,6 +15,10 @@ echo "== the self-test VM (probe guest)"
 cargo build --release --quiet --manifest-path tests/probe-guest/Cargo.toml --target-dir target/probe-guest
 probe=target/probe-guest/x86_64-unknown-linux-gnu/release/vireo-probe-guest
 "$vmm" --kernel "$probe" --cpus 2 --memory 256M --cmdline "probe.run=selftest"
+if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+  echo "== its self-test screen in a window (type, move the mouse; Escape or closing the window ends it)"
+  "$vmm" --kernel "$probe" --memory 256M --window --display 1024x768 --cmdline "probe.run=selftest-screen"
+fi
 
 if "$vmm" doctor | grep -q '^runs_unmodified_kernels: yes'; then
   echo "== the Vireo demo Linux (Ctrl-A x quits; 'poweroff -f' in the guest ends it)"
