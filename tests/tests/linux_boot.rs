@@ -494,3 +494,89 @@ fn demo_linux_agent_answers_over_vsock() {
     drop(client);
     let _ = guest.kill();
 }
+
+/// fbcon on the stock kernel's `virtio_gpu`: the kernel's console shows on the screen (a
+/// screenshot that is not blank), and keys typed on the virtio keyboard through the
+/// control socket reach the console's tty.
+#[test]
+fn demo_linux_fbcon_on_virtio_gpu_takes_typed_keys() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    const TEST: &str = "linux_boot::demo_linux_fbcon_on_virtio_gpu_takes_typed_keys";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let image = demo_image();
+    let dir = std::env::temp_dir().join(format!("vireo-fbcon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("control.sock");
+    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&image.vmlinuz),
+        "--initrd",
+        s(&image.initramfs),
+        "--memory",
+        "512M",
+        "--display",
+        "1024x768",
+        "--control-socket",
+        s(&socket),
+        "--cmdline",
+        "vireo.run=dmesg+|+grep+-i+-e+virtio_gpu+-e+fb0;+echo+TYPE-NOW;+read+line+</dev/tty1;+echo+GOT:$line",
+    ]));
+    assert!(
+        guest
+            .wait_for("TYPE-NOW", Duration::from_secs(120))
+            .is_some(),
+        "the demo Linux reached its command"
+    );
+    let ask = |line: &str| {
+        let mut stream = UnixStream::connect(&socket).expect("control socket");
+        stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).unwrap();
+        answer
+    };
+    // "vireo" and Enter: KEY_V, KEY_I, KEY_R, KEY_E, KEY_O, KEY_ENTER.
+    for code in [47, 23, 19, 18, 24, 28] {
+        for pressed in [true, false] {
+            let answer = ask(&format!(
+                r#"{{"request":"input-key","code":{code},"pressed":{pressed}}}"#
+            ));
+            assert!(answer.contains(r#""response":"ok""#), "{answer}");
+        }
+    }
+    assert!(
+        guest
+            .wait_for("GOT:vireo", Duration::from_secs(30))
+            .is_some(),
+        "the typed line reached tty1: {:#?}",
+        guest.seen
+    );
+    let shot = dir.join("fbcon.png");
+    let answer = ask(&format!(
+        r#"{{"request":"screenshot","path":"{}"}}"#,
+        s(&shot)
+    ));
+    assert!(answer.contains(r#""response":"screenshot""#), "{answer}");
+    let decoder = png::Decoder::new(std::fs::File::open(&shot).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let lit = buf[..info.buffer_size()]
+        .chunks_exact(4)
+        .filter(|p| p[0] > 64 || p[1] > 64 || p[2] > 64)
+        .count();
+    assert!(
+        lit > 1000,
+        "the console's text is on the screen ({lit} lit pixels)"
+    );
+    let console = guest.seen.join("\n");
+    assert!(
+        console.contains("virtio_gpu") || console.contains("fb0"),
+        "{console}"
+    );
+    let _ = guest.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
