@@ -179,9 +179,7 @@ impl App {
                 .create_window(attributes)
                 .map_err(|e| e.to_string())?,
         );
-        let inner = window.inner_size();
-        let surface = SurfaceTexture::new(inner.width.max(1), inner.height.max(1), window.clone());
-        let pixels = Pixels::new(self.size.0, self.size.1, surface).map_err(|e| e.to_string())?;
+        let pixels = make_pixels(&window, self.size)?;
         self.window = Some(window);
         self.pixels = Some(pixels);
         Ok(())
@@ -394,6 +392,28 @@ impl ApplicationHandler<UserEvent> for App {
             _ => {}
         }
     }
+}
+
+/// The window's GPU surface. Software Vulkan under Xvfb (lavapipe) now and then refuses
+/// a new window's surface, which wgpu reports by panicking: such a refusal is retried a
+/// few times before it counts.
+fn make_pixels(window: &Arc<Window>, size: (u32, u32)) -> Result<Pixels<'static>, String> {
+    const ATTEMPTS: u32 = 4;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        let inner = window.inner_size();
+        let surface = SurfaceTexture::new(inner.width.max(1), inner.height.max(1), window.clone());
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Pixels::new(size.0, size.1, surface)
+        }));
+        match attempt {
+            Ok(Ok(pixels)) => return Ok(pixels),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "the graphics driver refused the window's surface".into(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last)
 }
 
 /// The format a mode names (`control::protocol::ScreenMode::format`).
