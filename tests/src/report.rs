@@ -24,7 +24,9 @@ fn append(line: &str) {
         .append(true)
         .open(&path)
     {
-        let _ = writeln!(f, "{line}");
+        // One write per line: `writeln!` may split it into several, and the test threads
+        // of a binary append at once (a line once landed in the middle of another).
+        let _ = f.write_all(format!("{line}\n").as_bytes());
     }
 }
 
