@@ -401,9 +401,11 @@ fn make_pixels(window: &Arc<Window>, size: (u32, u32)) -> Result<Pixels<'static>
     const ATTEMPTS: u32 = 4;
     let mut last = String::new();
     for _ in 0..ATTEMPTS {
-        let inner = window.inner_size();
-        let surface = SurfaceTexture::new(inner.width.max(1), inner.height.max(1), window.clone());
+        // winit panics too, when the X window is destroyed while this runs.
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let inner = window.inner_size();
+            let surface =
+                SurfaceTexture::new(inner.width.max(1), inner.height.max(1), window.clone());
             Pixels::new(size.0, size.1, surface)
         }));
         match attempt {
