@@ -65,6 +65,19 @@ pub enum ActivateError {
     Backend(String),
 }
 
+/// The `N` queues a device needs, in order, from what the transport handed over on
+/// activation; any other count is the driver's mistake.
+pub fn exact_queues<const N: usize>(
+    queues: Vec<ActiveQueue>,
+) -> Result<[ActiveQueue; N], ActivateError> {
+    queues
+        .try_into()
+        .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
+            got: q.len(),
+            needed: N,
+        })
+}
+
 /// What every virtio device model implements.
 pub trait VirtioDevice: Send {
     /// The virtio device ID (`virtio_bindings::virtio_ids::VIRTIO_ID_*`).

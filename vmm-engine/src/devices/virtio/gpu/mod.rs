@@ -257,13 +257,7 @@ impl VirtioDevice for Gpu {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let [controlq, cursorq]: [ActiveQueue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
-                    got: q.len(),
-                    needed: 2,
-                })?;
+        let [controlq, cursorq] = super::exact_queues::<2>(queues)?;
         self.shared.gpu().ack_features(acked_features);
         self.set_interrupt(Some(interrupt.clone()));
         let handler = GpuQueues {

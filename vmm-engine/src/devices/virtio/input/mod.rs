@@ -353,13 +353,7 @@ impl VirtioDevice for Input {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let [eventq, statusq]: [ActiveQueue; 2] =
-            queues
-                .try_into()
-                .map_err(|q: Vec<ActiveQueue>| ActivateError::QueueCount {
-                    got: q.len(),
-                    needed: 2,
-                })?;
+        let [eventq, statusq] = super::exact_queues::<2>(queues)?;
         let handler = InputQueues::new(mem, interrupt, eventq.queue, statusq.queue, &self.handle());
         let worker = Worker::spawn("virtio-input", vec![eventq.notify, statusq.notify], handler);
         match worker {
