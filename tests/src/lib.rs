@@ -9,6 +9,7 @@ pub mod in_process;
 pub mod probe_guest;
 pub mod qemu;
 pub mod report;
+pub mod temp;
 pub mod vsock_host;
 pub mod xvfb;
 

@@ -12,27 +12,11 @@ use std::time::Duration;
 use vireo_e2e::engine::{run_vmm, s, vmm_binary, LiveGuest, ProbeLine, Run};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
+use vireo_e2e::temp::TempDir;
 use vireo_vmm::exit::code;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 const PATTERN_MIB: u64 = 64;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("vireo-blk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
     Command::new("qemu-img")
@@ -119,7 +103,7 @@ fn raw_disk_keeps_what_the_guest_wrote() {
     if !report::require_kvm("probe_blk::raw_disk_keeps_what_the_guest_wrote") {
         return;
     }
-    let dir = TempDir::new("raw");
+    let dir = TempDir::new("blk-raw");
     let image = make_image(&dir.0, "disk.raw", "raw", 128);
     write_then_verify(&image, "raw", 7);
     assert_pattern(&image, 7, PATTERN_MIB);
@@ -130,7 +114,7 @@ fn qcow2_disk_interoperates_with_qemu_img() {
     if !report::require_kvm("probe_blk::qcow2_disk_interoperates_with_qemu_img") {
         return;
     }
-    let dir = TempDir::new("qcow2");
+    let dir = TempDir::new("blk-qcow2");
     let image = make_image(&dir.0, "disk.qcow2", "qcow2", 128);
     write_then_verify(&image, "qcow2", 21);
     let check = qemu_img(&["check", s(&image)]);
@@ -155,7 +139,7 @@ fn read_only_disk_refuses_writes() {
     if !report::require_kvm("probe_blk::read_only_disk_refuses_writes") {
         return;
     }
-    let dir = TempDir::new("ro");
+    let dir = TempDir::new("blk-ro");
     let image = make_image(&dir.0, "ro.raw", "raw", 16);
     let before = std::fs::read(&image).unwrap();
     let run = boot(
@@ -181,7 +165,7 @@ fn two_disks_at_once() {
     if !report::require_kvm("probe_blk::two_disks_at_once") {
         return;
     }
-    let dir = TempDir::new("two");
+    let dir = TempDir::new("blk-two");
     let (a, b) = (
         make_image(&dir.0, "a.raw", "raw", 64),
         make_image(&dir.0, "b.qcow2", "qcow2", 64),
@@ -210,7 +194,7 @@ fn msix_completions_raise_the_programmed_vector_and_masking_holds_them() {
     ) {
         return;
     }
-    let dir = TempDir::new("msix");
+    let dir = TempDir::new("blk-msix");
     let image = make_image(&dir.0, "disk.raw", "raw", 16);
     let line = probe_line(
         &boot(&[format!("path={}", image.display())], "probe.run=blk-msix"),
@@ -245,7 +229,7 @@ fn kill_9_during_writes_leaves_a_consistent_qcow2() {
     if !report::require_kvm("probe_blk::kill_9_during_writes_leaves_a_consistent_qcow2") {
         return;
     }
-    let dir = TempDir::new("kill");
+    let dir = TempDir::new("blk-kill");
     let image = make_image(&dir.0, "disk.qcow2", "qcow2", 512);
     let elf = probe_guest_elf();
     let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
@@ -286,7 +270,7 @@ fn a_running_vms_disk_is_locked() {
     if !report::require_kvm("probe_blk::a_running_vms_disk_is_locked") {
         return;
     }
-    let dir = TempDir::new("lock");
+    let dir = TempDir::new("blk-lock");
     let image = make_image(&dir.0, "disk.qcow2", "qcow2", 16);
     let disk = format!("path={},format=qcow2", image.display());
     let elf = probe_guest_elf();

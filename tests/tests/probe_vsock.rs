@@ -13,6 +13,7 @@ use std::time::Duration;
 use vireo_e2e::engine::{run_vmm, s, vmm_binary, LiveGuest, ProbeLine, Run};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
+use vireo_e2e::temp::TempDir;
 use vireo_e2e::vsock_host::{self, Mode, Server};
 use vireo_vmm::exit::code;
 
@@ -20,25 +21,9 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const CID: u64 = 3;
 const PORT: u32 = 1234;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("vireo-vsock-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.join("v.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The engine's vsock socket in a test's directory.
+fn socket(dir: &TempDir) -> PathBuf {
+    dir.0.join("v.sock")
 }
 
 fn vsock_arg(socket: &Path) -> String {
@@ -99,10 +84,10 @@ fn guest_to_host_echo_16_connections_of_8_mib() {
     if !report::require_kvm("probe_vsock::guest_to_host_echo_16_connections_of_8_mib") {
         return;
     }
-    let dir = TempDir::new("echo16");
-    let server = Server::start(&dir.socket(), PORT, Mode::Echo, false);
+    let dir = TempDir::new("vsock-echo16");
+    let server = Server::start(&socket(&dir), PORT, Mode::Echo, false);
     let run = boot(
-        &dir.socket(),
+        &socket(&dir),
         &format!("probe.run=vsock-echo probe.vsock_port={PORT} probe.vsock_conns=16 probe.vsock_mib=8 probe.vsock_seed=11"),
     );
     let line = probe_line(&run, "vsock_echo");
@@ -111,7 +96,7 @@ fn guest_to_host_echo_16_connections_of_8_mib() {
     assert_eq!(line.u64("bytes"), Some((16 * 8) << 20));
     drop(server);
     // The engine removed its socket when it stopped.
-    assert!(!dir.socket().exists());
+    assert!(!socket(&dir).exists());
 }
 
 #[test]
@@ -119,10 +104,10 @@ fn guest_to_host_data_reaches_the_host_intact() {
     if !report::require_kvm("probe_vsock::guest_to_host_data_reaches_the_host_intact") {
         return;
     }
-    let dir = TempDir::new("g2h");
-    let server = Server::start(&dir.socket(), PORT, Mode::Echo, true);
+    let dir = TempDir::new("vsock-g2h");
+    let server = Server::start(&socket(&dir), PORT, Mode::Echo, true);
     let run = boot(
-        &dir.socket(),
+        &socket(&dir),
         &format!("probe.run=vsock-echo probe.vsock_port={PORT} probe.vsock_conns=2 probe.vsock_mib=4 probe.vsock_seed=21"),
     );
     assert_eq!(probe_line(&run, "vsock_echo").get("ok"), Some("1"));
@@ -148,9 +133,9 @@ fn host_to_guest_through_connect() {
     if !report::require_kvm("probe_vsock::host_to_guest_through_connect") {
         return;
     }
-    let dir = TempDir::new("h2g");
+    let dir = TempDir::new("vsock-h2g");
     let mut guest = spawn(
-        &dir.socket(),
+        &socket(&dir),
         &format!("probe.run=vsock-serve probe.vsock_port={PORT} probe.vsock_conns=1"),
     );
     assert!(
@@ -158,7 +143,7 @@ fn host_to_guest_through_connect() {
         "{:#?}",
         guest.seen
     );
-    let (stream, host_port) = vsock_host::connect(&dir.socket(), PORT).expect("CONNECT");
+    let (stream, host_port) = vsock_host::connect(&socket(&dir), PORT).expect("CONNECT");
     assert!(host_port >= 1 << 30);
     const BYTES: usize = 4 << 20;
     let mut writer = stream.try_clone().unwrap();
@@ -191,19 +176,19 @@ fn host_client_disconnects_mid_stream_and_the_guest_keeps_serving() {
     ) {
         return;
     }
-    let dir = TempDir::new("hostdrop");
+    let dir = TempDir::new("vsock-hostdrop");
     let mut guest = spawn(
-        &dir.socket(),
+        &socket(&dir),
         &format!("probe.run=vsock-serve probe.vsock_port={PORT} probe.vsock_conns=2"),
     );
     assert!(guest.wait_for("vsock_serve listening", DEADLINE).is_some());
     // First client: writes 1 MiB without reading the echo, and goes away.
-    let (mut first, _) = vsock_host::connect(&dir.socket(), PORT).expect("CONNECT");
+    let (mut first, _) = vsock_host::connect(&socket(&dir), PORT).expect("CONNECT");
     first.write_all(&vec![1u8; 1 << 20]).unwrap();
     drop(first);
     assert!(guest.wait_for("vsock_serve_conn", DEADLINE).is_some());
     // Second client: a whole echo.
-    let (mut second, _) = vsock_host::connect(&dir.socket(), PORT).expect("CONNECT again");
+    let (mut second, _) = vsock_host::connect(&socket(&dir), PORT).expect("CONNECT again");
     second.write_all(b"still there?").unwrap();
     let mut back = [0u8; 12];
     second.read_exact(&mut back).unwrap();
@@ -231,10 +216,10 @@ fn guest_closes_mid_stream() {
     if !report::require_kvm("probe_vsock::guest_closes_mid_stream") {
         return;
     }
-    let dir = TempDir::new("guestclose");
-    let server = Server::start(&dir.socket(), PORT, Mode::Echo, true);
+    let dir = TempDir::new("vsock-guestclose");
+    let server = Server::start(&socket(&dir), PORT, Mode::Echo, true);
     let run = boot(
-        &dir.socket(),
+        &socket(&dir),
         &format!("probe.run=vsock-close-early probe.vsock_port={PORT} probe.vsock_mib=4 probe.vsock_seed=9"),
     );
     let line = probe_line(&run, "vsock_close_early");
@@ -256,10 +241,10 @@ fn thousand_connect_close_cycles_leak_no_fds() {
     if !report::require_kvm("probe_vsock::thousand_connect_close_cycles_leak_no_fds") {
         return;
     }
-    let dir = TempDir::new("cycles");
-    let server = Server::start(&dir.socket(), PORT, Mode::Close, false);
+    let dir = TempDir::new("vsock-cycles");
+    let server = Server::start(&socket(&dir), PORT, Mode::Close, false);
     let mut guest = spawn(
-        &dir.socket(),
+        &socket(&dir),
         &format!("probe.run=vsock-cycles probe.vsock_port={PORT} probe.vsock_cycles=1000"),
     );
     assert!(
@@ -302,22 +287,22 @@ fn a_port_nobody_listens_on_gets_rst() {
     if !report::require_kvm("probe_vsock::a_port_nobody_listens_on_gets_rst") {
         return;
     }
-    let dir = TempDir::new("refused");
+    let dir = TempDir::new("vsock-refused");
     let run = boot(
-        &dir.socket(),
+        &socket(&dir),
         "probe.run=vsock-refused probe.vsock_port=4321",
     );
     let line = probe_line(&run, "vsock_refused");
     assert_eq!(line.get("reset"), Some("1"), "{line:?}");
     assert_eq!(line.get("ok"), Some("1"));
     // And a host client asking for a guest port nobody listens on is closed.
-    let dir2 = TempDir::new("refused-host");
+    let dir2 = TempDir::new("vsock-refused-host");
     let mut guest = spawn(
-        &dir2.socket(),
+        &socket(&dir2),
         &format!("probe.run=vsock-serve probe.vsock_port={PORT} probe.vsock_conns=1"),
     );
     assert!(guest.wait_for("vsock_serve listening", DEADLINE).is_some());
-    let answer = vsock_host::connect(&dir2.socket(), PORT + 1);
+    let answer = vsock_host::connect(&socket(&dir2), PORT + 1);
     assert!(answer.is_err(), "{answer:?}");
     guest.kill();
 }
@@ -325,7 +310,7 @@ fn a_port_nobody_listens_on_gets_rst() {
 /// Bad `--vsock` specs end the engine with one line naming the fix, before KVM.
 #[test]
 fn cli_rejects_bad_vsock_specs() {
-    let dir = TempDir::new("cli");
+    let dir = TempDir::new("vsock-cli");
     let kernel = probe_guest_elf();
     let try_spec = |spec: &str| -> Run {
         run_vmm(
