@@ -184,7 +184,18 @@ impl LiveGuest {
         while let Ok((_, line)) = self.lines.try_recv() {
             self.seen.push(line);
         }
-        self.seen
+        std::mem::take(&mut self.seen)
+    }
+}
+
+/// A test that fails with its guest still running must not leave the engine behind: it
+/// would spin on a core (and hold the test's output pipe open) long after the test.
+impl Drop for LiveGuest {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

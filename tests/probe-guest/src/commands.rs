@@ -31,11 +31,17 @@
 //!   `probe.vsock_conns`, `probe.vsock_mib`, `probe.vsock_cycles`, `probe.vsock_bench_mib`,
 //!   `probe.vsock_pings`, `probe.vsock_chunk_kib`, `probe.vsock_seed`.
 //!
+//! - `probe.run=agent`: the guest side of the Vireo agent protocol on vsock port 7000
+//!   ([`crate::agent`]) until the host asks for a shutdown or reboot;
+//!   `probe.agent_copy_hex=HEX` (UTF-8 text, hex-encoded) or `probe.agent_copy_kib=N` (that
+//!   much of the agent's pattern text) is the guest's clipboard at start.
+//!
 //! Other words on the command line are ignored, so a VMM may add its own.
 
 use alloc::vec;
 
 use crate::acpi::{self, Acpi};
+use crate::agent::{self, AgentOptions};
 use crate::arch;
 use crate::blk::{self, BlkOptions};
 use crate::boot;
@@ -76,6 +82,7 @@ enum Command {
     GpuHostile,
     GpuBench,
     SelftestScreen,
+    Agent,
 }
 
 impl Command {
@@ -115,6 +122,7 @@ struct Options<'a> {
     blk: BlkOptions,
     net: NetOptions<'a>,
     vsock: VsockOptions,
+    agent: AgentOptions<'a>,
     host: HostOptions,
 }
 
@@ -126,6 +134,7 @@ impl<'a> Options<'a> {
             blk: BlkOptions::default(),
             net: NetOptions::default(),
             vsock: VsockOptions::default(),
+            agent: AgentOptions::default(),
             host: HostOptions::default(),
         };
         for word in cmdline.split_ascii_whitespace() {
@@ -153,6 +162,7 @@ impl<'a> Options<'a> {
                         "net-dhcp" => Ok(Command::Net(NetTest::Dhcp)),
                         "net-http" => Ok(Command::Net(NetTest::Http)),
                         "net-bench" => Ok(Command::Net(NetTest::Bench)),
+                        "agent" => Ok(Command::Agent),
                         "vsock-echo" => Ok(Command::Vsock(vsock::Test::Echo)),
                         "vsock-serve" => Ok(Command::Vsock(vsock::Test::Serve)),
                         "vsock-close-early" => Ok(Command::Vsock(vsock::Test::CloseEarly)),
@@ -218,6 +228,8 @@ impl<'a> Options<'a> {
                     }
                 }
                 "probe.vsock_chunk_kib" => set(&mut options.vsock.chunk_kib, value),
+                "probe.agent_copy_hex" => options.agent.copy_hex = Some(value),
+                "probe.agent_copy_kib" => set(&mut options.agent.copy_kib, value),
                 "probe.vsock_seed" => set(&mut options.vsock.seed, value),
                 "probe.gpu_secs" => {
                     if let Some(secs) = parse_u64(value) {
@@ -310,6 +322,15 @@ pub fn run(tsc_khz: u64) -> ! {
         Ok(Command::Vsock(test)) if heap.is_some() => {
             if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
                 vsock::run(test, &mut pci, &options.vsock, tsc_khz);
+            }
+        }
+        Ok(Command::Agent) if heap.is_some() => {
+            if let Some(mut pci) = crate::pci::init(&options.host, tsc_khz) {
+                let action = agent::run(&mut pci, &options.agent, tsc_khz, boot_info.total_ram());
+                if action == Some(vireo_guest_agent::protocol::PowerAction::Reboot) {
+                    probe!("REBOOT");
+                    acpi::reboot();
+                }
             }
         }
         Ok(Command::Fault) => {

@@ -10,6 +10,7 @@
 extern crate alloc;
 
 mod acpi;
+mod agent;
 mod arch;
 mod blk;
 mod boot;
@@ -22,6 +23,7 @@ mod pci;
 mod phys;
 mod pvh;
 mod rt;
+mod rtc;
 mod screen;
 mod serial;
 mod sync;

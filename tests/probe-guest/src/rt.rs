@@ -91,6 +91,13 @@ pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
 #[no_mangle]
 pub extern "C" fn rust_eh_personality() {}
 
+/// Referenced by the prebuilt `alloc`'s landing pads (`format!` pulls them in); never
+/// reached with `panic = "abort"`, where nothing unwinds.
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    crate::arch::triple_fault()
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     // Formatted on the stack and sent directly: the panic may have happened while the

@@ -15,17 +15,24 @@
 //! something changed. Every serial line that reports a change is printed after the
 //! flush that shows it, so a host that reads the line may take a screenshot at once.
 //! Escape on the keyboard ends the loop (`screen_done`) and the probe powers off.
+//!
+//! With a virtio-vsock device the screen also runs the guest side of the agent protocol
+//! ([`crate::agent`]): an agent line says whether a host is connected, a clipboard line
+//! shows the clipboard the host sent, and Enter copies the letters typed since the last
+//! Enter to the host's clipboard. A host's shutdown or reboot request ends the loop too.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
+use vireo_guest_agent::protocol::{ClipboardFormat, PowerAction};
 use virtio_drivers::device::gpu::VirtIOGpu;
 use virtio_drivers::device::input::VirtIOInput;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 use virtio_drivers::transport::pci::virtio_device_type;
 use virtio_drivers::transport::DeviceType;
 
+use crate::agent::{self, Agent};
 use crate::arch;
 use crate::boot;
 use crate::input::has_bit;
@@ -63,7 +70,7 @@ const LINE: u32 = CELL + 4;
 const MARGIN: u32 = 24;
 const SWATCH_W: u32 = 96;
 const SWATCH_H: u32 = 32;
-const LABEL_COLUMNS: u32 = 9;
+const LABEL_COLUMNS: u32 = 11;
 
 const TITLE_TEXT: &str = "Vireo probe guest \u{2014} self-test";
 
@@ -71,11 +78,14 @@ const EV_SYN: u16 = 0x00;
 const EV_KEY: u16 = 0x01;
 const EV_ABS: u16 = 0x03;
 const KEY_ESC: u16 = 1;
+const KEY_ENTER: u16 = 28;
 const KEY_SPACE: u16 = 57;
 const ABS_X: u16 = 0;
 const ABS_Y: u16 = 1;
 /// How many keys the keys line remembers (it shows as many as fit).
 const KEY_HISTORY: usize = 64;
+/// Bytes of clipboard text the clipboard line shows.
+const MAX_CLIPBOARD_SHOWN: usize = 32;
 
 /// The cursor image is 64x64 (virtio-gpu's cursor size); the arrow's tip is its hot spot.
 const CURSOR_SIZE: u32 = 64;
@@ -439,12 +449,16 @@ struct Layout {
     clock: Rect,
     keys: Rect,
     pointer: Rect,
+    agent: Rect,
+    clipboard: Rect,
 }
 
 /// The text of the changing lines.
 struct Lines {
     keys: Vec<u16>,
     pointer: Option<(u32, u32)>,
+    agent: String,
+    clipboard: String,
 }
 
 /// How many characters fit after the label of a changing line.
@@ -503,6 +517,40 @@ fn pointer_text(pointer: Option<(u32, u32)>) -> String {
             let _ = write!(text, "{x}, {y}");
         }
         None => text.push_str("(move the pointer)"),
+    }
+    text
+}
+
+fn agent_text(agent: Option<&Agent>) -> String {
+    match agent {
+        None => "no vsock device".into(),
+        Some(agent) if agent.connected() => "host connected".into(),
+        Some(_) => "waiting for the host on vsock port 7000".into(),
+    }
+}
+
+/// The clipboard line: where it came from and the text (control characters escaped), or
+/// what an image is.
+fn clipboard_text(origin: &str, format: ClipboardFormat, data: &[u8]) -> String {
+    let mut text = String::new();
+    let _ = write!(text, "{origin}: ");
+    match format {
+        ClipboardFormat::Text => {
+            let shown = String::from_utf8_lossy(&data[..data.len().min(MAX_CLIPBOARD_SHOWN)]);
+            for c in shown.chars() {
+                if c.is_control() {
+                    let _ = write!(text, "{}", c.escape_default());
+                } else {
+                    text.push(c);
+                }
+            }
+            if data.len() > MAX_CLIPBOARD_SHOWN {
+                let _ = write!(text, "... ({} bytes)", data.len());
+            }
+        }
+        ClipboardFormat::Png => {
+            let _ = write!(text, "PNG image, {} bytes", data.len());
+        }
     }
     text
 }
@@ -580,10 +628,10 @@ fn draw_all(
     let _ = write!(text, "PCI bus 0: {} functions", rows.len());
     canvas.text(MARGIN, y, &text, TEXT, BACKGROUND);
     y += LINE;
-    // Rows that fit above the six lines that follow them (blank, uptime, keys, pointer,
-    // blank, help), so the changing lines stay on screen however many functions there
+    // Rows that fit above the eight lines that follow them (blank, uptime, keys, pointer,
+    // agent, clipboard, blank, help), so the changing lines stay on screen however many functions there
     // are; the rest are summed up in one row (the `screen_device` lines list them all).
-    let room = (height.saturating_sub(y + 6 * LINE + MARGIN) / LINE) as usize;
+    let room = (height.saturating_sub(y + 8 * LINE + MARGIN) / LINE) as usize;
     let shown = if rows.len() <= room {
         rows.len()
     } else {
@@ -621,11 +669,17 @@ fn draw_all(
     y += LINE;
     let pointer = line(y);
     draw_line(canvas, pointer, "pointer", &pointer_text(lines.pointer));
+    y += LINE;
+    let agent = line(y);
+    draw_line(canvas, agent, "agent", &lines.agent);
+    y += LINE;
+    let clipboard = line(y);
+    draw_line(canvas, clipboard, "clipboard", &lines.clipboard);
     y += 2 * LINE;
     canvas.text(
         MARGIN,
         y,
-        "Type on the keyboard, move the pointer; Escape powers off.",
+        "Type, move the pointer; Enter copies the line to the host, Escape powers off.",
         TEXT,
         BACKGROUND,
     );
@@ -635,6 +689,8 @@ fn draw_all(
         clock: clock_rect,
         keys,
         pointer,
+        agent,
+        clipboard,
     }
 }
 
@@ -686,9 +742,12 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
         (ticks_per_sec != 0).then(|| ticks / ticks_per_sec)
     };
     let mut second = uptime();
+    let mut agent = Agent::open(pci, tsc_khz, discovery.mem_bytes);
     let mut lines = Lines {
         keys: Vec::new(),
         pointer: None,
+        agent: agent_text(agent.as_ref()),
+        clipboard: "(none)".into(),
     };
     let layout = draw_all(
         &mut screen.canvas(),
@@ -740,8 +799,27 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
     // Axis values of the tablet's current event group, applied at its SYN_REPORT.
     let (mut abs_x, mut abs_y) = (None, None);
     let mut new_keys: Vec<u16> = Vec::new();
+    // Letters typed since the last Enter: what Enter copies.
+    let mut typed_line = String::new();
     loop {
         let mut escape = false;
+        let mut power = None;
+        let (mut agent_changed, mut clipboard_changed) = (false, false);
+        if let Some(agent) = agent.as_mut() {
+            for event in agent.poll() {
+                match event {
+                    agent::Event::Connected | agent::Event::Disconnected => agent_changed = true,
+                    agent::Event::ClipboardFromHost(format, data) => {
+                        lines.clipboard = clipboard_text("from host", format, &data);
+                        clipboard_changed = true;
+                    }
+                    agent::Event::Power(action) => power = Some(action),
+                }
+            }
+            if agent_changed {
+                lines.agent = agent_text(Some(agent));
+            }
+        }
         let mut moved = None;
         for input in &mut inputs {
             while let Some(event) = input.device.pop_pending_event() {
@@ -751,6 +829,17 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
                             escape = true;
                         } else {
                             new_keys.push(event.code);
+                        }
+                        if event.code == KEY_ENTER {
+                            let text = core::mem::take(&mut typed_line).into_bytes();
+                            lines.clipboard =
+                                clipboard_text("copied", ClipboardFormat::Text, &text);
+                            clipboard_changed = true;
+                            if let Some(agent) = agent.as_mut() {
+                                agent.copy(ClipboardFormat::Text, text);
+                            }
+                        } else if let Some(c) = key_char(event.code) {
+                            typed_line.push(c);
                         }
                     }
                     (Kind::Tablet(_), EV_ABS) if event.code == ABS_X => abs_x = Some(event.value),
@@ -772,8 +861,16 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
         let tick = now != second;
         second = now;
 
-        if tick || !new_keys.is_empty() || moved.is_some() {
+        if tick || !new_keys.is_empty() || moved.is_some() || agent_changed || clipboard_changed {
             let mut canvas = screen.canvas();
+            if agent_changed {
+                draw_line(&mut canvas, layout.agent, "agent", &lines.agent);
+                redraws += 1;
+            }
+            if clipboard_changed {
+                draw_line(&mut canvas, layout.clipboard, "clipboard", &lines.clipboard);
+                redraws += 1;
+            }
             if tick {
                 draw_line(&mut canvas, layout.clock, "uptime", &clock_text(now));
                 redraws += 1;
@@ -813,12 +910,25 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
             moves += 1;
             probe!("screen_pointer x={x} y={y}");
         }
-        if escape {
+        if clipboard_changed {
+            probe!(
+                "screen_clipboard text=\"{}\"",
+                lines.clipboard.escape_debug()
+            );
+        }
+        if escape || power.is_some() {
+            if let Some(agent) = agent.as_mut() {
+                agent.drain();
+            }
             probe!(
                 "screen_done keys={typed} moves={moves} redraws={redraws} flushes={} ok={}",
                 screen.flushes,
                 u8::from(ok && all_ok)
             );
+            if power == Some(PowerAction::Reboot) {
+                probe!("REBOOT");
+                crate::acpi::reboot();
+            }
             return;
         }
         core::hint::spin_loop();

@@ -34,7 +34,7 @@ const TIMEOUT_MS: u64 = 10_000;
 /// First local port of the probe's connections.
 const FIRST_LOCAL_PORT: u32 = 40_000;
 
-type Manager = VsockConnectionManager<ProbeHal, ProbeTransport, RX_BUFFER>;
+pub(crate) type Manager = VsockConnectionManager<ProbeHal, ProbeTransport, RX_BUFFER>;
 
 /// What the `probe.vsock_*` words set.
 #[derive(Clone, Copy, Debug)]
@@ -83,9 +83,9 @@ pub enum Test {
 }
 
 /// The probe's socket: the connection manager and a clock for timeouts.
-struct Sock {
-    mgr: Manager,
-    tsc_khz: u64,
+pub(crate) struct Sock {
+    pub(crate) mgr: Manager,
+    pub(crate) tsc_khz: u64,
 }
 
 /// Why a wait ended badly.
@@ -116,7 +116,7 @@ fn host(port: u32) -> VsockAddr {
     }
 }
 
-fn insufficient(e: &Error) -> bool {
+pub(crate) fn insufficient(e: &Error) -> bool {
     matches!(
         e,
         Error::SocketDeviceError(SocketError::InsufficientBufferSpaceInPeer)
@@ -124,7 +124,7 @@ fn insufficient(e: &Error) -> bool {
 }
 
 impl Sock {
-    fn open(pci: &mut Pci, tsc_khz: u64) -> Option<Sock> {
+    pub(crate) fn open(pci: &mut Pci, tsc_khz: u64) -> Option<Sock> {
         let Some(function) = virtio::find(pci, DeviceType::Socket, 0) else {
             probe!("error vsock=no_vsock_device");
             return None;
