@@ -9,11 +9,13 @@ pub mod memfd;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use virtio_gpu::{GpuConfig, ScanoutConfig, CONTROLQ, CURSORQ, QUEUE_SIZES};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+use super::poll::poll_queue;
 use super::worker::{Worker, WorkerHandler};
 use super::{drain_queue, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
 use crate::control::events::EventHub;
@@ -21,6 +23,12 @@ use display::HubDisplay;
 
 /// The only scanout the engine configures: the VM's one display.
 pub const SCANOUT: u32 = 0;
+
+/// How long the worker keeps looking at the control queue after serving it: drivers
+/// send TRANSFER_TO_HOST_2D and RESOURCE_FLUSH back to back, each after the previous
+/// answer, and going to sleep in between would cost a wake-up and the guest a notify
+/// exit each (see `poll`).
+const CONTROLQ_POLL: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -150,8 +158,23 @@ pub struct GpuQueues {
 }
 
 impl GpuQueues {
-    /// Serves every chain waiting on queue `index` (CONTROLQ or CURSORQ).
+    /// Serves queue `index` (CONTROLQ or CURSORQ) until it has been empty for a while.
     fn serve(&mut self, index: u16) -> Result<(), String> {
+        loop {
+            self.drain(index)?;
+            if index != CONTROLQ {
+                return Ok(());
+            }
+            let more = poll_queue(&mut self.controlq, &self.mem, CONTROLQ_POLL)
+                .map_err(|e| format!("virtio-gpu controlq: {e}"))?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves every chain waiting on queue `index`.
+    fn drain(&mut self, index: u16) -> Result<(), String> {
         let mem = self.mem.clone();
         let mut gpu = self.shared.gpu();
         let (queue, name) = if index == CONTROLQ {
