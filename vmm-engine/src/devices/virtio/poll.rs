@@ -8,6 +8,12 @@
 //! microseconds catches the next request as soon as it is written, and because the
 //! device says it needs no notification meanwhile, the driver skips the exit. The
 //! window is short and only follows work, so an idle device still costs no CPU.
+//!
+//! On a host with more runnable threads than cores, looking costs more than it saves
+//! (the vCPU that would write the next request may be waiting for the very core the
+//! worker spins on), so [`Poller`] adapts the window the way QEMU's `poll-grow` and
+//! `poll-shrink` do: it grows when the driver's notification came soon after the worker
+//! gave up looking, and shrinks (to nothing) when it came late.
 
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -67,6 +73,60 @@ pub fn poll_queue(
             return queue.enable_notification(mem);
         }
         std::hint::spin_loop();
+    }
+}
+
+/// The smallest window worth spinning for; below it, the worker does not look at all.
+const MIN_WINDOW: Duration = Duration::from_micros(4);
+
+/// Polls a queue for an adaptive window of at most `max`.
+pub struct Poller {
+    max: Duration,
+    window: Duration,
+    /// When the last look gave up (the worker then slept until a notification).
+    gave_up_at: Option<Instant>,
+}
+
+impl Poller {
+    pub fn new(max: Duration) -> Self {
+        Poller {
+            max,
+            window: max,
+            gave_up_at: None,
+        }
+    }
+
+    /// How long the next look lasts.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The worker was woken by the driver's notification: a notification that came
+    /// within `max` of giving up means a longer look would have caught the request.
+    pub fn woken(&mut self) {
+        let Some(at) = self.gave_up_at.take() else {
+            return;
+        };
+        self.window = if at.elapsed() <= self.max {
+            (self.window * 2).clamp(MIN_WINDOW, self.max)
+        } else if self.window / 2 >= MIN_WINDOW {
+            self.window / 2
+        } else {
+            Duration::ZERO
+        };
+    }
+
+    /// [`poll_queue`] for the current window.
+    pub fn poll(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, virtio_queue::Error> {
+        let more = poll_queue(queue, mem, self.window)?;
+        if !more {
+            self.gave_up_at = Some(Instant::now());
+        }
+        Ok(more)
     }
 }
 
@@ -130,5 +190,40 @@ mod tests {
         });
         assert_eq!(avail_event(&queue, &mem), far_ahead(0));
         assert!(queue.iter(&mem).unwrap().next().is_some());
+    }
+
+    #[test]
+    fn the_window_grows_when_a_notification_comes_soon_and_shrinks_when_late() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        let mut queue: Queue = mock.create_queue().unwrap();
+        queue.set_event_idx(true);
+        queue.set_ready(true);
+        let max = Duration::from_millis(20);
+        let mut poller = Poller::new(max);
+        // Nothing comes; the notification comes late: half the window, down to none.
+        let mut expected = max;
+        while expected >= MIN_WINDOW {
+            assert!(!poller.poll(&mut queue, &mem).unwrap());
+            std::thread::sleep(max + Duration::from_millis(5));
+            poller.woken();
+            expected /= 2;
+            let want = if expected >= MIN_WINDOW {
+                expected
+            } else {
+                Duration::ZERO
+            };
+            assert_eq!(poller.window(), want);
+        }
+        // With no window the poll gives up at once; a notification right after grows it.
+        assert!(!poller.poll(&mut queue, &mem).unwrap());
+        poller.woken();
+        assert_eq!(poller.window(), MIN_WINDOW);
+        assert!(!poller.poll(&mut queue, &mem).unwrap());
+        poller.woken();
+        assert_eq!(poller.window(), MIN_WINDOW * 2);
+        // A wake-up without a look before (another queue, say) changes nothing.
+        poller.woken();
+        assert_eq!(poller.window(), MIN_WINDOW * 2);
     }
 }
