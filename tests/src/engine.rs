@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use crate::repo_root;
 
 /// Builds `vireo-vmm` and `vireo-window` beside it (a no-op when up to date) and returns
-/// the engine's path.
+/// the engine's path; `VIREO_VMM_BINARY` names an engine built already instead (to
+/// compare two builds in one sitting, say: `VIREO_VMM_BINARY=/tmp/old-vireo-vmm cargo
+/// bench ...`).
 pub fn vmm_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("VIREO_VMM_BINARY") {
+            return PathBuf::from(path);
+        }
         let release = std::env::current_exe()
             .map(|p| p.components().any(|c| c.as_os_str() == "release"))
             .unwrap_or(false);

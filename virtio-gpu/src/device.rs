@@ -19,8 +19,8 @@ use vm_memory::GuestMemory;
 use crate::chain::Chain;
 use crate::config::{check_size, ConfigError, GpuConfig};
 use crate::display::{
-    CursorEvent, CursorImage, DisplayBackend, DisplayEvent, Framebuffer, Rect, ScanoutMode,
-    CURSOR_HEIGHT, CURSOR_WIDTH,
+    CursorEvent, CursorImage, DisplayBackend, DisplayEvent, Framebuffer, FramebufferId, Rect,
+    ScanoutMode, CURSOR_HEIGHT, CURSOR_WIDTH,
 };
 use crate::edid;
 use crate::format::{PixelFormat, BYTES_PER_PIXEL};
@@ -29,7 +29,7 @@ use crate::protocol::{
     MEM_ENTRY_LEN, VIRTIO_GPU_RESP_ERR_UNSPEC, VIRTIO_GPU_RESP_OK_DISPLAY_INFO,
     VIRTIO_GPU_RESP_OK_EDID, VIRTIO_GPU_RESP_OK_NODATA,
 };
-use crate::resource::{Backing, Resource};
+use crate::resource::{framebuffer_fits, Backing, Resource};
 
 /// Bytes of the configuration space (`struct virtio_gpu_config`).
 pub const CONFIG_SPACE_LEN: usize = size_of::<b::virtio_gpu_config>();
@@ -70,9 +70,12 @@ struct Scanout {
     /// The resource shown (0: none) and which part of it.
     resource_id: u32,
     rect: Rect,
-    /// What the framebuffer holds, and the framebuffer (both `Some` when enabled).
+    /// What the scanout shows and in which framebuffer (both `Some` when enabled).
     mode: Option<ScanoutMode>,
-    framebuffer: Option<Box<dyn Framebuffer>>,
+    shown: Option<FramebufferId>,
+    /// The scanout's own framebuffer, when it shows part of a resource (flushes copy
+    /// into it); `None` when it shows a resource whole, in the resource's storage.
+    copy: Option<Box<dyn Framebuffer>>,
 }
 
 /// The virtio-gpu device.
@@ -86,7 +89,18 @@ pub struct Gpu {
     events_read: u32,
     cursor_visible: bool,
     display: Box<dyn DisplayBackend>,
+    /// The last [`FramebufferId`] handed out.
+    last_framebuffer: u64,
+    /// Counts SET_SCANOUTs, to find the resource shown longest ago.
+    show_clock: u64,
 }
+
+/// How many resources may keep their pixels in display framebuffers per scanout: a
+/// page-flipping driver cycles through two or three, each of which then flips with no
+/// copy; a guest showing more in turn gets the longest unseen one moved back to host
+/// memory (so a guest cannot make the display create framebuffers (memfds, each an
+/// open file) without bound).
+pub const DISPLAY_STORAGE_PER_SCANOUT: usize = 4;
 
 /// Host bytes a framebuffer for `mode` costs.
 fn framebuffer_cost(mode: &ScanoutMode) -> u64 {
@@ -107,7 +121,8 @@ impl Gpu {
                 resource_id: 0,
                 rect: Rect::default(),
                 mode: None,
-                framebuffer: None,
+                shown: None,
+                copy: None,
             })
             .collect();
         Ok(Gpu {
@@ -119,6 +134,8 @@ impl Gpu {
             events_read: 0,
             cursor_visible: false,
             display,
+            last_framebuffer: 0,
+            show_clock: 0,
         })
     }
 
@@ -201,9 +218,14 @@ impl Gpu {
         self.scanouts.get(scanout as usize)?.mode
     }
 
-    /// The framebuffer of `scanout` (for screenshots), if it is enabled.
+    /// The framebuffer `scanout` shows (for screenshots), if it is enabled.
     pub fn framebuffer(&self, scanout: u32) -> Option<&dyn Framebuffer> {
-        self.scanouts.get(scanout as usize)?.framebuffer.as_deref()
+        let s = self.scanouts.get(scanout as usize)?;
+        s.mode?;
+        match &s.copy {
+            Some(fb) => Some(fb.as_ref()),
+            None => Some(self.resources.get(&s.resource_id)?.display_storage()?.1),
+        }
     }
 
     /// Host bytes resources, backings and framebuffers take now.
@@ -545,57 +567,148 @@ impl Gpu {
             height: r.height,
             format: resource.format,
         };
-        let changed = self.scanouts[scanout_id as usize].mode != Some(mode);
-        if changed {
-            self.replace_framebuffer(scanout_id, mode)?;
+        let whole = r == Rect::new(0, 0, resource.width, resource.height);
+        let shown = if whole {
+            self.show_whole(scanout_id, resource_id, mode)?
+        } else {
+            self.show_part(scanout_id, mode)?
+        };
+        self.show_clock += 1;
+        if let Some(resource) = self.resources.get_mut(&resource_id) {
+            resource.last_shown = self.show_clock;
         }
         let s = &mut self.scanouts[scanout_id as usize];
+        let changed = (s.mode, s.shown) != (Some(mode), Some(shown));
         s.resource_id = resource_id;
         s.rect = r;
+        s.mode = Some(mode);
+        s.shown = Some(shown);
         if changed {
             self.display.handle_event(DisplayEvent::ScanoutEnabled {
                 scanout: scanout_id,
                 mode,
+                framebuffer: shown,
             });
         }
         self.present(scanout_id, r);
         Ok(())
     }
 
-    /// Gets a framebuffer for `mode` from the display, checks it is large enough, and
-    /// puts it in place of the scanout's old one.
-    fn replace_framebuffer(
+    /// Readies a scanout to show the whole of a resource in the resource's own storage,
+    /// moving its pixels into a display framebuffer if they are not in one yet; returns
+    /// that framebuffer. On failure the scanout is disabled.
+    fn show_whole(
+        &mut self,
+        scanout_id: u32,
+        resource_id: u32,
+        mode: ScanoutMode,
+    ) -> Result<FramebufferId, CommandError> {
+        if self.scanouts[scanout_id as usize].copy.is_some() {
+            // Its own framebuffer goes before the resource's storage may be made.
+            self.disable_scanout(scanout_id);
+        }
+        let storage = self.resource(resource_id)?.display_storage().map(|s| s.0);
+        if let Some(id) = storage {
+            return Ok(id);
+        }
+        let res = self.resource(resource_id)?;
+        let pixels = Resource::cost(res.width, res.height);
+        // While they move, the pixels exist twice.
+        let made = self.make_room_for_display_storage().and_then(|_| {
+            self.with_transient(pixels, |gpu| {
+                let (id, fb) = gpu.framebuffer_for(mode)?;
+                gpu.resource_mut(resource_id)?.move_to_display(id, fb);
+                Ok(id)
+            })
+        });
+        if made.is_err() {
+            self.disable_scanout(scanout_id);
+        }
+        made
+    }
+
+    /// Readies a scanout to show part of a resource in a framebuffer of its own (made
+    /// anew when the mode changes); returns it.
+    fn show_part(
         &mut self,
         scanout_id: u32,
         mode: ScanoutMode,
-    ) -> Result<(), CommandError> {
+    ) -> Result<FramebufferId, CommandError> {
+        let s = &self.scanouts[scanout_id as usize];
+        if let (Some(id), Some(_), true) = (s.shown, &s.copy, s.mode == Some(mode)) {
+            return Ok(id);
+        }
+        // The old framebuffer goes first, so that both never take memory at once.
         self.disable_scanout(scanout_id);
         let cost = framebuffer_cost(&mode);
         self.charge(cost)?;
-        let created = self.display.create_framebuffer(scanout_id, mode);
-        let fb = created.and_then(|fb| {
-            let row = u64::from(mode.width) * u64::from(BYTES_PER_PIXEL);
-            let stride = u64::from(fb.stride());
-            let needed = stride * u64::from(mode.height);
-            if stride < row || (fb.pixels().len() as u64) < needed {
-                return Err(std::io::Error::other(
-                    "the display's framebuffer is too small",
-                ));
-            }
-            Ok(fb)
-        });
-        match fb {
-            Ok(fb) => {
-                let s = &mut self.scanouts[scanout_id as usize];
-                s.mode = Some(mode);
-                s.framebuffer = Some(fb);
-                Ok(())
+        match self.framebuffer_for(mode) {
+            Ok((id, fb)) => {
+                self.scanouts[scanout_id as usize].copy = Some(fb);
+                Ok(id)
             }
             Err(e) => {
                 self.uncharge(cost);
-                Err(CommandError::Framebuffer(e))
+                Err(e)
             }
         }
+    }
+
+    /// A new framebuffer for `mode` from the display, checked to be large enough. The
+    /// caller has charged its cost (or, for a resource's storage, holds it already).
+    fn framebuffer_for(
+        &mut self,
+        mode: ScanoutMode,
+    ) -> Result<(FramebufferId, Box<dyn Framebuffer>), CommandError> {
+        self.last_framebuffer += 1;
+        let id = FramebufferId(self.last_framebuffer);
+        let fb = self
+            .display
+            .create_framebuffer(id, mode)
+            .map_err(CommandError::Framebuffer)?;
+        if !framebuffer_fits(fb.as_ref(), mode.width, mode.height) {
+            return Err(CommandError::Framebuffer(std::io::Error::other(
+                "the display's framebuffer is too small",
+            )));
+        }
+        Ok((id, fb))
+    }
+
+    /// Before a resource gets display storage: if as many resources as allowed have
+    /// some, the one shown longest ago that no scanout shows moves back to host memory.
+    fn make_room_for_display_storage(&mut self) -> Result<(), CommandError> {
+        let limit = DISPLAY_STORAGE_PER_SCANOUT * self.scanouts.len();
+        let with_storage = self
+            .resources
+            .values()
+            .filter(|r| r.display_storage().is_some())
+            .count();
+        if with_storage >= limit {
+            let shown: Vec<u32> = self.scanouts.iter().map(|s| s.resource_id).collect();
+            let oldest = self
+                .resources
+                .iter()
+                .filter(|(id, r)| r.display_storage().is_some() && !shown.contains(id))
+                .min_by_key(|(_, r)| r.last_shown)
+                .map(|(&id, r)| (id, Resource::cost(r.width, r.height)));
+            if let Some((id, cost)) = oldest {
+                self.with_transient(cost, |gpu| gpu.resource_mut(id)?.move_to_host())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with `bytes` more charged against the memory cap for its duration: a
+    /// copy of pixels that exists only while they move.
+    fn with_transient<T>(
+        &mut self,
+        bytes: u64,
+        f: impl FnOnce(&mut Self) -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
+        self.charge(bytes)?;
+        let result = f(self);
+        self.uncharge(bytes);
+        result
     }
 
     /// Turns a scanout off, telling the display if it was on.
@@ -605,9 +718,12 @@ impl Gpu {
         };
         s.resource_id = 0;
         s.rect = Rect::default();
-        s.framebuffer = None;
+        s.shown = None;
+        let copy = s.copy.take();
         if let Some(mode) = s.mode.take() {
-            self.uncharge(framebuffer_cost(&mode));
+            if copy.is_some() {
+                self.uncharge(framebuffer_cost(&mode));
+            }
             self.display.handle_event(DisplayEvent::ScanoutDisabled {
                 scanout: scanout_id,
             });
@@ -624,29 +740,32 @@ impl Gpu {
         Ok(())
     }
 
-    /// Copies the part of `r` (resource coordinates) the scanout shows into its
-    /// framebuffer and reports it as damage.
+    /// Reports the part of `r` (resource coordinates) the scanout shows as damage,
+    /// copying it into the scanout's own framebuffer first if it has one (a scanout
+    /// showing a resource whole already shows what TRANSFER_TO_HOST_2D wrote).
     fn present(&mut self, scanout_id: u32, r: Rect) {
         let s = &mut self.scanouts[scanout_id as usize];
-        let (Some(resource), Some(fb)) =
-            (self.resources.get(&s.resource_id), s.framebuffer.as_mut())
-        else {
+        let Some(resource) = self.resources.get(&s.resource_id) else {
             return;
         };
         let Some(area) = r.intersect(&s.rect) else {
             return;
         };
         let (dx, dy) = (area.x - s.rect.x, area.y - s.rect.y);
-        let stride = fb.stride() as usize;
-        let bpp = BYTES_PER_PIXEL as usize;
-        let pixels = fb.pixels_mut();
-        for row in 0..area.height {
-            let src = resource.row(area.x, area.y + row, area.width);
-            let at = (dy + row) as usize * stride + dx as usize * bpp;
-            // Checked when the framebuffer was created; a display that shrank it since
-            // loses the update rather than panicking the device.
-            if let Some(dst) = pixels.get_mut(at..at + src.len()) {
-                dst.copy_from_slice(src);
+        if let Some(fb) = s.copy.as_mut() {
+            let stride = fb.stride() as usize;
+            let bpp = BYTES_PER_PIXEL as usize;
+            let pixels = fb.pixels_mut();
+            for row in 0..area.height {
+                let Some(src) = resource.row(area.x, area.y + row, area.width) else {
+                    continue;
+                };
+                let at = (dy + row) as usize * stride + dx as usize * bpp;
+                // Checked when the framebuffer was created; a display that shrank it
+                // since loses the update rather than panicking the device.
+                if let Some(dst) = pixels.get_mut(at..at + src.len()) {
+                    dst.copy_from_slice(src);
+                }
             }
         }
         self.display.handle_event(DisplayEvent::Damage {
@@ -690,7 +809,10 @@ impl Gpu {
         }
         let mut rgba = Vec::with_capacity((CURSOR_WIDTH * CURSOR_HEIGHT * 4) as usize);
         for y in 0..CURSOR_HEIGHT {
-            for px in res.row(0, y, CURSOR_WIDTH).chunks_exact(4) {
+            let row = res.row(0, y, CURSOR_WIDTH).ok_or_else(|| {
+                CommandError::Framebuffer(std::io::Error::other("the display shrank it"))
+            })?;
+            for px in row.chunks_exact(4) {
                 rgba.extend_from_slice(&res.format.to_rgba([px[0], px[1], px[2], px[3]]));
             }
         }
@@ -740,6 +862,7 @@ mod tests {
     use crate::config::ScanoutConfig;
     use crate::display::VecFramebuffer;
     use crate::protocol::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::RawDescriptor;
@@ -758,6 +881,30 @@ mod tests {
         events: Vec<DisplayEvent>,
         /// Hand out framebuffers one row short.
         short_framebuffers: bool,
+        /// Framebuffers made so far, and how many are alive.
+        created: usize,
+        live: Arc<AtomicUsize>,
+    }
+
+    /// A framebuffer that counts itself alive.
+    struct Counted(VecFramebuffer, Arc<AtomicUsize>);
+
+    impl Framebuffer for Counted {
+        fn stride(&self) -> u32 {
+            self.0.stride()
+        }
+        fn pixels(&self) -> &[u8] {
+            self.0.pixels()
+        }
+        fn pixels_mut(&mut self) -> &mut [u8] {
+            self.0.pixels_mut()
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     struct TestDisplay(Arc<Mutex<Shared>>);
@@ -765,13 +912,17 @@ mod tests {
     impl DisplayBackend for TestDisplay {
         fn create_framebuffer(
             &mut self,
-            _scanout: u32,
+            _id: FramebufferId,
             mut mode: ScanoutMode,
         ) -> std::io::Result<Box<dyn Framebuffer>> {
-            if self.0.lock().unwrap().short_framebuffers {
+            let mut shared = self.0.lock().unwrap();
+            if shared.short_framebuffers {
                 mode.height -= 1;
             }
-            Ok(Box::new(VecFramebuffer::new(mode)?))
+            shared.created += 1;
+            shared.live.fetch_add(1, Ordering::SeqCst);
+            let live = shared.live.clone();
+            Ok(Box::new(Counted(VecFramebuffer::new(mode)?, live)))
         }
 
         fn handle_event(&mut self, event: DisplayEvent) {
@@ -1009,7 +1160,11 @@ mod tests {
         assert_eq!(
             d.events(),
             vec![
-                DisplayEvent::ScanoutEnabled { scanout: 0, mode },
+                DisplayEvent::ScanoutEnabled {
+                    scanout: 0,
+                    mode,
+                    framebuffer: FramebufferId(1)
+                },
                 DisplayEvent::Damage {
                     scanout: 0,
                     rect: Rect::new(0, 0, 64, 32)
@@ -1379,7 +1534,11 @@ mod tests {
         };
         let events = d.events();
         assert!(events.contains(&DisplayEvent::ScanoutDisabled { scanout: 0 }));
-        assert!(events.contains(&DisplayEvent::ScanoutEnabled { scanout: 0, mode }));
+        assert!(events.contains(&DisplayEvent::ScanoutEnabled {
+            scanout: 0,
+            mode,
+            framebuffer: FramebufferId(2)
+        }));
         let px = d.pixels(0);
         assert_eq!(pixel_at(&px, 128, 0, 0), pattern(16, 8));
         assert_eq!(pixel_at(&px, 128, 31, 15), pattern(47, 23));
@@ -1411,6 +1570,142 @@ mod tests {
         );
         assert!(d.gpu.framebuffer(0).is_none());
         assert_eq!(d.gpu.used_host_memory(), 0);
+    }
+
+    /// Framebuffers made so far, and alive now.
+    fn framebuffers(d: &Driver) -> (usize, usize) {
+        let shared = d.shared.lock().unwrap();
+        (shared.created, shared.live.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn a_resource_shown_whole_is_written_in_place_and_flips_need_no_copy() {
+        let mut d = Driver::new(GpuConfig::default());
+        setup(&mut d);
+        let full = Rect::new(0, 0, 64, 32);
+        let mode = ScanoutMode {
+            width: 64,
+            height: 32,
+            format: PixelFormat::B8G8R8X8,
+        };
+        d.events();
+        // The transfer alone changes what the scanout shows: its framebuffer is the
+        // resource's storage. The flush only reports damage.
+        assert_eq!(d.cmd(&transfer(1, full, 0)), VIRTIO_GPU_RESP_OK_NODATA);
+        assert_eq!(pixel_at(&d.pixels(0), 256, 63, 31), pattern(63, 31));
+        assert!(d.events().is_empty());
+        assert_eq!(d.cmd(&flush(1, full)), VIRTIO_GPU_RESP_OK_NODATA);
+        assert_eq!(
+            d.events(),
+            vec![DisplayEvent::Damage {
+                scanout: 0,
+                rect: full
+            }]
+        );
+        // Showing it costs nothing beyond the resource.
+        assert_eq!(
+            d.gpu.used_host_memory(),
+            Resource::cost(64, 32) + Backing::cost(3)
+        );
+        assert_eq!(framebuffers(&d), (1, 1));
+
+        // A second resource of the same size, black: a page flip to it is a new
+        // framebuffer (clients must map it), the first keeps its pixels.
+        assert_eq!(
+            d.cmd(&create_2d(2, B8G8R8X8, 64, 32)),
+            VIRTIO_GPU_RESP_OK_NODATA
+        );
+        assert_eq!(d.cmd(&set_scanout(0, 2, full)), VIRTIO_GPU_RESP_OK_NODATA);
+        let second = FramebufferId(2);
+        assert_eq!(
+            d.events(),
+            vec![
+                DisplayEvent::ScanoutEnabled {
+                    scanout: 0,
+                    mode,
+                    framebuffer: second
+                },
+                DisplayEvent::Damage {
+                    scanout: 0,
+                    rect: full
+                }
+            ]
+        );
+        assert!(d.pixels(0).iter().all(|&b| b == 0));
+        // Flipping back shows the first resource's framebuffer again, made no new one.
+        assert_eq!(d.cmd(&set_scanout(0, 1, full)), VIRTIO_GPU_RESP_OK_NODATA);
+        assert!(matches!(
+            d.events()[0],
+            DisplayEvent::ScanoutEnabled {
+                framebuffer: FramebufferId(1),
+                ..
+            }
+        ));
+        assert_eq!(pixel_at(&d.pixels(0), 256, 5, 7), pattern(5, 7));
+        assert_eq!(framebuffers(&d), (2, 2));
+        // The same SET_SCANOUT again changes nothing but damages.
+        assert_eq!(d.cmd(&set_scanout(0, 1, full)), VIRTIO_GPU_RESP_OK_NODATA);
+        assert!(matches!(d.events()[..], [DisplayEvent::Damage { .. }]));
+
+        // Part of the first resource: a framebuffer of the scanout's own, which flushes
+        // copy into; then whole again, in the resource's storage, which kept its pixels.
+        let view = Rect::new(8, 8, 16, 16);
+        assert_eq!(d.cmd(&set_scanout(0, 1, view)), VIRTIO_GPU_RESP_OK_NODATA);
+        assert_eq!(pixel_at(&d.pixels(0), 64, 0, 0), pattern(8, 8));
+        assert_eq!(framebuffers(&d), (3, 3));
+        assert_eq!(d.cmd(&set_scanout(0, 1, full)), VIRTIO_GPU_RESP_OK_NODATA);
+        assert_eq!(framebuffers(&d), (3, 2));
+        assert_eq!(pixel_at(&d.pixels(0), 256, 8, 8), pattern(8, 8));
+
+        // Unref'ing the resource shown disables the scanout and frees its storage.
+        d.events();
+        assert_eq!(
+            d.cmd(&req(VIRTIO_GPU_CMD_RESOURCE_UNREF, &[1, 0])),
+            VIRTIO_GPU_RESP_OK_NODATA
+        );
+        assert_eq!(
+            d.events(),
+            vec![DisplayEvent::ScanoutDisabled { scanout: 0 }]
+        );
+        assert_eq!(framebuffers(&d), (3, 1));
+        assert!(d.gpu.framebuffer(0).is_none());
+        d.gpu.reset();
+        assert_eq!(framebuffers(&d).1, 0);
+        assert_eq!(d.gpu.used_host_memory(), 0);
+    }
+
+    #[test]
+    fn display_storage_is_bounded_and_the_oldest_moves_back_intact() {
+        let mut d = Driver::new(GpuConfig::default());
+        let full = Rect::new(0, 0, 64, 32);
+        let count = DISPLAY_STORAGE_PER_SCANOUT as u32 + 3;
+        // Resource i shows the pattern shifted by i rows (its backing starts i rows in).
+        let entries = [(0x20_0000, 64 * 64 * 4)];
+        write_image(&d.mem, 64, 64, &entries);
+        for id in 1..=count {
+            assert_eq!(
+                d.cmd(&create_2d(id, B8G8R8X8, 64, 32)),
+                VIRTIO_GPU_RESP_OK_NODATA
+            );
+            assert_eq!(d.cmd(&attach(id, &entries)), VIRTIO_GPU_RESP_OK_NODATA);
+            let at = u64::from(id) * 64 * 4;
+            assert_eq!(d.cmd(&transfer(id, full, at)), VIRTIO_GPU_RESP_OK_NODATA);
+        }
+        for round in 0..2 {
+            for id in 1..=count {
+                assert_eq!(d.cmd(&set_scanout(0, id, full)), VIRTIO_GPU_RESP_OK_NODATA);
+                let px = d.pixels(0);
+                assert_eq!(pixel_at(&px, 256, 3, 0), pattern(3, id), "{round} {id}");
+                assert_eq!(pixel_at(&px, 256, 63, 31), pattern(63, 31 + id));
+                let (_, live) = framebuffers(&d);
+                assert!(live <= DISPLAY_STORAGE_PER_SCANOUT, "{live} alive");
+            }
+        }
+        // Still within the cap, and everything is given back on reset.
+        let resources = Resource::cost(64, 32) + Backing::cost(1);
+        assert_eq!(d.gpu.used_host_memory(), u64::from(count) * resources);
+        d.gpu.reset();
+        assert_eq!(framebuffers(&d).1, 0);
     }
 
     #[test]

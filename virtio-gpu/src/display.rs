@@ -1,10 +1,14 @@
 //! The host side of the device: what the engine implements ([`DisplayBackend`],
 //! [`Framebuffer`]) and what the device tells it ([`DisplayEvent`]).
 //!
-//! Each enabled scanout has a framebuffer the engine created for it (backed by a memfd
-//! the app maps, or a plain `Vec` in tests and headless runs). The device writes the
-//! guest's pixels into it on SET_SCANOUT and RESOURCE_FLUSH, then pushes a `Damage`
-//! event naming the rectangle that changed: the engine never polls.
+//! Each enabled scanout shows a framebuffer the engine created (backed by a memfd the
+//! app maps, or a plain `Vec` in tests and headless runs). A scanout showing a whole
+//! resource (what Linux and virtio-drivers do) shows that resource's own storage: the
+//! device asks the display for it when the resource is first put on a scanout, and
+//! TRANSFER_TO_HOST_2D writes the guest's pixels straight into it, so RESOURCE_FLUSH
+//! only pushes a `Damage` event naming the rectangle that changed. A scanout showing
+//! part of a resource gets a framebuffer of its own, which each flush copies into. The
+//! engine never polls.
 
 use std::io;
 
@@ -56,6 +60,12 @@ impl Rect {
     }
 }
 
+/// Names a framebuffer the device asked [`DisplayBackend::create_framebuffer`] for, so
+/// that [`DisplayEvent::ScanoutEnabled`] can say which one a scanout shows. Never
+/// reused while the device lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FramebufferId(pub u64);
+
 /// What a scanout shows: its size and the format of its framebuffer's pixels (the
 /// format of the resource the guest put on it; [`PixelFormat::to_rgba`] converts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +75,8 @@ pub struct ScanoutMode {
     pub format: PixelFormat,
 }
 
-/// Host memory one scanout's pixels are written into, row after row.
+/// Host memory a scanout's pixels are written into, row after row: a resource's storage
+/// or a scanout's own copy.
 pub trait Framebuffer: Send {
     /// Bytes from the start of one row to the next: at least `width * 4`.
     fn stride(&self) -> u32;
@@ -143,11 +154,13 @@ pub enum CursorEvent {
 /// Everything the device tells the display, in the order it happens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DisplayEvent {
-    /// The scanout shows a `mode` image from now on, in the framebuffer the device last
-    /// asked [`DisplayBackend::create_framebuffer`] for this scanout.
+    /// The scanout shows a `mode` image from now on, in the framebuffer created with id
+    /// `framebuffer` (sent again whenever the mode or the framebuffer changes: a page
+    /// flip to another resource of the same size is a new framebuffer).
     ScanoutEnabled {
         scanout: u32,
         mode: ScanoutMode,
+        framebuffer: FramebufferId,
     },
     /// The scanout shows nothing (the guest set resource 0, unref'd the resource, or
     /// reset the device); its framebuffer was dropped.
@@ -164,13 +177,14 @@ pub enum DisplayEvent {
 
 /// The display the engine gives the device.
 pub trait DisplayBackend: Send {
-    /// A framebuffer for `scanout` showing `mode`. Called on SET_SCANOUT when the mode
-    /// changes, after the scanout's previous framebuffer was dropped (and
-    /// `ScanoutDisabled` sent), so that both never take memory at once. An error fails
-    /// the guest's command with ERR_OUT_OF_MEMORY and leaves the scanout disabled.
+    /// A zeroed framebuffer for a `mode` image, named `id`. Called on SET_SCANOUT: for a
+    /// resource shown whole, once, to become its storage (the device copies the
+    /// resource's pixels in and drops its own copy); for a scanout showing part of a
+    /// resource, whenever its mode changes. An error fails the guest's command with
+    /// ERR_OUT_OF_MEMORY and leaves the scanout disabled.
     fn create_framebuffer(
         &mut self,
-        scanout: u32,
+        id: FramebufferId,
         mode: ScanoutMode,
     ) -> io::Result<Box<dyn Framebuffer>>;
     /// Something happened (see [`DisplayEvent`]).

@@ -5,7 +5,7 @@
 //! ([`Gpu::process_control`], [`Gpu::process_cursor`]), reads and writes its
 //! configuration space ([`Gpu::read_config`], [`Gpu::write_config`]) and resets it
 //! ([`Gpu::reset`]). What the guest displays leaves through a [`DisplayBackend`] the engine
-//! implements: it creates each scanout's [`Framebuffer`] (a memfd, say) and receives
+//! implements: it creates the [`Framebuffer`]s scanouts show (memfds, say) and receives
 //! [`DisplayEvent`]s: scanouts enabled or disabled, damage rectangles after each flush,
 //! cursor images and moves. The host changes a display's size with
 //! [`Gpu::set_display_size`], which tells the caller to raise a configuration-change
@@ -13,7 +13,8 @@
 //!
 //! ```
 //! use virtio_gpu::{
-//!     DisplayBackend, DisplayEvent, Framebuffer, Gpu, GpuConfig, ScanoutMode, VecFramebuffer,
+//!     DisplayBackend, DisplayEvent, Framebuffer, FramebufferId, Gpu, GpuConfig, ScanoutMode,
+//!     VecFramebuffer,
 //! };
 //!
 //! /// The engine's side: a memfd-backed framebuffer in real life.
@@ -21,7 +22,7 @@
 //! impl DisplayBackend for Window {
 //!     fn create_framebuffer(
 //!         &mut self,
-//!         _scanout: u32,
+//!         _id: FramebufferId,
 //!         mode: ScanoutMode,
 //!     ) -> std::io::Result<Box<dyn Framebuffer>> {
 //!         Ok(Box::new(VecFramebuffer::new(mode)?))
@@ -61,8 +62,8 @@ pub use device::{
     Gpu, ResizeError, CONFIG_SPACE_LEN, CONTROLQ, CURSORQ, MAX_BACKING_ENTRIES, QUEUE_SIZES,
 };
 pub use display::{
-    CursorEvent, CursorImage, DisplayBackend, DisplayEvent, Framebuffer, Rect, ScanoutMode,
-    VecFramebuffer, CURSOR_HEIGHT, CURSOR_WIDTH,
+    CursorEvent, CursorImage, DisplayBackend, DisplayEvent, Framebuffer, FramebufferId, Rect,
+    ScanoutMode, VecFramebuffer, CURSOR_HEIGHT, CURSOR_WIDTH,
 };
 pub use format::PixelFormat;
 pub use protocol::CommandError;

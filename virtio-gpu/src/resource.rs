@@ -1,12 +1,14 @@
-//! 2D resources (virtio 1.2, 5.7.6.8 "Device Operation: controlq"): a host-side copy of
+//! 2D resources (virtio 1.2, 5.7.6.8 "Device Operation: controlq"): the host's copy of
 //! the guest's image, and the guest pages backing it. TRANSFER_TO_HOST_2D copies from
-//! the backing into the host copy; scanouts and the cursor read the host copy.
+//! the backing into the host copy; scanouts and the cursor read it. The host copy is a
+//! `Vec` of the resource's own until a scanout shows the resource whole; from then on it
+//! is a framebuffer the display made, which the scanout shows as it is.
 
 use std::mem::size_of;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::display::Rect;
+use crate::display::{Framebuffer, FramebufferId, Rect};
 use crate::format::{PixelFormat, BYTES_PER_PIXEL};
 use crate::protocol::{CommandError, MemEntry};
 
@@ -98,15 +100,79 @@ impl Backing {
     }
 }
 
+/// Where a resource's pixels live on the host.
+enum Storage {
+    /// A packed copy of its own (`width * 4` bytes per row): resources no scanout shows
+    /// whole.
+    Host(Vec<u8>),
+    /// A framebuffer from the display, which scanouts show directly.
+    Display {
+        id: FramebufferId,
+        framebuffer: Box<dyn Framebuffer>,
+    },
+}
+
+impl Storage {
+    /// Bytes per row (`packed` for a host copy), and the bytes.
+    fn rows(&self, packed: usize) -> (usize, &[u8]) {
+        match self {
+            Storage::Host(data) => (packed, data),
+            Storage::Display { framebuffer, .. } => {
+                (framebuffer.stride() as usize, framebuffer.pixels())
+            }
+        }
+    }
+
+    fn rows_mut(&mut self, packed: usize) -> (usize, &mut [u8]) {
+        match self {
+            Storage::Host(data) => (packed, data),
+            Storage::Display { framebuffer, .. } => {
+                (framebuffer.stride() as usize, framebuffer.pixels_mut())
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Host(data) => write!(f, "Host({} bytes)", data.len()),
+            Storage::Display { id, framebuffer } => {
+                write!(f, "Display({id:?}, stride {})", framebuffer.stride())
+            }
+        }
+    }
+}
+
 /// A 2D resource.
 #[derive(Debug)]
 pub struct Resource {
     pub format: PixelFormat,
     pub width: u32,
     pub height: u32,
-    /// The host copy: `width * 4` bytes per row, no padding.
-    data: Vec<u8>,
+    storage: Storage,
     pub backing: Option<Backing>,
+    /// When a scanout last showed it (the device's counter; 0: never), so that the
+    /// display storage of the longest unseen resource is the one given back.
+    pub last_shown: u64,
+}
+
+/// Whether `framebuffer` holds a `width`x`height` image of 4-byte pixels.
+pub fn framebuffer_fits(framebuffer: &dyn Framebuffer, width: u32, height: u32) -> bool {
+    let row = u64::from(width) * u64::from(BYTES_PER_PIXEL);
+    let stride = u64::from(framebuffer.stride());
+    stride >= row && framebuffer.pixels().len() as u64 >= stride * u64::from(height)
+}
+
+/// A packed, zeroed `len`-byte buffer; fails instead of aborting when the host has no
+/// memory for it.
+fn host_buffer(len: u64) -> Result<Vec<u8>, CommandError> {
+    let len = usize::try_from(len).map_err(|_| CommandError::HostAllocation(len))?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| CommandError::HostAllocation(len as u64))?;
+    data.resize(len, 0);
+    Ok(data)
 }
 
 impl Resource {
@@ -121,23 +187,56 @@ impl Resource {
     /// A black resource; fails instead of aborting when the host has no memory for it.
     pub fn new(format: PixelFormat, width: u32, height: u32) -> Result<Self, CommandError> {
         let len = Self::cost(width, height) - RESOURCE_OVERHEAD;
-        let len = usize::try_from(len).map_err(|_| CommandError::InvalidSize { width, height })?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(len)
-            .map_err(|_| CommandError::HostAllocation(len as u64))?;
-        data.resize(len, 0);
+        if usize::try_from(len).is_err() {
+            return Err(CommandError::InvalidSize { width, height });
+        }
         Ok(Resource {
             format,
             width,
             height,
-            data,
+            storage: Storage::Host(host_buffer(len)?),
             backing: None,
+            last_shown: 0,
         })
     }
 
-    /// Bytes per row of the host copy (and of the guest's image in the backing).
+    /// Bytes per row of the guest's image in the backing (and of a host copy).
     pub fn stride(&self) -> u64 {
         u64::from(self.width) * u64::from(BYTES_PER_PIXEL)
+    }
+
+    /// Bytes per row of the storage, and the storage.
+    fn storage(&self) -> (usize, &[u8]) {
+        self.storage.rows(self.stride() as usize)
+    }
+
+    /// The display framebuffer holding the pixels, if they are in one.
+    pub fn display_storage(&self) -> Option<(FramebufferId, &dyn Framebuffer)> {
+        match &self.storage {
+            Storage::Host(_) => None,
+            Storage::Display { id, framebuffer } => Some((*id, framebuffer.as_ref())),
+        }
+    }
+
+    /// Moves the pixels into `framebuffer` (checked with [`framebuffer_fits`]), which
+    /// becomes the storage; the host copy is freed.
+    pub fn move_to_display(&mut self, id: FramebufferId, mut framebuffer: Box<dyn Framebuffer>) {
+        let stride = framebuffer.stride() as usize;
+        let dst = (stride, framebuffer.pixels_mut());
+        copy_rows(self.storage(), dst, self.stride() as usize, self.height);
+        self.storage = Storage::Display { id, framebuffer };
+    }
+
+    /// Moves the pixels back into a host copy, dropping the display's framebuffer.
+    pub fn move_to_host(&mut self) -> Result<(), CommandError> {
+        if matches!(self.storage, Storage::Host(_)) {
+            return Ok(());
+        }
+        let mut data = host_buffer(Self::cost(self.width, self.height) - RESOURCE_OVERHEAD)?;
+        let row = self.stride() as usize;
+        copy_rows(self.storage(), (row, &mut data), row, self.height);
+        self.storage = Storage::Host(data);
+        Ok(())
     }
 
     /// Checks `r` lies in the resource.
@@ -181,22 +280,73 @@ impl Resource {
             Some(end) if end <= backing.len() => {}
             _ => return Err(outside),
         }
-        // In bounds: the rectangle is inside the resource, whose size fits in usize.
-        let row_len = row_len as usize;
-        for row in 0..u64::from(r.height) {
-            let src = offset + row * stride;
-            let dst = ((u64::from(r.y) + row) * stride
-                + u64::from(r.x) * u64::from(BYTES_PER_PIXEL)) as usize;
-            backing.read(mem, src, &mut self.data[dst..dst + row_len])?;
-        }
-        Ok(())
+        let height = self.height;
+        let dst = self.storage.rows_mut(stride as usize);
+        copy_in(backing, mem, r, offset, stride, dst, height)
     }
 
-    /// The `width` pixels of row `y` from column `x` (inside the resource).
-    pub fn row(&self, x: u32, y: u32, width: u32) -> &[u8] {
+    /// The `width` pixels of row `y` from column `x` (inside the resource); `None` only
+    /// if the display shrank the framebuffer holding them.
+    pub fn row(&self, x: u32, y: u32, width: u32) -> Option<&[u8]> {
         let bpp = BYTES_PER_PIXEL as usize;
-        let start = y as usize * self.stride() as usize + x as usize * bpp;
-        &self.data[start..start + width as usize * bpp]
+        let (stride, pixels) = self.storage();
+        let start = y as usize * stride + x as usize * bpp;
+        pixels.get(start..start + width as usize * bpp)
+    }
+}
+
+/// Copies the rectangle `r` of an image whose rows are `src_stride` bytes apart in
+/// `backing` (from `offset`, all checked to lie in it) into `dst` (rows `dst.0` bytes
+/// apart). Full-width rectangles of a packed destination are one run of bytes on both
+/// sides: one read, split only where the backing's runs are.
+fn copy_in<M: GuestMemory>(
+    backing: &Backing,
+    mem: &M,
+    r: &Rect,
+    offset: u64,
+    src_stride: u64,
+    (dst_stride, dst): (usize, &mut [u8]),
+    height: u32,
+) -> Result<(), CommandError> {
+    let bpp = BYTES_PER_PIXEL as usize;
+    // The storage was checked to hold the image when it was made; a display that shrank
+    // its framebuffer since loses the update rather than panicking the device. Past
+    // this, every index is in bounds: `r` is inside the resource.
+    if (dst.len() as u64) < dst_stride as u64 * u64::from(height) {
+        return Err(CommandError::Framebuffer(std::io::Error::other(
+            "the display's framebuffer shrank",
+        )));
+    }
+    let row_len = r.width as usize * bpp;
+    let first = r.y as usize * dst_stride + r.x as usize * bpp;
+    if row_len as u64 == src_stride && row_len == dst_stride {
+        let len = row_len * r.height as usize;
+        return backing.read(mem, offset, &mut dst[first..first + len]);
+    }
+    for row in 0..r.height as usize {
+        let at = first + row * dst_stride;
+        backing.read(
+            mem,
+            offset + row as u64 * src_stride,
+            &mut dst[at..at + row_len],
+        )?;
+    }
+    Ok(())
+}
+
+/// Copies `height` rows of `row_len` bytes between images whose rows are `.0` bytes
+/// apart.
+fn copy_rows(src: (usize, &[u8]), dst: (usize, &mut [u8]), row_len: usize, height: u32) {
+    let (src_stride, src) = src;
+    let (dst_stride, dst) = dst;
+    for y in 0..height as usize {
+        let from = src.get(y * src_stride..y * src_stride + row_len);
+        let to = dst.get_mut(y * dst_stride..y * dst_stride + row_len);
+        // Both were checked to hold the image; a display that shrank its framebuffer
+        // since loses rows rather than panicking the device.
+        if let (Some(from), Some(to)) = (from, to) {
+            to.copy_from_slice(from);
+        }
     }
 }
 
@@ -232,10 +382,59 @@ mod tests {
         res.transfer_to_host(1, &Rect::new(1, 0, 2, 2), 4, &mem)
             .unwrap();
         assert_eq!(
-            res.row(0, 0, 4),
+            res.row(0, 0, 4).unwrap(),
             &[0, 0, 0, 0, 4, 5, 6, 7, 8, 9, 10, 11, 0, 0, 0, 0]
         );
-        assert_eq!(res.row(1, 1, 2), &image[20..28]);
+        assert_eq!(res.row(1, 1, 2).unwrap(), &image[20..28]);
+    }
+
+    /// A framebuffer with 8 bytes of padding after each row.
+    struct Padded(Vec<u8>, u32);
+
+    impl Framebuffer for Padded {
+        fn stride(&self) -> u32 {
+            self.1
+        }
+        fn pixels(&self) -> &[u8] {
+            &self.0
+        }
+        fn pixels_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+    }
+
+    #[test]
+    fn pixels_move_into_a_padded_framebuffer_and_back() {
+        let mem = mem();
+        let image: Vec<u8> = (0..32).collect();
+        mem.write_slice(&image, GuestAddress(0x1000)).unwrap();
+        let entries = [MemEntry {
+            addr: 0x1000,
+            length: 32,
+        }];
+        let mut res = Resource::new(PixelFormat::B8G8R8A8, 4, 2).unwrap();
+        res.backing = Some(Backing::new(&entries, &mem).unwrap());
+        res.transfer_to_host(1, &Rect::new(0, 0, 4, 1), 0, &mem)
+            .unwrap();
+        assert!(!framebuffer_fits(&Padded(vec![0; 47], 24), 4, 2));
+        res.move_to_display(FramebufferId(7), Box::new(Padded(vec![0xee; 48], 24)));
+        let (id, fb) = res.display_storage().unwrap();
+        assert_eq!(id, FramebufferId(7));
+        assert_eq!(&fb.pixels()[..16], &image[..16]);
+        assert_eq!(&fb.pixels()[16..24], &[0xee; 8], "padding untouched");
+        assert_eq!(&fb.pixels()[24..40], &[0; 16], "row 1 was black");
+        // A full-width transfer into padded rows goes row by row.
+        res.transfer_to_host(1, &Rect::new(0, 0, 4, 2), 0, &mem)
+            .unwrap();
+        assert_eq!(res.row(0, 1, 4).unwrap(), &image[16..]);
+        assert_eq!(
+            &res.display_storage().unwrap().1.pixels()[16..24],
+            &[0xee; 8]
+        );
+        res.move_to_host().unwrap();
+        assert!(res.display_storage().is_none());
+        assert_eq!(res.row(0, 0, 4).unwrap(), &image[..16]);
+        assert_eq!(res.row(0, 1, 4).unwrap(), &image[16..]);
     }
 
     #[test]

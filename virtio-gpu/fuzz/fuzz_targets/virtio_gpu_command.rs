@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use libfuzzer_sys::fuzz_target;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_gpu::{
-    DisplayBackend, DisplayEvent, Framebuffer, Gpu, GpuConfig, ScanoutConfig, ScanoutMode,
-    VecFramebuffer,
+    DisplayBackend, DisplayEvent, Framebuffer, FramebufferId, Gpu, GpuConfig, ScanoutConfig,
+    ScanoutMode, VecFramebuffer,
 };
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -44,7 +44,7 @@ struct CheckingDisplay(Arc<Mutex<Vec<Option<ScanoutMode>>>>);
 impl DisplayBackend for CheckingDisplay {
     fn create_framebuffer(
         &mut self,
-        _scanout: u32,
+        _id: FramebufferId,
         mode: ScanoutMode,
     ) -> std::io::Result<Box<dyn Framebuffer>> {
         Ok(Box::new(VecFramebuffer::new(mode)?))
@@ -53,7 +53,7 @@ impl DisplayBackend for CheckingDisplay {
     fn handle_event(&mut self, event: DisplayEvent) {
         let mut modes = self.0.lock().unwrap();
         match event {
-            DisplayEvent::ScanoutEnabled { scanout, mode } => {
+            DisplayEvent::ScanoutEnabled { scanout, mode, .. } => {
                 modes[scanout as usize] = Some(mode);
             }
             DisplayEvent::ScanoutDisabled { scanout } => modes[scanout as usize] = None,

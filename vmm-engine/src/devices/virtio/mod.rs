@@ -15,6 +15,7 @@ pub mod block;
 pub mod gpu;
 pub mod input;
 pub mod net;
+pub mod poll;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;

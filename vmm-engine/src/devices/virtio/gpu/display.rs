@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use base64::Engine as _;
 use virtio_gpu::{
-    CursorEvent, DisplayBackend, DisplayEvent, Framebuffer, PixelFormat, ScanoutMode,
+    CursorEvent, DisplayBackend, DisplayEvent, Framebuffer, FramebufferId, PixelFormat, ScanoutMode,
 };
 
 use super::memfd::MemfdFramebuffer;
@@ -61,8 +61,10 @@ struct Cursor {
 /// Publishes to `hub`.
 pub struct HubDisplay {
     hub: Arc<EventHub>,
-    /// The memfd of each scanout's framebuffer, from creation until it is enabled.
-    fds: HashMap<u32, Arc<OwnedFd>>,
+    /// The memfd of each framebuffer the device holds (a resource's storage or a
+    /// scanout's copy), by id: weak, so that the device dropping a framebuffer closes
+    /// its memfd (clients keep their own).
+    fds: HashMap<FramebufferId, Weak<OwnedFd>>,
     cursor: Cursor,
 }
 
@@ -116,23 +118,29 @@ impl HubDisplay {
 impl DisplayBackend for HubDisplay {
     fn create_framebuffer(
         &mut self,
-        scanout: u32,
+        id: FramebufferId,
         mode: ScanoutMode,
     ) -> io::Result<Box<dyn Framebuffer>> {
         let framebuffer = MemfdFramebuffer::new(mode)?;
-        self.fds.insert(scanout, framebuffer.fd());
+        // The device keeps a few framebuffers at most: forgetting the dropped ones here
+        // keeps the map as small.
+        self.fds.retain(|_, fd| fd.strong_count() > 0);
+        self.fds.insert(id, Arc::downgrade(&framebuffer.fd()));
         Ok(Box::new(framebuffer))
     }
 
     fn handle_event(&mut self, event: DisplayEvent) {
         match event {
-            DisplayEvent::ScanoutEnabled { scanout, mode } => {
-                let fd = self.fds.get(&scanout).cloned();
+            DisplayEvent::ScanoutEnabled {
+                scanout,
+                mode,
+                framebuffer,
+            } => {
+                let fd = self.fds.get(&framebuffer).and_then(Weak::upgrade);
                 self.hub
                     .publish(Event::Mode(screen_mode(scanout, Some(&mode))), fd);
             }
             DisplayEvent::ScanoutDisabled { scanout } => {
-                self.fds.remove(&scanout);
                 self.hub
                     .publish(Event::Mode(screen_mode(scanout, None)), None);
             }
@@ -169,8 +177,12 @@ mod tests {
             height: 2,
             format: PixelFormat::B8G8R8X8,
         };
-        let _fb = display.create_framebuffer(0, mode).unwrap();
-        display.handle_event(DisplayEvent::ScanoutEnabled { scanout: 0, mode });
+        let _fb = display.create_framebuffer(FramebufferId(1), mode).unwrap();
+        display.handle_event(DisplayEvent::ScanoutEnabled {
+            scanout: 0,
+            mode,
+            framebuffer: FramebufferId(1),
+        });
         display.handle_event(DisplayEvent::Damage {
             scanout: 0,
             rect: Rect::new(0, 1, 2, 1),
@@ -219,5 +231,49 @@ mod tests {
                 image: None
             }
         );
+    }
+
+    /// The inode behind an fd: which memfd it is.
+    fn inode(fd: &OwnedFd) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::File::from(fd.try_clone().unwrap())
+            .metadata()
+            .unwrap()
+            .ino()
+    }
+
+    #[test]
+    fn a_page_flip_hands_clients_the_other_memfd() {
+        let hub = Arc::new(EventHub::new().unwrap());
+        let (id, ..) = hub.subscribe();
+        let mut display = HubDisplay::new(hub.clone());
+        let mode = ScanoutMode {
+            width: 2,
+            height: 2,
+            format: PixelFormat::B8G8R8X8,
+        };
+        let mut front = display.create_framebuffer(FramebufferId(1), mode).unwrap();
+        let back = display.create_framebuffer(FramebufferId(2), mode).unwrap();
+        front.pixels_mut()[0] = 7;
+        for framebuffer in [FramebufferId(1), FramebufferId(2), FramebufferId(1)] {
+            display.handle_event(DisplayEvent::ScanoutEnabled {
+                scanout: 0,
+                mode,
+                framebuffer,
+            });
+        }
+        let got = hub.take(id).unwrap();
+        let fds: Vec<&Arc<OwnedFd>> = got.iter().map(|p| p.fd.as_ref().unwrap()).collect();
+        assert_ne!(inode(fds[0]), inode(fds[1]));
+        assert_eq!(inode(fds[0]), inode(fds[2]));
+        let mut first = [0u8; 1];
+        let file = std::fs::File::from(fds[2].try_clone().unwrap());
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut first, 0).unwrap();
+        assert_eq!(first[0], 7, "the front buffer's pixels");
+        // A framebuffer the device dropped is forgotten when the next one is made.
+        drop(back);
+        drop(got);
+        let _third = display.create_framebuffer(FramebufferId(3), mode).unwrap();
+        assert_eq!(display.fds.len(), 2);
     }
 }

@@ -1,5 +1,7 @@
-//! A scanout's framebuffer in a memfd, so that a client of the control socket maps the
-//! very pages the device writes: the pixels never travel through the socket.
+//! A framebuffer in a memfd (the storage of a resource a scanout shows whole, or a
+//! scanout's own copy of part of one), so that a client of the control socket maps the
+//! very pages the device writes the guest's pixels into: they never travel through the
+//! socket.
 //!
 //! The memfd is sealed against shrinking and growing (a client that truncated it would
 //! make the device's next write fault) and against new writable mappings

@@ -9,11 +9,13 @@ pub mod memfd;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use virtio_gpu::{GpuConfig, ScanoutConfig, CONTROLQ, CURSORQ, QUEUE_SIZES};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+use super::poll::Poller;
 use super::worker::{Worker, WorkerHandler};
 use super::{drain_queue, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
 use crate::control::events::EventHub;
@@ -21,6 +23,13 @@ use display::HubDisplay;
 
 /// The only scanout the engine configures: the VM's one display.
 pub const SCANOUT: u32 = 0;
+
+/// How long the worker keeps looking at the control queue after serving it, at most:
+/// drivers send TRANSFER_TO_HOST_2D and RESOURCE_FLUSH back to back, each after the
+/// previous answer, and going to sleep in between would cost a wake-up and the guest a
+/// notify exit each (see `poll`, which also shortens the window when looking does not
+/// pay).
+const CONTROLQ_POLL: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -147,11 +156,32 @@ pub struct GpuQueues {
     controlq: Queue,
     cursorq: Queue,
     shared: Arc<Shared>,
+    controlq_poller: Poller,
 }
 
 impl GpuQueues {
-    /// Serves every chain waiting on queue `index` (CONTROLQ or CURSORQ).
+    /// Serves queue `index` (CONTROLQ or CURSORQ) until it has been empty for a while.
     fn serve(&mut self, index: u16) -> Result<(), String> {
+        if index == CONTROLQ {
+            self.controlq_poller.woken();
+        }
+        loop {
+            self.drain(index)?;
+            if index != CONTROLQ {
+                return Ok(());
+            }
+            let more = self
+                .controlq_poller
+                .poll(&mut self.controlq, &self.mem)
+                .map_err(|e| format!("virtio-gpu controlq: {e}"))?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves every chain waiting on queue `index`.
+    fn drain(&mut self, index: u16) -> Result<(), String> {
         let mem = self.mem.clone();
         let mut gpu = self.shared.gpu();
         let (queue, name) = if index == CONTROLQ {
@@ -266,6 +296,7 @@ impl VirtioDevice for Gpu {
             controlq: controlq.queue,
             cursorq: cursorq.queue,
             shared: self.shared.clone(),
+            controlq_poller: Poller::new(CONTROLQ_POLL),
         };
         match Worker::spawn("virtio-gpu", vec![controlq.notify, cursorq.notify], handler) {
             Ok(worker) => {
