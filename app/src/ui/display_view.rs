@@ -1,0 +1,417 @@
+//! A VM's screen in a window: a client of the engine's display (`display-attach`: the
+//! framebuffer memfd mapped read-only, then mode, damage and cursor events), read on a
+//! thread of its own; each frame the UI copies only the damaged rectangles into the
+//! texture. Keys go to the guest by physical position as evdev codes, the pointer as
+//! absolute tablet positions in guest pixels, both on an input thread, so nothing in
+//! `ui` waits on the engine.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+
+use eframe::egui::{self, Color32, ColorImage, Rect, Sense, TextureHandle, TextureOptions};
+use vireo_vmm::control::client::{Control, DisplayClient, DisplayMessage, MappedFramebuffer};
+use vireo_vmm::control::protocol::{Event, PointerButton, Request, ScreenMode};
+use vireo_vmm::devices::virtio::gpu::display::format_name;
+use virtio_gpu::PixelFormat;
+
+use super::keymap::evdev_code;
+
+/// What the display thread passes on.
+enum Incoming {
+    Message(DisplayMessage),
+    /// The connection ended: the VM stopped, or the engine let go.
+    Lost(String),
+}
+
+/// A rectangle of the guest's screen, in its pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+pub struct DisplayView {
+    pub vm_id: String,
+    pub title: String,
+    incoming: Receiver<Incoming>,
+    input: Sender<Request>,
+    framebuffer: Option<MappedFramebuffer>,
+    format: Option<PixelFormat>,
+    texture: Option<TextureHandle>,
+    /// Rectangles damaged since the last frame, uploaded at the start of the next.
+    damage: Vec<Damage>,
+    lost: Option<String>,
+    /// evdev codes held down in the guest, released when the window loses focus.
+    pressed: BTreeSet<u16>,
+    last_pointer: Option<(u32, u32)>,
+    /// Bytes uploaded to the texture so far (the benchmark and tests read it).
+    pub uploaded_bytes: u64,
+}
+
+impl DisplayView {
+    /// Connects to the display of the VM whose control socket is `socket`; `wake` is
+    /// called when something arrives (the UI's repaint request).
+    pub fn open(
+        vm_id: String,
+        title: String,
+        socket: PathBuf,
+        wake: impl Fn() + Send + 'static,
+    ) -> DisplayView {
+        let (tx, incoming) = mpsc::channel();
+        let display_socket = socket.clone();
+        std::thread::Builder::new()
+            .name(format!("display-{vm_id}"))
+            .spawn(move || read_display(&display_socket, &tx, &wake))
+            .ok();
+        let (input, requests) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("input-{vm_id}"))
+            .spawn(move || send_input(&socket, &requests))
+            .ok();
+        DisplayView {
+            vm_id,
+            title,
+            incoming,
+            input,
+            framebuffer: None,
+            format: None,
+            texture: None,
+            damage: Vec::new(),
+            lost: None,
+            pressed: BTreeSet::new(),
+            last_pointer: None,
+            uploaded_bytes: 0,
+        }
+    }
+
+    /// The guest's screen size, once the guest set a mode.
+    pub fn screen_size(&self) -> Option<(u32, u32)> {
+        self.framebuffer
+            .as_ref()
+            .map(|f| (f.mode.width, f.mode.height))
+    }
+
+    /// Why the display is gone, if it is.
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+
+    /// Takes what the display thread received and uploads the damage.
+    pub fn pump(&mut self, ctx: &egui::Context) {
+        while let Ok(incoming) = self.incoming.try_recv() {
+            match incoming {
+                Incoming::Message(DisplayMessage::Mode(mode, mapped)) => {
+                    self.set_mode(ctx, &mode, mapped)
+                }
+                Incoming::Message(DisplayMessage::Event(Event::Damage {
+                    x,
+                    y,
+                    width,
+                    height,
+                    ..
+                })) => self.damage.push(Damage {
+                    x,
+                    y,
+                    width,
+                    height,
+                }),
+                // The guest's cursor image is drawn by the host pointer later; the
+                // tablet keeps them in step meanwhile.
+                Incoming::Message(DisplayMessage::Event(_)) => {}
+                Incoming::Lost(why) => {
+                    self.lost = Some(why);
+                    self.framebuffer = None;
+                }
+            }
+        }
+        self.upload_damage();
+    }
+
+    fn set_mode(
+        &mut self,
+        ctx: &egui::Context,
+        mode: &ScreenMode,
+        mapped: Option<MappedFramebuffer>,
+    ) {
+        self.damage.clear();
+        self.framebuffer = mapped;
+        self.format = pixel_format(&mode.format);
+        let Some(image) = self.framebuffer.as_ref().and_then(|fb| {
+            convert(
+                fb,
+                self.format?,
+                Damage {
+                    x: 0,
+                    y: 0,
+                    width: mode.width,
+                    height: mode.height,
+                },
+            )
+        }) else {
+            self.texture = None;
+            return;
+        };
+        self.uploaded_bytes += (image.pixels.len() * 4) as u64;
+        self.texture = Some(ctx.load_texture(
+            format!("screen-{}", self.vm_id),
+            image,
+            TextureOptions::LINEAR,
+        ));
+    }
+
+    fn upload_damage(&mut self) {
+        let (Some(fb), Some(format), Some(texture)) =
+            (&self.framebuffer, self.format, &mut self.texture)
+        else {
+            self.damage.clear();
+            return;
+        };
+        for rect in self.damage.drain(..) {
+            let Some(rect) = clip(rect, fb.mode.width, fb.mode.height) else {
+                continue;
+            };
+            if let Some(image) = convert(fb, format, rect) {
+                self.uploaded_bytes += (image.pixels.len() * 4) as u64;
+                texture.set_partial(
+                    [rect.x as usize, rect.y as usize],
+                    image,
+                    TextureOptions::LINEAR,
+                );
+            }
+        }
+    }
+
+    /// Draws the screen scaled to fit, and forwards input over it.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        if let Some(why) = &self.lost {
+            ui.label(format!("The display is gone: {why}"));
+            return;
+        }
+        let (Some(texture), Some((w, h))) = (&self.texture, self.screen_size()) else {
+            ui.label("Waiting for the guest's screen…");
+            return;
+        };
+        let available = ui.available_size();
+        let scale = (available.x / w as f32)
+            .min(available.y / h as f32)
+            .max(0.05);
+        let size = egui::vec2(w as f32 * scale, h as f32 * scale);
+        let image = egui::Image::new((texture.id(), size)).sense(Sense::click_and_drag());
+        let response = ui.centered_and_justified(|ui| ui.add(image)).inner;
+        self.forward_input(ui, response.rect, (w, h), response.hovered());
+    }
+
+    fn forward_input(&mut self, ui: &egui::Ui, rect: Rect, (w, h): (u32, u32), hovered: bool) {
+        let events = ui.input(|i| i.events.clone());
+        for event in events {
+            match event {
+                egui::Event::Key {
+                    key,
+                    physical_key,
+                    pressed,
+                    repeat,
+                    ..
+                } => {
+                    if let Some(code) = evdev_code(physical_key.unwrap_or(key)) {
+                        if pressed && !repeat {
+                            self.pressed.insert(code);
+                        } else if !pressed {
+                            self.pressed.remove(&code);
+                        }
+                        self.send(Request::InputKey { code, pressed });
+                    }
+                }
+                egui::Event::WindowFocused(false) => self.release_all(),
+                egui::Event::PointerMoved(pos) if hovered => {
+                    let at = guest_point(rect, (w, h), pos);
+                    if self.last_pointer != Some(at) {
+                        self.last_pointer = Some(at);
+                        self.send(Request::InputPointer { x: at.0, y: at.1 });
+                    }
+                }
+                egui::Event::PointerButton {
+                    pos,
+                    button,
+                    pressed,
+                    ..
+                } if rect.contains(pos) || !pressed => {
+                    let at = guest_point(rect, (w, h), pos);
+                    self.send(Request::InputPointer { x: at.0, y: at.1 });
+                    if let Some(button) = pointer_button(button) {
+                        self.send(Request::InputButton { button, pressed });
+                    }
+                }
+                egui::Event::MouseWheel { delta, .. } if hovered => {
+                    let (dx, dy) = (delta.x.signum() as i32, -delta.y.signum() as i32);
+                    if dx != 0 || dy != 0 {
+                        self.send(Request::InputScroll { dx, dy });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Key-up for every key still down, so nothing sticks when focus leaves.
+    pub fn release_all(&mut self) {
+        for code in std::mem::take(&mut self.pressed) {
+            self.send(Request::InputKey {
+                code,
+                pressed: false,
+            });
+        }
+    }
+
+    fn send(&self, request: Request) {
+        // The input thread ends with the display; a lost VM needs no input.
+        let _ = self.input.send(request);
+    }
+}
+
+/// Where `pos` (window points) falls on the guest's screen drawn in `rect`, clamped.
+pub fn guest_point(rect: Rect, (w, h): (u32, u32), pos: egui::Pos2) -> (u32, u32) {
+    let fx = ((pos.x - rect.left()) / rect.width()).clamp(0.0, 1.0);
+    let fy = ((pos.y - rect.top()) / rect.height()).clamp(0.0, 1.0);
+    let x = ((fx * w as f32) as u32).min(w.saturating_sub(1));
+    let y = ((fy * h as f32) as u32).min(h.saturating_sub(1));
+    (x, y)
+}
+
+fn pointer_button(button: egui::PointerButton) -> Option<PointerButton> {
+    Some(match button {
+        egui::PointerButton::Primary => PointerButton::Left,
+        egui::PointerButton::Secondary => PointerButton::Right,
+        egui::PointerButton::Middle => PointerButton::Middle,
+        egui::PointerButton::Extra1 => PointerButton::Side,
+        egui::PointerButton::Extra2 => PointerButton::Extra,
+    })
+}
+
+/// The format a mode names.
+fn pixel_format(name: &str) -> Option<PixelFormat> {
+    use PixelFormat::*;
+    [
+        B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8,
+    ]
+    .into_iter()
+    .find(|f| format_name(*f) == name)
+}
+
+/// `rect` cut to a `width`x`height` screen; `None` if nothing is left.
+pub fn clip(rect: Damage, width: u32, height: u32) -> Option<Damage> {
+    let x0 = rect.x.min(width);
+    let y0 = rect.y.min(height);
+    let x1 = rect.x.saturating_add(rect.width).min(width);
+    let y1 = rect.y.saturating_add(rect.height).min(height);
+    (x1 > x0 && y1 > y0).then_some(Damage {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    })
+}
+
+/// The pixels of `rect` (already clipped) as an opaque RGBA image.
+fn convert(fb: &MappedFramebuffer, format: PixelFormat, rect: Damage) -> Option<ColorImage> {
+    let rect = clip(rect, fb.mode.width, fb.mode.height)?;
+    let bytes = fb.bytes();
+    let stride = fb.mode.stride as usize;
+    let mut pixels = Vec::with_capacity(rect.width as usize * rect.height as usize);
+    for row in rect.y..rect.y + rect.height {
+        let start = row as usize * stride + rect.x as usize * 4;
+        let src = bytes.get(start..start + rect.width as usize * 4)?;
+        pixels.extend(src.chunks_exact(4).map(|s| {
+            let [r, g, b, _] = format.to_rgba([s[0], s[1], s[2], s[3]]);
+            Color32::from_rgb(r, g, b)
+        }));
+    }
+    Some(ColorImage::new(
+        [rect.width as usize, rect.height as usize],
+        pixels,
+    ))
+}
+
+fn read_display(socket: &std::path::Path, tx: &Sender<Incoming>, wake: &dyn Fn()) {
+    let (mut client, first) = match DisplayClient::attach(socket) {
+        Ok(attached) => attached,
+        Err(e) => {
+            let _ = tx.send(Incoming::Lost(format!("cannot attach to the display: {e}")));
+            wake();
+            return;
+        }
+    };
+    let mut next: std::io::Result<DisplayMessage> = Ok(first);
+    loop {
+        match next {
+            Ok(message) => {
+                if tx.send(Incoming::Message(message)).is_err() {
+                    return; // The window closed.
+                }
+            }
+            Err(e) => {
+                let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    "the VM stopped".to_owned()
+                } else {
+                    e.to_string()
+                };
+                let _ = tx.send(Incoming::Lost(why));
+                wake();
+                return;
+            }
+        }
+        wake();
+        next = client.next_message();
+    }
+}
+
+fn send_input(socket: &std::path::Path, requests: &Receiver<Request>) {
+    let mut control = None;
+    for request in requests {
+        if control.is_none() {
+            control = Control::connect(socket).ok();
+        }
+        let Some(c) = control.as_mut() else { continue };
+        if c.ask(&request).is_err() {
+            control = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damage_is_clipped_to_the_screen() {
+        let d = |x, y, width, height| Damage {
+            x,
+            y,
+            width,
+            height,
+        };
+        assert_eq!(clip(d(10, 10, 100, 100), 50, 40), Some(d(10, 10, 40, 30)));
+        assert_eq!(clip(d(60, 0, 10, 10), 50, 40), None);
+        assert_eq!(clip(d(u32::MAX, 0, u32::MAX, 1), 50, 40), None);
+        assert_eq!(clip(d(0, 0, 0, 5), 50, 40), None);
+    }
+
+    #[test]
+    fn pointer_positions_scale_to_guest_pixels() {
+        let rect = Rect::from_min_size(egui::pos2(100.0, 50.0), egui::vec2(512.0, 384.0));
+        assert_eq!(
+            guest_point(rect, (1024, 768), egui::pos2(100.0, 50.0)),
+            (0, 0)
+        );
+        assert_eq!(
+            guest_point(rect, (1024, 768), egui::pos2(356.0, 242.0)),
+            (512, 384)
+        );
+        assert_eq!(
+            guest_point(rect, (1024, 768), egui::pos2(9999.0, -5.0)),
+            (1023, 0)
+        );
+    }
+}
