@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use vireo_app::host::{HostInfo, KvmKind};
 use vireo_app::paths::Dirs;
@@ -60,11 +60,11 @@ fn vms(base: &TempDir) -> PathBuf {
 
 fn retype(harness: &mut Harness<'static, VireoApp>, label: &str, text: &str) {
     harness.get_by_label(label).focus();
-    harness.step();
+    harness.run();
     harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::A);
-    harness.step();
+    harness.run();
     harness.get_by_label(label).type_text(text);
-    harness.step();
+    harness.run();
 }
 
 #[test]
@@ -73,11 +73,18 @@ fn new_vm_from_an_empty_library() {
     let mut harness = app(&base);
     harness.get_by_label("No VMs yet");
     harness.get_by_label("New VM").click();
-    harness.step();
+    harness.run();
     harness.get_by_label("Operating system");
-    retype(&mut harness, "Name", "Desk");
     harness.get_by_label("Start it now").click();
-    harness.step();
+    harness.run();
+    retype(&mut harness, "Name", "Desk");
+    assert_eq!(
+        harness
+            .get_by_label("Start it now")
+            .accesskit_node()
+            .toggled(),
+        Some(eframe::egui::accesskit::Toggled::False)
+    );
     harness.get_by_label("Create").click();
     settle(&mut harness, "the new VM in the list", |app| {
         app.rows().len() == 1
@@ -95,11 +102,11 @@ fn new_vm_from_an_empty_library() {
 
     // The name is now taken in the wizard.
     harness.get_by_label("New VM").click();
-    harness.step();
+    harness.run();
     retype(&mut harness, "Name", "desk");
     harness.get_by_label("a VM named \"desk\" already exists: pick another name");
     harness.get_by_label("Cancel").click();
-    harness.step();
+    harness.run();
     harness.get_by_label("Virtual machines");
 }
 
@@ -135,7 +142,7 @@ fn broken_and_failed_vms_show_their_reasons() {
     harness
         .get_by_label("Why it stopped: the engine was killed by signal 9 (SIGKILL)")
         .click();
-    harness.step();
+    harness.run();
     harness.get_by_label("VIREO-PROBE boot");
     // The broken VM has no actions: one Start button, the failed VM's.
     assert_eq!(harness.get_all_by_label("Start").count(), 1);
@@ -157,14 +164,14 @@ fn delete_asks_first() {
     .unwrap();
     let mut harness = app(&base);
     harness.get_by_label("Delete").click();
-    harness.step();
+    harness.run();
     harness.get_by_label("Delete \"Old\"?");
     harness.get_by_label("Keep it").click();
-    harness.step();
+    harness.run();
     assert!(harness.query_by_label("Delete \"Old\"?").is_none());
     assert!(dir.exists());
     harness.get_by_label("Delete").click();
-    harness.step();
+    harness.run();
     harness.get_by_label("Delete for good").click();
     settle(&mut harness, "the VM to go", |app| app.rows().is_empty());
     assert!(!dir.exists());
