@@ -172,7 +172,7 @@ fn wizard_to_a_running_self_test_screen() {
     );
     std::thread::sleep(Duration::from_millis(300));
     xdotool(&x, &["key", "--window", &library, "Return"]);
-    let window = find_window(&x, "Self test — Vireo", Duration::from_secs(60));
+    let window = find_window(&x, "^Self test ", Duration::from_secs(60));
     let to_window = started.elapsed();
 
     let log = env.dir.0.join("data/vireo/vms/self-test/logs/console.log");

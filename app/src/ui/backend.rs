@@ -46,6 +46,7 @@ pub enum Update {
     /// A VM was started: its display opens.
     Started {
         id: String,
+        name: String,
     },
 }
 
@@ -200,6 +201,7 @@ impl Worker {
             Ok(()) => {
                 self.send(Update::Started {
                     id: entry.id.clone(),
+                    name: entry.name().to_owned(),
                 });
                 Update::Done(Ok(format!("{} started", entry.name())))
             }

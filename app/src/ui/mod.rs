@@ -84,12 +84,12 @@ impl VireoApp {
                 }
                 Update::Done(result) => self.status = Some(result),
                 Update::Created { .. } => self.wizard = None,
-                Update::Started { id } => self.open_display(&id),
+                Update::Started { id, name } => self.open_display(&id, &name),
             }
         }
     }
 
-    fn open_display(&mut self, id: &str) {
+    fn open_display(&mut self, id: &str, name: &str) {
         if self
             .displays
             .iter()
@@ -98,11 +98,6 @@ impl VireoApp {
             return;
         }
         self.displays.retain(|d| d.vm_id != id);
-        let name = self
-            .rows
-            .iter()
-            .find(|r| r.entry_id == id)
-            .map_or(id, |r| r.name.as_str());
         let socket = self.dirs.runtime.join(id).join("control.sock");
         let ctx = self.ctx.clone();
         self.displays.push(DisplayView::open(
@@ -118,7 +113,14 @@ impl VireoApp {
             LibraryCommand::NewVm => self.wizard = Some(Wizard::new(self.host.clone())),
             LibraryCommand::Start(id) => self.backend.send(Command::Start(id)),
             LibraryCommand::Act(id, action) => self.backend.send(Command::Act(id, action)),
-            LibraryCommand::OpenDisplay(id) => self.open_display(&id),
+            LibraryCommand::OpenDisplay(id) => {
+                let name = self
+                    .rows
+                    .iter()
+                    .find(|r| r.entry_id == id)
+                    .map_or(id.clone(), |r| r.name.clone());
+                self.open_display(&id, &name);
+            }
             LibraryCommand::Delete { id, disk } => self.backend.send(Command::Delete { id, disk }),
         }
     }
