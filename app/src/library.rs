@@ -133,7 +133,7 @@ impl Library {
                 (!id.starts_with('.')).then(|| self.entry(id))
             })
             .collect();
-        entries.sort_by(|a, b| a.name().to_lowercase().cmp(&b.name().to_lowercase()));
+        entries.sort_by_key(|e| e.name().to_lowercase());
         Ok(entries)
     }
 

@@ -3,6 +3,7 @@
 //! enabled only when there is none. CPUs and memory are bounded by the host.
 
 use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 
 use eframe::egui::{self, Color32, RichText};
 
@@ -38,6 +39,15 @@ pub struct Wizard {
     pub start_after: bool,
     /// The name field takes the keyboard when the wizard opens.
     focus_name: bool,
+    /// A file dialog open for one of the path fields.
+    picking: Option<Picking>,
+}
+
+/// A native file dialog (`rfd`: the desktop portal) on its own thread: it blocks until
+/// the user chooses or cancels.
+struct Picking {
+    kind: Kind,
+    chosen: Receiver<Option<PathBuf>>,
 }
 
 const ERROR: Color32 = Color32::from_rgb(0xe0, 0x40, 0x40);
@@ -58,6 +68,7 @@ impl Wizard {
             network: false,
             start_after: true,
             focus_name: true,
+            picking: None,
         }
     }
 
@@ -93,6 +104,7 @@ impl Wizard {
 
     /// Draws the form; returns what the user decided, once they decide.
     pub fn ui(&mut self, ui: &mut egui::Ui, taken: &[String]) -> Option<WizardOutcome> {
+        self.take_picked();
         let config = self.config();
         let problems = match &config {
             Ok(c) => vm_config::check(c, &self.host, taken),
@@ -179,11 +191,48 @@ impl Wizard {
             Kind::Kernel => &mut self.kernel,
             Kind::Initrd => &mut self.initrd,
         };
+        let mut browse = false;
         ui.horizontal(|ui| {
             let label = ui.label(label);
             ui.add(egui::TextEdit::singleline(value).hint_text("/path/to/file"))
                 .labelled_by(label.id);
+            browse = ui
+                .add_enabled(self.picking.is_none(), egui::Button::new("Browse…"))
+                .clicked();
         });
+        if browse {
+            let (tx, chosen) = mpsc::channel();
+            let ctx = ui.ctx().clone();
+            let spawned = std::thread::Builder::new()
+                .name("file-dialog".into())
+                .spawn(move || {
+                    let _ = tx.send(rfd::FileDialog::new().pick_file());
+                    ctx.request_repaint();
+                });
+            if spawned.is_ok() {
+                self.picking = Some(Picking { kind, chosen });
+            }
+        }
+    }
+
+    /// Puts a path chosen in the file dialog into its field.
+    fn take_picked(&mut self) {
+        let Some(picking) = &self.picking else {
+            return;
+        };
+        let chosen = match picking.chosen.try_recv() {
+            Ok(chosen) => chosen,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => None,
+        };
+        if let Some(path) = chosen {
+            let text = path.display().to_string();
+            match picking.kind {
+                Kind::Kernel => self.kernel = text,
+                Kind::Initrd => self.initrd = text,
+            }
+        }
+        self.picking = None;
     }
 
     fn memory_field(&mut self, ui: &mut egui::Ui) {
