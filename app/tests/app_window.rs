@@ -130,6 +130,20 @@ fn region(log: &str, name: &str) -> Region {
     }
 }
 
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process lives");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
     while !done() {
@@ -227,6 +241,37 @@ fn wizard_to_a_running_self_test_screen() {
     wait_for("the keys on serial", Duration::from_secs(30), || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("code=19"))
     });
+    // The pointer over the window is the tablet at the same guest pixel (the window
+    // shows the screen 1:1, as the pixel comparison above proved).
+    xdotool(
+        &x,
+        &["mousemove", "--window", &window, "500", "300", "click", "1"],
+    );
+    wait_for("the pointer on serial", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("VIREO-PROBE screen_pointer x=500 y=300"))
+    });
+
+    // What the app and the engine cost while the guest only ticks its clock (one small
+    // damage rectangle a second).
+    let engine_pid: u32 = std::fs::read_to_string(env.dir.0.join("run/vireo/self-test/engine.pid"))
+        .expect("the engine's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let app_pid = _app.0.id();
+    let before = (cpu_ticks(app_pid), cpu_ticks(engine_pid));
+    let sampled = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = (cpu_ticks(app_pid), cpu_ticks(engine_pid));
+    let percent = |a: u64, b: u64| {
+        (b - a) as f64 / ticks_per_second() / sampled.elapsed().as_secs_f64() * 100.0
+    };
+    eprintln!(
+        "app e2e: idle CPU with the self-test screen (1 Hz clock): app {:.1} %, engine {:.1} %",
+        percent(before.0, after.0),
+        percent(before.1, after.1)
+    );
     eprintln!(
         "app e2e: library window after {} ms, VM window after {} ms",
         shown_after.as_millis(),
