@@ -49,6 +49,18 @@ impl Action {
         }
     }
 
+    /// The button's text.
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::PowerOff => "Power off",
+            Action::Shutdown => "Shut down",
+            Action::Pause => "Pause",
+            Action::Resume => "Resume",
+            Action::Save => "Save",
+            Action::Restore => "Restore",
+        }
+    }
+
     /// Whether the engine supports it, for greying out buttons.
     pub fn supported(self) -> bool {
         self.request().is_ok()

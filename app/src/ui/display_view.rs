@@ -16,6 +16,12 @@ use vireo_vmm::devices::virtio::gpu::display::format_name;
 use virtio_gpu::PixelFormat;
 
 use super::keymap::evdev_code;
+use crate::supervisor::Action;
+
+/// evdev codes of the Ctrl+Alt+Del chord.
+const KEY_LEFTCTRL: u16 = 29;
+const KEY_LEFTALT: u16 = 56;
+const KEY_DELETE: u16 = 111;
 
 /// What the display thread passes on.
 enum Incoming {
@@ -194,13 +200,15 @@ impl DisplayView {
             ui.label("Waiting for the guest's screen…");
             return;
         };
+        // Fit, never beyond 1:1 (a window as large as the screen shows it pixel for
+        // pixel), from the top-left corner.
         let available = ui.available_size();
         let scale = (available.x / w as f32)
             .min(available.y / h as f32)
-            .max(0.05);
+            .clamp(0.05, 1.0);
         let size = egui::vec2(w as f32 * scale, h as f32 * scale);
         let image = egui::Image::new((texture.id(), size)).sense(Sense::click_and_drag());
-        let response = ui.centered_and_justified(|ui| ui.add(image)).inner;
+        let response = ui.put(Rect::from_min_size(ui.max_rect().min, size), image);
         self.forward_input(ui, response.rect, (w, h), response.hovered());
     }
 
@@ -252,6 +260,51 @@ impl DisplayView {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// The toolbar under the screen; returns the action the user asked for.
+    pub fn toolbar(&mut self, ui: &mut egui::Ui) -> Option<Action> {
+        let mut asked = None;
+        ui.horizontal(|ui| {
+            for action in [
+                Action::Pause,
+                Action::Save,
+                Action::Shutdown,
+                Action::PowerOff,
+            ] {
+                let button = ui.add_enabled(action.supported(), egui::Button::new(action.label()));
+                let button = match action.request() {
+                    Ok(_) => button,
+                    Err(why) => button.on_disabled_hover_text(why.to_string()),
+                };
+                if button.clicked() {
+                    asked = Some(action);
+                }
+            }
+            if ui.button("Send Ctrl+Alt+Del").clicked() {
+                self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
+            }
+            if let Some(why) = &self.lost {
+                ui.label(why);
+            }
+        });
+        asked
+    }
+
+    /// Presses `codes` in order and releases them in reverse, as a person would.
+    fn send_chord(&self, codes: &[u16]) {
+        for &code in codes {
+            self.send(Request::InputKey {
+                code,
+                pressed: true,
+            });
+        }
+        for &code in codes.iter().rev() {
+            self.send(Request::InputKey {
+                code,
+                pressed: false,
+            });
         }
     }
 

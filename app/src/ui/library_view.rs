@@ -159,8 +159,7 @@ impl LibraryView {
 }
 
 fn action_button(ui: &mut egui::Ui, id: &str, action: Action, commands: &mut Vec<LibraryCommand>) {
-    let label = capitalized(action.verb());
-    let button = ui.add_enabled(action.supported(), egui::Button::new(label));
+    let button = ui.add_enabled(action.supported(), egui::Button::new(action.label()));
     let button = match action.request() {
         Ok(_) => button,
         Err(why) => button.on_disabled_hover_text(why.to_string()),
@@ -168,14 +167,6 @@ fn action_button(ui: &mut egui::Ui, id: &str, action: Action, commands: &mut Vec
     if button.clicked() {
         commands.push(LibraryCommand::Act(id.to_owned(), action));
     }
-}
-
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
 }
 
 /// The state column.

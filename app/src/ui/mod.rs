@@ -22,6 +22,9 @@ use wizard::{Wizard, WizardOutcome};
 
 /// The app id: the window class on X11 and app id on Wayland, matching the .desktop file.
 pub const APP_ID: &str = "vireo";
+/// The VM window's toolbar, under the screen: the window is the screen's size plus this,
+/// so the screen shows 1:1.
+pub const TOOLBAR_HEIGHT: f32 = 36.0;
 
 pub struct VireoApp {
     dirs: Dirs,
@@ -181,15 +184,22 @@ impl VireoApp {
 
     fn show_displays(&mut self, ctx: &egui::Context) {
         let mut closed = Vec::new();
+        let mut actions = Vec::new();
         for (i, display) in self.displays.iter_mut().enumerate() {
             display.pump(ctx);
             let (w, h) = display.screen_size().unwrap_or((1024, 768));
             let builder = egui::ViewportBuilder::default()
                 .with_title(&display.title)
                 .with_app_id(APP_ID)
-                .with_inner_size([w as f32, h as f32]);
+                .with_inner_size([w as f32, h as f32 + TOOLBAR_HEIGHT]);
             let id = egui::ViewportId::from_hash_of(("vm", &display.vm_id));
             ctx.show_viewport_immediate(id, builder, |ui, _class| {
+                let toolbar = egui::Panel::bottom(("toolbar", &display.vm_id))
+                    .exact_size(TOOLBAR_HEIGHT)
+                    .show(ui, |ui| display.toolbar(ui));
+                if let Some(action) = toolbar.inner {
+                    actions.push((display.vm_id.clone(), action));
+                }
                 egui::CentralPanel::default()
                     .frame(egui::Frame::NONE)
                     .show(ui, |ui| display.ui(ui));
@@ -198,6 +208,9 @@ impl VireoApp {
                     closed.push(i);
                 }
             });
+        }
+        for (id, action) in actions {
+            self.backend.send(Command::Act(id, action));
         }
         for i in closed.into_iter().rev() {
             // Closing the window leaves the VM running (it is in the library).
