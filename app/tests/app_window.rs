@@ -199,6 +199,9 @@ fn wizard_to_a_running_self_test_screen() {
     let (rw, rh, want) = rgb_pixels(&reference);
     assert_eq!((rw, rh), (1024, 768));
 
+    // The pointer away from the window: over it, the app draws the guest's cursor
+    // (which the engine's screenshot does not hold).
+    xdotool(&x, &["mousemove", "1500", "1100"]);
     let shown = artifacts.join("x-window.png");
     let end = Instant::now() + Duration::from_secs(20);
     let (size, mismatched) = loop {
@@ -259,6 +262,28 @@ fn wizard_to_a_running_self_test_screen() {
         std::fs::read_to_string(&log)
             .is_ok_and(|l| l.contains("VIREO-PROBE screen_pointer x=500 y=300"))
     });
+
+    // Over the window, the guest's cursor image is drawn where the pointer is.
+    std::thread::sleep(Duration::from_millis(300));
+    let pointed = artifacts.join("x-window-pointer.png");
+    let status = x
+        .command("import")
+        .args(["-window", &window, &format!("PNG24:{}", pointed.display())])
+        .status()
+        .expect("ImageMagick's import runs");
+    assert!(status.success());
+    let (w, _, got) = rgb_pixels(&pointed);
+    let clock = region(&std::fs::read_to_string(&log).unwrap(), "clock");
+    let changed = (300..340u32)
+        .flat_map(|y| (500..540u32).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            !clock.contains(x, y) && got[(y * w + x) as usize] != want[(y * rw + x) as usize]
+        })
+        .count();
+    assert!(
+        changed > 20,
+        "the guest's cursor is drawn at the pointer ({changed} pixels differ)"
+    );
 
     // What the app and the engine cost while the guest only ticks its clock (one small
     // damage rectangle a second).

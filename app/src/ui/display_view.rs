@@ -53,6 +53,9 @@ pub struct DisplayView {
     /// evdev codes held down in the guest, released when the window loses focus.
     pressed: BTreeSet<u16>,
     last_pointer: Option<(u32, u32)>,
+    /// The guest's cursor, drawn where the host pointer is (the tablet puts the guest's
+    /// there too), so it follows with no lag.
+    cursor: GuestCursor,
     /// Bytes uploaded to the texture so far (the benchmark and tests read it).
     pub uploaded_bytes: u64,
 }
@@ -89,6 +92,7 @@ impl DisplayView {
             lost: None,
             pressed: BTreeSet::new(),
             last_pointer: None,
+            cursor: GuestCursor::default(),
             uploaded_bytes: 0,
         }
     }
@@ -124,9 +128,15 @@ impl DisplayView {
                     width,
                     height,
                 }),
-                // The guest's cursor image is drawn by the host pointer later; the
-                // tablet keeps them in step meanwhile.
-                Incoming::Message(DisplayMessage::Event(_)) => {}
+                Incoming::Message(DisplayMessage::Event(Event::Cursor {
+                    hot_x,
+                    hot_y,
+                    visible,
+                    image,
+                    ..
+                })) => self.set_cursor(ctx, hot_x, hot_y, visible, image.as_deref()),
+                // The client turns mode events into `DisplayMessage::Mode` (with the memfd).
+                Incoming::Message(DisplayMessage::Event(Event::Mode(_))) => {}
                 Incoming::Lost(why) => {
                     self.lost = Some(why);
                     self.framebuffer = None;
@@ -209,7 +219,53 @@ impl DisplayView {
         let size = egui::vec2(w as f32 * scale, h as f32 * scale);
         let image = egui::Image::new((texture.id(), size)).sense(Sense::click_and_drag());
         let response = ui.put(Rect::from_min_size(ui.max_rect().min, size), image);
+        if response.hovered() {
+            self.draw_cursor(ui, scale);
+        }
         self.forward_input(ui, response.rect, (w, h), response.hovered());
+    }
+
+    /// The cursor the guest set (`Event::Cursor`): a new image when it carries one.
+    fn set_cursor(
+        &mut self,
+        ctx: &egui::Context,
+        hot_x: u32,
+        hot_y: u32,
+        visible: bool,
+        image: Option<&str>,
+    ) {
+        self.cursor.visible = visible;
+        self.cursor.hot = egui::vec2(hot_x as f32, hot_y as f32);
+        if let Some(image) = image.and_then(cursor_image) {
+            match &mut self.cursor.texture {
+                Some(t) => t.set(image, TextureOptions::LINEAR),
+                None => {
+                    self.cursor.texture = Some(ctx.load_texture(
+                        format!("cursor-{}", self.vm_id),
+                        image,
+                        TextureOptions::LINEAR,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Over the screen the host pointer is hidden and the guest's image drawn in its
+    /// place (none if the guest hid its cursor); the default arrow until the guest sets one.
+    fn draw_cursor(&self, ui: &egui::Ui, scale: f32) {
+        let Some(texture) = &self.cursor.texture else {
+            return;
+        };
+        ui.ctx().set_cursor_icon(egui::CursorIcon::None);
+        let Some(pos) = ui.input(|i| i.pointer.hover_pos()) else {
+            return;
+        };
+        if self.cursor.visible {
+            let rect =
+                Rect::from_min_size(pos - self.cursor.hot * scale, texture.size_vec2() * scale);
+            let uv = Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+            ui.painter().image(texture.id(), rect, uv, Color32::WHITE);
+        }
     }
 
     fn forward_input(&mut self, ui: &egui::Ui, rect: Rect, (w, h): (u32, u32), hovered: bool) {
@@ -322,6 +378,28 @@ impl DisplayView {
         // The input thread ends with the display; a lost VM needs no input.
         let _ = self.input.send(request);
     }
+}
+
+#[derive(Default)]
+struct GuestCursor {
+    texture: Option<TextureHandle>,
+    hot: egui::Vec2,
+    visible: bool,
+}
+
+/// The cursor image of a `cursor` event: 64x64 RGBA, base64. It comes from the guest
+/// through the engine: anything else is ignored.
+pub fn cursor_image(base64_rgba: &str) -> Option<ColorImage> {
+    use base64::Engine as _;
+    const SIDE: usize = 64;
+    // Base64 of 16 KiB is under 22 KiB: do not decode an arbitrarily long string.
+    if base64_rgba.len() > 4 * (SIDE * SIDE * 4).div_ceil(3) {
+        return None;
+    }
+    let rgba = base64::engine::general_purpose::STANDARD
+        .decode(base64_rgba)
+        .ok()?;
+    (rgba.len() == SIDE * SIDE * 4).then(|| ColorImage::from_rgba_unmultiplied([SIDE, SIDE], &rgba))
 }
 
 /// Where `pos` (window points) falls on the guest's screen drawn in `rect`, clamped.
@@ -449,6 +527,18 @@ mod tests {
         assert_eq!(clip(d(60, 0, 10, 10), 50, 40), None);
         assert_eq!(clip(d(u32::MAX, 0, u32::MAX, 1), 50, 40), None);
         assert_eq!(clip(d(0, 0, 0, 5), 50, 40), None);
+    }
+
+    #[test]
+    fn cursor_images_are_64x64_rgba_or_ignored() {
+        use base64::Engine as _;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let image = cursor_image(&encode(&[0xff; 64 * 64 * 4])).unwrap();
+        assert_eq!(image.size, [64, 64]);
+        assert!(cursor_image(&encode(&[0xff; 64 * 64 * 4 - 1])).is_none());
+        assert!(cursor_image(&encode(&[0xff; 64 * 64 * 8])).is_none());
+        assert!(cursor_image("not base64!").is_none());
+        assert!(cursor_image("").is_none());
     }
 
     #[test]
