@@ -6,7 +6,7 @@
 //! upload a few screens, not a hundred. (That rectangles are cut to the screen is a unit
 //! test in `display_view`; no guest here flushes less than a whole frame.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,19 @@ impl Home {
             vmm: vmm_binary(),
             probe: probe_guest_elf(),
         };
-        // The app (in this process) finds the engine and the guest the same way.
-        std::env::set_var("VIREO_VMM", &home.vmm);
-        std::env::set_var("VIREO_PROBE_GUEST", &home.probe);
+        // The app in this process finds them beside the `vireo` binary, as built here.
+        let exe_dir = Path::new(env!("CARGO_BIN_EXE_vireo"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        assert_eq!(home.vmm, exe_dir.join("vireo-vmm"));
+        assert_eq!(
+            home.probe,
+            exe_dir
+                .join("../probe-guest/x86_64-unknown-linux-gnu/release/vireo-probe-guest")
+                .canonicalize()
+                .unwrap()
+        );
         home
     }
 
@@ -53,6 +63,8 @@ impl Home {
             .args(args)
             .env("XDG_DATA_HOME", self.dir.0.join("data"))
             .env("XDG_RUNTIME_DIR", self.dir.0.join("run"))
+            .env("VIREO_VMM", &self.vmm)
+            .env("VIREO_PROBE_GUEST", &self.probe)
             .output()
             .expect("vireo runs");
         assert!(out.status.success(), "vireo {args:?}: {out:?}");
