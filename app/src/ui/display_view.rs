@@ -56,7 +56,9 @@ pub struct DisplayView {
     /// The guest's cursor, drawn where the host pointer is (the tablet puts the guest's
     /// there too), so it follows with no lag.
     cursor: GuestCursor,
-    /// Bytes uploaded to the texture so far (the benchmark and tests read it).
+    scaling: Scaling,
+    fullscreen: bool,
+    /// Bytes uploaded to the texture so far (tests read it).
     pub uploaded_bytes: u64,
 }
 
@@ -93,6 +95,8 @@ impl DisplayView {
             pressed: BTreeSet::new(),
             last_pointer: None,
             cursor: GuestCursor::default(),
+            scaling: Scaling::Fit,
+            fullscreen: false,
             uploaded_bytes: 0,
         }
     }
@@ -210,16 +214,22 @@ impl DisplayView {
             ui.label("Waiting for the guest's screen…");
             return;
         };
-        // Fit, never beyond 1:1 (a window as large as the screen shows it pixel for
-        // pixel), from the top-left corner.
-        let available = ui.available_size();
-        let scale = (available.x / w as f32)
-            .min(available.y / h as f32)
-            .clamp(0.05, 1.0);
-        let size = egui::vec2(w as f32 * scale, h as f32 * scale);
-        let image = egui::Image::new((texture.id(), size)).sense(Sense::click_and_drag());
-        let response = ui.put(Rect::from_min_size(ui.max_rect().min, size), image);
+        let texture = texture.id();
+        let scaling = self.scaling;
+        let response = if scaling == Scaling::Native {
+            egui::ScrollArea::both()
+                .show(ui, |ui| {
+                    let size = egui::vec2(w as f32, h as f32);
+                    ui.add(egui::Image::new((texture, size)).sense(Sense::click_and_drag()))
+                })
+                .inner
+        } else {
+            let rect = place(scaling, ui.max_rect(), (w, h));
+            let image = egui::Image::new((texture, rect.size())).sense(Sense::click_and_drag());
+            ui.put(rect, image)
+        };
         if response.hovered() {
+            let scale = response.rect.size() / egui::vec2(w as f32, h as f32);
             self.draw_cursor(ui, scale);
         }
         self.forward_input(ui, response.rect, (w, h), response.hovered());
@@ -252,7 +262,7 @@ impl DisplayView {
 
     /// Over the screen the host pointer is hidden and the guest's image drawn in its
     /// place (none if the guest hid its cursor); the default arrow until the guest sets one.
-    fn draw_cursor(&self, ui: &egui::Ui, scale: f32) {
+    fn draw_cursor(&self, ui: &egui::Ui, scale: egui::Vec2) {
         let Some(texture) = &self.cursor.texture else {
             return;
         };
@@ -338,6 +348,20 @@ impl DisplayView {
                     asked = Some(action);
                 }
             }
+            ui.separator();
+            for (mode, label) in [
+                (Scaling::Fit, "Fit"),
+                (Scaling::Native, "1:1"),
+                (Scaling::Fill, "Fill"),
+            ] {
+                ui.selectable_value(&mut self.scaling, mode, label);
+            }
+            if ui.selectable_label(self.fullscreen, "Fullscreen").clicked() {
+                self.fullscreen = !self.fullscreen;
+                ui.ctx()
+                    .send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.fullscreen));
+            }
+            ui.separator();
             if ui.button("Send Ctrl+Alt+Del").clicked() {
                 self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
             }
@@ -378,6 +402,35 @@ impl DisplayView {
         // The input thread ends with the display; a lost VM needs no input.
         let _ = self.input.send(request);
     }
+}
+
+/// How the guest's screen fills the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scaling {
+    /// As large as fits with its proportions kept, centred.
+    Fit,
+    /// One guest pixel to one window pixel, scrolled if the window is smaller.
+    Native,
+    /// Stretched over the whole window.
+    Fill,
+}
+
+/// Where a `w`x`h` screen goes in `area` (`Fit` and `Fill`; `Native` scrolls instead).
+/// Offsets are whole pixels so that a 1:1 screen is not blurred by filtering.
+pub fn place(scaling: Scaling, area: Rect, (w, h): (u32, u32)) -> Rect {
+    let screen = egui::vec2(w as f32, h as f32);
+    let size = match scaling {
+        Scaling::Fill => area.size(),
+        Scaling::Native => screen,
+        Scaling::Fit => {
+            let scale = (area.width() / screen.x)
+                .min(area.height() / screen.y)
+                .max(0.05);
+            screen * scale
+        }
+    };
+    let offset = ((area.size() - size) / 2.0).max(egui::Vec2::ZERO).floor();
+    Rect::from_min_size(area.min + offset, size)
 }
 
 #[derive(Default)]
@@ -539,6 +592,28 @@ mod tests {
         assert!(cursor_image(&encode(&[0xff; 64 * 64 * 8])).is_none());
         assert!(cursor_image("not base64!").is_none());
         assert!(cursor_image("").is_none());
+    }
+
+    #[test]
+    fn screens_are_placed_by_scaling_mode() {
+        let area = Rect::from_min_size(egui::pos2(0.0, 0.0), egui::vec2(1024.0, 768.0));
+        // The window is the screen's size: Fit is 1:1 from the corner.
+        assert_eq!(place(Scaling::Fit, area, (1024, 768)), area);
+        // Twice as large and wider: scaled by 2 on both axes, centred on whole pixels.
+        let big = Rect::from_min_size(egui::pos2(0.0, 0.0), egui::vec2(2200.0, 1536.0));
+        let fit = place(Scaling::Fit, big, (1024, 768));
+        assert_eq!(fit.size(), egui::vec2(2048.0, 1536.0));
+        assert_eq!(fit.min, egui::pos2(76.0, 0.0));
+        assert_eq!(place(Scaling::Fill, big, (1024, 768)), big);
+        let small = Rect::from_min_size(egui::pos2(0.0, 0.0), egui::vec2(500.0, 500.0));
+        assert_eq!(
+            place(Scaling::Fit, small, (1000, 500)).size(),
+            egui::vec2(500.0, 250.0)
+        );
+        assert_eq!(
+            place(Scaling::Fit, small, (1000, 500)).min,
+            egui::pos2(0.0, 125.0)
+        );
     }
 
     #[test]
