@@ -210,3 +210,63 @@ fn the_vm_window_uploads_only_what_the_guest_flushed() {
         "{screens:.1} screens uploaded in 3 s of a 1 Hz clock"
     );
 }
+
+#[test]
+fn the_window_size_becomes_the_guests_display_mode() {
+    if !report::require_kvm("app::ui_engine::the_window_size_becomes_the_guests_display_mode") {
+        return;
+    }
+    let home = Home::new("app-ui-resize");
+    // The probe's gpu-resize switches to the first other size the host offers.
+    let probe = home.probe.to_str().unwrap().to_owned();
+    home.vireo(&[
+        "create",
+        "screen",
+        "--os",
+        "kernel",
+        "--kernel",
+        &probe,
+        "--cmdline",
+        "probe.run=gpu-resize",
+        "--memory",
+        "128M",
+        "--display",
+        "1024x768",
+        "--start",
+    ]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while !home.log("screen").contains("VIREO-PROBE gpu_ready") {
+        assert!(Instant::now() < end, "no gpu_ready: {}", home.log("screen"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let socket = home.dirs().runtime.join("screen/control.sock");
+    let view = DisplayView::open("screen".into(), "screen".into(), socket, || {});
+    let mut harness = Harness::new_ui_state(
+        |ui, view: &mut DisplayView| {
+            view.pump(ui.ctx());
+            view.ui(ui);
+        },
+        view,
+    );
+    // A window smaller than the guest's screen: after it settles, the guest gets its size.
+    harness.set_size(eframe::egui::vec2(800.0, 600.0));
+    until(
+        &mut harness,
+        "the first mode",
+        Duration::from_secs(10),
+        |h| h.state().screen_size().is_some(),
+    );
+    until(&mut harness, "the new mode", Duration::from_secs(30), |h| {
+        h.state().screen_size().is_some_and(|s| s != (1024, 768))
+    });
+    let (w, h) = harness.state().screen_size().unwrap();
+    assert!(
+        (780..=800).contains(&w) && (580..=600).contains(&h),
+        "{w}x{h}"
+    );
+    let log = home.log("screen");
+    assert!(
+        log.contains(&format!("VIREO-PROBE gpu_mode width={w} height={h}")),
+        "{log}"
+    );
+}

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::{Duration, Instant};
 
 use eframe::egui::{self, Color32, ColorImage, Rect, Sense, TextureHandle, TextureOptions};
 use vireo_vmm::control::client::{Control, DisplayClient, DisplayMessage, MappedFramebuffer};
@@ -58,6 +59,9 @@ pub struct DisplayView {
     cursor: GuestCursor,
     scaling: Scaling,
     fullscreen: bool,
+    /// Offer the window's size to the guest as its display mode.
+    pub resize_guest: bool,
+    resize: ResizeRequest,
     /// Bytes uploaded to the texture so far (tests read it).
     pub uploaded_bytes: u64,
 }
@@ -97,6 +101,8 @@ impl DisplayView {
             cursor: GuestCursor::default(),
             scaling: Scaling::Fit,
             fullscreen: false,
+            resize_guest: true,
+            resize: ResizeRequest::default(),
             uploaded_bytes: 0,
         }
     }
@@ -216,6 +222,15 @@ impl DisplayView {
         };
         let texture = texture.id();
         let scaling = self.scaling;
+        if self.resize_guest && scaling != Scaling::Native {
+            let area = ui.max_rect().size() * ui.ctx().pixels_per_point();
+            let wanted = (area.x.round() as u32, area.y.round() as u32);
+            if let Some((width, height)) = self.resize.settle(wanted, (w, h), Instant::now()) {
+                self.send(Request::DisplayResize { width, height });
+            }
+            // Ask again once the size has settled.
+            ui.ctx().request_repaint_after(RESIZE_SETTLE);
+        }
         let response = if scaling == Scaling::Native {
             egui::ScrollArea::both()
                 .show(ui, |ui| {
@@ -356,6 +371,7 @@ impl DisplayView {
             ] {
                 ui.selectable_value(&mut self.scaling, mode, label);
             }
+            ui.checkbox(&mut self.resize_guest, "Resize guest");
             if ui.selectable_label(self.fullscreen, "Fullscreen").clicked() {
                 self.fullscreen = !self.fullscreen;
                 ui.ctx()
@@ -401,6 +417,48 @@ impl DisplayView {
     fn send(&self, request: Request) {
         // The input thread ends with the display; a lost VM needs no input.
         let _ = self.input.send(request);
+    }
+}
+
+/// How long the window's size must stay the same before the guest is offered it: a
+/// window being dragged larger would otherwise change the guest's mode at every step.
+pub const RESIZE_SETTLE: Duration = Duration::from_millis(300);
+
+/// The window-size-to-guest-mode negotiation: each size is offered once, after it has
+/// settled, and only if the guest does not already have it.
+#[derive(Debug, Default)]
+pub struct ResizeRequest {
+    /// The size seen last and since when.
+    seen: Option<((u32, u32), Instant)>,
+    /// The size offered last.
+    offered: Option<(u32, u32)>,
+}
+
+impl ResizeRequest {
+    /// Returns the size to offer now, if any.
+    pub fn settle(
+        &mut self,
+        wanted: (u32, u32),
+        current: (u32, u32),
+        now: Instant,
+    ) -> Option<(u32, u32)> {
+        if wanted == current || wanted.0 < 64 || wanted.1 < 64 {
+            self.seen = None;
+            return None;
+        }
+        match self.seen {
+            Some((size, since)) if size == wanted => {
+                if now.duration_since(since) >= RESIZE_SETTLE && self.offered != Some(wanted) {
+                    self.offered = Some(wanted);
+                    return Some(wanted);
+                }
+                None
+            }
+            _ => {
+                self.seen = Some((wanted, now));
+                None
+            }
+        }
     }
 }
 
@@ -592,6 +650,39 @@ mod tests {
         assert!(cursor_image(&encode(&[0xff; 64 * 64 * 8])).is_none());
         assert!(cursor_image("not base64!").is_none());
         assert!(cursor_image("").is_none());
+    }
+
+    #[test]
+    fn a_window_size_is_offered_once_settled_and_once_only() {
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        let mut r = ResizeRequest::default();
+        assert_eq!(
+            r.settle((1024, 768), (1024, 768), t0),
+            None,
+            "the guest has it"
+        );
+        assert_eq!(r.settle((800, 600), (1024, 768), t0), None);
+        assert_eq!(
+            r.settle((810, 600), (1024, 768), later(100)),
+            None,
+            "still moving"
+        );
+        assert_eq!(r.settle((810, 600), (1024, 768), later(300)), None);
+        assert_eq!(
+            r.settle((810, 600), (1024, 768), later(400)),
+            Some((810, 600))
+        );
+        assert_eq!(
+            r.settle((810, 600), (1024, 768), later(900)),
+            None,
+            "offered once"
+        );
+        assert_eq!(
+            r.settle((10, 600), (1024, 768), later(2000)),
+            None,
+            "too small"
+        );
     }
 
     #[test]
