@@ -67,6 +67,11 @@ pub enum CliCommand {
     },
     /// A VM's config, state, files and (when running) what its engine reports.
     Info(VmArg),
+    /// Opens the app with a running VM's window.
+    Open {
+        /// The VM's name or id.
+        vm: String,
+    },
     /// Runs a VM's engine and records how it ends (started by `vireo start` and the
     /// app, not by people).
     #[command(hide = true)]
@@ -234,6 +239,7 @@ impl Context {
             }
             CliCommand::Info(vm) => self.info(vm),
             CliCommand::Monitor { .. } => unreachable!("handled in run"),
+            CliCommand::Open { .. } => anyhow::bail!("`vireo open` opens a window: main runs it"),
         }
     }
 

@@ -195,7 +195,10 @@ impl DisplayView {
             self.damage.clear();
             return;
         };
-        for rect in self.damage.drain(..) {
+        // The framebuffer holds the newest pixels: a rectangle inside another one
+        // damaged since the last frame needs no upload of its own (a guest flushing
+        // faster than the screen refreshes would otherwise cost a full upload per flush).
+        for rect in coalesce(std::mem::take(&mut self.damage)) {
             let Some(rect) = clip(rect, fb.mode.width, fb.mode.height) else {
                 continue;
             };
@@ -228,8 +231,10 @@ impl DisplayView {
             if let Some((width, height)) = self.resize.settle(wanted, (w, h), Instant::now()) {
                 self.send(Request::DisplayResize { width, height });
             }
-            // Ask again once the size has settled.
-            ui.ctx().request_repaint_after(RESIZE_SETTLE);
+            if self.resize.waiting() {
+                // Look again once the size has settled; otherwise no frame is drawn for it.
+                ui.ctx().request_repaint_after(RESIZE_SETTLE);
+            }
         }
         let response = if scaling == Scaling::Native {
             egui::ScrollArea::both()
@@ -435,6 +440,12 @@ pub struct ResizeRequest {
 }
 
 impl ResizeRequest {
+    /// Whether a size is waiting to settle (and be offered).
+    pub fn waiting(&self) -> bool {
+        self.seen
+            .is_some_and(|(size, _)| self.offered != Some(size))
+    }
+
     /// Returns the size to offer now, if any.
     pub fn settle(
         &mut self,
@@ -542,6 +553,28 @@ fn pixel_format(name: &str) -> Option<PixelFormat> {
     .find(|f| format_name(*f) == name)
 }
 
+/// The rectangles of `damage` not inside another one (duplicates kept once), largest
+/// first.
+pub fn coalesce(mut damage: Vec<Damage>) -> Vec<Damage> {
+    damage.sort_by_key(|d| std::cmp::Reverse(u64::from(d.width) * u64::from(d.height)));
+    let mut kept: Vec<Damage> = Vec::with_capacity(damage.len());
+    for d in damage {
+        if !kept.iter().any(|k| contains(k, &d)) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+fn contains(outer: &Damage, inner: &Damage) -> bool {
+    let right = |d: &Damage| u64::from(d.x) + u64::from(d.width);
+    let bottom = |d: &Damage| u64::from(d.y) + u64::from(d.height);
+    outer.x <= inner.x
+        && outer.y <= inner.y
+        && right(outer) >= right(inner)
+        && bottom(outer) >= bottom(inner)
+}
+
 /// `rect` cut to a `width`x`height` screen; `None` if nothing is left.
 pub fn clip(rect: Damage, width: u32, height: u32) -> Option<Damage> {
     let x0 = rect.x.min(width);
@@ -625,6 +658,27 @@ fn send_input(socket: &std::path::Path, requests: &Receiver<Request>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn damage_inside_other_damage_is_uploaded_once() {
+        let d = |x, y, width, height| Damage {
+            x,
+            y,
+            width,
+            height,
+        };
+        let full = d(0, 0, 1920, 1080);
+        assert_eq!(coalesce(vec![full, full, full]), vec![full]);
+        assert_eq!(coalesce(vec![d(10, 10, 8, 8), full]), vec![full]);
+        let (a, b) = (d(0, 0, 10, 10), d(5, 5, 10, 10));
+        assert_eq!(
+            coalesce(vec![a, b]),
+            vec![a, b],
+            "overlapping, neither inside"
+        );
+        assert_eq!(coalesce(vec![d(u32::MAX, 0, u32::MAX, 1), a]).len(), 2);
+        assert_eq!(coalesce(vec![]), vec![]);
+    }
 
     #[test]
     fn damage_is_clipped_to_the_screen() {

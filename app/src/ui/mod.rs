@@ -39,6 +39,8 @@ pub struct VireoApp {
     /// Whether the library has been read once (before that, "No VMs yet" would lie).
     loaded: bool,
     ctx: egui::Context,
+    /// The VM whose window to open at start (`vireo open NAME`).
+    open_when_running: Option<String>,
 }
 
 impl VireoApp {
@@ -58,6 +60,7 @@ impl VireoApp {
             status: None,
             loaded: false,
             ctx: ctx.clone(),
+            open_when_running: None,
         }
     }
 
@@ -84,11 +87,30 @@ impl VireoApp {
                 Update::Snapshot(rows) => {
                     self.rows = rows;
                     self.loaded = true;
+                    self.open_requested();
                 }
                 Update::Done(result) => self.status = Some(result),
                 Update::Created { .. } => self.wizard = None,
                 Update::Started { id, name } => self.open_display(&id, &name),
             }
+        }
+    }
+
+    /// Opens the window `vireo open NAME` asked for, once the library shows the VM.
+    fn open_requested(&mut self) {
+        let Some(key) = &self.open_when_running else {
+            return;
+        };
+        let found = self.rows.iter().find(|r| {
+            r.state.is_running() && (r.entry_id == *key || r.name.eq_ignore_ascii_case(key))
+        });
+        if let Some(row) = found {
+            let (id, name) = (row.entry_id.clone(), row.name.clone());
+            self.open_when_running = None;
+            self.open_display(&id, &name);
+        } else if self.loaded {
+            self.status = Some(Err(format!("{key} is not running: start it first")));
+            self.open_when_running = None;
         }
     }
 
@@ -226,7 +248,7 @@ impl eframe::App for VireoApp {
 }
 
 /// Opens the library window; returns when it closes. VMs keep running.
-pub fn run() -> anyhow::Result<()> {
+pub fn run(open: Option<String>) -> anyhow::Result<()> {
     let dirs = Dirs::from_env()?;
     let host = HostInfo::detect();
     let options = eframe::NativeOptions {
@@ -241,12 +263,9 @@ pub fn run() -> anyhow::Result<()> {
         "Vireo",
         options,
         Box::new(move |cc| {
-            Ok(Box::new(VireoApp::new(
-                &cc.egui_ctx,
-                dirs,
-                Programs::from_current_exe(),
-                host,
-            )))
+            let mut app = VireoApp::new(&cc.egui_ctx, dirs, Programs::from_current_exe(), host);
+            app.open_when_running = open;
+            Ok(Box::new(app))
         }),
     )
     .map_err(|e| {
