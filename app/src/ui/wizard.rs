@@ -41,7 +41,11 @@ pub struct Wizard {
     focus_name: bool,
     /// A file dialog open for one of the path fields.
     picking: Option<Picking>,
+    /// The last check: the form and names it was for, and its problems.
+    checked: Option<Checked>,
 }
+
+type Checked = ((VmConfig, Vec<String>), Vec<Problem>);
 
 /// A native file dialog (`rfd`: the desktop portal) on its own thread: it blocks until
 /// the user chooses or cancels.
@@ -69,6 +73,7 @@ impl Wizard {
             start_after: true,
             focus_name: true,
             picking: None,
+            checked: None,
         }
     }
 
@@ -106,10 +111,7 @@ impl Wizard {
     pub fn ui(&mut self, ui: &mut egui::Ui, taken: &[String]) -> Option<WizardOutcome> {
         self.take_picked();
         let config = self.config();
-        let problems = match &config {
-            Ok(c) => vm_config::check(c, &self.host, taken),
-            Err(_) => Vec::new(),
-        };
+        let problems = self.problems(&config, taken);
         let show = |ui: &mut egui::Ui, field: Field| {
             for p in problems.iter().filter(|p| p.field() == field) {
                 ui.label(RichText::new(p.to_string()).color(ERROR));
@@ -215,6 +217,24 @@ impl Wizard {
         }
     }
 
+    /// What is wrong with `config`, checked again only when the form or the names in use
+    /// changed: the check looks at the kernel and initrd files, which is not for every
+    /// frame.
+    fn problems(&mut self, config: &Result<VmConfig, String>, taken: &[String]) -> Vec<Problem> {
+        let Ok(config) = config else {
+            return Vec::new();
+        };
+        let key = (config.clone(), taken.to_vec());
+        match &self.checked {
+            Some((k, problems)) if *k == key => problems.clone(),
+            _ => {
+                let problems = vm_config::check(config, &self.host, taken);
+                self.checked = Some((key, problems.clone()));
+                problems
+            }
+        }
+    }
+
     /// Puts a path chosen in the file dialog into its field.
     fn take_picked(&mut self) {
         let Some(picking) = &self.picking else {
@@ -270,14 +290,6 @@ impl Wizard {
 enum Kind {
     Kernel,
     Initrd,
-}
-
-/// Problems as the wizard would show them (for callers that check without drawing).
-pub fn problems(wizard: &Wizard, taken: &[String]) -> Vec<Problem> {
-    match wizard.config() {
-        Ok(c) => vm_config::check(&c, &wizard.host, taken),
-        Err(_) => Vec::new(),
-    }
 }
 
 #[cfg(test)]
