@@ -12,8 +12,9 @@ packages=(
   util-linux                   # setpriv, used by the permission test
   passt                        # user-mode networking for --net (the engine starts it)
   linux-perf                   # exit counts in the benchmarks
-  # vireo-vmm --window (winit + wgpu, loaded at run time) and its tests on a private X
-  # server: Mesa's GL and Vulkan drivers, Xvfb, xdotool, ImageMagick's import.
+  # vireo-vmm --window (winit + wgpu, loaded at run time), the vireo app (eframe + glow:
+  # Mesa's GL comes with xvfb) and their tests on a private X server: Mesa's GL and
+  # Vulkan drivers, Xvfb, xdotool, ImageMagick's import.
   libxcursor1 libxi6 libxkbcommon-x11-0 libegl1 libegl-mesa0 libvulkan1 mesa-vulkan-drivers
   xvfb xauth xdotool imagemagick
   ca-certificates

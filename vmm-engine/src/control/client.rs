@@ -29,6 +29,13 @@ impl Control {
         })
     }
 
+    /// Bounds how long `ask` waits to send and to hear back (`None`: forever), so an
+    /// engine that hangs cannot hang its client.
+    pub fn set_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.writer.set_read_timeout(timeout)?;
+        self.writer.set_write_timeout(timeout)
+    }
+
     /// Sends `request` and waits for its answer.
     pub fn ask(&mut self, request: &Request) -> io::Result<Response> {
         let mut line = serde_json::to_string(request).map_err(io::Error::other)?;

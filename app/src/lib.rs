@@ -1,0 +1,11 @@
+//! Vireo, the desktop app: the VM library (`library`, `vm_config`), running VMs
+//! (`supervisor`), the `vireo` command line (`cli`) and the window (`ui`). See
+//! ARCHITECTURE.md.
+
+pub mod cli;
+pub mod host;
+pub mod library;
+pub mod paths;
+pub mod supervisor;
+pub mod ui;
+pub mod vm_config;

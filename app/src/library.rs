@@ -1,0 +1,371 @@
+//! The VM library: one directory per VM under `$XDG_DATA_HOME/vireo/vms/`, named by the
+//! VM's id (a slug of its name), holding `vm.toml`, its disk and its logs. Listing never
+//! fails because of one VM: a directory whose config cannot be read is an entry with
+//! the reason, and nothing here ever rewrites or deletes such a directory.
+
+use std::path::{Path, PathBuf};
+
+use crate::paths::Dirs;
+use crate::vm_config::{self, VmConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the VM library {path}: {source}")]
+    List {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no VM named or with id \"{0}\" (see vireo list)")]
+    NotFound(String),
+    #[error("the config of VM {id} cannot be read ({reason}): fix or remove {dir} by hand")]
+    Broken {
+        id: String,
+        reason: String,
+        dir: PathBuf,
+    },
+    #[error("cannot create the VM's files in {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Save(#[from] vm_config::SaveError),
+    #[error("cannot delete {path}: {source}")]
+    Delete {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One VM directory.
+#[derive(Debug, Clone)]
+pub struct VmEntry {
+    pub id: String,
+    pub dir: PathBuf,
+    /// The config, or why it cannot be read (the entry is "broken").
+    pub config: Result<VmConfig, String>,
+}
+
+impl VmEntry {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(vm_config::FILE_NAME)
+    }
+
+    /// The config, or the broken-entry error naming the reason.
+    pub fn config(&self) -> Result<&VmConfig, Error> {
+        self.config.as_ref().map_err(|reason| Error::Broken {
+            id: self.id.clone(),
+            reason: reason.clone(),
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// The name to show: the config's, or the directory's for a broken entry.
+    pub fn name(&self) -> &str {
+        match &self.config {
+            Ok(c) => &c.name,
+            Err(_) => &self.id,
+        }
+    }
+
+    pub fn disk_path(&self) -> PathBuf {
+        self.dir.join(vm_config::DISK_FILE)
+    }
+
+    /// The engine's console and messages of the last run.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("logs").join("console.log")
+    }
+
+    /// How the last run ended (`supervisor::LastExit`, written by the monitor).
+    pub fn last_exit_path(&self) -> PathBuf {
+        self.dir.join("last-exit.json")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Library {
+    root: PathBuf,
+    kept_disks: PathBuf,
+}
+
+/// What happens to a deleted VM's disk: deleting user data is explicit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskChoice {
+    Delete,
+    /// Moved to `$XDG_DATA_HOME/vireo/kept-disks/<id>.img`.
+    Keep,
+}
+
+impl Library {
+    pub fn new(dirs: &Dirs) -> Library {
+        Library {
+            root: dirs.vms(),
+            kept_disks: dirs.kept_disks(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every VM directory, sorted by name. A missing library is an empty one.
+    pub fn list(&self) -> Result<Vec<VmEntry>, Error> {
+        let read = match std::fs::read_dir(&self.root) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::List {
+                    path: self.root.clone(),
+                    source,
+                })
+            }
+        };
+        let mut entries: Vec<VmEntry> = read
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let id = e.file_name().to_str()?.to_owned();
+                // Hidden directories are ours in the making (see `create`).
+                (!id.starts_with('.')).then(|| self.entry(id))
+            })
+            .collect();
+        entries.sort_by_key(|e| e.name().to_lowercase());
+        Ok(entries)
+    }
+
+    fn entry(&self, id: String) -> VmEntry {
+        let dir = self.root.join(&id);
+        let config = VmConfig::load(&dir.join(vm_config::FILE_NAME)).map_err(|e| e.to_string());
+        VmEntry { id, dir, config }
+    }
+
+    /// The VM whose id or name (case-insensitive) is `key`.
+    pub fn find(&self, key: &str) -> Result<VmEntry, Error> {
+        let entries = self.list()?;
+        let by_id = entries.iter().position(|e| e.id == key);
+        let by_name = || {
+            entries.iter().position(|e| {
+                e.config
+                    .as_ref()
+                    .is_ok_and(|c| c.name.eq_ignore_ascii_case(key))
+            })
+        };
+        match by_id.or_else(by_name) {
+            Some(i) => Ok(entries.into_iter().nth(i).expect("index from position")),
+            None => Err(Error::NotFound(key.to_owned())),
+        }
+    }
+
+    /// The names in use (for the "name taken" check).
+    pub fn names(&self) -> Vec<String> {
+        self.list()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect()
+    }
+
+    /// Makes the VM's directory, its disk (sparse) and its `vm.toml`. The directory is
+    /// built under a hidden name and renamed into place, so a half-made VM never shows.
+    pub fn create(&self, config: &VmConfig) -> Result<VmEntry, Error> {
+        let create_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Create { path, source }
+        };
+        std::fs::create_dir_all(&self.root).map_err(create_err(&self.root))?;
+        let id = self.free_id(&slug(&config.name));
+        let staging = self.root.join(format!(".new-{id}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let result = (|| {
+            std::fs::create_dir_all(staging.join("logs")).map_err(create_err(&staging))?;
+            if let Some(disk) = config.disk {
+                let path = staging.join(vm_config::DISK_FILE);
+                let file = std::fs::File::create(&path).map_err(create_err(&path))?;
+                file.set_len(disk.size_gib << 30)
+                    .map_err(create_err(&path))?;
+            }
+            config.save(&staging.join(vm_config::FILE_NAME))?;
+            let dir = self.root.join(&id);
+            std::fs::rename(&staging, &dir).map_err(create_err(&dir))?;
+            Ok(self.entry(id.clone()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    /// `base`, or `base-2`, `base-3`... whichever has no directory yet.
+    fn free_id(&self, base: &str) -> String {
+        (1..)
+            .map(|n| {
+                if n == 1 {
+                    base.to_owned()
+                } else {
+                    format!("{base}-{n}")
+                }
+            })
+            .find(|id| !self.root.join(id).exists())
+            .expect("some suffix is free")
+    }
+
+    /// Deletes a VM's directory (the caller checked it is not running). A broken entry
+    /// is refused: its files are the user's to look at. Returns where a kept disk went.
+    pub fn delete(&self, entry: &VmEntry, disk: DiskChoice) -> Result<Option<PathBuf>, Error> {
+        entry.config()?;
+        let mut kept = None;
+        let disk_path = entry.disk_path();
+        if disk == DiskChoice::Keep && disk_path.exists() {
+            std::fs::create_dir_all(&self.kept_disks).map_err(|source| Error::Delete {
+                path: self.kept_disks.clone(),
+                source,
+            })?;
+            let target = self
+                .kept_disks
+                .join(format!("{}.img", self.free_kept_name(&entry.id)));
+            std::fs::rename(&disk_path, &target).map_err(|source| Error::Delete {
+                path: disk_path.clone(),
+                source,
+            })?;
+            kept = Some(target);
+        }
+        std::fs::remove_dir_all(&entry.dir).map_err(|source| Error::Delete {
+            path: entry.dir.clone(),
+            source,
+        })?;
+        Ok(kept)
+    }
+
+    fn free_kept_name(&self, id: &str) -> String {
+        (1..)
+            .map(|n| {
+                if n == 1 {
+                    id.to_owned()
+                } else {
+                    format!("{id}-{n}")
+                }
+            })
+            .find(|name| !self.kept_disks.join(format!("{name}.img")).exists())
+            .expect("some suffix is free")
+    }
+}
+
+/// A directory name from a VM name: lowercase ASCII letters, digits and dashes.
+pub fn slug(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out = out.trim_matches('-');
+    if out.is_empty() {
+        "vm".into()
+    } else {
+        out.chars().take(40).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm_config::{DiskConfig, DisplaySize, OsSource};
+
+    fn library(name: &str) -> (Library, PathBuf) {
+        let base = std::env::temp_dir().join(format!("vireo-lib-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let dirs = Dirs {
+            data: base.join("data"),
+            runtime: base.join("run"),
+        };
+        (Library::new(&dirs), base)
+    }
+
+    fn config(name: &str) -> VmConfig {
+        VmConfig {
+            name: name.into(),
+            os: OsSource::SelfTest,
+            cpus: 1,
+            memory_mib: 128,
+            disk: None,
+            network: false,
+            display: DisplaySize::default(),
+        }
+    }
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("My Work VM!"), "my-work-vm");
+        assert_eq!(slug("  Ünïcode  "), "n-code");
+        assert_eq!(slug("///"), "vm");
+    }
+
+    #[test]
+    fn create_list_find_delete() {
+        let (lib, base) = library("cycle");
+        assert!(lib.list().unwrap().is_empty());
+        let a = lib.create(&config("Zed")).unwrap();
+        let b = lib
+            .create(&VmConfig {
+                disk: Some(DiskConfig { size_gib: 2 }),
+                ..config("alpha")
+            })
+            .unwrap();
+        // Same slug, another id.
+        let c = lib.create(&config("ZED ")).unwrap();
+        assert_eq!((a.id.as_str(), c.id.as_str()), ("zed", "zed-2"));
+        let names: Vec<_> = lib
+            .list()
+            .unwrap()
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect();
+        assert_eq!(names, ["alpha", "Zed", "ZED "]);
+        assert_eq!(std::fs::metadata(b.disk_path()).unwrap().len(), 2 << 30);
+        assert_eq!(lib.find("ALPHA").unwrap().id, "alpha");
+        assert_eq!(lib.find("zed-2").unwrap().id, "zed-2");
+        assert!(matches!(lib.find("nope"), Err(Error::NotFound(_))));
+
+        let kept = lib.delete(&b, DiskChoice::Keep).unwrap().unwrap();
+        assert_eq!(std::fs::metadata(&kept).unwrap().len(), 2 << 30);
+        assert!(!b.dir.exists());
+        assert_eq!(lib.delete(&a, DiskChoice::Delete).unwrap(), None);
+        assert_eq!(lib.list().unwrap().len(), 1);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn broken_configs_are_listed_with_their_reason_and_left_alone() {
+        let (lib, base) = library("broken");
+        lib.create(&config("good")).unwrap();
+        let dir = lib.root().join("bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = "name = [unterminated\n";
+        std::fs::write(dir.join(vm_config::FILE_NAME), garbage).unwrap();
+        let empty = lib.root().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let entries = lib.list().unwrap();
+        assert_eq!(entries.len(), 3);
+        let bad = entries.iter().find(|e| e.id == "bad").unwrap();
+        assert!(bad
+            .config
+            .as_ref()
+            .unwrap_err()
+            .contains("not a valid VM config"));
+        let none = entries.iter().find(|e| e.id == "empty").unwrap();
+        assert!(none.config.as_ref().unwrap_err().contains("cannot read"));
+        let err = lib.delete(bad, DiskChoice::Delete).unwrap_err();
+        assert!(err.to_string().contains("by hand"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(vm_config::FILE_NAME)).unwrap(),
+            garbage
+        );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+}

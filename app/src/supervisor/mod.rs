@@ -1,0 +1,373 @@
+//! Running VMs: one `vireo-vmm` per VM, started detached behind a monitor (`monitor`) so
+//! it outlives the app, found again through its run lock and control socket (`lock`,
+//! `launch::RuntimeFiles`), asked for its status and told what to do over the control
+//! socket (`vireo_vmm::control::client`, `actions`). A VM whose engine died shows how it
+//! ended and the last lines of its log.
+
+pub mod actions;
+pub mod launch;
+pub mod lock;
+pub mod monitor;
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vireo_vmm::control::client::Control;
+use vireo_vmm::control::protocol::{Request, Response};
+
+use crate::library::VmEntry;
+use crate::paths::Dirs;
+pub use actions::{Action, Unsupported};
+pub use launch::{LaunchError, Programs, RuntimeFiles};
+pub use monitor::LastExit;
+
+/// How long a control request may take before the engine counts as unresponsive.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `start` waits for the engine's control socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long `power_off` waits for the engine to be gone.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Log lines shown for an engine that died.
+pub const LOG_TAIL: usize = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Library(#[from] crate::library::Error),
+    #[error(transparent)]
+    Paths(#[from] crate::paths::Error),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    #[error("the VM is not running")]
+    NotRunning,
+    #[error("the VM is running: power it off first")]
+    Running,
+    #[error("cannot start the VM's monitor {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VM did not start: {reason}{}", tail_text(.log_tail))]
+    StartFailed {
+        reason: String,
+        log_tail: Vec<String>,
+    },
+    #[error("the engine did not answer on {path} within {secs} s", secs = START_TIMEOUT.as_secs())]
+    StartTimeout { path: PathBuf },
+    #[error("the engine's control socket {path} does not answer: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the engine refused: {0}")]
+    Refused(String),
+    #[error("the engine gave an unexpected answer: {0}")]
+    Unexpected(String),
+    #[error("the VM was told to power off but still runs after {} s", STOP_TIMEOUT.as_secs())]
+    StopTimeout,
+}
+
+fn tail_text(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\nlast lines of its log:\n  {}", lines.join("\n  "))
+    }
+}
+
+/// What the engine says about a running VM.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStatus {
+    /// The engine's own word ("running"; later "paused").
+    pub state: String,
+    pub vcpus: u8,
+    pub memory_mib: u64,
+}
+
+/// A VM's state as the library shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmState {
+    /// Not running; its last run (if any) ended with a power-off.
+    Stopped,
+    /// An engine runs it. `status` is `Err` if the engine does not answer.
+    Running {
+        status: Result<EngineStatus, String>,
+    },
+    /// Not running; the last run ended badly.
+    Failed {
+        exit: LastExit,
+        log_tail: Vec<String>,
+    },
+}
+
+impl VmState {
+    /// One word for lists and `--json`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            VmState::Stopped => "stopped",
+            VmState::Running { status: Ok(s) } if s.state == "paused" => "paused",
+            VmState::Running { status: Ok(_) } => "running",
+            VmState::Running { status: Err(_) } => "unresponsive",
+            VmState::Failed { .. } => "failed",
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self, VmState::Running { .. })
+    }
+}
+
+/// Starts, watches and stops engines. One per app (or CLI command).
+pub struct Supervisor {
+    dirs: Dirs,
+    programs: Programs,
+    /// Monitors this process started: reaped when they end so none lingers as a zombie
+    /// in a long-running app.
+    children: Mutex<Vec<Child>>,
+}
+
+impl Supervisor {
+    pub fn new(dirs: Dirs, programs: Programs) -> Supervisor {
+        Supervisor {
+            dirs,
+            programs,
+            children: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn programs(&self) -> &Programs {
+        &self.programs
+    }
+
+    /// The VM's runtime directory (created 0700 if missing).
+    pub fn runtime(&self, entry: &VmEntry) -> Result<RuntimeFiles, Error> {
+        Ok(RuntimeFiles {
+            dir: self.dirs.vm_runtime(&entry.id)?,
+        })
+    }
+
+    /// Is the VM running, and what does its engine say? Never blocks for longer than
+    /// `CONTROL_TIMEOUT`.
+    pub fn state(&self, entry: &VmEntry) -> VmState {
+        self.reap();
+        let runtime = RuntimeFiles {
+            dir: self.dirs.runtime.join(&entry.id),
+        };
+        if lock::is_held(&runtime.lock()) {
+            let status = self.status(&runtime).map_err(|e| e.to_string());
+            return VmState::Running { status };
+        }
+        match LastExit::load(&entry.last_exit_path()) {
+            Some(exit) if !exit.clean() => VmState::Failed {
+                exit,
+                log_tail: log_tail(&entry.log_path(), LOG_TAIL),
+            },
+            _ => VmState::Stopped,
+        }
+    }
+
+    fn status(&self, runtime: &RuntimeFiles) -> Result<EngineStatus, Error> {
+        match self.ask(runtime, &Request::Status {})? {
+            Response::Status {
+                state,
+                vcpus,
+                memory_mib,
+            } => Ok(EngineStatus {
+                state,
+                vcpus,
+                memory_mib,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One request to the VM's engine.
+    pub fn ask(&self, runtime: &RuntimeFiles, request: &Request) -> Result<Response, Error> {
+        let path = runtime.control_socket();
+        let control_err = |source| Error::Control {
+            path: path.clone(),
+            source,
+        };
+        let mut control = Control::connect(&path).map_err(control_err)?;
+        control
+            .set_timeout(Some(CONTROL_TIMEOUT))
+            .map_err(control_err)?;
+        match control.ask(request).map_err(control_err)? {
+            Response::Error { message } => Err(Error::Refused(message)),
+            answer => Ok(answer),
+        }
+    }
+
+    /// Starts the VM: its monitor, detached, which runs the engine. Returns once the
+    /// engine answers on its control socket, or with why it did not start (its exit
+    /// reason and the end of its log).
+    pub fn start(&self, entry: &VmEntry) -> Result<(), Error> {
+        let config = entry.config()?;
+        let runtime = self.runtime(entry)?;
+        if lock::is_held(&runtime.lock()) {
+            return Err(lock::LockError::Held.into());
+        }
+        let args = launch::engine_args(config, &entry.dir, &runtime, &self.programs)?;
+        // A socket left by an engine that was killed would make `connect` below fail in
+        // a misleading way (refused instead of absent).
+        let _ = std::fs::remove_file(runtime.control_socket());
+        let log = open_log(&entry.log_path()).map_err(|source| Error::Spawn {
+            path: entry.log_path(),
+            source,
+        })?;
+        let mut cmd = Command::new(&self.programs.app);
+        cmd.arg("monitor")
+            .arg("--lock")
+            .arg(runtime.lock())
+            .arg("--engine-pid")
+            .arg(runtime.engine_pid())
+            .arg("--last-exit")
+            .arg(entry.last_exit_path())
+            .arg("--engine")
+            .arg(&self.programs.engine)
+            .arg("--")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|source| Error::Spawn {
+                path: entry.log_path(),
+                source,
+            })?)
+            .stderr(log);
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            path: self.programs.app.clone(),
+            source,
+        })?;
+        self.wait_ready(entry, &runtime, child)
+    }
+
+    fn wait_ready(
+        &self,
+        entry: &VmEntry,
+        runtime: &RuntimeFiles,
+        mut child: Child,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                let reason = LastExit::load(&entry.last_exit_path())
+                    .map_or_else(|| "its monitor ended".to_owned(), |e| e.reason());
+                return Err(Error::StartFailed {
+                    reason,
+                    log_tail: log_tail(&entry.log_path(), LOG_TAIL),
+                });
+            }
+            if self.status(runtime).is_ok() {
+                self.children
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.children
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(child);
+                return Err(Error::StartTimeout {
+                    path: runtime.control_socket(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Does `action` to the running VM.
+    pub fn act(&self, entry: &VmEntry, action: Action) -> Result<(), Error> {
+        let request = action.request()?;
+        let runtime = self.runtime(entry)?;
+        if !lock::is_held(&runtime.lock()) {
+            return Err(Error::NotRunning);
+        }
+        match self.ask(&runtime, &request)? {
+            Response::Ok => {}
+            other => return Err(unexpected(other)),
+        }
+        if action == Action::PowerOff {
+            self.wait_stopped(&runtime)?;
+        }
+        Ok(())
+    }
+
+    fn wait_stopped(&self, runtime: &RuntimeFiles) -> Result<(), Error> {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while lock::is_held(&runtime.lock()) {
+            if Instant::now() >= deadline {
+                return Err(Error::StopTimeout);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Has the engine write the guest's screen to `path` (PNG); returns its size.
+    pub fn screenshot(&self, entry: &VmEntry, path: &Path) -> Result<(u32, u32), Error> {
+        let runtime = self.runtime(entry)?;
+        if !lock::is_held(&runtime.lock()) {
+            return Err(Error::NotRunning);
+        }
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let request = Request::Screenshot {
+            path: path.to_string_lossy().into_owned(),
+        };
+        match self.ask(&runtime, &request)? {
+            Response::Screenshot { width, height, .. } => Ok((width, height)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a stopped VM (`library::Library::delete`), refusing a running one.
+    pub fn ensure_stopped(&self, entry: &VmEntry) -> Result<(), Error> {
+        if self.state(entry).is_running() {
+            return Err(Error::Running);
+        }
+        Ok(())
+    }
+
+    /// Waits for monitors of ours that have ended.
+    fn reap(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+    }
+}
+
+fn unexpected(answer: Response) -> Error {
+    Error::Unexpected(format!("{answer:?}"))
+}
+
+/// The log for this run: emptied at each start (the last run's is what matters).
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::File::create(path)
+}
+
+/// The last `n` lines of the log (reading at most its last 64 KiB).
+pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 << 10)));
+    let lines: Vec<String> = BufReader::new(file)
+        .split(b'\n')
+        .map_while(Result::ok)
+        .map(|l| String::from_utf8_lossy(&l).trim_end().to_owned())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}

@@ -1,0 +1,222 @@
+//! The app's worker thread: everything that touches the disk, the engines or their
+//! sockets happens here, never inside `ui` (starting a VM waits for its engine). The UI
+//! sends `Command`s; the worker answers with `Update`s and, every second and after each
+//! command, a fresh `Snapshot` of the library if it changed; each update wakes the UI.
+//! The UI drains updates once per frame.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use crate::library::{DiskChoice, Library, VmEntry};
+use crate::supervisor::{Action, Supervisor, VmState};
+use crate::vm_config::VmConfig;
+
+/// How often the library is looked at again (VMs started or stopped elsewhere, engines
+/// that died).
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// One VM as the library window shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRow {
+    pub entry_id: String,
+    pub name: String,
+    /// `Err`: the config cannot be read; the text says why.
+    pub config: Result<VmConfig, String>,
+    pub state: VmState,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Create { config: VmConfig, start: bool },
+    Start(String),
+    Act(String, Action),
+    Delete { id: String, disk: DiskChoice },
+    Refresh,
+}
+
+#[derive(Debug)]
+pub enum Update {
+    Snapshot(Vec<VmRow>),
+    /// A command finished: `Ok` with what happened, or the error for the user.
+    Done(Result<String, String>),
+    /// A VM was created (the wizard closes).
+    Created {
+        id: String,
+    },
+    /// A VM was started: its display opens.
+    Started {
+        id: String,
+        name: String,
+    },
+}
+
+/// The UI's handle on the worker.
+pub struct Backend {
+    commands: Sender<Command>,
+    updates: Receiver<Update>,
+}
+
+impl Backend {
+    /// Starts the worker. `wake` is called after each update is sent (the UI's
+    /// `request_repaint`).
+    pub fn start(
+        library: Library,
+        supervisor: Supervisor,
+        wake: impl Fn() + Send + 'static,
+    ) -> Backend {
+        let (commands, command_rx) = mpsc::channel();
+        let (update_tx, updates) = mpsc::channel();
+        let worker = Worker {
+            library,
+            supervisor,
+            updates: update_tx,
+            wake: Box::new(wake),
+            last: None,
+        };
+        std::thread::Builder::new()
+            .name("vireo-backend".into())
+            .spawn(move || worker.run(command_rx))
+            .expect("a thread for the backend");
+        Backend { commands, updates }
+    }
+
+    pub fn send(&self, command: Command) {
+        // The worker lives as long as the app; a send can only fail while it shuts down.
+        let _ = self.commands.send(command);
+    }
+
+    /// Updates that arrived since the last call.
+    pub fn drain(&self) -> Vec<Update> {
+        self.updates.try_iter().collect()
+    }
+}
+
+struct Worker {
+    library: Library,
+    supervisor: Supervisor,
+    updates: Sender<Update>,
+    wake: Box<dyn Fn() + Send>,
+    last: Option<Vec<VmRow>>,
+}
+
+impl Worker {
+    fn run(mut self, commands: Receiver<Command>) {
+        self.snapshot();
+        loop {
+            match commands.recv_timeout(REFRESH) {
+                Ok(command) => {
+                    let outcome = self.execute(command);
+                    if let Some(update) = outcome {
+                        self.send(update);
+                    }
+                    self.snapshot();
+                }
+                Err(RecvTimeoutError::Timeout) => self.snapshot(),
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn send(&self, update: Update) {
+        if self.updates.send(update).is_ok() {
+            (self.wake)();
+        }
+    }
+
+    /// Sends the library's state if it differs from the last one sent.
+    fn snapshot(&mut self) {
+        let rows = match self.library.list() {
+            Ok(entries) => entries.iter().map(|e| self.row(e)).collect(),
+            Err(e) => {
+                self.send(Update::Done(Err(e.to_string())));
+                Vec::new()
+            }
+        };
+        if self.last.as_ref() != Some(&rows) {
+            self.last = Some(rows.clone());
+            self.send(Update::Snapshot(rows));
+        }
+    }
+
+    fn row(&self, entry: &VmEntry) -> VmRow {
+        let state = match entry.config {
+            Ok(_) => self.supervisor.state(entry),
+            Err(_) => VmState::Stopped,
+        };
+        VmRow {
+            entry_id: entry.id.clone(),
+            name: entry.name().to_owned(),
+            config: entry.config.clone(),
+            state,
+        }
+    }
+
+    fn execute(&mut self, command: Command) -> Option<Update> {
+        let result = match command {
+            Command::Refresh => return None,
+            Command::Create { config, start } => {
+                let created = self.library.create(&config).map_err(|e| e.to_string());
+                return Some(match created {
+                    Ok(entry) => {
+                        self.send(Update::Created {
+                            id: entry.id.clone(),
+                        });
+                        if start {
+                            self.start(&entry)
+                        } else {
+                            Update::Done(Ok(format!("{} created", entry.name())))
+                        }
+                    }
+                    Err(e) => Update::Done(Err(e)),
+                });
+            }
+            Command::Start(id) => match self.library.find(&id) {
+                Ok(entry) => return Some(self.start(&entry)),
+                Err(e) => Err(e.to_string()),
+            },
+            Command::Act(id, action) => self.with_entry(&id, |s, entry| {
+                s.supervisor
+                    .act(entry, action)
+                    .map(|()| format!("{}: done", action.verb()))
+                    .map_err(|e| e.to_string())
+            }),
+            Command::Delete { id, disk } => self.with_entry(&id, |s, entry| {
+                s.supervisor
+                    .ensure_stopped(entry)
+                    .map_err(|e| e.to_string())?;
+                match s.library.delete(entry, disk) {
+                    Ok(Some(kept)) => {
+                        Ok(format!("deleted; its disk was kept as {}", kept.display()))
+                    }
+                    Ok(None) => Ok("deleted".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }),
+        };
+        Some(Update::Done(result))
+    }
+
+    fn start(&self, entry: &VmEntry) -> Update {
+        match self.supervisor.start(entry) {
+            Ok(()) => {
+                self.send(Update::Started {
+                    id: entry.id.clone(),
+                    name: entry.name().to_owned(),
+                });
+                Update::Done(Ok(format!("{} started", entry.name())))
+            }
+            Err(e) => Update::Done(Err(format!("{}: {e}", entry.name()))),
+        }
+    }
+
+    fn with_entry(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Self, &VmEntry) -> Result<String, String>,
+    ) -> Result<String, String> {
+        let entry = self.library.find(id).map_err(|e| e.to_string())?;
+        f(self, &entry)
+            .map(|ok| format!("{}: {ok}", entry.name()))
+            .map_err(|e| format!("{}: {e}", entry.name()))
+    }
+}

@@ -1,0 +1,274 @@
+//! The window: the library (`library_view`), the New VM wizard (`wizard`) and a window
+//! per open VM display (`display_view`, an egui viewport of its own). All disk and
+//! engine work is done by the backend thread (`backend`); `VireoApp::ui` drains its
+//! updates once per frame and sends it commands.
+
+pub mod backend;
+pub mod display_view;
+pub mod keymap;
+pub mod library_view;
+pub mod wizard;
+
+use eframe::egui::{self, RichText};
+
+use crate::host::HostInfo;
+use crate::library::Library;
+use crate::paths::Dirs;
+use crate::supervisor::{Programs, Supervisor};
+use backend::{Backend, Command, Update, VmRow};
+use display_view::DisplayView;
+use library_view::{LibraryCommand, LibraryView};
+use wizard::{Wizard, WizardOutcome};
+
+/// The app id: the window class on X11 and app id on Wayland, matching the .desktop file.
+pub const APP_ID: &str = "vireo";
+/// The VM window's toolbar, under the screen: the window is the screen's size plus this,
+/// so the screen shows 1:1.
+pub const TOOLBAR_HEIGHT: f32 = 36.0;
+
+pub struct VireoApp {
+    dirs: Dirs,
+    host: HostInfo,
+    backend: Backend,
+    rows: Vec<VmRow>,
+    library: LibraryView,
+    wizard: Option<Wizard>,
+    displays: Vec<DisplayView>,
+    /// The last command's outcome, shown at the bottom.
+    status: Option<Result<String, String>>,
+    /// Whether the library has been read once (before that, "No VMs yet" would lie).
+    loaded: bool,
+    ctx: egui::Context,
+    /// The VM whose window to open at start (`vireo open NAME`).
+    open_when_running: Option<String>,
+}
+
+impl VireoApp {
+    pub fn new(ctx: &egui::Context, dirs: Dirs, programs: Programs, host: HostInfo) -> VireoApp {
+        let library = Library::new(&dirs);
+        let supervisor = Supervisor::new(dirs.clone(), programs);
+        let wake_ctx = ctx.clone();
+        let backend = Backend::start(library, supervisor, move || wake_ctx.request_repaint());
+        VireoApp {
+            dirs,
+            host,
+            backend,
+            rows: Vec::new(),
+            library: LibraryView::default(),
+            wizard: None,
+            displays: Vec::new(),
+            status: None,
+            loaded: false,
+            ctx: ctx.clone(),
+            open_when_running: None,
+        }
+    }
+
+    /// The VMs as last seen (tests read it).
+    pub fn rows(&self) -> &[VmRow] {
+        &self.rows
+    }
+
+    pub fn status(&self) -> Option<&Result<String, String>> {
+        self.status.as_ref()
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.loaded
+    }
+
+    pub fn displays(&self) -> &[DisplayView] {
+        &self.displays
+    }
+
+    fn drain(&mut self) {
+        for update in self.backend.drain() {
+            match update {
+                Update::Snapshot(rows) => {
+                    self.rows = rows;
+                    self.loaded = true;
+                    self.open_requested();
+                }
+                Update::Done(result) => self.status = Some(result),
+                Update::Created { .. } => self.wizard = None,
+                Update::Started { id, name } => self.open_display(&id, &name),
+            }
+        }
+    }
+
+    /// Opens the window `vireo open NAME` asked for, once the library shows the VM.
+    fn open_requested(&mut self) {
+        let Some(key) = &self.open_when_running else {
+            return;
+        };
+        let found = self.rows.iter().find(|r| {
+            r.state.is_running() && (r.entry_id == *key || r.name.eq_ignore_ascii_case(key))
+        });
+        if let Some(row) = found {
+            let (id, name) = (row.entry_id.clone(), row.name.clone());
+            self.open_when_running = None;
+            self.open_display(&id, &name);
+        } else if self.loaded {
+            self.status = Some(Err(format!("{key} is not running: start it first")));
+            self.open_when_running = None;
+        }
+    }
+
+    fn open_display(&mut self, id: &str, name: &str) {
+        if self
+            .displays
+            .iter()
+            .any(|d| d.vm_id == id && d.lost().is_none())
+        {
+            return;
+        }
+        self.displays.retain(|d| d.vm_id != id);
+        let socket = self.dirs.runtime.join(id).join("control.sock");
+        let ctx = self.ctx.clone();
+        self.displays.push(DisplayView::open(
+            id.to_owned(),
+            format!("{name} — Vireo"),
+            socket,
+            move || ctx.request_repaint(),
+        ));
+    }
+
+    fn handle(&mut self, command: LibraryCommand) {
+        match command {
+            LibraryCommand::NewVm => self.wizard = Some(Wizard::new(self.host.clone())),
+            LibraryCommand::Start(id) => self.backend.send(Command::Start(id)),
+            LibraryCommand::Act(id, action) => self.backend.send(Command::Act(id, action)),
+            LibraryCommand::OpenDisplay(id) => {
+                let name = self
+                    .rows
+                    .iter()
+                    .find(|r| r.entry_id == id)
+                    .map_or(id.clone(), |r| r.name.clone());
+                self.open_display(&id, &name);
+            }
+            LibraryCommand::Delete { id, disk } => self.backend.send(Command::Delete { id, disk }),
+        }
+    }
+
+    /// The whole window's content (the eframe `App::ui`, and what kittest drives).
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        self.drain();
+        let new_vm = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::N);
+        if self.wizard.is_none() && ui.input_mut(|i| i.consume_shortcut(&new_vm)) {
+            self.handle(LibraryCommand::NewVm);
+        }
+        egui::Panel::bottom("status").show(ui, |ui| match &self.status {
+            Some(Ok(text)) => {
+                ui.label(text);
+            }
+            Some(Err(text)) => {
+                ui.label(RichText::new(text).color(ui.visuals().error_fg_color));
+            }
+            None => {
+                ui.label(RichText::new(self.host_summary()).weak());
+            }
+        });
+        egui::CentralPanel::default().show(ui, |ui| {
+            if let Some(wizard) = &mut self.wizard {
+                let taken: Vec<String> = self.rows.iter().map(|r| r.name.clone()).collect();
+                match wizard.ui(ui, &taken) {
+                    Some(WizardOutcome::Create { config, start }) => {
+                        self.status = Some(Ok(format!("creating {}…", config.name)));
+                        self.backend.send(Command::Create { config, start });
+                    }
+                    Some(WizardOutcome::Cancel) => self.wizard = None,
+                    None => {}
+                }
+            } else if self.loaded {
+                for command in self.library.ui(ui, &self.rows) {
+                    self.handle(command);
+                }
+            }
+        });
+        self.show_displays(ui.ctx());
+    }
+
+    fn host_summary(&self) -> String {
+        use crate::host::KvmKind;
+        let kvm = match &self.host.kvm {
+            KvmKind::Hardware => "hardware virtualization".to_owned(),
+            KvmKind::Pvm => {
+                "PVM (software virtualization: the self-test runs, stock Linux does not)".to_owned()
+            }
+            KvmKind::Unknown => "KVM".to_owned(),
+            KvmKind::Unusable(why) => format!("KVM not usable: {why}"),
+        };
+        format!(
+            "{} CPUs · {} MiB · {kvm}",
+            self.host.cpus, self.host.memory_mib
+        )
+    }
+
+    fn show_displays(&mut self, ctx: &egui::Context) {
+        let mut closed = Vec::new();
+        let mut actions = Vec::new();
+        for (i, display) in self.displays.iter_mut().enumerate() {
+            display.pump(ctx);
+            let (w, h) = display.screen_size().unwrap_or((1024, 768));
+            let builder = egui::ViewportBuilder::default()
+                .with_title(&display.title)
+                .with_app_id(APP_ID)
+                .with_inner_size([w as f32, h as f32 + TOOLBAR_HEIGHT]);
+            let id = egui::ViewportId::from_hash_of(("vm", &display.vm_id));
+            ctx.show_viewport_immediate(id, builder, |ui, _class| {
+                let toolbar = egui::Panel::bottom(("toolbar", &display.vm_id))
+                    .exact_size(TOOLBAR_HEIGHT)
+                    .show(ui, |ui| display.toolbar(ui));
+                if let Some(action) = toolbar.inner {
+                    actions.push((display.vm_id.clone(), action));
+                }
+                egui::CentralPanel::default()
+                    .frame(egui::Frame::NONE)
+                    .show(ui, |ui| display.ui(ui));
+                if ui.input(|i| i.viewport().close_requested()) {
+                    display.release_all();
+                    closed.push(i);
+                }
+            });
+        }
+        for (id, action) in actions {
+            self.backend.send(Command::Act(id, action));
+        }
+        for i in closed.into_iter().rev() {
+            // Closing the window leaves the VM running (it is in the library).
+            self.displays.remove(i);
+        }
+    }
+}
+
+impl eframe::App for VireoApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+}
+
+/// Opens the library window; returns when it closes. VMs keep running.
+pub fn run(open: Option<String>) -> anyhow::Result<()> {
+    let dirs = Dirs::from_env()?;
+    let host = HostInfo::detect();
+    let options = eframe::NativeOptions {
+        renderer: eframe::Renderer::Glow,
+        viewport: egui::ViewportBuilder::default()
+            .with_title("Vireo")
+            .with_app_id(APP_ID)
+            .with_inner_size([760.0, 520.0]),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "Vireo",
+        options,
+        Box::new(move |cc| {
+            let mut app = VireoApp::new(&cc.egui_ctx, dirs, Programs::from_current_exe(), host);
+            app.open_when_running = open;
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("cannot open the window: {e} (is DISPLAY or WAYLAND_DISPLAY set?)")
+    })
+}

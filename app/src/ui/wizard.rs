@@ -1,0 +1,428 @@
+//! The New VM wizard: one form (name, OS, CPUs, memory, disk, network) checked as the
+//! user types, each problem shown beside its field (`vm_config::check`), and "Create"
+//! enabled only when there is none. CPUs and memory are bounded by the host.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+
+use eframe::egui::{self, Color32, RichText};
+
+use crate::host::HostInfo;
+use crate::vm_config::{self, DiskConfig, DisplaySize, Field, OsSource, Problem, VmConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OsChoice {
+    SelfTest,
+    Kernel,
+    DemoLinux,
+}
+
+/// What the wizard ends with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WizardOutcome {
+    Create { config: VmConfig, start: bool },
+    Cancel,
+}
+
+pub struct Wizard {
+    host: HostInfo,
+    pub name: String,
+    pub os: OsChoice,
+    pub kernel: String,
+    pub initrd: String,
+    pub cpus: u8,
+    /// Typed as text so that any number can be entered and checked.
+    pub memory: String,
+    pub disk: bool,
+    pub disk_gib: u64,
+    pub network: bool,
+    pub start_after: bool,
+    /// The name field takes the keyboard when the wizard opens.
+    focus_name: bool,
+    /// A file dialog open for one of the path fields.
+    picking: Option<Picking>,
+    /// The last check: the form and names it was for, and its problems.
+    checked: Option<Checked>,
+}
+
+type Checked = ((VmConfig, Vec<String>), Vec<Problem>);
+
+/// A native file dialog (`rfd`: the desktop portal) on its own thread: it blocks until
+/// the user chooses or cancels.
+struct Picking {
+    kind: Kind,
+    chosen: Receiver<Option<PathBuf>>,
+}
+
+const ERROR: Color32 = Color32::from_rgb(0xe0, 0x40, 0x40);
+
+impl Wizard {
+    pub fn new(host: HostInfo) -> Wizard {
+        let memory = host.recommended_memory_mib().min(512).to_string();
+        Wizard {
+            host,
+            name: String::new(),
+            os: OsChoice::SelfTest,
+            kernel: String::new(),
+            initrd: String::new(),
+            cpus: 1,
+            memory,
+            disk: false,
+            disk_gib: 8,
+            network: false,
+            start_after: true,
+            focus_name: true,
+            picking: None,
+            checked: None,
+        }
+    }
+
+    /// The VM the form describes, or why the memory field is not a number.
+    pub fn config(&self) -> Result<VmConfig, String> {
+        let memory_mib: u64 = self
+            .memory
+            .trim()
+            .parse()
+            .map_err(|_| "the memory is a number of MiB, e.g. 512".to_owned())?;
+        let path = |s: &str| PathBuf::from(s.trim());
+        let os = match self.os {
+            OsChoice::SelfTest => OsSource::SelfTest,
+            OsChoice::DemoLinux => OsSource::DemoLinux,
+            OsChoice::Kernel => OsSource::Kernel {
+                kernel: path(&self.kernel),
+                initrd: Some(path(&self.initrd)).filter(|p| !p.as_os_str().is_empty()),
+                cmdline: String::new(),
+            },
+        };
+        Ok(VmConfig {
+            name: self.name.trim().to_owned(),
+            os,
+            cpus: self.cpus,
+            memory_mib,
+            disk: self.disk.then_some(DiskConfig {
+                size_gib: self.disk_gib,
+            }),
+            network: self.network,
+            display: DisplaySize::default(),
+        })
+    }
+
+    /// Draws the form; returns what the user decided, once they decide.
+    pub fn ui(&mut self, ui: &mut egui::Ui, taken: &[String]) -> Option<WizardOutcome> {
+        self.take_picked();
+        let config = self.config();
+        let problems = self.problems(&config, taken);
+        let show = |ui: &mut egui::Ui, field: Field| {
+            for p in problems.iter().filter(|p| p.field() == field) {
+                ui.label(RichText::new(p.to_string()).color(ERROR));
+            }
+        };
+        ui.heading("New VM");
+        let label = ui.label("Name");
+        let name = ui
+            .add(egui::TextEdit::singleline(&mut self.name).hint_text("My VM"))
+            .labelled_by(label.id);
+        if std::mem::take(&mut self.focus_name) {
+            name.request_focus();
+        }
+        // Enter in the name field is "Create", when the form is complete.
+        let enter = name.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        show(ui, Field::Name);
+
+        ui.separator();
+        ui.label("Operating system");
+        ui.radio_value(&mut self.os, OsChoice::SelfTest, "Vireo self-test")
+            .on_hover_text("The probe guest's self-test screen: runs on any host with KVM");
+        ui.radio_value(&mut self.os, OsChoice::Kernel, "Linux kernel + initrd");
+        if self.os == OsChoice::Kernel {
+            self.path_field(ui, "Kernel file", Kind::Kernel);
+            show(ui, Field::Kernel);
+            self.path_field(ui, "Initrd file (optional)", Kind::Initrd);
+            show(ui, Field::Initrd);
+        }
+        let demo = self.host.runs_stock_linux();
+        ui.add_enabled_ui(demo.is_ok(), |ui| {
+            ui.radio_value(&mut self.os, OsChoice::DemoLinux, "Vireo demo Linux");
+        });
+        if let Err(why) = &demo {
+            ui.label(RichText::new(format!("Vireo demo Linux {why}")).weak());
+            if self.os == OsChoice::DemoLinux {
+                self.os = OsChoice::SelfTest;
+            }
+        }
+        show(ui, Field::Os);
+
+        ui.separator();
+        let max_cpus = u8::try_from(self.host.cpus).unwrap_or(u8::MAX).max(1);
+        ui.add(egui::Slider::new(&mut self.cpus, 1..=max_cpus).text("CPUs"));
+        show(ui, Field::Cpus);
+        self.memory_field(ui);
+        if let Err(why) = &config {
+            ui.label(RichText::new(why).color(ERROR));
+        }
+        show(ui, Field::Memory);
+        ui.checkbox(&mut self.disk, "Disk");
+        if self.disk {
+            ui.add(egui::Slider::new(&mut self.disk_gib, 1..=512).text("GiB"));
+        }
+        show(ui, Field::Disk);
+        ui.checkbox(&mut self.network, "Network");
+        ui.checkbox(&mut self.start_after, "Start it now");
+
+        ui.separator();
+        let mut outcome = None;
+        ui.horizontal(|ui| {
+            let ready = config.is_ok() && problems.is_empty();
+            if ui.add_enabled(ready, egui::Button::new("Create")).clicked() || (enter && ready) {
+                if let Ok(config) = self.config() {
+                    outcome = Some(WizardOutcome::Create {
+                        config,
+                        start: self.start_after,
+                    });
+                }
+            }
+            if ui.button("Cancel").clicked() {
+                outcome = Some(WizardOutcome::Cancel);
+            }
+        });
+        outcome
+    }
+
+    fn path_field(&mut self, ui: &mut egui::Ui, label: &str, kind: Kind) {
+        let value = match kind {
+            Kind::Kernel => &mut self.kernel,
+            Kind::Initrd => &mut self.initrd,
+        };
+        let mut browse = false;
+        ui.horizontal(|ui| {
+            let label = ui.label(label);
+            ui.add(egui::TextEdit::singleline(value).hint_text("/path/to/file"))
+                .labelled_by(label.id);
+            browse = ui
+                .add_enabled(self.picking.is_none(), egui::Button::new("Browse…"))
+                .clicked();
+        });
+        if browse {
+            let (tx, chosen) = mpsc::channel();
+            let ctx = ui.ctx().clone();
+            let spawned = std::thread::Builder::new()
+                .name("file-dialog".into())
+                .spawn(move || {
+                    let _ = tx.send(rfd::FileDialog::new().pick_file());
+                    ctx.request_repaint();
+                });
+            if spawned.is_ok() {
+                self.picking = Some(Picking { kind, chosen });
+            }
+        }
+    }
+
+    /// What is wrong with `config`, checked again only when the form or the names in use
+    /// changed: the check looks at the kernel and initrd files, which is not for every
+    /// frame.
+    fn problems(&mut self, config: &Result<VmConfig, String>, taken: &[String]) -> Vec<Problem> {
+        let Ok(config) = config else {
+            return Vec::new();
+        };
+        let key = (config.clone(), taken.to_vec());
+        match &self.checked {
+            Some((k, problems)) if *k == key => problems.clone(),
+            _ => {
+                let problems = vm_config::check(config, &self.host, taken);
+                self.checked = Some((key, problems.clone()));
+                problems
+            }
+        }
+    }
+
+    /// Puts a path chosen in the file dialog into its field.
+    fn take_picked(&mut self) {
+        let Some(picking) = &self.picking else {
+            return;
+        };
+        let chosen = match picking.chosen.try_recv() {
+            Ok(chosen) => chosen,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => None,
+        };
+        if let Some(path) = chosen {
+            let text = path.display().to_string();
+            match picking.kind {
+                Kind::Kernel => self.kernel = text,
+                Kind::Initrd => self.initrd = text,
+            }
+        }
+        self.picking = None;
+    }
+
+    fn memory_field(&mut self, ui: &mut egui::Ui) {
+        let host_mib = self.host.memory_mib.max(vm_config::MIN_MEMORY_MIB);
+        ui.horizontal(|ui| {
+            let label = ui.label("Memory (MiB)");
+            ui.add(egui::TextEdit::singleline(&mut self.memory).desired_width(80.0))
+                .labelled_by(label.id);
+            let mut mib = self
+                .memory
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(vm_config::MIN_MEMORY_MIB);
+            let slider = egui::Slider::new(&mut mib, vm_config::MIN_MEMORY_MIB..=host_mib)
+                .logarithmic(true)
+                .show_value(false)
+                .text("of the host's");
+            if ui.add(slider).changed() {
+                // Whole MiB multiples of 64 keep the numbers readable.
+                self.memory = (mib / 64 * 64).max(vm_config::MIN_MEMORY_MIB).to_string();
+            }
+        });
+        ui.label(
+            RichText::new(format!(
+                "This host has {} MiB; {} MiB is a good size for a new VM.",
+                self.host.memory_mib,
+                self.host.recommended_memory_mib()
+            ))
+            .weak(),
+        );
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Kernel,
+    Initrd,
+}
+
+#[cfg(test)]
+mod tests {
+    use egui_kittest::kittest::{NodeT, Queryable};
+    use egui_kittest::Harness;
+
+    use super::*;
+    use crate::host::KvmKind;
+
+    fn pvm_host() -> HostInfo {
+        HostInfo {
+            cpus: 2,
+            memory_mib: 4096,
+            kvm: KvmKind::Pvm,
+        }
+    }
+
+    type State = (Wizard, Vec<String>, Option<WizardOutcome>);
+
+    fn harness(taken: &[&str]) -> Harness<'static, State> {
+        let state = (
+            Wizard::new(pvm_host()),
+            taken.iter().map(|s| s.to_string()).collect(),
+            None,
+        );
+        let mut harness = Harness::new_ui_state(
+            |ui, (wizard, taken, outcome): &mut State| {
+                if let Some(o) = wizard.ui(ui, taken) {
+                    *outcome = Some(o);
+                }
+            },
+            state,
+        );
+        harness.set_size(egui::vec2(600.0, 900.0));
+        harness.run();
+        harness
+    }
+
+    /// Replaces the text of the field labelled `label` with `text`.
+    fn retype(harness: &mut Harness<'static, State>, label: &str, text: &str) {
+        harness.get_by_label(label).focus();
+        harness.run();
+        harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+        harness.run();
+        harness.get_by_label(label).type_text(text);
+        harness.run();
+    }
+
+    fn create_enabled(harness: &Harness<'static, State>) -> bool {
+        !harness
+            .get_by_label("Create")
+            .accesskit_node()
+            .is_disabled()
+    }
+
+    #[test]
+    fn a_name_is_needed_and_must_be_free() {
+        let mut harness = harness(&["Work"]);
+        harness.get_by_label("give the VM a name");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "Name", "work");
+        harness.get_by_label("a VM named \"work\" already exists: pick another name");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "Name", "Play");
+        assert!(harness.query_by_label_contains("already exists").is_none());
+        assert!(create_enabled(&harness));
+        harness.get_by_label("Create").click();
+        harness.run();
+        let Some(WizardOutcome::Create { config, start }) = &harness.state().2 else {
+            panic!("no outcome: {:?}", harness.state().2);
+        };
+        assert_eq!(config.name, "Play");
+        assert_eq!(config.os, OsSource::SelfTest);
+        assert!(start);
+    }
+
+    #[test]
+    fn memory_beyond_the_host_or_not_a_number_is_named() {
+        let mut harness = harness(&[]);
+        retype(&mut harness, "Name", "Big");
+        retype(&mut harness, "Memory (MiB)", "99999");
+        harness.get_by_label("99999 MiB is more memory than this host has (4096 MiB)");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "Memory (MiB)", "lots");
+        harness.get_by_label("the memory is a number of MiB, e.g. 512");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "Memory (MiB)", "1024");
+        assert!(harness
+            .query_by_label_contains("more memory than")
+            .is_none());
+        assert!(create_enabled(&harness));
+    }
+
+    #[test]
+    fn a_kernel_file_must_exist() {
+        let mut harness = harness(&[]);
+        retype(&mut harness, "Name", "Linux");
+        harness.get_by_label("Linux kernel + initrd").click();
+        harness.run();
+        harness.get_by_label("choose a kernel file");
+        retype(&mut harness, "Kernel file", "/nonexistent/vmlinuz");
+        harness.get_by_label("the kernel file /nonexistent/vmlinuz does not exist");
+        assert!(!create_enabled(&harness));
+        // Any file that exists will do for the form (the engine judges its format).
+        let kernel = std::env::current_exe().unwrap();
+        retype(&mut harness, "Kernel file", kernel.to_str().unwrap());
+        assert!(harness.query_by_label_contains("does not exist").is_none());
+        retype(
+            &mut harness,
+            "Initrd file (optional)",
+            "/nonexistent/initrd",
+        );
+        harness.get_by_label("the initrd file /nonexistent/initrd does not exist");
+        assert!(!create_enabled(&harness));
+    }
+
+    #[test]
+    fn demo_linux_is_disabled_on_pvm_with_the_reason() {
+        let mut harness = harness(&[]);
+        let demo = harness.get_by_label("Vireo demo Linux");
+        assert!(demo.accesskit_node().is_disabled());
+        harness.get_by_label_contains("needs hardware virtualization (VT-x/AMD-V)");
+        harness.get_by_label("Vireo demo Linux").click();
+        harness.run();
+        assert_eq!(harness.state().0.os, OsChoice::SelfTest);
+    }
+
+    #[test]
+    fn cancel_ends_the_wizard() {
+        let mut harness = harness(&[]);
+        harness.get_by_label("Cancel").click();
+        harness.run();
+        assert_eq!(harness.state().2, Some(WizardOutcome::Cancel));
+    }
+}

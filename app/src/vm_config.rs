@@ -1,0 +1,419 @@
+//! A VM's `vm.toml`: what the VM is made of, in a file a person can read and edit. It is
+//! written atomically (temp file, fsync, rename, fsync of the directory) so a crash
+//! leaves the old or the new file, never half of one; a file that cannot be read is
+//! reported with the reason and left exactly as it is.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::HostInfo;
+
+/// The file name inside a VM's directory.
+pub const FILE_NAME: &str = "vm.toml";
+/// The name of a VM's disk file inside its directory.
+pub const DISK_FILE: &str = "disk.img";
+/// Longest VM name: it is shown in lists and window titles.
+pub const MAX_NAME: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: String,
+    pub os: OsSource,
+    pub cpus: u8,
+    pub memory_mib: u64,
+    /// A raw disk image in the VM's directory (`disk.img`), made sparse at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskConfig>,
+    /// User-mode networking (passt).
+    #[serde(default)]
+    pub network: bool,
+    pub display: DisplaySize,
+}
+
+/// What the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OsSource {
+    /// The probe guest's self-test screen: runs on any KVM host, PVM included.
+    SelfTest,
+    /// A Linux kernel (bzImage or PVH vmlinux) and an optional initrd.
+    Kernel {
+        kernel: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initrd: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        cmdline: String,
+    },
+    /// The Vireo demo Linux built by `vireo-image`: needs hardware KVM.
+    DemoLinux,
+}
+
+impl OsSource {
+    /// What the library shows in its OS column.
+    pub fn label(&self) -> String {
+        match self {
+            OsSource::SelfTest => "Vireo self-test".into(),
+            OsSource::Kernel { kernel, .. } => format!(
+                "Linux kernel ({})",
+                kernel
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            OsSource::DemoLinux => "Vireo demo Linux".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub size_gib: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplaySize {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Default for DisplaySize {
+    fn default() -> Self {
+        DisplaySize {
+            width: 1024,
+            height: 768,
+        }
+    }
+}
+
+/// Why a `vm.toml` could not be used; the library shows it as the VM's "broken" reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid VM config: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {path}: {source}")]
+pub struct SaveError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl VmConfig {
+    pub fn load(path: &Path) -> Result<VmConfig, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| LoadError::Parse {
+            path: path.to_owned(),
+            // toml's message spans several lines (the line, a caret); keep it whole.
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Writes the config to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), SaveError> {
+        let text = toml::to_string_pretty(self).map_err(|e| SaveError {
+            path: path.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomically(path, text.as_bytes()).map_err(|source| SaveError {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over `path`, fsync the directory: after
+/// a crash `path` holds the old bytes or the new ones.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let name = path.file_name().ok_or(std::io::ErrorKind::InvalidInput)?;
+    let temp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// One thing wrong with a VM the user is about to create, phrased as what to fix. The
+/// wizard shows each beside its field; the CLI prints them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("give the VM a name")]
+    NameEmpty,
+    #[error("a VM named \"{0}\" already exists: pick another name")]
+    NameTaken(String),
+    #[error("the name is too long: at most {MAX_NAME} characters")]
+    NameTooLong,
+    #[error("the name cannot contain control characters or '/'")]
+    NameBadCharacter,
+    #[error("at least 1 CPU")]
+    NoCpus,
+    #[error("{given} CPUs is more than this host's {host}")]
+    TooManyCpus { given: u32, host: u32 },
+    #[error("at least {min} MiB of memory")]
+    TooLittleMemory { min: u64 },
+    #[error("{given} MiB is more memory than this host has ({host} MiB)")]
+    TooMuchMemory { given: u64, host: u64 },
+    #[error("the kernel file {0} does not exist")]
+    KernelMissing(PathBuf),
+    #[error("choose a kernel file")]
+    KernelNotChosen,
+    #[error("the initrd file {0} does not exist")]
+    InitrdMissing(PathBuf),
+    #[error("{0}")]
+    OsUnavailable(String),
+    #[error("a disk needs at least 1 GiB")]
+    DiskTooSmall,
+}
+
+impl Problem {
+    /// Which part of the form the problem belongs to.
+    pub fn field(&self) -> Field {
+        match self {
+            Problem::NameEmpty
+            | Problem::NameTaken(_)
+            | Problem::NameTooLong
+            | Problem::NameBadCharacter => Field::Name,
+            Problem::NoCpus | Problem::TooManyCpus { .. } => Field::Cpus,
+            Problem::TooLittleMemory { .. } | Problem::TooMuchMemory { .. } => Field::Memory,
+            Problem::KernelMissing(_) | Problem::KernelNotChosen => Field::Kernel,
+            Problem::InitrdMissing(_) => Field::Initrd,
+            Problem::OsUnavailable(_) => Field::Os,
+            Problem::DiskTooSmall => Field::Disk,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Name,
+    Os,
+    Kernel,
+    Initrd,
+    Cpus,
+    Memory,
+    Disk,
+}
+
+/// Smallest guest RAM the app offers (the engine's own floor is lower; no real guest
+/// fits in less).
+pub const MIN_MEMORY_MIB: u64 = 64;
+
+/// Everything wrong with `config` on `host`, given the names already in the library.
+pub fn check(config: &VmConfig, host: &HostInfo, taken: &[String]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let name = config.name.trim();
+    if name.is_empty() {
+        problems.push(Problem::NameEmpty);
+    } else if name.chars().count() > MAX_NAME {
+        problems.push(Problem::NameTooLong);
+    } else if name.chars().any(|c| c.is_control() || c == '/') {
+        problems.push(Problem::NameBadCharacter);
+    } else if taken.iter().any(|t| t.trim().eq_ignore_ascii_case(name)) {
+        problems.push(Problem::NameTaken(name.to_owned()));
+    }
+    match config.os {
+        OsSource::SelfTest => {}
+        OsSource::DemoLinux => {
+            if let Err(why) = host.runs_stock_linux() {
+                problems.push(Problem::OsUnavailable(why));
+            }
+        }
+        OsSource::Kernel {
+            ref kernel,
+            ref initrd,
+            ..
+        } => {
+            if kernel.as_os_str().is_empty() {
+                problems.push(Problem::KernelNotChosen);
+            } else if !kernel.is_file() {
+                problems.push(Problem::KernelMissing(kernel.clone()));
+            }
+            if let Some(initrd) = initrd.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+                if !initrd.is_file() {
+                    problems.push(Problem::InitrdMissing(initrd.clone()));
+                }
+            }
+        }
+    }
+    if config.cpus == 0 {
+        problems.push(Problem::NoCpus);
+    } else if u32::from(config.cpus) > host.cpus {
+        problems.push(Problem::TooManyCpus {
+            given: config.cpus.into(),
+            host: host.cpus,
+        });
+    }
+    if config.memory_mib < MIN_MEMORY_MIB {
+        problems.push(Problem::TooLittleMemory {
+            min: MIN_MEMORY_MIB,
+        });
+    } else if config.memory_mib > host.memory_mib {
+        problems.push(Problem::TooMuchMemory {
+            given: config.memory_mib,
+            host: host.memory_mib,
+        });
+    }
+    if config.disk.is_some_and(|d| d.size_gib == 0) {
+        problems.push(Problem::DiskTooSmall);
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::KvmKind;
+
+    fn host() -> HostInfo {
+        HostInfo {
+            cpus: 2,
+            memory_mib: 4096,
+            kvm: KvmKind::Pvm,
+        }
+    }
+
+    fn self_test(name: &str) -> VmConfig {
+        VmConfig {
+            name: name.into(),
+            os: OsSource::SelfTest,
+            cpus: 1,
+            memory_mib: 256,
+            disk: None,
+            network: false,
+            display: DisplaySize::default(),
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vireo-cfg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn saved_configs_load_back_and_read_as_toml() {
+        let dir = temp("roundtrip");
+        let path = dir.join(FILE_NAME);
+        let config = VmConfig {
+            os: OsSource::Kernel {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: Some("/boot/initrd.img".into()),
+                cmdline: "quiet".into(),
+            },
+            disk: Some(DiskConfig { size_gib: 8 }),
+            network: true,
+            ..self_test("Work")
+        };
+        config.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("name = \"Work\""), "{text}");
+        assert!(text.contains("kind = \"kernel\""), "{text}");
+        assert_eq!(VmConfig::load(&path).unwrap(), config);
+        // Only vm.toml is left: the temp file was renamed over it.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unreadable_configs_name_the_reason() {
+        let dir = temp("broken");
+        let path = dir.join(FILE_NAME);
+        std::fs::write(&path, "name = \"x\"\ncpus = \"many\"\n").unwrap();
+        let err = VmConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("not a valid VM config") && err.contains("cpus"),
+            "{err}"
+        );
+        std::fs::write(&path, "name = \"x\"\nos = { kind = \"self-test\" }\ncpus = 1\nmemory_mib = 64\ncolour = 3\n[display]\nwidth = 1\nheight = 1\n").unwrap();
+        let err = VmConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+        let err = VmConfig::load(&dir.join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn problems_name_what_to_fix() {
+        let h = host();
+        assert_eq!(check(&self_test("ok"), &h, &[]), vec![]);
+        assert_eq!(check(&self_test("  "), &h, &[]), vec![Problem::NameEmpty]);
+        assert_eq!(
+            check(&self_test("Work"), &h, &["work".into()]),
+            vec![Problem::NameTaken("Work".into())]
+        );
+        assert_eq!(
+            check(&self_test("a/b"), &h, &[]),
+            vec![Problem::NameBadCharacter]
+        );
+        let big = VmConfig {
+            memory_mib: 8192,
+            cpus: 3,
+            ..self_test("big")
+        };
+        assert_eq!(
+            check(&big, &h, &[]),
+            vec![
+                Problem::TooManyCpus { given: 3, host: 2 },
+                Problem::TooMuchMemory {
+                    given: 8192,
+                    host: 4096
+                }
+            ]
+        );
+        let kernel = VmConfig {
+            os: OsSource::Kernel {
+                kernel: "/nonexistent/vmlinuz".into(),
+                initrd: Some("/nonexistent/initrd".into()),
+                cmdline: String::new(),
+            },
+            ..self_test("k")
+        };
+        let problems = check(&kernel, &h, &[]);
+        assert_eq!(problems.len(), 2);
+        assert_eq!(problems[0].field(), Field::Kernel);
+        assert!(problems[1].to_string().contains("/nonexistent/initrd"));
+        let demo = VmConfig {
+            os: OsSource::DemoLinux,
+            ..self_test("demo")
+        };
+        let problems = check(&demo, &h, &[]);
+        assert!(
+            matches!(&problems[..], [Problem::OsUnavailable(why)] if why.contains("PVM")),
+            "{problems:?}"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! The `vireo` command line against the real engine and the probe guest: a self-test VM
+//! is created, started (its engine outlives each `vireo` process, so every later command
+//! re-attaches from scratch), listed as running with what its engine reports, refused
+//! a second start, pause and save (which the engine cannot do yet), screenshotted,
+//! powered off; an engine killed under it shows up as failed with the reason and its
+//! log; broken configs are listed and left alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vireo_e2e::engine::vmm_binary;
+use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::report;
+use vireo_e2e::temp::TempDir;
+
+struct Home {
+    dir: TempDir,
+    vmm: PathBuf,
+    probe: PathBuf,
+}
+
+impl Home {
+    fn new(name: &str) -> Home {
+        Home {
+            dir: TempDir::new(name),
+            vmm: vmm_binary(),
+            probe: probe_guest_elf(),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    fn vireo(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .args(args)
+            .env("XDG_DATA_HOME", self.data())
+            .env("XDG_RUNTIME_DIR", self.dir.0.join("run"))
+            .env("VIREO_VMM", &self.vmm)
+            .env("VIREO_PROBE_GUEST", &self.probe)
+            .output()
+            .expect("vireo runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.vireo(args);
+        assert!(
+            out.status.success(),
+            "vireo {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.vireo(args);
+        assert_eq!(out.status.code(), Some(1), "vireo {args:?}: {out:?}");
+        String::from_utf8(out.stderr).expect("UTF-8 output")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("--json prints JSON")
+    }
+
+    fn state(&self, vm: &str) -> String {
+        self.json(&["info", vm, "--json"])["state"]
+            .as_str()
+            .expect("a state")
+            .to_owned()
+    }
+}
+
+/// Powers the VM off if a test fails with it running: an engine left behind would spin.
+struct PowerOffOnDrop<'a>(&'a Home, &'a str);
+
+impl Drop for PowerOffOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.vireo(&["stop", self.1]);
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn self_test_vm_lifecycle_through_the_cli() {
+    if !report::require_kvm("app::cli_engine::self_test_vm_lifecycle_through_the_cli") {
+        return;
+    }
+    let home = Home::new("app-cli-life");
+    assert_eq!(home.json(&["list", "--json"]), Value::Array(vec![]));
+    let made = home.json(&["create", "Self Test", "--memory", "128M", "--json"]);
+    assert_eq!(made["id"], "self-test");
+    let taken = home.fails(&["create", "self test"]);
+    assert!(taken.contains("already exists"), "{taken}");
+    let listed = home.json(&["list", "--json"]);
+    assert_eq!(listed[0]["name"], "Self Test");
+    assert_eq!(listed[0]["os"], "Vireo self-test");
+    assert_eq!(listed[0]["state"], "stopped");
+
+    home.ok(&["start", "Self Test"]);
+    let _guard = PowerOffOnDrop(&home, "self-test");
+    let info = home.json(&["info", "self-test", "--json"]);
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["engine"]["memory_mib"], 128, "{info}");
+    assert_eq!(info["engine"]["vcpus"], 1, "{info}");
+    let again = home.fails(&["start", "self-test"]);
+    assert!(again.contains("already running"), "{again}");
+    for (verb, word) in [("pause", "pause"), ("save", "save"), ("resume", "resume")] {
+        let err = home.fails(&[verb, "self-test"]);
+        assert!(
+            err.contains(&format!("{word} is not supported by this engine yet")),
+            "{err}"
+        );
+    }
+    let err = home.fails(&["stop", "self-test", "--graceful"]);
+    assert!(err.contains("shut down is not supported"), "{err}");
+    let err = home.fails(&["delete", "self-test"]);
+    assert!(err.contains("power it off first"), "{err}");
+    assert_eq!(home.state("self-test"), "running");
+
+    // The probe draws its screen once it has booted; the screenshot is the engine's.
+    let log = home.data().join("vireo/vms/self-test/logs/console.log");
+    wait_for("the self-test screen", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("VIREO-PROBE screen_ready"))
+    });
+    let png = home.dir.0.join("shot.png");
+    let shot = home.json(&["screenshot", "self-test", png.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        (shot["width"].as_u64(), shot["height"].as_u64()),
+        (Some(1024), Some(768))
+    );
+    assert!(png_size(&png) == (1024, 768));
+
+    home.ok(&["stop", "self-test"]);
+    assert_eq!(home.state("self-test"), "stopped");
+    home.ok(&["delete", "self-test", "--delete-disk"]);
+    assert_eq!(home.json(&["list", "--json"]), Value::Array(vec![]));
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let info = decoder.read_info().expect("a PNG").info().clone();
+    (info.width, info.height)
+}
+
+#[test]
+fn an_engine_that_dies_shows_why_and_its_log() {
+    if !report::require_kvm("app::cli_engine::an_engine_that_dies_shows_why_and_its_log") {
+        return;
+    }
+    let home = Home::new("app-cli-died");
+    home.ok(&["create", "doomed", "--memory", "64M"]);
+    home.ok(&["start", "doomed"]);
+    let _guard = PowerOffOnDrop(&home, "doomed");
+    let pid_file = home.dir.0.join("run/vireo/doomed/engine.pid");
+    wait_for("the engine's pid", Duration::from_secs(10), || {
+        pid_file.exists()
+    });
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SIGKILL: the engine gets no chance to say anything; the monitor sees it go.
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Between the kill and the monitor's exit record the engine is "unresponsive".
+    wait_for("the VM to stop", Duration::from_secs(10), || {
+        !["running", "unresponsive"].contains(&home.state("doomed").as_str())
+    });
+    let info = home.json(&["info", "doomed", "--json"]);
+    assert_eq!(info["state"], "failed", "{info}");
+    let reason = info["last_exit"]["reason"].as_str().unwrap();
+    assert!(reason.contains("killed by signal 9 (SIGKILL)"), "{reason}");
+    let tail = info["log_tail"].as_array().unwrap();
+    assert!(
+        tail.iter()
+            .any(|l| l.as_str().unwrap().contains("engine ended")),
+        "{tail:?}"
+    );
+    // It starts again, and a clean power-off clears the failure.
+    home.ok(&["start", "doomed"]);
+    home.ok(&["stop", "doomed"]);
+    assert_eq!(home.state("doomed"), "stopped");
+}
+
+#[test]
+fn start_errors_and_broken_configs() {
+    let home = Home::new("app-cli-errors");
+    let vms = home.data().join("vireo/vms");
+    std::fs::create_dir_all(vms.join("mangled")).unwrap();
+    let garbage = "name = \"mangled\"\ncpus = -1\n";
+    std::fs::write(vms.join("mangled/vm.toml"), garbage).unwrap();
+    let listed = home.json(&["list", "--json"]);
+    assert_eq!(listed[0]["state"], "broken");
+    assert!(listed[0]["broken"]
+        .as_str()
+        .unwrap()
+        .contains("not a valid VM config"));
+    let err = home.fails(&["start", "mangled"]);
+    assert!(err.contains("fix or remove"), "{err}");
+    let err = home.fails(&["delete", "mangled"]);
+    assert!(err.contains("fix or remove"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(vms.join("mangled/vm.toml")).unwrap(),
+        garbage
+    );
+
+    let err = home.fails(&["create", "big", "--memory", "100T"]);
+    assert!(err.contains("more memory than this host has"), "{err}");
+    let err = home.fails(&[
+        "create",
+        "k",
+        "--os",
+        "kernel",
+        "--kernel",
+        "/nonexistent/bzImage",
+    ]);
+    assert!(err.contains("/nonexistent/bzImage does not exist"), "{err}");
+    // A kernel that vanished after creation: start names it, nothing is left running.
+    let kernel = home.dir.0.join("vmlinuz");
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    home.ok(&[
+        "create",
+        "gone",
+        "--os",
+        "kernel",
+        "--kernel",
+        kernel.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&kernel).unwrap();
+    let err = home.fails(&["start", "gone"]);
+    assert!(err.contains("vmlinuz does not exist"), "{err}");
+    // A file the engine cannot boot: its own message comes back from the log.
+    std::fs::write(&kernel, b"not a kernel").unwrap();
+    let err = home.fails(&["start", "gone"]);
+    assert!(err.contains("the engine could not start the VM"), "{err}");
+    assert!(err.contains("vireo-vmm:"), "{err}");
+    assert_eq!(home.state("gone"), "failed");
+}

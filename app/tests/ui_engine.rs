@@ -1,0 +1,272 @@
+//! The app's windows against a real engine running the probe guest's self-test screen:
+//! the library re-attaches to a VM started before it (by the CLI) and powers it off;
+//! the VM window maps the engine's framebuffer, uploads the screen once and afterwards
+//! only what the guest flushes: the self-test redraws its clock once a second and
+//! flushes the whole frame for it (virtio-drivers' `flush`), so a hundred UI frames
+//! upload a few screens, not a hundred. (That rectangles are cut to the screen is a unit
+//! test in `display_view`; no guest here flushes less than a whole frame.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use vireo_app::host::HostInfo;
+use vireo_app::paths::Dirs;
+use vireo_app::supervisor::{Programs, VmState};
+use vireo_app::ui::display_view::DisplayView;
+use vireo_app::ui::VireoApp;
+use vireo_e2e::engine::vmm_binary;
+use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::report;
+use vireo_e2e::temp::TempDir;
+
+struct Home {
+    dir: TempDir,
+    vmm: PathBuf,
+    probe: PathBuf,
+}
+
+impl Home {
+    fn new(name: &str) -> Home {
+        let home = Home {
+            dir: TempDir::new(name),
+            vmm: vmm_binary(),
+            probe: probe_guest_elf(),
+        };
+        // The app in this process finds them beside the `vireo` binary, as built here.
+        let exe_dir = Path::new(env!("CARGO_BIN_EXE_vireo"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        assert_eq!(home.vmm, exe_dir.join("vireo-vmm"));
+        assert_eq!(
+            home.probe,
+            exe_dir
+                .join("../probe-guest/x86_64-unknown-linux-gnu/release/vireo-probe-guest")
+                .canonicalize()
+                .unwrap()
+        );
+        home
+    }
+
+    fn dirs(&self) -> Dirs {
+        Dirs {
+            data: self.dir.0.join("data/vireo"),
+            runtime: self.dir.0.join("run/vireo"),
+        }
+    }
+
+    fn vireo(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .args(args)
+            .env("XDG_DATA_HOME", self.dir.0.join("data"))
+            .env("XDG_RUNTIME_DIR", self.dir.0.join("run"))
+            .env("VIREO_VMM", &self.vmm)
+            .env("VIREO_PROBE_GUEST", &self.probe)
+            .output()
+            .expect("vireo runs");
+        assert!(out.status.success(), "vireo {args:?}: {out:?}");
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .0
+                .join(format!("data/vireo/vms/{id}/logs/console.log")),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_vireo"))
+            .args(["stop", "screen"])
+            .env("XDG_DATA_HOME", self.dir.0.join("data"))
+            .env("XDG_RUNTIME_DIR", self.dir.0.join("run"))
+            .output();
+    }
+}
+
+fn until<S>(
+    harness: &mut Harness<'_, S>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&mut Harness<'_, S>) -> bool,
+) {
+    let end = Instant::now() + limit;
+    loop {
+        harness.step();
+        if done(harness) {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_library_reattaches_and_powers_off() {
+    if !report::require_kvm("app::ui_engine::the_library_reattaches_and_powers_off") {
+        return;
+    }
+    let home = Home::new("app-ui-reattach");
+    home.vireo(&["create", "screen", "--memory", "128M", "--start"]);
+    let dirs = home.dirs();
+    let app = env!("CARGO_BIN_EXE_vireo");
+    let mut harness = Harness::new_eframe(move |cc| {
+        VireoApp::new(
+            &cc.egui_ctx,
+            dirs,
+            Programs::beside(app.into()),
+            HostInfo::detect(),
+        )
+    });
+    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    until(
+        &mut harness,
+        "the running VM",
+        Duration::from_secs(10),
+        |h| {
+            h.state()
+                .rows()
+                .first()
+                .is_some_and(|r| matches!(r.state, VmState::Running { status: Ok(_) }))
+        },
+    );
+    harness.step();
+    harness.get_by_label("running");
+    harness.get_by_label("Open display");
+    harness.get_by_label("Power off").click();
+    until(
+        &mut harness,
+        "the VM to stop",
+        Duration::from_secs(20),
+        |h| {
+            h.state()
+                .rows()
+                .first()
+                .is_some_and(|r| r.state == VmState::Stopped)
+        },
+    );
+    harness.step();
+    harness.get_by_label("stopped");
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("screen: power off: done".to_owned()))
+    );
+}
+
+#[test]
+fn the_vm_window_uploads_only_what_the_guest_flushed() {
+    if !report::require_kvm("app::ui_engine::the_vm_window_uploads_only_what_the_guest_flushed") {
+        return;
+    }
+    let home = Home::new("app-ui-display");
+    home.vireo(&["create", "screen", "--memory", "128M", "--start"]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while !home.log("screen").contains("VIREO-PROBE screen_ready") {
+        assert!(
+            Instant::now() < end,
+            "no self-test screen: {}",
+            home.log("screen")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let socket = home.dirs().runtime.join("screen/control.sock");
+    let view = DisplayView::open("screen".into(), "screen".into(), socket, || {});
+    let mut harness = Harness::new_ui_state(
+        |ui, view: &mut DisplayView| {
+            view.pump(ui.ctx());
+            view.ui(ui);
+        },
+        view,
+    );
+    harness.set_size(eframe::egui::vec2(1024.0, 768.0));
+    until(&mut harness, "the screen", Duration::from_secs(10), |h| {
+        h.state().screen_size().is_some()
+    });
+    assert_eq!(harness.state().screen_size(), Some((1024, 768)));
+    let full = 1024 * 768 * 4;
+    let first = harness.state().uploaded_bytes;
+    assert!(first >= full, "the whole screen was uploaded once: {first}");
+    // Three seconds of a ticking clock, the UI drawing frames all the while.
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut frames = 0;
+    while Instant::now() < end {
+        harness.step();
+        frames += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let since = harness.state().uploaded_bytes - first;
+    let screens = since as f64 / full as f64;
+    eprintln!("display: {frames} UI frames in 3 s uploaded {screens:.1} screens after the first");
+    assert!(frames >= 50, "the UI drew {frames} frames");
+    assert!(since > 0, "the clock's flushes were uploaded");
+    assert!(
+        screens <= 5.0,
+        "{screens:.1} screens uploaded in 3 s of a 1 Hz clock"
+    );
+}
+
+#[test]
+fn the_window_size_becomes_the_guests_display_mode() {
+    if !report::require_kvm("app::ui_engine::the_window_size_becomes_the_guests_display_mode") {
+        return;
+    }
+    let home = Home::new("app-ui-resize");
+    // The probe's gpu-resize switches to the first other size the host offers.
+    let probe = home.probe.to_str().unwrap().to_owned();
+    home.vireo(&[
+        "create",
+        "screen",
+        "--os",
+        "kernel",
+        "--kernel",
+        &probe,
+        "--cmdline",
+        "probe.run=gpu-resize",
+        "--memory",
+        "128M",
+        "--display",
+        "1024x768",
+        "--start",
+    ]);
+    let end = Instant::now() + Duration::from_secs(60);
+    while !home.log("screen").contains("VIREO-PROBE gpu_ready") {
+        assert!(Instant::now() < end, "no gpu_ready: {}", home.log("screen"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let socket = home.dirs().runtime.join("screen/control.sock");
+    let view = DisplayView::open("screen".into(), "screen".into(), socket, || {});
+    let mut harness = Harness::new_ui_state(
+        |ui, view: &mut DisplayView| {
+            view.pump(ui.ctx());
+            view.ui(ui);
+        },
+        view,
+    );
+    // A window smaller than the guest's screen: after it settles, the guest gets its size.
+    harness.set_size(eframe::egui::vec2(800.0, 600.0));
+    until(
+        &mut harness,
+        "the first mode",
+        Duration::from_secs(10),
+        |h| h.state().screen_size().is_some(),
+    );
+    until(&mut harness, "the new mode", Duration::from_secs(30), |h| {
+        h.state().screen_size().is_some_and(|s| s != (1024, 768))
+    });
+    let (w, h) = harness.state().screen_size().unwrap();
+    assert!(
+        (780..=800).contains(&w) && (580..=600).contains(&h),
+        "{w}x{h}"
+    );
+    let log = home.log("screen");
+    assert!(
+        log.contains(&format!("VIREO-PROBE gpu_mode width={w} height={h}")),
+        "{log}"
+    );
+}

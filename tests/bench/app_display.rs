@@ -1,0 +1,270 @@
+//! The desktop app's VM window against `vireo-vmm --window` (the engine's own plain
+//! window, `pixels`/wgpu) on the same guest, same machine, same run, both on a private
+//! Xvfb: the probe guest flushing full 1920x1080 frames as fast as it can
+//! (`gpu-bench`), and the same screen static (`gpu-draw`). For each: the guest's frame
+//! rate, and the CPU the window process spends (per second, and per guest frame).
+//! The app uploads each flushed rectangle (here the whole frame) to its texture once.
+//!
+//! `cargo bench -p vireo-e2e --bench app_display` (VIREO_BENCH_SECS=N per run, default 5).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use vireo_e2e::engine::{s, vmm_binary, LiveGuest, ProbeLine};
+use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::repo_root;
+use vireo_e2e::temp::TempDir;
+use vireo_e2e::xvfb::Xvfb;
+
+const SCREEN: &str = "1920x1080";
+
+fn secs() -> u64 {
+    std::env::var("VIREO_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Builds `vireo` (release, as benches run) and returns its path.
+fn vireo_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "vireo-app",
+                "--bin",
+                "vireo",
+            ])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building vireo failed");
+        repo_root().join("target/release/vireo")
+    })
+    .clone()
+}
+
+/// CPU seconds (user + system, all threads) of process `pid` so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) as f64 / ticks
+}
+
+/// The child of `parent` whose command name is `name`.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        let ppid: u32 = stat[close + 2..].split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == parent && &stat[open + 1..close] == name).then_some(pid)
+    })
+}
+
+fn window_visible(x: &Xvfb, name: &str) -> bool {
+    let out = x
+        .command("xdotool")
+        .args(["search", "--onlyvisible", "--name", name])
+        .output()
+        .expect("xdotool runs");
+    !out.stdout.is_empty()
+}
+
+fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One measurement: the window process's CPU over `secs()` while the guest runs.
+struct Sample {
+    cpu_percent: f64,
+    guest_fps: Option<f64>,
+}
+
+fn measure(pid: u32) -> f64 {
+    let before = cpu_seconds(pid);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs()));
+    (cpu_seconds(pid) - before) / start.elapsed().as_secs_f64() * 100.0
+}
+
+fn fps(lines: &str) -> Option<f64> {
+    let line = lines
+        .lines()
+        .filter_map(ProbeLine::parse)
+        .find(|l| l.tag == "gpu_bench")?;
+    Some(line.u64("fps_x100")? as f64 / 100.0)
+}
+
+/// The guest runs `secs() + 10` seconds of `run` so that the window is up well before
+/// the measurement and the guest still flushes after it.
+fn cmdline(run: &str) -> String {
+    format!("probe.run={run} probe.gpu_secs={}", secs() + 10)
+}
+
+/// `vireo-vmm --window`: measures its `vireo-window` child.
+fn engine_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
+    let mut guest = LiveGuest::spawn(x.command(s(&vmm_binary())).args([
+        "--kernel",
+        s(probe),
+        "--memory",
+        "256M",
+        "--window",
+        "--display",
+        SCREEN,
+        "--cmdline",
+        &cmdline(run),
+    ]));
+    let engine = guest.child.id();
+    let mut window = None;
+    wait("vireo-window", Duration::from_secs(60), || {
+        window = child_named(engine, "vireo-window");
+        window.is_some() && window_visible(x, "Vireo")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_percent = measure(window.unwrap());
+    let guest_fps = if run == "gpu-bench" {
+        guest.wait_for("VIREO-PROBE gpu_bench", Duration::from_secs(60));
+        fps(&guest.seen.join("\n"))
+    } else {
+        None
+    };
+    let _ = guest.kill();
+    Sample {
+        cpu_percent,
+        guest_fps,
+    }
+}
+
+/// The app: a VM made and started with the CLI, its window opened with `vireo open`.
+fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
+    let home = TempDir::new(&format!("bench-app-{run}"));
+    let vireo = |cmd: &mut Command| {
+        cmd.env("XDG_DATA_HOME", home.0.join("data"))
+            .env("XDG_RUNTIME_DIR", home.0.join("run"))
+            .env("VIREO_VMM", vmm_binary())
+            .env("VIREO_PROBE_GUEST", probe);
+    };
+    let mut create = Command::new(vireo_binary());
+    vireo(&mut create);
+    let out = create
+        .args([
+            "create",
+            "bench",
+            "--os",
+            "kernel",
+            "--kernel",
+            s(probe),
+            "--memory",
+            "256M",
+        ])
+        .args(["--display", SCREEN, "--cmdline", &cmdline(run), "--start"])
+        .output()
+        .expect("vireo runs");
+    assert!(out.status.success(), "{out:?}");
+    // A fresh Xvfb's first client sometimes cannot connect (see app/tests/app_window.rs).
+    let mut app = None;
+    for _ in 0..3 {
+        let mut cmd = x.command(s(&vireo_binary()));
+        vireo(&mut cmd);
+        let mut child = cmd
+            .args(["open", "bench"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the app");
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end && !window_visible(x, "^bench ") {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if window_visible(x, "^bench ") {
+            app = Some(child);
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut app = app.expect("the app's VM window appeared");
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_percent = measure(app.id());
+    let log = home.0.join("data/vireo/vms/bench/logs/console.log");
+    let guest_fps = if run == "gpu-bench" {
+        wait("gpu_bench", Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("gpu_bench"))
+        });
+        fps(&std::fs::read_to_string(&log).unwrap_or_default())
+    } else {
+        None
+    };
+    let _ = app.kill();
+    let _ = app.wait();
+    let mut stop = Command::new(vireo_binary());
+    vireo(&mut stop);
+    let _ = stop.args(["stop", "bench"]).output();
+    Sample {
+        cpu_percent,
+        guest_fps,
+    }
+}
+
+fn main() {
+    if !Path::new("/dev/kvm").exists() {
+        println!("app_display: skipped, no /dev/kvm");
+        return;
+    }
+    let probe = probe_guest_elf();
+    vireo_binary();
+    let x = Xvfb::start(2000, 1300);
+    let rows = [
+        ("full-frame 1080p flushes", "gpu-bench"),
+        ("static screen", "gpu-draw"),
+    ];
+    println!("app_display: {SCREEN}, {} s per measurement", secs());
+    println!(
+        "{:<26} {:<22} {:>10} {:>12} {:>16}",
+        "guest", "window", "guest fps", "window CPU", "CPU ms / frame"
+    );
+    for (label, run) in rows {
+        for (who, sample) in [
+            ("vireo-vmm --window", engine_window(&x, &probe, run)),
+            ("vireo (app)", app_window(&x, &probe, run)),
+        ] {
+            let per_frame = sample
+                .guest_fps
+                .filter(|f| *f > 0.0)
+                .map_or("-".to_owned(), |f| {
+                    format!("{:.2}", sample.cpu_percent * 10.0 / f)
+                });
+            println!(
+                "{:<26} {:<22} {:>10} {:>11.1}% {:>16}",
+                label,
+                who,
+                sample
+                    .guest_fps
+                    .map_or("-".to_owned(), |f| format!("{f:.1}")),
+                sample.cpu_percent,
+                per_frame
+            );
+        }
+    }
+}
