@@ -6,13 +6,14 @@
 //! after the first starts with a sync that steps the clock.
 
 pub mod clock;
+pub mod fs;
 pub mod power;
 pub mod session;
 pub mod timesync;
 pub mod transport;
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::protocol::FrameDecoder;
@@ -28,6 +29,8 @@ pub struct AgentServices {
     pub clock: Arc<dyn Clock>,
     pub power: Arc<dyn PowerControl>,
     pub time_sync: TimeSyncConfig,
+    /// Shared folders, when this agent mounts them.
+    pub shares: Option<Arc<fs::ShareMounts>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,12 +57,23 @@ pub fn serve_connection(
     restored: bool,
 ) -> Result<(), ServeError> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    // FUSE threads write their requests too: one writer, under a lock.
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let link = Arc::new(fs::link::FsLink::new(Arc::clone(&writer)));
+    let _closer = LinkCloser {
+        link: Arc::clone(&link),
+        shares: services.shares.clone(),
+    };
     let mut session = Session::new(services, restored);
+    session.set_fs_link(Arc::clone(&link));
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         for frame in session.take_outbox() {
-            stream.write_all(&frame)?;
+            writer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_all(&frame)?;
         }
         if let Some(action) = session.take_power() {
             if let Err(err) = services.power.power(action) {
@@ -100,6 +114,22 @@ pub fn serve_connection(
             Err(e) => return Err(e.into()),
         }
         session.tick(Instant::now());
+    }
+}
+
+/// When a connection ends, however it ends: its shared-folder requests fail and the
+/// mounts stop using it.
+struct LinkCloser {
+    link: Arc<fs::link::FsLink>,
+    shares: Option<Arc<fs::ShareMounts>>,
+}
+
+impl Drop for LinkCloser {
+    fn drop(&mut self) {
+        if let Some(shares) = &self.shares {
+            shares.detach(&self.link);
+        }
+        self.link.close();
     }
 }
 

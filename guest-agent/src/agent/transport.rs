@@ -133,6 +133,14 @@ pub enum AgentStream {
 }
 
 impl AgentStream {
+    /// A second handle on the same connection (one thread reads, others write).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        match self {
+            Self::Unix(s) => s.try_clone().map(Self::Unix),
+            Self::Vsock(fd) => fd.try_clone().map(Self::Vsock),
+        }
+    }
+
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Self::Unix(s) => s.set_read_timeout(timeout),
