@@ -176,13 +176,7 @@ fn serve_shares(
     config: ClientConfig,
     shares: Vec<ShareConfig>,
 ) -> anyhow::Result<()> {
-    let client = AgentClient::start(endpoint, config);
-    for share in shares {
-        let name = share.name.clone();
-        client
-            .add_share(share)
-            .with_context(|| format!("sharing {name}"))?;
-    }
+    let client = AgentClient::start_sharing(endpoint, config, shares)?;
     loop {
         let Ok(event) = client.events().recv() else {
             anyhow::bail!("the client stopped");

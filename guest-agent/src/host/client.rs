@@ -149,6 +149,29 @@ impl AgentClient {
 
     /// Starts the client without waiting: it connects (and reconnects) in the background.
     pub fn start(endpoint: Endpoint, config: ClientConfig) -> Self {
+        Self::start_with(endpoint, config, Vec::new())
+    }
+
+    /// Like [`start`](Self::start), exporting `shares` from the first connection on (one
+    /// announcement with all of them, instead of one per [`add_share`](Self::add_share)).
+    pub fn start_sharing(
+        endpoint: Endpoint,
+        config: ClientConfig,
+        shares: Vec<ShareConfig>,
+    ) -> Result<Self, ClientError> {
+        for (i, share) in shares.iter().enumerate() {
+            check_share(share)?;
+            if shares[..i].iter().any(|s| s.name == share.name) {
+                return Err(ClientError::Share(format!(
+                    "{} is shared twice",
+                    share.name
+                )));
+            }
+        }
+        Ok(Self::start_with(endpoint, config, shares))
+    }
+
+    fn start_with(endpoint: Endpoint, config: ClientConfig, shares: Vec<ShareConfig>) -> Self {
         let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             endpoint,
@@ -160,7 +183,7 @@ impl AgentClient {
             connections: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             events: events_tx,
-            shares: Mutex::default(),
+            shares: Mutex::new(shares),
             conn_shares: Mutex::default(),
             announcing: Mutex::default(),
         });
@@ -258,15 +281,7 @@ impl AgentClient {
     /// Exports a host folder to the guest, now (when connected: returns where the guest
     /// mounted it) and on every later connection. Share ids are the order of adding.
     pub fn add_share(&self, config: ShareConfig) -> Result<Option<String>, ClientError> {
-        if !is_plain_name(&config.name) {
-            return Err(ClientError::Share(format!(
-                "bad share name {:?}",
-                config.name
-            )));
-        }
-        // Fail now, not at the next connection, for a folder that cannot be exported.
-        super::share::ShareServer::open(0, config.clone())
-            .map_err(|e| ClientError::Share(error_chain(&e).to_string()))?;
+        check_share(&config)?;
         let conn = {
             // Held until the live connection has it too, so a connection starting
             // meanwhile cannot miss it (see `start_shares`).
@@ -530,19 +545,20 @@ impl Shared {
         // The worker writes answers to time queries itself: if the agent stopped reading
         // while we both write, the timeout breaks the stall instead of hanging the worker.
         let _ = writer.set_write_timeout(Some(self.config.call_timeout));
+        // Before the connection is published, so that a caller that sees it connected
+        // finds its share servers too (`add_share`).
+        if hello.capabilities.contains(Capabilities::SHARED_FOLDERS) {
+            self.start_shares();
+        }
         {
             let mut state = lock(&self.state);
             state.writer = Some(writer);
             state.peer = Some(hello.clone());
             state.last_error = None;
         }
-        let offers_shares = hello.capabilities.contains(Capabilities::SHARED_FOLDERS);
         self.connections.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_all();
         self.emit(ClientEvent::Connected(hello));
-        if offers_shares {
-            self.start_shares();
-        }
         if self.stopped() {
             // Drop raced the connection: the writer was not there to shut down.
             let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -668,6 +684,19 @@ impl Shared {
             ),
         }
     }
+}
+
+/// Fails now, not at the next connection, for a share that cannot be exported.
+fn check_share(config: &ShareConfig) -> Result<(), ClientError> {
+    if !is_plain_name(&config.name) {
+        return Err(ClientError::Share(format!(
+            "bad share name {:?}",
+            config.name
+        )));
+    }
+    super::share::ShareServer::open(0, config.clone())
+        .map(drop)
+        .map_err(|e| ClientError::Share(error_chain(&e).to_string()))
 }
 
 fn chain(err: &dyn std::error::Error) -> String {
