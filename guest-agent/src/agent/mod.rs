@@ -43,6 +43,9 @@ pub enum ServeError {
 
 /// A write stuck this long means the host stopped reading: give the connection up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room offered to each socket read: a whole 1 MiB file chunk in one or two reads,
+/// straight into the frame decoder.
+const READ_ROOM: usize = 512 * 1024;
 /// Upper bound on a read's wait, so a deadline set while blocked is not missed by long.
 const MAX_READ_WAIT: Duration = Duration::from_secs(1);
 
@@ -67,7 +70,6 @@ pub fn serve_connection(
     let mut session = Session::new(services, restored);
     session.set_fs_link(Arc::clone(&link));
     let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
         for frame in session.take_outbox() {
             writer
@@ -89,21 +91,18 @@ pub fn serve_connection(
             .map_or(MAX_READ_WAIT, |d| d.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_READ_WAIT);
         stream.set_read_timeout(Some(wait))?;
-        match stream.read(&mut buf) {
+        match decoder.fill_with(READ_ROOM, |room| stream.read(room)) {
             Ok(0) => return Ok(()),
-            Ok(n) => {
-                decoder.push(&buf[..n]);
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(payload)) => session.on_payload(&payload, Instant::now()),
-                        Ok(None) => break,
-                        Err(err) => {
-                            session.on_frame_error(err);
-                            break;
-                        }
+            Ok(_) => loop {
+                match decoder.next_frame() {
+                    Ok(Some(payload)) => session.on_payload(&payload, Instant::now()),
+                    Ok(None) => break,
+                    Err(err) => {
+                        session.on_frame_error(err);
+                        break;
                     }
                 }
-            }
+            },
             Err(e)
                 if matches!(
                     e.kind(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::share::serve::{ConnShares, ReplySink};
+use super::share::serve::{ConnShares, FrameSink};
 use super::share::ShareConfig;
 use super::transport::{connect, Endpoint};
 use crate::protocol::fs::{is_plain_name, FsMountResult};
@@ -115,6 +115,9 @@ struct Shared {
     /// last one the agent sees is the newest.
     announcing: Mutex<()>,
 }
+
+/// Room offered to each socket read: a whole 1 MiB file chunk in one or two reads.
+const READ_ROOM: usize = 512 * 1024;
 
 /// Events queue up to this many; beyond, new ones are dropped (nobody is reading).
 const EVENT_QUEUE: usize = 256;
@@ -414,9 +417,9 @@ impl Shared {
     /// to receive the answer).
     fn start_shares(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let send: ReplySink = Arc::new(move |id, message: &Message| {
+        let send: FrameSink = Arc::new(move |frame: &[u8]| {
             if let Some(shared) = weak.upgrade() {
-                shared.reply(id, message);
+                shared.write_frame(frame);
             }
         });
         let conn = Arc::new(ConnShares::start(send));
@@ -565,7 +568,6 @@ impl Shared {
         }
 
         let mut reader = stream;
-        let mut buf = vec![0u8; 64 * 1024];
         'conn: loop {
             // Frames that came with the hello first, then whatever arrives.
             loop {
@@ -578,9 +580,9 @@ impl Shared {
                     }
                 }
             }
-            match reader.read(&mut buf) {
+            match decoder.fill_with(READ_ROOM, |room| reader.read(room)) {
                 Ok(0) => break,
-                Ok(n) => decoder.push(&buf[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     lock(&self.state).last_error = Some(e.to_string());
@@ -603,10 +605,14 @@ impl Shared {
 
     fn reply(&self, id: u32, message: &Message) {
         if let Ok(frame) = encode_message(id, message) {
-            if let Some(w) = lock(&self.state).writer.as_mut() {
-                // A failed write shows up as a failed read in the worker: nothing to do.
-                let _ = w.write_all(&frame);
-            }
+            self.write_frame(&frame);
+        }
+    }
+
+    fn write_frame(&self, frame: &[u8]) {
+        if let Some(w) = lock(&self.state).writer.as_mut() {
+            // A failed write shows up as a failed read in the worker: nothing to do.
+            let _ = w.write_all(frame);
         }
     }
 

@@ -15,6 +15,9 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+use super::frame::FRAME_HEADER_LEN;
+use super::message::{kind, ENVELOPE_HEADER_LEN, ENVELOPE_VERSION};
+
 /// Node id of a share's root directory (FUSE's root id too).
 pub const FS_ROOT: u64 = 1;
 /// Largest read or write in one request: FUSE's 1 MiB (256 pages) kernel limit.
@@ -269,6 +272,43 @@ pub enum FsReply {
     Errno(i32),
 }
 
+/// Bytes before the data in a frame built by [`data_reply_frame`]: frame length,
+/// envelope, the `Data` variant and room for the longest length varint.
+const DATA_HEADROOM: usize = FRAME_HEADER_LEN + ENVELOPE_HEADER_LEN + 1 + 5;
+/// `FsReply::Data`'s variant index in postcard (declaration order).
+const DATA_VARIANT: u8 = 2;
+
+/// Builds the frame of an `FsReply::Data` answer to request `id` with the data written
+/// by `fill` straight into the frame (a file read lands where it is sent from: no copy
+/// of a megabyte chunk). Returns the buffer and where the frame starts in it; the
+/// bytes from there decode exactly as `encode_message(id, &FsReply(Data(..)))`.
+pub fn data_reply_frame<E>(
+    id: u32,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(Vec<u8>, usize), E> {
+    let mut buf = Vec::with_capacity(DATA_HEADROOM + FS_MAX_IO as usize);
+    buf.resize(DATA_HEADROOM, 0);
+    fill(&mut buf)?;
+    let len = buf.len().saturating_sub(DATA_HEADROOM);
+    let mut varint = [0u8; 5];
+    let varint = postcard::to_slice(&(len as u32), &mut varint)
+        .map(|v| v.len())
+        .unwrap_or(0);
+    let mut header = Vec::with_capacity(DATA_HEADROOM);
+    let body_len = ENVELOPE_HEADER_LEN + 1 + varint + len;
+    header.extend_from_slice(&(body_len as u32).to_le_bytes());
+    header.push(ENVELOPE_VERSION);
+    header.extend_from_slice(&kind::FS_REPLY.to_le_bytes());
+    header.extend_from_slice(&id.to_le_bytes());
+    header.push(DATA_VARIANT);
+    let mut len_bytes = [0u8; 5];
+    let _ = postcard::to_slice(&(len as u32), &mut len_bytes);
+    header.extend_from_slice(&len_bytes[..varint]);
+    let start = DATA_HEADROOM - header.len();
+    buf[start..DATA_HEADROOM].copy_from_slice(&header);
+    Ok((buf, start))
+}
+
 /// Is `name` one path component the host may resolve: not empty, not `.` or `..`, no
 /// `/` or NUL, at most [`FS_MAX_NAME`] bytes.
 pub fn is_plain_name(name: &str) -> bool {
@@ -282,6 +322,29 @@ pub fn is_plain_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_reply_frames_decode_like_encoded_ones() {
+        use crate::protocol::{decode_payload, encode_message, FrameDecoder, Message};
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, FS_MAX_IO as usize] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (buf, start) = data_reply_frame::<()>(77, |b| {
+                b.extend_from_slice(&data);
+                Ok(())
+            })
+            .unwrap();
+            let message = Message::FsReply(FsReply::Data(data));
+            assert_eq!(
+                &buf[start..],
+                encode_message(77, &message).unwrap(),
+                "{len}"
+            );
+            let mut dec = FrameDecoder::new();
+            dec.push(&buf[start..]);
+            let env = decode_payload(&dec.next_frame().unwrap().unwrap()).unwrap();
+            assert_eq!((env.id, env.message), (77, message));
+        }
+    }
 
     #[test]
     fn plain_names() {

@@ -569,7 +569,6 @@ mod tests {
                     data: vec![9; 1000],
                 },
             }),
-            Message::FsReply(FsReply::Errno(2)),
             Message::FsReply(FsReply::Data(vec![1, 2, 3])),
             Message::FsShares(FsShares {
                 shares: vec![crate::protocol::fs::ShareInfo {

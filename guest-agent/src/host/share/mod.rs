@@ -9,6 +9,11 @@
 //! symlink for the guest (the guest reads the link and resolves it in its own tree).
 //! Files are opened through the node's own descriptor, never by path again.
 //!
+//! Descriptors are a cache, not one per node: a guest may look up more files than this
+//! process may open. A node remembers its parent node and name; when its descriptor was
+//! dropped, it is opened again beneath its parent's (the same confined resolution) and
+//! must still be the same inode, else the guest gets `ESTALE` and looks it up afresh.
+//!
 //! One [`ShareServer`] lives as long as one connection: node and handle ids mean nothing
 //! to another connection's mount.
 
@@ -31,6 +36,14 @@ use sys::{Errno, SysResult};
 pub const MAX_NODES: usize = 1 << 20;
 /// Open files and directories one connection may hold.
 pub const MAX_HANDLES: usize = 1 << 16;
+/// Node descriptors kept open per share; the least recently used are closed beyond it.
+const MAX_CACHED_FDS: usize = 4096;
+/// Ancestors reopened at most to reach one node (a deeper chain of evicted directories
+/// is refused rather than recursed into).
+const MAX_REOPEN_DEPTH: u32 = 512;
+/// `Node::parent` of a node whose name is gone (unlinked, replaced): it cannot be
+/// reopened.
+const NO_PARENT: u64 = 0;
 
 /// A folder to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +78,17 @@ impl std::str::FromStr for ShareConfig {
 }
 
 struct Node {
-    fd: Arc<OwnedFd>,
+    /// `None` when evicted from the descriptor cache.
+    fd: Option<Arc<OwnedFd>>,
     kind: FsKind,
     key: (u64, u64),
     /// Lookups the guest has not given back yet.
     lookups: u64,
+    /// Where it was last seen, to reopen it.
+    parent: u64,
+    name: String,
+    /// For the cache's least-recently-used eviction.
+    last_use: u64,
 }
 
 enum Handle {
@@ -83,6 +102,82 @@ struct Tables {
     next_node: u64,
     handles: HashMap<u64, Handle>,
     next_handle: u64,
+    cached_fds: usize,
+    clock: u64,
+}
+
+impl Tables {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Keeps `fd` for node `id` and closes the least recently used beyond the cap (in
+    /// batches, so the scan is paid once per many inserts).
+    fn cache_fd(&mut self, id: u64, fd: &Arc<OwnedFd>) {
+        let now = self.tick();
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        node.last_use = now;
+        if node.fd.is_none() {
+            node.fd = Some(Arc::clone(fd));
+            self.cached_fds += 1;
+        }
+        if self.cached_fds <= MAX_CACHED_FDS {
+            return;
+        }
+        let mut ages: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|(&n, node)| n != FS_ROOT && node.fd.is_some())
+            .map(|(&n, node)| (node.last_use, n))
+            .collect();
+        let evict = ages.len() / 4;
+        if evict == 0 {
+            return;
+        }
+        ages.select_nth_unstable(evict - 1);
+        for &(_, n) in &ages[..evict] {
+            if let Some(node) = self.nodes.get_mut(&n) {
+                node.fd = None;
+                self.cached_fds -= 1;
+            }
+        }
+    }
+
+    /// The guest renamed `parent/name` to `new_parent/new_name`.
+    fn renamed(
+        &mut self,
+        parent: u64,
+        name: &str,
+        new_parent: u64,
+        new_name: &str,
+        exchange: bool,
+    ) {
+        for node in self.nodes.values_mut() {
+            if node.parent == parent && node.name == name {
+                node.parent = new_parent;
+                node.name = new_name.into();
+            } else if node.parent == new_parent && node.name == new_name {
+                if exchange {
+                    node.parent = parent;
+                    node.name = name.into();
+                } else {
+                    node.parent = NO_PARENT;
+                }
+            }
+        }
+    }
+
+    /// `parent/name` is gone.
+    fn unlinked(&mut self, parent: u64, name: &str) {
+        for node in self.nodes.values_mut() {
+            if node.parent == parent && node.name == name {
+                node.parent = NO_PARENT;
+            }
+        }
+    }
 }
 
 pub struct ShareServer {
@@ -158,14 +253,19 @@ impl ShareServer {
             next_node: FS_ROOT + 1,
             handles: HashMap::new(),
             next_handle: 1,
+            cached_fds: 0,
+            clock: 0,
         };
         tables.nodes.insert(
             FS_ROOT,
             Node {
-                fd: Arc::clone(&root),
+                fd: Some(Arc::clone(&root)),
                 kind: FsKind::Dir,
                 key: key_of(&st),
                 lookups: 1,
+                parent: NO_PARENT,
+                name: String::new(),
+                last_use: 0,
             },
         );
         tables.by_key.insert(key_of(&st), FS_ROOT);
@@ -225,10 +325,12 @@ impl ShareServer {
             }
             FsOp::Unlink { parent, name } => {
                 sys::unlinkat(self.dir_fd(parent, &name)?.as_fd(), &name, false)?;
+                lock(&self.tables).unlinked(parent, &name);
                 Ok(FsReply::Done)
             }
             FsOp::Rmdir { parent, name } => {
                 sys::unlinkat(self.dir_fd(parent, &name)?.as_fd(), &name, true)?;
+                lock(&self.tables).unlinked(parent, &name);
                 Ok(FsReply::Done)
             }
             FsOp::Symlink {
@@ -255,6 +357,8 @@ impl ShareServer {
                 let from = self.dir_fd(parent, &name)?;
                 let to = self.dir_fd(new_parent, &new_name)?;
                 sys::renameat2(from.as_fd(), &name, to.as_fd(), &new_name, flags)?;
+                let exchange = flags & libc::RENAME_EXCHANGE != 0;
+                lock(&self.tables).renamed(parent, &name, new_parent, &new_name, exchange);
                 Ok(FsReply::Done)
             }
             FsOp::Open { node, flags } => self.open_file(node, flags),
@@ -306,9 +410,46 @@ impl ShareServer {
     }
 
     fn node(&self, node: u64) -> SysResult<(Arc<OwnedFd>, FsKind)> {
-        let tables = lock(&self.tables);
-        let n = tables.nodes.get(&node).ok_or(libc::ENOENT)?;
-        Ok((Arc::clone(&n.fd), n.kind))
+        self.node_at_depth(node, 0)
+    }
+
+    /// The node's descriptor, reopened beneath its parent if it was evicted.
+    fn node_at_depth(&self, node: u64, depth: u32) -> SysResult<(Arc<OwnedFd>, FsKind)> {
+        let (parent, name, key, kind) = {
+            let mut tables = lock(&self.tables);
+            let now = tables.tick();
+            let n = tables.nodes.get_mut(&node).ok_or(libc::ENOENT)?;
+            if let Some(fd) = &n.fd {
+                n.last_use = now;
+                return Ok((Arc::clone(fd), n.kind));
+            }
+            (n.parent, n.name.clone(), n.key, n.kind)
+        };
+        if parent == NO_PARENT {
+            return Err(libc::ESTALE);
+        }
+        if depth >= MAX_REOPEN_DEPTH {
+            return Err(libc::ENAMETOOLONG);
+        }
+        let (dir, dir_kind) = self.node_at_depth(parent, depth + 1)?;
+        if dir_kind != FsKind::Dir {
+            return Err(libc::ESTALE);
+        }
+        let fd = match sys::open_beneath(dir.as_fd(), &name, libc::O_PATH, 0) {
+            Ok(fd) => fd,
+            Err(libc::ENOENT) => return Err(libc::ESTALE),
+            Err(e) => return Err(e),
+        };
+        // The name may now be another file: then this node is gone. (An inode number
+        // the file system reused for a file of the same kind passes: it is still a file
+        // beneath the share, only a newer one.)
+        let st = sys::fstat(fd.as_fd())?;
+        if key_of(&st) != key || kind_of(st.st_mode) != kind {
+            return Err(libc::ESTALE);
+        }
+        let fd = Arc::new(fd);
+        lock(&self.tables).cache_fd(node, &fd);
+        Ok((fd, kind))
     }
 
     /// The descriptor of directory `parent`, once `name` is known to be one plain
@@ -343,11 +484,16 @@ impl ShareServer {
         let dir = self.dir_fd(parent, name)?;
         let fd = sys::open_beneath(dir.as_fd(), name, libc::O_PATH, 0)?;
         let st = sys::fstat(fd.as_fd())?;
+        let fd = Arc::new(fd);
         let mut tables = lock(&self.tables);
         let key = key_of(&st);
         if let Some(&id) = tables.by_key.get(&key) {
             if let Some(node) = tables.nodes.get_mut(&id) {
                 node.lookups = node.lookups.saturating_add(1);
+                // Seen under this name now (a host-side rename, a hard link).
+                node.parent = parent;
+                node.name = name.into();
+                tables.cache_fd(id, &fd);
                 return Ok(attr_of(id, &st));
             }
         }
@@ -359,13 +505,17 @@ impl ShareServer {
         tables.nodes.insert(
             id,
             Node {
-                fd: Arc::new(fd),
+                fd: None,
                 kind: kind_of(st.st_mode),
                 key,
                 lookups: 1,
+                parent,
+                name: name.into(),
+                last_use: 0,
             },
         );
         tables.by_key.insert(key, id);
+        tables.cache_fd(id, &fd);
         Ok(attr_of(id, &st))
     }
 
@@ -380,6 +530,9 @@ impl ShareServer {
         n.lookups = n.lookups.saturating_sub(count);
         if n.lookups == 0 {
             let key = n.key;
+            if n.fd.is_some() {
+                tables.cached_fds -= 1;
+            }
             tables.nodes.remove(&node);
             if tables.by_key.get(&key) == Some(&node) {
                 tables.by_key.remove(&key);
@@ -514,20 +667,42 @@ impl ShareServer {
     }
 
     fn read(&self, handle: u64, offset: u64, len: u32) -> SysResult<FsReply> {
+        let mut buf = Vec::new();
+        self.read_into(handle, offset, len, &mut buf)?;
+        Ok(FsReply::Data(buf))
+    }
+
+    /// Appends up to `len` (at most [`FS_MAX_IO`]) bytes of the file at `offset` to
+    /// `buf`: fewer only at the end of the file.
+    pub fn read_into(
+        &self,
+        handle: u64,
+        offset: u64,
+        len: u32,
+        buf: &mut Vec<u8>,
+    ) -> SysResult<()> {
         let Handle::File { fd, .. } = self.handle_of(handle)? else {
             return Err(libc::EISDIR);
         };
-        let mut buf = vec![0u8; len.min(FS_MAX_IO) as usize];
+        let want = len.min(FS_MAX_IO) as usize;
+        buf.reserve(want);
         let mut filled = 0;
-        while filled < buf.len() {
-            let n = sys::pread(fd.as_fd(), &mut buf[filled..], offset + filled as u64)?;
+        while filled < want {
+            let at = offset.checked_add(filled as u64).ok_or(libc::EINVAL)?;
+            let n = sys::pread_uninit(
+                fd.as_fd(),
+                &mut buf.spare_capacity_mut()[..want - filled],
+                at,
+            )?;
             if n == 0 {
                 break;
             }
+            // SAFETY: pread initialised the first `n` spare bytes (`n` is at most the
+            // spare length it was given).
+            unsafe { buf.set_len(buf.len() + n) };
             filled += n;
         }
-        buf.truncate(filled);
-        Ok(FsReply::Data(buf))
+        Ok(())
     }
 
     fn write(&self, handle: u64, offset: u64, data: &[u8]) -> SysResult<FsReply> {
@@ -654,6 +829,21 @@ impl ShareSet {
         all
     }
 
+    /// [`ShareServer::read_into`] on share `share`.
+    pub fn read_into(
+        &self,
+        share: u32,
+        handle: u64,
+        offset: u64,
+        len: u32,
+        buf: &mut Vec<u8>,
+    ) -> SysResult<()> {
+        let server = lock(&self.servers).get(&share).cloned();
+        server
+            .ok_or(libc::ENODEV)?
+            .read_into(handle, offset, len, buf)
+    }
+
     /// Serves a request for any share; an unknown share is `ENODEV`.
     pub fn handle(&self, share: u32, op: FsOp) -> FsReply {
         let server = lock(&self.servers).get(&share).cloned();
@@ -669,5 +859,84 @@ pub fn errno_of(reply: &FsReply) -> Option<Errno> {
     match reply {
         FsReply::Errno(e) => Some(*e),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("vireo-share-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entry(server: &ShareServer, parent: u64, name: &str) -> FsAttr {
+        match server.handle(FsOp::Lookup {
+            parent,
+            name: name.into(),
+        }) {
+            FsReply::Entry(a) => a,
+            other => panic!("lookup {name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn more_nodes_than_cached_descriptors_stay_usable() {
+        let dir = scratch("evict");
+        std::fs::create_dir(dir.join("d")).unwrap();
+        let count = MAX_CACHED_FDS + 1000;
+        for i in 0..count {
+            std::fs::write(dir.join(format!("d/f{i}")), i.to_string()).unwrap();
+        }
+        let server = ShareServer::open(
+            1,
+            ShareConfig {
+                name: "t".into(),
+                path: dir.clone(),
+                read_only: false,
+            },
+        )
+        .unwrap();
+        let d = entry(&server, FS_ROOT, "d").node;
+        let nodes: Vec<u64> = (0..count)
+            .map(|i| entry(&server, d, &format!("f{i}")).node)
+            .collect();
+        assert!(lock(&server.tables).cached_fds <= MAX_CACHED_FDS + 1);
+        // The first ones were evicted: they reopen beneath their parent.
+        let FsReply::Attr(a) = server.handle(FsOp::GetAttr { node: nodes[0] }) else {
+            panic!("getattr of an evicted node");
+        };
+        assert_eq!(a.size, 1);
+        // A guest rename moves the node's name along.
+        let rename = FsOp::Rename {
+            parent: d,
+            name: "f1".into(),
+            new_parent: FS_ROOT,
+            new_name: "moved".into(),
+            flags: 0,
+        };
+        assert_eq!(server.handle(rename), FsReply::Done);
+        for i in 2..count {
+            server.handle(FsOp::GetAttr { node: nodes[i] });
+        }
+        let FsReply::Attr(a) = server.handle(FsOp::GetAttr { node: nodes[1] }) else {
+            panic!("getattr after rename");
+        };
+        assert_eq!(a.node, nodes[1]);
+        // Replaced on the host behind the guest's back by a directory: stale.
+        std::fs::remove_file(dir.join("d/f3")).unwrap();
+        std::fs::create_dir(dir.join("d/f3")).unwrap();
+        for i in 4..count {
+            server.handle(FsOp::GetAttr { node: nodes[i] });
+        }
+        assert_eq!(
+            server.handle(FsOp::GetAttr { node: nodes[3] }),
+            FsReply::Errno(libc::ESTALE)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use super::watch::{InvalidationSink, ShareWatch};
 use super::{ShareConfig, ShareOpenError, ShareServer, ShareSet};
-use crate::protocol::fs::{FsReply, FsRequest, ShareInfo};
-use crate::protocol::{Message, NO_REPLY};
+use crate::protocol::fs::{data_reply_frame, FsOp, FsReply, FsRequest, ShareInfo};
+use crate::protocol::{encode_message, Message, NO_REPLY};
 
 /// Threads serving one connection's requests.
 const WORKERS: usize = 4;
@@ -17,8 +17,14 @@ const WORKERS: usize = 4;
 /// which pushes back on the guest instead of growing memory.
 const QUEUE: usize = 64;
 
-/// Sends a message with an id on the connection.
-pub type ReplySink = Arc<dyn Fn(u32, &Message) + Send + Sync>;
+/// Writes one whole frame on the connection.
+pub type FrameSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+fn send(sink: &FrameSink, id: u32, message: &Message) {
+    if let Ok(frame) = encode_message(id, message) {
+        sink(&frame);
+    }
+}
 
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
 
@@ -26,14 +32,14 @@ pub struct ConnShares {
     set: Arc<ShareSet>,
     queue: SyncSender<(u32, FsRequest)>,
     watches: Mutex<Vec<ShareWatch>>,
-    send: ReplySink,
+    send: FrameSink,
     /// Identifies this connection's node tables to the agent ([`ShareInfo::instance`]).
     instance: u64,
 }
 
 impl ConnShares {
     /// Starts the workers; they end when this is dropped.
-    pub fn start(send: ReplySink) -> Self {
+    pub fn start(send: FrameSink) -> Self {
         let (queue, rx) = mpsc::sync_channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         let set = Arc::new(ShareSet::default());
@@ -61,7 +67,7 @@ impl ConnShares {
         let server = Arc::new(ShareServer::open(id, config)?);
         let send = Arc::clone(&self.send);
         let sink: InvalidationSink =
-            Arc::new(move |inv| send(NO_REPLY, &Message::FsInvalidate(inv)));
+            Arc::new(move |inv| self::send(&send, NO_REPLY, &Message::FsInvalidate(inv)));
         match ShareWatch::start(Arc::clone(&server), sink) {
             Ok(watch) => super::lock(&self.watches).push(watch),
             // Serving still works; host-side changes then show when the guest's cache
@@ -89,27 +95,48 @@ impl ConnShares {
             .collect()
     }
 
-    /// Queues a request from the guest; blocks while the queue is full.
+    /// Serves a request from the guest: metadata at once on the caller's thread (a
+    /// `stat` waits on exactly this round trip, a hop to a worker would only add to it),
+    /// data and sync to the workers, where a slow disk holds up nothing else. Blocks
+    /// while the workers' queue is full.
     pub fn submit(&self, id: u32, request: FsRequest) {
+        let to_workers = matches!(
+            request.op,
+            FsOp::Read { .. } | FsOp::Write { .. } | FsOp::Fsync { .. } | FsOp::ReadDir { .. }
+        );
+        if !to_workers {
+            let reply = self.set.handle(request.share, request.op);
+            return send(&self.send, id, &Message::FsReply(reply));
+        }
         match self.queue.try_send((id, request)) {
             Ok(()) => {}
             Err(TrySendError::Full(item)) => {
                 let _ = self.queue.send(item);
             }
             Err(TrySendError::Disconnected(_)) => {
-                (self.send)(id, &Message::FsReply(FsReply::Errno(libc::EIO)));
+                send(&self.send, id, &Message::FsReply(FsReply::Errno(libc::EIO)));
             }
         }
     }
 }
 
-fn work(rx: &Mutex<Receiver<(u32, FsRequest)>>, set: &ShareSet, send: &ReplySink) {
+fn work(rx: &Mutex<Receiver<(u32, FsRequest)>>, set: &ShareSet, sink: &FrameSink) {
     loop {
         let next = super::lock(rx).recv();
-        let Ok((id, request)) = next else {
+        let Ok((id, FsRequest { share, op })) = next else {
             return;
         };
-        let reply = set.handle(request.share, request.op);
-        send(id, &Message::FsReply(reply));
+        match op {
+            // The hot path: the file is read straight into the frame that is sent.
+            FsOp::Read {
+                handle,
+                offset,
+                len,
+            } => match data_reply_frame(id, |buf| set.read_into(share, handle, offset, len, buf)) {
+                Ok((frame, start)) => sink(&frame[start..]),
+                Err(errno) => send(sink, id, &Message::FsReply(FsReply::Errno(errno))),
+            },
+            op => send(sink, id, &Message::FsReply(set.handle(share, op))),
+        }
     }
 }

@@ -223,10 +223,16 @@ pub fn fsync(fd: BorrowedFd<'_>, data_only: bool) -> SysResult<()> {
     })
 }
 
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
+/// `pread` into memory that need not be initialised; returns the bytes read (which are
+/// then initialised).
+pub fn pread_uninit(
+    fd: BorrowedFd<'_>,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+) -> SysResult<usize> {
     let offset = libc::off_t::try_from(offset).map_err(|_| libc::EINVAL)?;
     loop {
-        // SAFETY: `buf` is writable for its length.
+        // SAFETY: `buf` is writable for its length; the kernel only writes to it.
         let n = unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) };
         if n >= 0 {
             return Ok(n as usize);
@@ -312,17 +318,34 @@ fn parse_dirents(mut buf: &[u8]) -> Vec<RawDirEntry> {
     out
 }
 
-/// Raises this process's open-file limit to its hard limit: every node a guest has
-/// looked up holds an `O_PATH` descriptor.
+/// Raises this process's open-file limit as far as it may go: every node a guest has
+/// looked up holds an `O_PATH` descriptor (the guest kernel keeps lookups until memory
+/// pressure makes it forget them). With the privilege to (root), the hard limit itself
+/// goes up to the kernel's `nr_open`; otherwise the soft limit goes up to the hard one.
 pub fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     // SAFETY: all-zero is a valid rlimit; getrlimit fills it.
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid in/out pointer for both calls.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    // SAFETY: `lim` is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+        let wanted = libc::rlimit {
+            rlim_cur: max,
+            rlim_max: max,
+        };
+        // SAFETY: `wanted` is a valid rlimit; failing (no privilege) changes nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            return;
         }
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
 
