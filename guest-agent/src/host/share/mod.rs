@@ -920,8 +920,8 @@ mod tests {
             flags: 0,
         };
         assert_eq!(server.handle(rename), FsReply::Done);
-        for i in 2..count {
-            server.handle(FsOp::GetAttr { node: nodes[i] });
+        for &node in &nodes[2..] {
+            server.handle(FsOp::GetAttr { node });
         }
         let FsReply::Attr(a) = server.handle(FsOp::GetAttr { node: nodes[1] }) else {
             panic!("getattr after rename");
@@ -930,8 +930,8 @@ mod tests {
         // Replaced on the host behind the guest's back by a directory: stale.
         std::fs::remove_file(dir.join("d/f3")).unwrap();
         std::fs::create_dir(dir.join("d/f3")).unwrap();
-        for i in 4..count {
-            server.handle(FsOp::GetAttr { node: nodes[i] });
+        for &node in &nodes[4..] {
+            server.handle(FsOp::GetAttr { node });
         }
         assert_eq!(
             server.handle(FsOp::GetAttr { node: nodes[3] }),
