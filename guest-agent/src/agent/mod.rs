@@ -60,6 +60,7 @@ pub fn serve_connection(
     restored: bool,
 ) -> Result<(), ServeError> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_big_buffers();
     // FUSE threads write their requests too: one writer, under a lock.
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     let link = Arc::new(fs::link::FsLink::new(Arc::clone(&writer)));

@@ -491,6 +491,7 @@ impl Shared {
     fn handshake(&self) -> Result<(UnixStream, FrameDecoder, Hello), String> {
         let timeout = self.config.connect_timeout;
         let mut stream = connect(&self.endpoint, timeout).map_err(|e| chain(&e))?;
+        crate::agent::transport::set_big_buffers(std::os::fd::AsFd::as_fd(&stream));
         let id = self.fresh_id();
         let hello = Message::Hello(Hello {
             major: PROTOCOL_MAJOR,
