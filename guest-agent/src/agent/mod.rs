@@ -13,7 +13,7 @@ pub mod timesync;
 pub mod transport;
 
 use std::io::{self, Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::protocol::FrameDecoder;
@@ -71,12 +71,23 @@ pub fn serve_connection(
     let mut session = Session::new(services, restored);
     session.set_fs_link(Arc::clone(&link));
     let mut decoder = FrameDecoder::new();
+    // Frames waiting for the writer: while a FUSE thread holds it (blocked on a full
+    // socket, say) this loop goes on reading, so that the host, whose answers fill the
+    // other direction, is never stuck waiting for us while we wait for it.
+    let mut outbox: Vec<Vec<u8>> = Vec::new();
     loop {
-        for frame in session.take_outbox() {
-            writer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .write_all(&frame)?;
+        outbox.extend(session.take_outbox());
+        if !outbox.is_empty() {
+            let free = match writer.try_lock() {
+                Ok(w) => Some(w),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut w) = free {
+                for frame in outbox.drain(..) {
+                    w.write_all(&frame)?;
+                }
+            }
         }
         if let Some(action) = session.take_power() {
             if let Err(err) = services.power.power(action) {
@@ -84,6 +95,11 @@ pub fn serve_connection(
             }
         }
         if session.should_close() {
+            // The last words (an error) go out before the close, however long it takes.
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            for frame in outbox.drain(..) {
+                let _ = w.write_all(&frame);
+            }
             return Err(ServeError::Protocol);
         }
         let now = Instant::now();
@@ -91,6 +107,12 @@ pub fn serve_connection(
             .deadline()
             .map_or(MAX_READ_WAIT, |d| d.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_READ_WAIT);
+        // With frames held back, come back soon to try the writer again.
+        let wait = if outbox.is_empty() {
+            wait
+        } else {
+            wait.min(Duration::from_millis(5))
+        };
         stream.set_read_timeout(Some(wait))?;
         match decoder.fill_with(READ_ROOM, |room| stream.read(room)) {
             Ok(0) => return Ok(()),
