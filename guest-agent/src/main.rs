@@ -219,12 +219,13 @@ fn host(args: HostArgs) -> anyhow::Result<()> {
         connect_timeout: timeout,
         ..ClientConfig::default()
     };
-    if let HostCall::Share { shares } = args.call {
-        return serve_shares(endpoint, config, shares);
-    }
+    let call = match args.call {
+        HostCall::Share { shares } => return serve_shares(endpoint, config, shares),
+        call => call,
+    };
     let client = AgentClient::connect(endpoint.clone(), config)
         .with_context(|| format!("connecting to the agent at {endpoint}"))?;
-    let out = match args.call {
+    let out = match call {
         HostCall::Hello => {
             let hello = client.wait_connected(timeout)?;
             json!({
@@ -244,7 +245,8 @@ fn host(args: HostArgs) -> anyhow::Result<()> {
             json!({ "accepted": "reboot" })
         }
         HostCall::Time => serde_json::to_value(client.time_sync_now()?)?,
-        HostCall::Share { .. } => unreachable!("served above"),
+        // Served above, before connecting: it keeps running instead of answering once.
+        HostCall::Share { .. } => return Ok(()),
     };
     println!("{out}");
     Ok(())
