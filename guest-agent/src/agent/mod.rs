@@ -117,8 +117,8 @@ pub fn serve_connection(
         match decoder.fill_with(READ_ROOM, |room| stream.read(room)) {
             Ok(0) => return Ok(()),
             Ok(_) => loop {
-                match decoder.next_frame() {
-                    Ok(Some(payload)) => session.on_payload(&payload, Instant::now()),
+                match decoder.next_frame_with(|p| session.on_payload(p, Instant::now())) {
+                    Ok(Some(())) => {}
                     Ok(None) => break,
                     Err(err) => {
                         session.on_frame_error(err);

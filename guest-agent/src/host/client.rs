@@ -572,8 +572,8 @@ impl Shared {
         'conn: loop {
             // Frames that came with the hello first, then whatever arrives.
             loop {
-                match decoder.next_frame() {
-                    Ok(Some(payload)) => self.on_payload(&payload),
+                match decoder.next_frame_with(|p| self.on_payload(p)) {
+                    Ok(Some(())) => {}
                     Ok(None) => break,
                     Err(err) => {
                         lock(&self.state).last_error = Some(err.to_string());

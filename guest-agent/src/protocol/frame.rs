@@ -119,6 +119,15 @@ impl FrameDecoder {
     }
 
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        self.next_frame_with(<[u8]>::to_vec)
+    }
+
+    /// Like [`next_frame`](Self::next_frame), handing the payload to `use_payload` where
+    /// it lies instead of copying it out (a megabyte file chunk is decoded in place).
+    pub fn next_frame_with<R>(
+        &mut self,
+        use_payload: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, FrameError> {
         if let Some(err) = self.failed {
             return Err(err);
         }
@@ -141,13 +150,13 @@ impl FrameDecoder {
         if pending.len() - FRAME_HEADER_LEN < len {
             return Ok(None);
         }
-        let payload = pending[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len].to_vec();
+        let result = use_payload(&pending[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
         self.start += FRAME_HEADER_LEN + len;
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        Ok(Some(payload))
+        Ok(Some(result))
     }
 }
 
