@@ -11,6 +11,7 @@ packages=(
   busybox-static               # the demo guest's shell, to test its /init on the host
   util-linux                   # setpriv, used by the permission test
   passt                        # user-mode networking for --net (the engine starts it)
+  fuse3                        # fusermount3: the agent's shared-folder mounts (tests mount here)
   linux-perf                   # exit counts in the benchmarks
   # vireo-vmm --window (winit + wgpu, loaded at run time), the vireo app (eframe + glow:
   # Mesa's GL comes with xvfb) and their tests on a private X server: Mesa's GL and

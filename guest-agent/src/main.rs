@@ -9,12 +9,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use vireo_guest_agent::agent::clock::{Clock, SimulatedClock, SystemClock};
+use vireo_guest_agent::agent::fs::{default_owner, ShareMounts, DEFAULT_MOUNT_BASE};
 use vireo_guest_agent::agent::power::{PowerControl, RecordingPower, SystemPower};
 use vireo_guest_agent::agent::timesync::TimeSyncConfig;
 use vireo_guest_agent::agent::transport::{AgentListener, ListenAddr};
 use vireo_guest_agent::agent::{self, AgentServices};
 use vireo_guest_agent::guest_info::GuestInfo;
-use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+use vireo_guest_agent::host::{AgentClient, ClientConfig, ClientEvent, Endpoint, ShareConfig};
 use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
 
 #[derive(Parser)]
@@ -49,6 +50,16 @@ struct RunArgs {
     /// Tests: append power actions to this file instead of powering off.
     #[arg(long, hide = true)]
     fake_power: Option<PathBuf>,
+    /// Where the host's shared folders are mounted (`<base>/<name>`).
+    #[arg(long, default_value = DEFAULT_MOUNT_BASE)]
+    share_base: PathBuf,
+    /// `UID[:GID]` every file in a share shows as owned by (default: the first user
+    /// with a uid from 1000, else root).
+    #[arg(long)]
+    share_owner: Option<String>,
+    /// Do not offer shared folders.
+    #[arg(long)]
+    no_shares: bool,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +91,12 @@ enum HostCall {
     Reboot,
     /// Sync the guest clock now and show what was done.
     Time,
+    /// Export folders (`NAME=DIR` or `NAME=DIR,ro`) and serve them until killed,
+    /// printing a JSON line per event (mounted, connected, disconnected).
+    Share {
+        #[arg(required = true)]
+        shares: Vec<ShareConfig>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,6 +112,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let shares = if args.no_shares {
+        None
+    } else {
+        let owner = match &args.share_owner {
+            Some(spec) => parse_owner(spec)?,
+            None => default_owner(),
+        };
+        Some(Arc::new(ShareMounts::new(args.share_base.clone(), owner)))
+    };
     let clock: Arc<dyn Clock> = match args.fake_clock_offset_ms {
         Some(ms) => Arc::new(SimulatedClock::with_offset_ns(ms.saturating_mul(1_000_000))),
         None => Arc::new(SystemClock),
@@ -110,10 +136,73 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             interval: Duration::from_secs(args.time_sync_interval_secs.max(1)),
             ..TimeSyncConfig::default()
         },
+        shares: shares.clone(),
     };
     let listener = AgentListener::bind(&args.transport)?;
     eprintln!("vireo-agent: listening on {}", args.transport);
+    if let Some(shares) = shares {
+        unmount_on_signal(shares)?;
+    }
     agent::run(&listener, &services)
+}
+
+fn parse_owner(spec: &str) -> anyhow::Result<(u32, u32)> {
+    let (uid, gid) = spec.split_once(':').unwrap_or((spec, spec));
+    Ok((
+        uid.parse().context("--share-owner: bad uid")?,
+        gid.parse().context("--share-owner: bad gid")?,
+    ))
+}
+
+/// SIGTERM, SIGINT, SIGHUP: unmount the shares, then exit.
+fn unmount_on_signal(shares: Arc<ShareMounts>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("vireo-agent-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("vireo-agent: signal {signal}: unmounting shares and exiting");
+                shares.unmount_all();
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
+}
+
+/// `host share`: serve until killed; the client reconnects by itself.
+fn serve_shares(
+    endpoint: Endpoint,
+    config: ClientConfig,
+    shares: Vec<ShareConfig>,
+) -> anyhow::Result<()> {
+    let client = AgentClient::start_sharing(endpoint, config, shares)?;
+    loop {
+        let Ok(event) = client.events().recv() else {
+            anyhow::bail!("the client stopped");
+        };
+        let line = match event {
+            ClientEvent::Connected(hello) => {
+                json!({ "event": "connected", "software": hello.software })
+            }
+            ClientEvent::Disconnected => json!({ "event": "disconnected" }),
+            ClientEvent::SharesMounted(results) => {
+                let shares: Vec<_> = results
+                    .into_iter()
+                    .map(|r| match r.result {
+                        Ok(path) => json!({ "name": r.name, "path": path }),
+                        Err(error) => json!({ "name": r.name, "error": error }),
+                    })
+                    .collect();
+                json!({ "event": "mounted", "shares": shares })
+            }
+            ClientEvent::Message(_) => continue,
+        };
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
 }
 
 fn host(args: HostArgs) -> anyhow::Result<()> {
@@ -130,9 +219,13 @@ fn host(args: HostArgs) -> anyhow::Result<()> {
         connect_timeout: timeout,
         ..ClientConfig::default()
     };
+    let call = match args.call {
+        HostCall::Share { shares } => return serve_shares(endpoint, config, shares),
+        call => call,
+    };
     let client = AgentClient::connect(endpoint.clone(), config)
         .with_context(|| format!("connecting to the agent at {endpoint}"))?;
-    let out = match args.call {
+    let out = match call {
         HostCall::Hello => {
             let hello = client.wait_connected(timeout)?;
             json!({
@@ -152,6 +245,8 @@ fn host(args: HostArgs) -> anyhow::Result<()> {
             json!({ "accepted": "reboot" })
         }
         HostCall::Time => serde_json::to_value(client.time_sync_now()?)?,
+        // Served above, before connecting: it keeps running instead of answering once.
+        HostCall::Share { .. } => return Ok(()),
     };
     println!("{out}");
     Ok(())

@@ -54,6 +54,7 @@ fn start_agent(clock: Arc<SimulatedClock>, interval: Duration) -> AgentSocket {
             interval,
             ..TimeSyncConfig::default()
         },
+        shares: None,
     };
     std::thread::spawn(move || agent::run(&listener, &services));
     AgentSocket(path)

@@ -6,13 +6,14 @@
 //! after the first starts with a sync that steps the clock.
 
 pub mod clock;
+pub mod fs;
 pub mod power;
 pub mod session;
 pub mod timesync;
 pub mod transport;
 
 use std::io::{self, Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::protocol::FrameDecoder;
@@ -28,6 +29,8 @@ pub struct AgentServices {
     pub clock: Arc<dyn Clock>,
     pub power: Arc<dyn PowerControl>,
     pub time_sync: TimeSyncConfig,
+    /// Shared folders, when this agent mounts them.
+    pub shares: Option<Arc<fs::ShareMounts>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,9 @@ pub enum ServeError {
 
 /// A write stuck this long means the host stopped reading: give the connection up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room offered to each socket read: a whole 1 MiB file chunk in one or two reads,
+/// straight into the frame decoder.
+const READ_ROOM: usize = 512 * 1024;
 /// Upper bound on a read's wait, so a deadline set while blocked is not missed by long.
 const MAX_READ_WAIT: Duration = Duration::from_secs(1);
 
@@ -54,12 +60,34 @@ pub fn serve_connection(
     restored: bool,
 ) -> Result<(), ServeError> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_big_buffers();
+    // FUSE threads write their requests too: one writer, under a lock.
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let link = Arc::new(fs::link::FsLink::new(Arc::clone(&writer)));
+    let _closer = LinkCloser {
+        link: Arc::clone(&link),
+        shares: services.shares.clone(),
+    };
     let mut session = Session::new(services, restored);
+    session.set_fs_link(Arc::clone(&link));
     let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Frames waiting for the writer: while a FUSE thread holds it (blocked on a full
+    // socket, say) this loop goes on reading, so that the host, whose answers fill the
+    // other direction, is never stuck waiting for us while we wait for it.
+    let mut outbox: Vec<Vec<u8>> = Vec::new();
     loop {
-        for frame in session.take_outbox() {
-            stream.write_all(&frame)?;
+        outbox.extend(session.take_outbox());
+        if !outbox.is_empty() {
+            let free = match writer.try_lock() {
+                Ok(w) => Some(w),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut w) = free {
+                for frame in outbox.drain(..) {
+                    w.write_all(&frame)?;
+                }
+            }
         }
         if let Some(action) = session.take_power() {
             if let Err(err) = services.power.power(action) {
@@ -67,6 +95,11 @@ pub fn serve_connection(
             }
         }
         if session.should_close() {
+            // The last words (an error) go out before the close, however long it takes.
+            let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
+            for frame in outbox.drain(..) {
+                let _ = w.write_all(&frame);
+            }
             return Err(ServeError::Protocol);
         }
         let now = Instant::now();
@@ -74,22 +107,25 @@ pub fn serve_connection(
             .deadline()
             .map_or(MAX_READ_WAIT, |d| d.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_READ_WAIT);
+        // With frames held back, come back soon to try the writer again.
+        let wait = if outbox.is_empty() {
+            wait
+        } else {
+            wait.min(Duration::from_millis(5))
+        };
         stream.set_read_timeout(Some(wait))?;
-        match stream.read(&mut buf) {
+        match decoder.fill_with(READ_ROOM, |room| stream.read(room)) {
             Ok(0) => return Ok(()),
-            Ok(n) => {
-                decoder.push(&buf[..n]);
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(payload)) => session.on_payload(&payload, Instant::now()),
-                        Ok(None) => break,
-                        Err(err) => {
-                            session.on_frame_error(err);
-                            break;
-                        }
+            Ok(_) => loop {
+                match decoder.next_frame_with(|p| session.on_payload(p, Instant::now())) {
+                    Ok(Some(())) => {}
+                    Ok(None) => break,
+                    Err(err) => {
+                        session.on_frame_error(err);
+                        break;
                     }
                 }
-            }
+            },
             Err(e)
                 if matches!(
                     e.kind(),
@@ -100,6 +136,22 @@ pub fn serve_connection(
             Err(e) => return Err(e.into()),
         }
         session.tick(Instant::now());
+    }
+}
+
+/// When a connection ends, however it ends: its shared-folder requests fail and the
+/// mounts stop using it.
+struct LinkCloser {
+    link: Arc<fs::link::FsLink>,
+    shares: Option<Arc<fs::ShareMounts>>,
+}
+
+impl Drop for LinkCloser {
+    fn drop(&mut self) {
+        if let Some(shares) = &self.shares {
+            shares.detach(&self.link);
+        }
+        self.link.close();
     }
 }
 

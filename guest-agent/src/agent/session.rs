@@ -2,14 +2,17 @@
 //! frames to send and a power action to run out. [`super::serve_connection`] drives it
 //! over a socket; tests can drive it directly.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::fs::link::FsLink;
 use super::timesync::{SyncRound, TimeSyncConfig};
 use super::{log, AgentServices};
 use crate::guest_info::GuestInfo;
 use crate::protocol::{
-    decode_payload, encode_message, error_code, kind, Capabilities, ErrorReply, FrameError, Hello,
-    Message, PowerAction, TimeCorrection, TimeSyncReport, NO_REPLY, PROTOCOL_MAJOR, PROTOCOL_MINOR,
+    decode_payload, encode_message, error_code, kind, Capabilities, ErrorReply, FrameError,
+    FsReply, FsSharesReply, Hello, Message, PowerAction, TimeCorrection, TimeSyncReport, NO_REPLY,
+    PROTOCOL_MAJOR, PROTOCOL_MINOR,
 };
 use crate::util::error_chain;
 
@@ -33,6 +36,8 @@ pub struct Session<'a> {
     power: Option<PowerAction>,
     close: bool,
     last_report: Option<TimeSyncReport>,
+    /// This connection's shared-folder channel.
+    fs_link: Option<Arc<FsLink>>,
 }
 
 impl<'a> Session<'a> {
@@ -49,6 +54,19 @@ impl<'a> Session<'a> {
             power: None,
             close: false,
             last_report: None,
+            fs_link: None,
+        }
+    }
+
+    pub fn set_fs_link(&mut self, link: Arc<FsLink>) {
+        self.fs_link = Some(link);
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        if self.services.shares.is_some() {
+            AGENT_CAPABILITIES.union(Capabilities::SHARED_FOLDERS)
+        } else {
+            AGENT_CAPABILITIES
         }
     }
 
@@ -146,6 +164,8 @@ impl<'a> Session<'a> {
         }
         match message {
             Message::Hello(hello) => self.on_hello(id, hello, now),
+            // A refused shared-folder request fails its FUSE request.
+            Message::Error(_) if self.complete_fs(id, Err(libc::EIO)) => {}
             // Errors are never answered, so two peers cannot bounce errors forever.
             Message::Error(err) => log(format_args!(
                 "host error for request {id} (kind {:#06x}): code {}: {}",
@@ -191,12 +211,35 @@ impl<'a> Session<'a> {
                     self.tick(now);
                 }
             }
+            Message::FsReply(reply) => {
+                if !self.complete_fs(id, Ok(reply)) {
+                    log(format_args!(
+                        "host answered unknown shared-folder request {id}"
+                    ));
+                }
+            }
+            Message::FsShares(shares) => match (&self.services.shares, &self.fs_link) {
+                (Some(mounts), Some(link)) => {
+                    mounts.attach(link);
+                    let results = mounts.apply(shares.shares);
+                    self.send(id, &Message::FsSharesReply(FsSharesReply { results }));
+                }
+                _ => self.send_error(
+                    id,
+                    kind::FS_SHARES,
+                    error_code::NOT_SUPPORTED,
+                    "this agent does not mount shared folders".into(),
+                ),
+            },
+            Message::FsInvalidate(inv) => {
+                if let Some(mounts) = &self.services.shares {
+                    mounts.invalidate(inv);
+                }
+            }
             other @ (Message::ClipboardGrab(_)
             | Message::ClipboardRequest(_)
             | Message::ClipboardData(_)
             | Message::ClipboardRelease(_)
-            | Message::FsRequest(_)
-            | Message::FsReply(_)
             | Message::DisplayStatus(_)) => self.send_error(
                 id,
                 other.kind(),
@@ -207,6 +250,8 @@ impl<'a> Session<'a> {
             | Message::InfoReply(_)
             | Message::PowerAccepted(_)
             | Message::TimeQuery
+            | Message::FsRequest(_)
+            | Message::FsSharesReply(_)
             | Message::TimeSyncReport(_)) => self.send_error(
                 id,
                 other.kind(),
@@ -214,6 +259,15 @@ impl<'a> Session<'a> {
                 "the agent does not answer this message".into(),
             ),
         }
+    }
+
+    /// Hands the host's answer to the shared-folder request `id`, if it is one.
+    fn complete_fs(&self, id: u32, result: Result<FsReply, i32>) -> bool {
+        FsLink::is_ours(id)
+            && self
+                .fs_link
+                .as_ref()
+                .is_some_and(|l| l.complete(id, result))
     }
 
     fn host_has(&self, caps: Capabilities) -> bool {
@@ -250,7 +304,7 @@ impl<'a> Session<'a> {
             &Message::Hello(Hello {
                 major: PROTOCOL_MAJOR,
                 minor: PROTOCOL_MINOR,
-                capabilities: AGENT_CAPABILITIES,
+                capabilities: self.capabilities(),
                 software: concat!("vireo-agent ", env!("CARGO_PKG_VERSION")).into(),
             }),
         );
@@ -353,6 +407,7 @@ mod tests {
             clock: Arc::new(SimulatedClock::default()),
             power: Arc::new(RecordingPower::default()),
             time_sync: TimeSyncConfig::default(),
+            shares: None,
         }
     }
 

@@ -133,11 +133,30 @@ pub enum AgentStream {
 }
 
 impl AgentStream {
+    /// A second handle on the same connection (one thread reads, others write).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        match self {
+            Self::Unix(s) => s.try_clone().map(Self::Unix),
+            Self::Vsock(fd) => fd.try_clone().map(Self::Vsock),
+        }
+    }
+
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Self::Unix(s) => s.set_read_timeout(timeout),
             Self::Vsock(fd) => set_timeout(fd, sockopt::ReceiveTimeout, timeout),
         }
+    }
+
+    /// Socket buffers big enough for a few 1 MiB file chunks: with the default ~200 KiB a
+    /// chunk crosses in many pieces, each a wake-up of the reader and the writer.
+    /// Best effort: the kernel caps it at `net.core.wmem_max`/`rmem_max`.
+    pub fn set_big_buffers(&self) {
+        let fd = match self {
+            Self::Unix(s) => s.as_fd(),
+            Self::Vsock(fd) => fd.as_fd(),
+        };
+        set_big_buffers(fd);
     }
 
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
@@ -146,6 +165,13 @@ impl AgentStream {
             Self::Vsock(fd) => set_timeout(fd, sockopt::SendTimeout, timeout),
         }
     }
+}
+
+/// See [`AgentStream::set_big_buffers`]; also for the host's side of the connection.
+pub fn set_big_buffers(fd: std::os::fd::BorrowedFd<'_>) {
+    const BUFFER: usize = 4 << 20;
+    let _ = socket::setsockopt(&fd, sockopt::SndBuf, &BUFFER);
+    let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &BUFFER);
 }
 
 fn set_timeout<O>(fd: &OwnedFd, opt: O, timeout: Option<Duration>) -> io::Result<()>

@@ -14,16 +14,19 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::share::serve::{ConnShares, FrameSink};
+use super::share::ShareConfig;
 use super::transport::{connect, Endpoint};
+use crate::protocol::fs::{is_plain_name, FsMountResult};
 use crate::protocol::{
     decode_payload, encode_message, error_code, Capabilities, EncodeError, ErrorReply,
-    FrameDecoder, GuestInfo, Hello, Message, PowerAction, TimeReply, TimeSyncReport,
+    FrameDecoder, FsShares, GuestInfo, Hello, Message, PowerAction, TimeReply, TimeSyncReport,
     PROTOCOL_MAJOR, PROTOCOL_MINOR,
 };
 use crate::util::{error_chain, system_now_ns};
 
-/// What the host offers the agent: it answers time queries.
-pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME;
+/// What the host offers the agent: it answers time queries and serves shared folders.
+pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME.union(Capabilities::SHARED_FOLDERS);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -70,6 +73,8 @@ pub enum ClientError {
     Unexpected(u16),
     #[error("the agent does not offer {0}")]
     NotOffered(&'static str),
+    #[error("share: {0}")]
+    Share(String),
 }
 
 /// Things that happen without a call.
@@ -77,6 +82,9 @@ pub enum ClientError {
 pub enum ClientEvent {
     Connected(Hello),
     Disconnected,
+    /// The agent's answer to the shares announced on a connection (after each connect
+    /// and each [`AgentClient::add_share`]).
+    SharesMounted(Vec<FsMountResult>),
     /// A message from the agent that answers no call (a display status, an error for an
     /// id we no longer wait for).
     Message(Message),
@@ -99,7 +107,17 @@ struct Shared {
     connections: AtomicU64,
     stop: AtomicBool,
     events: SyncSender<ClientEvent>,
+    /// Shares to export on every connection, in the order added (index + 1 = share id).
+    shares: Mutex<Vec<ShareConfig>>,
+    /// The current connection's share servers, when the agent offers shared folders.
+    conn_shares: Mutex<Option<Arc<ConnShares>>>,
+    /// Announcements one at a time, each with the full list as it is when sent, so the
+    /// last one the agent sees is the newest.
+    announcing: Mutex<()>,
 }
+
+/// Room offered to each socket read: a whole 1 MiB file chunk in one or two reads.
+const READ_ROOM: usize = 512 * 1024;
 
 /// Events queue up to this many; beyond, new ones are dropped (nobody is reading).
 const EVENT_QUEUE: usize = 256;
@@ -134,6 +152,29 @@ impl AgentClient {
 
     /// Starts the client without waiting: it connects (and reconnects) in the background.
     pub fn start(endpoint: Endpoint, config: ClientConfig) -> Self {
+        Self::start_with(endpoint, config, Vec::new())
+    }
+
+    /// Like [`start`](Self::start), exporting `shares` from the first connection on (one
+    /// announcement with all of them, instead of one per [`add_share`](Self::add_share)).
+    pub fn start_sharing(
+        endpoint: Endpoint,
+        config: ClientConfig,
+        shares: Vec<ShareConfig>,
+    ) -> Result<Self, ClientError> {
+        for (i, share) in shares.iter().enumerate() {
+            check_share(share)?;
+            if shares[..i].iter().any(|s| s.name == share.name) {
+                return Err(ClientError::Share(format!(
+                    "{} is shared twice",
+                    share.name
+                )));
+            }
+        }
+        Ok(Self::start_with(endpoint, config, shares))
+    }
+
+    fn start_with(endpoint: Endpoint, config: ClientConfig, shares: Vec<ShareConfig>) -> Self {
         let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             endpoint,
@@ -145,11 +186,14 @@ impl AgentClient {
             connections: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             events: events_tx,
+            shares: Mutex::new(shares),
+            conn_shares: Mutex::default(),
+            announcing: Mutex::default(),
         });
         let worker_shared = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("vireo-agent-client".into())
-            .spawn(move || worker_shared.run())
+            .spawn(move || Shared::run(&worker_shared))
             .ok();
         Self {
             shared,
@@ -174,23 +218,7 @@ impl AgentClient {
 
     /// Waits until a connection is up and returns the agent's hello.
     pub fn wait_connected(&self, timeout: Duration) -> Result<Hello, ClientError> {
-        let deadline = Instant::now() + timeout;
-        let mut state = lock(&self.shared.state);
-        loop {
-            if let (Some(_), Some(peer)) = (&state.writer, &state.peer) {
-                return Ok(peer.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ClientError::NotConnected(timeout));
-            }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.shared.wait_connected(timeout)
     }
 
     /// Sends a message and waits for the answer carrying its id; an error message from
@@ -214,34 +242,7 @@ impl AgentClient {
         &self,
         frame_for: impl FnOnce(u32) -> Result<Vec<u8>, EncodeError>,
     ) -> Result<Message, ClientError> {
-        let timeout = self.shared.config.call_timeout;
-        let deadline = Instant::now() + timeout;
-        self.wait_connected(timeout)?;
-        let id = self.shared.fresh_id();
-        let frame = frame_for(id)?;
-        let (tx, rx) = mpsc::channel();
-        lock(&self.shared.pending).insert(id, tx);
-        let written = {
-            let mut state = lock(&self.shared.state);
-            match state.writer.as_mut() {
-                Some(w) => w.write_all(&frame).map_err(ClientError::from),
-                None => Err(ClientError::Disconnected),
-            }
-        };
-        if let Err(err) = written {
-            lock(&self.shared.pending).remove(&id);
-            return Err(err);
-        }
-        let answer = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        lock(&self.shared.pending).remove(&id);
-        match answer {
-            Ok(Message::Error(ErrorReply { code, text, .. })) => {
-                Err(ClientError::Agent { code, text })
-            }
-            Ok(message) => Ok(message),
-            Err(RecvTimeoutError::Timeout) => Err(ClientError::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
-        }
+        self.shared.request_frame(frame_for)
     }
 
     fn require(&self, cap: Capabilities, name: &'static str) -> Result<(), ClientError> {
@@ -280,6 +281,42 @@ impl AgentClient {
         }
     }
 
+    /// Exports a host folder to the guest, now (when connected: returns where the guest
+    /// mounted it) and on every later connection. Share ids are the order of adding.
+    pub fn add_share(&self, config: ShareConfig) -> Result<Option<String>, ClientError> {
+        check_share(&config)?;
+        let conn = {
+            // Held until the live connection has it too, so a connection starting
+            // meanwhile cannot miss it (see `start_shares`).
+            let mut shares = lock(&self.shared.shares);
+            if shares.iter().any(|s| s.name == config.name) {
+                return Err(ClientError::Share(format!(
+                    "{} is already shared",
+                    config.name
+                )));
+            }
+            shares.push(config.clone());
+            let id = shares.len() as u32;
+            let conn = lock(&self.shared.conn_shares).clone();
+            let Some(conn) = conn else {
+                return Ok(None);
+            };
+            conn.add(id, config.clone())
+                .map_err(|e| ClientError::Share(error_chain(&e).to_string()))?;
+            conn
+        };
+        let results = self.shared.announce(&conn)?;
+        match results.into_iter().find(|r| r.name == config.name) {
+            Some(FsMountResult {
+                result: Ok(path), ..
+            }) => Ok(Some(path)),
+            Some(FsMountResult {
+                result: Err(why), ..
+            }) => Err(ClientError::Share(why)),
+            None => Err(ClientError::Share("the agent did not mount it".into())),
+        }
+    }
+
     pub fn shutdown(&self) -> Result<(), ClientError> {
         self.power(PowerAction::Shutdown)
     }
@@ -311,6 +348,60 @@ impl Drop for AgentClient {
 }
 
 impl Shared {
+    /// Waits until a connection is up and returns the agent's hello.
+    pub fn wait_connected(&self, timeout: Duration) -> Result<Hello, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        loop {
+            if let (Some(_), Some(peer)) = (&state.writer, &state.peer) {
+                return Ok(peer.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::NotConnected(timeout));
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn request_frame(
+        &self,
+        frame_for: impl FnOnce(u32) -> Result<Vec<u8>, EncodeError>,
+    ) -> Result<Message, ClientError> {
+        let timeout = self.config.call_timeout;
+        let deadline = Instant::now() + timeout;
+        self.wait_connected(timeout)?;
+        let id = self.fresh_id();
+        let frame = frame_for(id)?;
+        let (tx, rx) = mpsc::channel();
+        lock(&self.pending).insert(id, tx);
+        let written = {
+            let mut state = lock(&self.state);
+            match state.writer.as_mut() {
+                Some(w) => w.write_all(&frame).map_err(ClientError::from),
+                None => Err(ClientError::Disconnected),
+            }
+        };
+        if let Err(err) = written {
+            lock(&self.pending).remove(&id);
+            return Err(err);
+        }
+        let answer = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        lock(&self.pending).remove(&id);
+        match answer {
+            Ok(Message::Error(ErrorReply { code, text, .. })) => {
+                Err(ClientError::Agent { code, text })
+            }
+            Ok(message) => Ok(message),
+            Err(RecvTimeoutError::Timeout) => Err(ClientError::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
+        }
+    }
+
     fn fresh_id(&self) -> u32 {
         loop {
             // Zero means "no reply expected": skip it when the counter wraps.
@@ -318,6 +409,50 @@ impl Shared {
             if id != 0 {
                 return id;
             }
+        }
+    }
+
+    /// A connection to an agent that offers shared folders: serve the configured shares
+    /// and tell the agent about them (from another thread: the worker must keep reading
+    /// to receive the answer).
+    fn start_shares(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let send: FrameSink = Arc::new(move |frame: &[u8]| {
+            if let Some(shared) = weak.upgrade() {
+                shared.write_frame(frame);
+            }
+        });
+        let conn = Arc::new(ConnShares::start(send));
+        {
+            let shares = lock(&self.shares);
+            for (i, config) in shares.iter().enumerate() {
+                if let Err(err) = conn.add(i as u32 + 1, config.clone()) {
+                    eprintln!("vireo-host: {}", error_chain(&err));
+                }
+            }
+            *lock(&self.conn_shares) = Some(Arc::clone(&conn));
+        }
+        let shared = Arc::clone(self);
+        let _ = std::thread::Builder::new()
+            .name("vireo-share-announce".into())
+            .spawn(move || {
+                if let Err(err) = shared.announce(&conn) {
+                    lock(&shared.state).last_error = Some(error_chain(&err).to_string());
+                }
+            });
+    }
+
+    fn announce(&self, conn: &ConnShares) -> Result<Vec<FsMountResult>, ClientError> {
+        let _one_at_a_time = lock(&self.announcing);
+        let message = Message::FsShares(FsShares {
+            shares: conn.infos(),
+        });
+        match self.request_frame(|id| encode_message(id, &message))? {
+            Message::FsSharesReply(reply) => {
+                self.emit(ClientEvent::SharesMounted(reply.results.clone()));
+                Ok(reply.results)
+            }
+            other => Err(ClientError::Unexpected(other.kind())),
         }
     }
 
@@ -330,7 +465,7 @@ impl Shared {
     }
 
     /// The worker: connect, serve, and on any failure start again after a backoff.
-    fn run(&self) {
+    fn run(self: &Arc<Self>) {
         let mut backoff = self.config.backoff_min;
         while !self.stopped() {
             match self.handshake() {
@@ -356,6 +491,7 @@ impl Shared {
     fn handshake(&self) -> Result<(UnixStream, FrameDecoder, Hello), String> {
         let timeout = self.config.connect_timeout;
         let mut stream = connect(&self.endpoint, timeout).map_err(|e| chain(&e))?;
+        crate::agent::transport::set_big_buffers(std::os::fd::AsFd::as_fd(&stream));
         let id = self.fresh_id();
         let hello = Message::Hello(Hello {
             major: PROTOCOL_MAJOR,
@@ -406,13 +542,18 @@ impl Shared {
         }
     }
 
-    fn serve(&self, stream: UnixStream, mut decoder: FrameDecoder, hello: Hello) {
+    fn serve(self: &Arc<Self>, stream: UnixStream, mut decoder: FrameDecoder, hello: Hello) {
         let Ok(writer) = stream.try_clone() else {
             return;
         };
         // The worker writes answers to time queries itself: if the agent stopped reading
         // while we both write, the timeout breaks the stall instead of hanging the worker.
         let _ = writer.set_write_timeout(Some(self.config.call_timeout));
+        // Before the connection is published, so that a caller that sees it connected
+        // finds its share servers too (`add_share`).
+        if hello.capabilities.contains(Capabilities::SHARED_FOLDERS) {
+            self.start_shares();
+        }
         {
             let mut state = lock(&self.state);
             state.writer = Some(writer);
@@ -428,12 +569,11 @@ impl Shared {
         }
 
         let mut reader = stream;
-        let mut buf = vec![0u8; 64 * 1024];
         'conn: loop {
             // Frames that came with the hello first, then whatever arrives.
             loop {
-                match decoder.next_frame() {
-                    Ok(Some(payload)) => self.on_payload(&payload),
+                match decoder.next_frame_with(|p| self.on_payload(p)) {
+                    Ok(Some(())) => {}
                     Ok(None) => break,
                     Err(err) => {
                         lock(&self.state).last_error = Some(err.to_string());
@@ -441,9 +581,9 @@ impl Shared {
                     }
                 }
             }
-            match reader.read(&mut buf) {
+            match decoder.fill_with(READ_ROOM, |room| reader.read(room)) {
                 Ok(0) => break,
-                Ok(n) => decoder.push(&buf[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     lock(&self.state).last_error = Some(e.to_string());
@@ -456,6 +596,8 @@ impl Shared {
             state.writer = None;
             state.peer = None;
         }
+        // Ends the share workers and watches; the next connection starts afresh.
+        lock(&self.conn_shares).take();
         // Dropping the senders wakes every waiting call with `Disconnected`.
         lock(&self.pending).clear();
         self.changed.notify_all();
@@ -464,10 +606,14 @@ impl Shared {
 
     fn reply(&self, id: u32, message: &Message) {
         if let Ok(frame) = encode_message(id, message) {
-            if let Some(w) = lock(&self.state).writer.as_mut() {
-                // A failed write shows up as a failed read in the worker: nothing to do.
-                let _ = w.write_all(&frame);
-            }
+            self.write_frame(&frame);
+        }
+    }
+
+    fn write_frame(&self, frame: &[u8]) {
+        if let Some(w) = lock(&self.state).writer.as_mut() {
+            // A failed write shows up as a failed read in the worker: nothing to do.
+            let _ = w.write_all(frame);
         }
     }
 
@@ -492,12 +638,23 @@ impl Shared {
                 self.reply(id, &Message::TimeReply(reply));
             }
             Message::Ping(data) => self.reply(id, &Message::Pong(data)),
+            Message::FsRequest(request) => {
+                let conn = lock(&self.conn_shares).clone();
+                match conn {
+                    Some(conn) => conn.submit(id, request),
+                    None => self.reply(
+                        id,
+                        &Message::FsReply(crate::protocol::fs::FsReply::Errno(libc::ENODEV)),
+                    ),
+                }
+            }
             m @ (Message::Hello(_)
             | Message::Error(_)
             | Message::Pong(_)
             | Message::InfoReply(_)
             | Message::PowerAccepted(_)
             | Message::TimeSyncReport(_)
+            | Message::FsSharesReply(_)
             | Message::TimeReply(_)) => {
                 let waiter = lock(&self.pending).remove(&id);
                 match waiter {
@@ -511,9 +668,7 @@ impl Shared {
             m @ (Message::ClipboardGrab(_)
             | Message::ClipboardRequest(_)
             | Message::ClipboardData(_)
-            | Message::ClipboardRelease(_)
-            | Message::FsRequest(_)
-            | Message::FsReply(_)) => self.reply(
+            | Message::ClipboardRelease(_)) => self.reply(
                 id,
                 &Message::Error(ErrorReply {
                     code: error_code::NOT_SUPPORTED,
@@ -521,17 +676,34 @@ impl Shared {
                     text: "this host does not offer this feature yet".into(),
                 }),
             ),
-            m @ (Message::InfoRequest | Message::PowerRequest(_) | Message::TimeSyncNow) => self
-                .reply(
-                    id,
-                    &Message::Error(ErrorReply {
-                        code: error_code::UNEXPECTED,
-                        in_reply_to_kind: m.kind(),
-                        text: "the host does not answer this message".into(),
-                    }),
-                ),
+            m @ (Message::InfoRequest
+            | Message::PowerRequest(_)
+            | Message::TimeSyncNow
+            | Message::FsReply(_)
+            | Message::FsShares(_)
+            | Message::FsInvalidate(_)) => self.reply(
+                id,
+                &Message::Error(ErrorReply {
+                    code: error_code::UNEXPECTED,
+                    in_reply_to_kind: m.kind(),
+                    text: "the host does not answer this message".into(),
+                }),
+            ),
         }
     }
+}
+
+/// Fails now, not at the next connection, for a share that cannot be exported.
+fn check_share(config: &ShareConfig) -> Result<(), ClientError> {
+    if !is_plain_name(&config.name) {
+        return Err(ClientError::Share(format!(
+            "bad share name {:?}",
+            config.name
+        )));
+    }
+    super::share::ShareServer::open(0, config.clone())
+        .map(drop)
+        .map_err(|e| ClientError::Share(error_chain(&e).to_string()))
 }
 
 fn chain(err: &dyn std::error::Error) -> String {

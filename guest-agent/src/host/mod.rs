@@ -2,7 +2,9 @@
 //! engine's hybrid vsock.
 
 pub mod client;
+pub mod share;
 pub mod transport;
 
 pub use client::{AgentClient, ClientConfig, ClientError, ClientEvent, HOST_CAPABILITIES};
+pub use share::ShareConfig;
 pub use transport::{connect, ConnectError, Endpoint};

@@ -35,14 +35,18 @@ pub fn encode_frame(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
-/// Incremental decoder: [`push`](Self::push) bytes as they arrive (any split), then take
+/// Incremental decoder: [`push`](Self::push) bytes as they arrive (any split), or let a
+/// reader write straight into the decoder with [`fill_with`](Self::fill_with), then take
 /// complete payloads with [`next_frame`](Self::next_frame) until it returns `Ok(None)`.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Initialised storage; the bytes not yet decoded are `buf[start..end]`. It is kept
+    /// (not shrunk) between frames so that reads land in it without an extra copy.
     buf: Vec<u8>,
-    /// Start of the first undecoded byte in `buf`; consumed bytes are dropped lazily so a
-    /// burst of small frames costs one move, not one per frame.
+    /// Consumed bytes are dropped lazily so a burst of small frames costs one move, not
+    /// one per frame.
     start: usize,
+    end: usize,
     max_payload: usize,
     failed: Option<FrameError>,
 }
@@ -63,8 +67,22 @@ impl FrameDecoder {
         Self {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max_payload: max_payload.min(MAX_FRAME_PAYLOAD),
             failed: None,
+        }
+    }
+
+    /// Makes `room` bytes writable after the data, moving the data to the front first
+    /// when that frees enough.
+    fn reserve(&mut self, room: usize) {
+        if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < room) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < room {
+            self.buf.resize(self.end + room, 0);
         }
     }
 
@@ -72,23 +90,48 @@ impl FrameDecoder {
         if self.failed.is_some() {
             return;
         }
-        if self.start > 0 && self.start >= self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        self.reserve(bytes.len());
+        self.buf[self.end..self.end + bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Lets `read` write up to `room` bytes straight into the decoder (a socket read);
+    /// the bytes it says it wrote are decoded next. Returns what `read` returned.
+    pub fn fill_with<E>(
+        &mut self,
+        room: usize,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        if self.failed.is_some() {
+            // Out of sync: what arrives is dropped, as `push` drops it.
+            let mut scratch = [0u8; 512];
+            return read(&mut scratch);
         }
-        self.buf.extend_from_slice(bytes);
+        self.reserve(room);
+        let n = read(&mut self.buf[self.end..self.end + room])?;
+        self.end += n.min(room);
+        Ok(n)
     }
 
     /// Bytes held that do not form a complete frame yet.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        self.next_frame_with(<[u8]>::to_vec)
+    }
+
+    /// Like [`next_frame`](Self::next_frame), handing the payload to `use_payload` where
+    /// it lies instead of copying it out (a megabyte file chunk is decoded in place).
+    pub fn next_frame_with<R>(
+        &mut self,
+        use_payload: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, FrameError> {
         if let Some(err) = self.failed {
             return Err(err);
         }
-        let pending = &self.buf[self.start..];
+        let pending = &self.buf[self.start..self.end];
         let Some(header) = pending.first_chunk::<FRAME_HEADER_LEN>() else {
             return Ok(None);
         };
@@ -101,18 +144,19 @@ impl FrameDecoder {
             self.failed = Some(err);
             self.buf = Vec::new();
             self.start = 0;
+            self.end = 0;
             return Err(err);
         }
         if pending.len() - FRAME_HEADER_LEN < len {
             return Ok(None);
         }
-        let payload = pending[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len].to_vec();
+        let result = use_payload(&pending[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]);
         self.start += FRAME_HEADER_LEN + len;
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
-        Ok(Some(payload))
+        Ok(Some(result))
     }
 }
 
@@ -166,6 +210,33 @@ mod tests {
         assert!(dec.buf.capacity() < 1024);
         dec.push(&encode_frame(b"late").unwrap());
         assert_eq!(dec.next_frame(), Err(err));
+    }
+
+    #[test]
+    fn fill_with_lands_in_the_decoder() {
+        let stream = [
+            encode_frame(b"first").unwrap(),
+            encode_frame(&[9; 700]).unwrap(),
+        ]
+        .concat();
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for piece in stream.chunks(333) {
+            let n = dec
+                .fill_with::<()>(400, |room| {
+                    room[..piece.len()].copy_from_slice(piece);
+                    Ok(piece.len())
+                })
+                .unwrap();
+            assert_eq!(n, piece.len());
+            while let Some(f) = dec.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, vec![b"first".to_vec(), vec![9; 700]]);
+        assert_eq!(dec.buffered(), 0);
+        // Storage is reused, not grown per read.
+        assert!(dec.buf.len() < 2048);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use core::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::frame::{encode_frame, FrameError};
+use super::frame::{FrameError, FRAME_HEADER_LEN, MAX_FRAME_PAYLOAD};
+pub use super::fs::{FsInvalidate, FsReply, FsRequest, FsShares, FsSharesReply};
 
 /// Layout version of the envelope itself (not of the message set: see [`Hello`]).
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -47,9 +48,12 @@ pub mod kind {
     pub const CLIPBOARD_REQUEST: u16 = 0x0402;
     pub const CLIPBOARD_DATA: u16 = 0x0403;
     pub const CLIPBOARD_RELEASE: u16 = 0x0404;
-    // 0x05: shared folders (reserved: types only).
+    // 0x05: shared folders (`super::super::fs`).
     pub const FS_REQUEST: u16 = 0x0501;
     pub const FS_REPLY: u16 = 0x0502;
+    pub const FS_SHARES: u16 = 0x0503;
+    pub const FS_SHARES_REPLY: u16 = 0x0504;
+    pub const FS_INVALIDATE: u16 = 0x0505;
     // 0x06: display and mouse (reserved: types only).
     pub const DISPLAY_STATUS: u16 = 0x0601;
 }
@@ -247,97 +251,6 @@ pub struct ClipboardRelease {
     pub serial: u32,
 }
 
-/// A shared-folder operation from the guest's FUSE side (reserved for the shared-folders
-/// step). Nodes are host-assigned ids, so the guest never names a host path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FsRequest {
-    pub share: u32,
-    pub op: FsOp,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FsOp {
-    Lookup {
-        parent: u64,
-        name: String,
-    },
-    GetAttr {
-        node: u64,
-    },
-    ReadDir {
-        node: u64,
-        offset: u64,
-    },
-    Open {
-        node: u64,
-        write: bool,
-    },
-    Read {
-        handle: u64,
-        offset: u64,
-        len: u32,
-    },
-    Write {
-        handle: u64,
-        offset: u64,
-        data: Vec<u8>,
-    },
-    Release {
-        handle: u64,
-    },
-    Create {
-        parent: u64,
-        name: String,
-        mode: u32,
-    },
-    Unlink {
-        parent: u64,
-        name: String,
-    },
-    Mkdir {
-        parent: u64,
-        name: String,
-        mode: u32,
-    },
-    Rmdir {
-        parent: u64,
-        name: String,
-    },
-    Rename {
-        parent: u64,
-        name: String,
-        new_parent: u64,
-        new_name: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FsAttr {
-    pub node: u64,
-    pub size: u64,
-    pub mode: u32,
-    pub mtime_ns: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FsDirEntry {
-    pub node: u64,
-    pub name: String,
-    pub is_dir: bool,
-}
-
-/// The host's answer to an [`FsRequest`]: a result or an errno.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FsReply {
-    Attr(FsAttr),
-    Entries(Vec<FsDirEntry>),
-    Opened { handle: u64 },
-    Data(Vec<u8>),
-    Written { len: u32 },
-    Done,
-    Errno(i32),
-}
-
 /// What the guest's display side reports (reserved for the display/mouse step).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayStatus {
@@ -370,6 +283,9 @@ pub enum Message {
     ClipboardRelease(ClipboardRelease),
     FsRequest(FsRequest),
     FsReply(FsReply),
+    FsShares(FsShares),
+    FsSharesReply(FsSharesReply),
+    FsInvalidate(FsInvalidate),
     DisplayStatus(DisplayStatus),
 }
 
@@ -446,28 +362,38 @@ impl Message {
             Self::ClipboardRelease(_) => kind::CLIPBOARD_RELEASE,
             Self::FsRequest(_) => kind::FS_REQUEST,
             Self::FsReply(_) => kind::FS_REPLY,
+            Self::FsShares(_) => kind::FS_SHARES,
+            Self::FsSharesReply(_) => kind::FS_SHARES_REPLY,
+            Self::FsInvalidate(_) => kind::FS_INVALIDATE,
             Self::DisplayStatus(_) => kind::DISPLAY_STATUS,
         }
     }
 
-    fn encode_body(&self) -> Result<Vec<u8>, postcard::Error> {
-        use postcard::to_allocvec as enc;
+    /// Appends the body to `out` (one buffer for the whole frame: no copies of a
+    /// megabyte file chunk).
+    fn encode_body_into(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+        fn enc<T: Serialize>(m: &T, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+            postcard::to_extend(m, out)
+        }
         match self {
-            Self::Hello(m) => enc(m),
-            Self::Error(m) => enc(m),
-            Self::Ping(m) | Self::Pong(m) => enc(m),
-            Self::InfoRequest | Self::TimeQuery | Self::TimeSyncNow => Ok(Vec::new()),
-            Self::InfoReply(m) => enc(m),
-            Self::PowerRequest(m) | Self::PowerAccepted(m) => enc(m),
-            Self::TimeReply(m) => enc(m),
-            Self::TimeSyncReport(m) => enc(m),
-            Self::ClipboardGrab(m) => enc(m),
-            Self::ClipboardRequest(m) => enc(m),
-            Self::ClipboardData(m) => enc(m),
-            Self::ClipboardRelease(m) => enc(m),
-            Self::FsRequest(m) => enc(m),
-            Self::FsReply(m) => enc(m),
-            Self::DisplayStatus(m) => enc(m),
+            Self::Hello(m) => enc(m, out),
+            Self::Error(m) => enc(m, out),
+            Self::Ping(m) | Self::Pong(m) => enc(m, out),
+            Self::InfoRequest | Self::TimeQuery | Self::TimeSyncNow => Ok(out),
+            Self::InfoReply(m) => enc(m, out),
+            Self::PowerRequest(m) | Self::PowerAccepted(m) => enc(m, out),
+            Self::TimeReply(m) => enc(m, out),
+            Self::TimeSyncReport(m) => enc(m, out),
+            Self::ClipboardGrab(m) => enc(m, out),
+            Self::ClipboardRequest(m) => enc(m, out),
+            Self::ClipboardData(m) => enc(m, out),
+            Self::ClipboardRelease(m) => enc(m, out),
+            Self::FsRequest(m) => enc(m, out),
+            Self::FsReply(m) => enc(m, out),
+            Self::FsShares(m) => enc(m, out),
+            Self::FsSharesReply(m) => enc(m, out),
+            Self::FsInvalidate(m) => enc(m, out),
+            Self::DisplayStatus(m) => enc(m, out),
         }
     }
 
@@ -500,6 +426,9 @@ impl Message {
             kind::CLIPBOARD_RELEASE => Self::ClipboardRelease(body_of(body)?),
             kind::FS_REQUEST => Self::FsRequest(body_of(body)?),
             kind::FS_REPLY => Self::FsReply(body_of(body)?),
+            kind::FS_SHARES => Self::FsShares(body_of(body)?),
+            kind::FS_SHARES_REPLY => Self::FsSharesReply(body_of(body)?),
+            kind::FS_INVALIDATE => Self::FsInvalidate(body_of(body)?),
             kind::DISPLAY_STATUS => Self::DisplayStatus(body_of(body)?),
             _ => return Ok(None),
         }))
@@ -530,12 +459,23 @@ pub fn encode_raw_payload(kind: u16, id: u32, body: &[u8]) -> Vec<u8> {
 
 /// Encodes a message as a complete frame (length prefix included).
 pub fn encode_message(id: u32, message: &Message) -> Result<Vec<u8>, EncodeError> {
-    let body = message.encode_body().map_err(EncodeError::Body)?;
-    Ok(encode_frame(&encode_raw_payload(
-        message.kind(),
-        id,
-        &body,
-    ))?)
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + ENVELOPE_HEADER_LEN + 64);
+    frame.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    frame.push(ENVELOPE_VERSION);
+    frame.extend_from_slice(&message.kind().to_le_bytes());
+    frame.extend_from_slice(&id.to_le_bytes());
+    let mut frame = message.encode_body_into(frame).map_err(EncodeError::Body)?;
+    let len = frame.len() - FRAME_HEADER_LEN;
+    if len > MAX_FRAME_PAYLOAD {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_PAYLOAD,
+        }
+        .into());
+    }
+    // The check above keeps the length within u32.
+    frame[..FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(frame)
 }
 
 /// Decodes a frame payload into an envelope.
@@ -623,12 +563,32 @@ mod tests {
             Message::ClipboardRelease(ClipboardRelease { serial: 7 }),
             Message::FsRequest(FsRequest {
                 share: 0,
-                op: FsOp::Lookup {
-                    parent: 1,
-                    name: "a".into(),
+                op: crate::protocol::fs::FsOp::Write {
+                    handle: 1,
+                    offset: 2,
+                    data: vec![9; 1000],
                 },
             }),
-            Message::FsReply(FsReply::Errno(2)),
+            Message::FsReply(FsReply::Data(vec![1, 2, 3])),
+            Message::FsShares(FsShares {
+                shares: vec![crate::protocol::fs::ShareInfo {
+                    id: 3,
+                    name: "docs".into(),
+                    read_only: true,
+                    instance: 77,
+                }],
+            }),
+            Message::FsSharesReply(FsSharesReply {
+                results: vec![crate::protocol::fs::FsMountResult {
+                    name: "docs".into(),
+                    result: Err("no /dev/fuse".into()),
+                }],
+            }),
+            Message::FsInvalidate(FsInvalidate::Entry {
+                share: 3,
+                parent: 1,
+                name: "x".into(),
+            }),
             Message::DisplayStatus(DisplayStatus {
                 absolute_pointer: true,
             }),

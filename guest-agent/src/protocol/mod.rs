@@ -11,6 +11,7 @@
 //! stream cannot be resynchronised after it.
 
 pub mod frame;
+pub mod fs;
 pub mod message;
 
 pub use frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME_PAYLOAD};

@@ -1,0 +1,610 @@
+//! One mounted share as a FUSE file system: every operation becomes an [`FsOp`] to the
+//! host, answered from the connection's reader thread, so the FUSE loop never waits for
+//! the host and the kernel can keep several requests (readahead) in flight.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
+};
+
+use super::link::FsLink;
+use crate::protocol::fs::{
+    open_flags, FsAttr, FsKind, FsOp, FsReply, FsSetAttr, FsTime, FS_MAX_IO,
+};
+
+/// How long the kernel may trust an answer. Host-side changes are pushed as
+/// invalidations, so this only bounds how stale a missed one can leave the guest.
+const TTL: Duration = Duration::from_secs(1);
+
+/// The current connection's link, shared by every mount (it changes on reconnect).
+pub type LinkSlot = Arc<RwLock<Option<Arc<FsLink>>>>;
+
+pub struct ShareFs {
+    pub share: u32,
+    pub link: LinkSlot,
+    /// Who owns everything, as the guest sees it.
+    pub owner: (u32, u32),
+}
+
+/// A FUSE reply that can fail with an errno.
+trait Fail {
+    fn fail(self, errno: i32);
+}
+
+macro_rules! fail_impl {
+    ($($t:ty),*) => {$(
+        impl Fail for $t {
+            fn fail(self, errno: i32) {
+                self.error(Errno::from_i32(errno));
+            }
+        }
+    )*};
+}
+fail_impl!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite
+);
+
+fn time_of(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+fn ns_of(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn file_type(kind: FsKind) -> FileType {
+    match kind {
+        FsKind::File => FileType::RegularFile,
+        FsKind::Dir => FileType::Directory,
+        FsKind::Symlink => FileType::Symlink,
+        // Visible, never openable (the host refuses): show it as what it most likely is.
+        FsKind::Other => FileType::NamedPipe,
+    }
+}
+
+/// Guest `open(2)` flags to the protocol's; whatever else the guest passes stays here.
+fn flags_of(flags: i32) -> u32 {
+    let mut out = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => open_flags::WRITE,
+        libc::O_RDWR => open_flags::READ | open_flags::WRITE,
+        _ => open_flags::READ,
+    };
+    if flags & libc::O_TRUNC != 0 && out & open_flags::WRITE != 0 {
+        out |= open_flags::TRUNCATE;
+    }
+    if flags & libc::O_APPEND != 0 {
+        out |= open_flags::APPEND;
+    }
+    if flags & libc::O_EXCL != 0 {
+        out |= open_flags::EXCLUSIVE;
+    }
+    out
+}
+
+impl ShareFs {
+    fn attr(&self, a: &FsAttr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(a.node),
+            size: a.size,
+            blocks: a.blocks,
+            atime: time_of(a.atime_ns),
+            mtime: time_of(a.mtime_ns),
+            ctime: time_of(a.ctime_ns),
+            crtime: time_of(a.mtime_ns),
+            kind: file_type(a.kind),
+            perm: (a.perm & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: self.owner.0,
+            gid: self.owner.1,
+            rdev: 0,
+            // Tools size their buffers by this: big ones mean few, large requests.
+            blksize: FS_MAX_IO,
+            flags: 0,
+        }
+    }
+
+    /// Sends `op`; `on` gets the reply unless it is an errno (or there is no
+    /// connection), which fails the FUSE request.
+    fn request<R: Fail + Send + 'static>(
+        &self,
+        op: FsOp,
+        reply: R,
+        on: impl FnOnce(R, FsReply) + Send + 'static,
+    ) {
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(link) = link else {
+            return reply.fail(libc::EIO);
+        };
+        link.call(
+            self.share,
+            op,
+            Box::new(move |result| match result {
+                Ok(FsReply::Errno(errno)) => reply.fail(errno),
+                Ok(answer) => on(reply, answer),
+                Err(errno) => reply.fail(errno),
+            }),
+        );
+    }
+
+    /// Sends `op` whose answer nobody waits for (forget, release).
+    fn tell(&self, op: FsOp) {
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(link) = link {
+            link.call(self.share, op, Box::new(|_| {}));
+        }
+    }
+
+    fn entry_request(&self, op: FsOp, reply: ReplyEntry) {
+        let owner = self.owner;
+        let share = self.share;
+        let link = Arc::clone(&self.link);
+        self.request(op, reply, move |reply, answer| match answer {
+            FsReply::Entry(a) => {
+                let fs = ShareFs { share, link, owner };
+                reply.entry(&TTL, &fs.attr(&a), Generation(0));
+            }
+            _ => reply.fail(libc::EIO),
+        });
+    }
+
+    fn attr_request(&self, op: FsOp, reply: ReplyAttr) {
+        let fs = ShareFs {
+            share: self.share,
+            link: Arc::clone(&self.link),
+            owner: self.owner,
+        };
+        self.request(op, reply, move |reply, answer| match answer {
+            FsReply::Attr(a) => reply.attr(&TTL, &fs.attr(&a)),
+            _ => reply.fail(libc::EIO),
+        });
+    }
+
+    fn empty_request(&self, op: FsOp, reply: ReplyEmpty) {
+        self.request(op, reply, |reply, answer| match answer {
+            FsReply::Done => reply.ok(),
+            _ => reply.fail(libc::EIO),
+        });
+    }
+}
+
+fn name_of(name: &OsStr) -> Result<String, i32> {
+    name.to_str().map(str::to_owned).ok_or(libc::EINVAL)
+}
+
+macro_rules! name_or_fail {
+    ($name:expr, $reply:expr) => {
+        match name_of($name) {
+            Ok(name) => name,
+            Err(errno) => return $reply.fail(errno),
+        }
+    };
+}
+
+impl Filesystem for ShareFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Where the kernel allows less, take what it allows.
+        let _ = config
+            .set_max_write(FS_MAX_IO)
+            .or_else(|max| config.set_max_write(max));
+        let _ = config
+            .set_max_readahead(FS_MAX_IO)
+            .or_else(|max| config.set_max_readahead(max));
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_or_fail!(name, reply);
+        self.entry_request(
+            FsOp::Lookup {
+                parent: parent.0,
+                name,
+            },
+            reply,
+        );
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.tell(FsOp::Forget {
+            node: ino.0,
+            count: nlookup,
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.attr_request(FsOp::GetAttr { node: ino.0 }, reply);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let time = |t: Option<TimeOrNow>| {
+            t.map(|t| match t {
+                TimeOrNow::Now => FsTime::Now,
+                TimeOrNow::SpecificTime(t) => FsTime::UnixNs(ns_of(t)),
+            })
+        };
+        // A chown to the owner the guest already sees changes nothing: let it pass.
+        let uid = uid.filter(|&u| u != self.owner.0);
+        let gid = gid.filter(|&g| g != self.owner.1);
+        let set = FsSetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            size,
+            atime: time(atime),
+            mtime: time(mtime),
+            uid,
+            gid,
+        };
+        self.attr_request(
+            FsOp::SetAttr {
+                node: ino.0,
+                handle: fh.map(|h| h.0),
+                set,
+            },
+            reply,
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.request(
+            FsOp::ReadLink { node: ino.0 },
+            reply,
+            |reply, answer| match answer {
+                FsReply::Link(target) => reply.data(target.as_bytes()),
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name_or_fail!(name, reply);
+        self.entry_request(
+            FsOp::Mkdir {
+                parent: parent.0,
+                name,
+                mode: mode & !umask & 0o7777,
+            },
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_fail!(name, reply);
+        self.empty_request(
+            FsOp::Unlink {
+                parent: parent.0,
+                name,
+            },
+            reply,
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_fail!(name, reply);
+        self.empty_request(
+            FsOp::Rmdir {
+                parent: parent.0,
+                name,
+            },
+            reply,
+        );
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = name_or_fail!(link_name, reply);
+        let target = name_or_fail!(target.as_os_str(), reply);
+        self.entry_request(
+            FsOp::Symlink {
+                parent: parent.0,
+                name,
+                target,
+            },
+            reply,
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let name = name_or_fail!(name, reply);
+        let new_name = name_or_fail!(newname, reply);
+        self.empty_request(
+            FsOp::Rename {
+                parent: parent.0,
+                name,
+                new_parent: newparent.0,
+                new_name,
+                flags: flags.bits(),
+            },
+            reply,
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags_of(flags.0) & !open_flags::EXCLUSIVE;
+        self.request(
+            FsOp::Open { node: ino.0, flags },
+            reply,
+            |reply, answer| match answer {
+                FsReply::Opened { handle } => reply.opened(FileHandle(handle), FopenFlags::empty()),
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.request(
+            FsOp::Read {
+                handle: fh.0,
+                offset,
+                len: size.min(FS_MAX_IO),
+            },
+            reply,
+            |reply, answer| match answer {
+                FsReply::Data(data) => reply.data(&data),
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.request(
+            FsOp::Write {
+                handle: fh.0,
+                offset,
+                data: data.to_vec(),
+            },
+            reply,
+            |reply, answer| match answer {
+                FsReply::Written(n) => reply.written(n),
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reach the host before they are acknowledged: nothing is buffered here.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.tell(FsOp::Release { handle: fh.0 });
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty_request(
+            FsOp::Fsync {
+                handle: fh.0,
+                data_only: datasync,
+            },
+            reply,
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.request(
+            FsOp::OpenDir { node: ino.0 },
+            reply,
+            |reply, answer| match answer {
+                FsReply::Opened { handle } => reply.opened(FileHandle(handle), FopenFlags::empty()),
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.request(
+            FsOp::ReadDir {
+                handle: fh.0,
+                offset,
+            },
+            reply,
+            |mut reply, answer| match answer {
+                FsReply::Entries(entries) => {
+                    for e in entries {
+                        // Full: the kernel asks again from the last offset it got.
+                        if reply.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.tell(FsOp::Release { handle: fh.0 });
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.empty_request(
+            FsOp::Fsync {
+                handle: fh.0,
+                data_only: datasync,
+            },
+            reply,
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.request(FsOp::StatFs, reply, |reply, answer| match answer {
+            FsReply::StatFs(s) => reply.statfs(
+                s.blocks,
+                s.blocks_free,
+                s.blocks_avail,
+                s.files,
+                s.files_free,
+                s.block_size,
+                s.name_max,
+                s.block_size,
+            ),
+            _ => reply.fail(libc::EIO),
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name_or_fail!(name, reply);
+        let fs = ShareFs {
+            share: self.share,
+            link: Arc::clone(&self.link),
+            owner: self.owner,
+        };
+        self.request(
+            FsOp::Create {
+                parent: parent.0,
+                name,
+                mode: mode & !umask & 0o7777,
+                flags: flags_of(flags),
+            },
+            reply,
+            move |reply, answer| match answer {
+                FsReply::Created { attr, handle } => reply.created(
+                    &TTL,
+                    &fs.attr(&attr),
+                    Generation(0),
+                    FileHandle(handle),
+                    FopenFlags::empty(),
+                ),
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+}
