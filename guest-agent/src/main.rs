@@ -8,14 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+mod clipboard_cli;
+
+use vireo_guest_agent::agent::clipboard::{local, ClipboardMode, GuestClipboard};
 use vireo_guest_agent::agent::clock::{Clock, SimulatedClock, SystemClock};
+use vireo_guest_agent::agent::display::DisplayProbe;
 use vireo_guest_agent::agent::power::{PowerControl, RecordingPower, SystemPower};
 use vireo_guest_agent::agent::timesync::TimeSyncConfig;
 use vireo_guest_agent::agent::transport::{AgentListener, ListenAddr};
 use vireo_guest_agent::agent::{self, AgentServices};
 use vireo_guest_agent::guest_info::GuestInfo;
 use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
-use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
+use vireo_guest_agent::protocol::{AGENT_VSOCK_PORT, DEFAULT_CLIPBOARD_LIMIT};
 
 #[derive(Parser)]
 #[command(name = "vireo-agent", version, about = "Vireo guest agent")]
@@ -33,6 +37,23 @@ enum Command {
     Run(RunArgs),
     /// Talk to an agent from the host side; prints one JSON line.
     Host(HostArgs),
+    /// The guest clipboard, through the running agent (the clipboard itself when the
+    /// guest has no graphical session).
+    Clipboard {
+        /// The agent's local socket (default: /run/vireo-agent/clipboard.sock as root).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        call: clipboard_cli::ClipboardCall,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClipboardArg {
+    /// The X session in DISPLAY if one answers, else the agent's own copy.
+    Auto,
+    X11,
+    Memory,
 }
 
 #[derive(clap::Args)]
@@ -49,6 +70,12 @@ struct RunArgs {
     /// Tests: append power actions to this file instead of powering off.
     #[arg(long, hide = true)]
     fake_power: Option<PathBuf>,
+    /// Where the guest clipboard lives.
+    #[arg(long, value_enum, default_value = "auto")]
+    clipboard: ClipboardArg,
+    /// The local socket of `vireo-agent clipboard get|set`.
+    #[arg(long)]
+    clipboard_socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +107,12 @@ enum HostCall {
     Reboot,
     /// Sync the guest clock now and show what was done.
     Time,
+    /// The shared clipboard: get, set, watch.
+    #[command(subcommand)]
+    Clipboard(clipboard_cli::HostClipboardCall),
+    /// The guest's pointer and screen: status, resize.
+    #[command(subcommand)]
+    Display(clipboard_cli::DisplayCall),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args)?,
         Command::Host(args) => host(args)?,
+        Command::Clipboard { socket, call } => clipboard_cli::guest(socket, call)?,
     }
     Ok(())
 }
@@ -103,6 +137,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Arc::new(RecordingPower::to_file(path)),
         None => Arc::new(SystemPower),
     };
+    let mode = match args.clipboard {
+        ClipboardArg::Auto => ClipboardMode::Auto,
+        ClipboardArg::X11 => ClipboardMode::X11,
+        ClipboardArg::Memory => ClipboardMode::Memory,
+    };
+    let clipboard = Arc::new(
+        GuestClipboard::start(mode, DEFAULT_CLIPBOARD_LIMIT)
+            .map_err(anyhow::Error::msg)
+            .context("starting the clipboard")?,
+    );
+    let local_socket = args.clipboard_socket.unwrap_or_else(local::default_socket);
+    local::serve(&local_socket, Arc::clone(&clipboard))
+        .with_context(|| format!("listening on {}", local_socket.display()))?;
     let services = AgentServices {
         clock,
         power,
@@ -110,6 +157,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             interval: Duration::from_secs(args.time_sync_interval_secs.max(1)),
             ..TimeSyncConfig::default()
         },
+        clipboard,
+        display: DisplayProbe::default(),
     };
     let listener = AgentListener::bind(&args.transport)?;
     eprintln!("vireo-agent: listening on {}", args.transport);
@@ -152,6 +201,8 @@ fn host(args: HostArgs) -> anyhow::Result<()> {
             json!({ "accepted": "reboot" })
         }
         HostCall::Time => serde_json::to_value(client.time_sync_now()?)?,
+        HostCall::Clipboard(call) => return clipboard_cli::host(&client, call, timeout),
+        HostCall::Display(call) => clipboard_cli::display(&client, call)?,
     };
     println!("{out}");
     Ok(())

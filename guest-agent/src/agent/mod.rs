@@ -5,19 +5,25 @@
 //! like from inside the guest (the engine sends one after a restore), so every connection
 //! after the first starts with a sync that steps the clock.
 
+pub mod clipboard;
 pub mod clock;
+pub mod display;
 pub mod power;
 pub mod session;
 pub mod timesync;
 pub mod transport;
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::FrameDecoder;
 use crate::util::error_chain;
+use clipboard::GuestClipboard;
 use clock::Clock;
+use display::DisplayProbe;
 use power::PowerControl;
 use session::Session;
 use timesync::TimeSyncConfig;
@@ -28,6 +34,9 @@ pub struct AgentServices {
     pub clock: Arc<dyn Clock>,
     pub power: Arc<dyn PowerControl>,
     pub time_sync: TimeSyncConfig,
+    /// The guest clipboard, shared by all connections (it outlives each).
+    pub clipboard: Arc<GuestClipboard>,
+    pub display: DisplayProbe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,10 @@ pub fn serve_connection(
 ) -> Result<(), ServeError> {
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut session = Session::new(services, restored);
+    // The clipboard worker wakes this loop when the guest clipboard changes.
+    let (wake, waker) = UnixStream::pair()?;
+    wake.set_nonblocking(true)?;
+    services.clipboard.set_waker(waker);
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -75,6 +88,10 @@ pub fn serve_connection(
             .map_or(MAX_READ_WAIT, |d| d.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_READ_WAIT);
         stream.set_read_timeout(Some(wait))?;
+        if !wait_readable(stream, &wake, wait)? {
+            session.tick(Instant::now());
+            continue;
+        }
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => {
@@ -101,6 +118,28 @@ pub fn serve_connection(
         }
         session.tick(Instant::now());
     }
+}
+
+/// Waits up to `wait` for the stream to become readable (true) or the wake socket to be
+/// poked (false, its bytes drained).
+fn wait_readable(stream: &AgentStream, wake: &UnixStream, wait: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [
+        PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+        PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    let (stream_ready, woken) = (ready(&fds[0]), ready(&fds[1]));
+    if woken {
+        let mut sink = [0u8; 64];
+        while matches!((&*wake).read(&mut sink), Ok(n) if n > 0) {}
+    }
+    Ok(stream_ready)
 }
 
 /// Accepts host connections one at a time, forever.

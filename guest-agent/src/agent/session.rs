@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::clipboard::sync::{ClipboardSync, Outgoing};
 use super::timesync::{SyncRound, TimeSyncConfig};
 use super::{log, AgentServices};
 use crate::guest_info::GuestInfo;
@@ -16,7 +17,9 @@ use crate::util::error_chain;
 /// What this agent offers.
 pub const AGENT_CAPABILITIES: Capabilities = Capabilities::INFO
     .union(Capabilities::POWER)
-    .union(Capabilities::TIME);
+    .union(Capabilities::TIME)
+    .union(Capabilities::CLIPBOARD)
+    .union(Capabilities::DISPLAY);
 
 pub struct Session<'a> {
     services: &'a AgentServices,
@@ -33,6 +36,7 @@ pub struct Session<'a> {
     power: Option<PowerAction>,
     close: bool,
     last_report: Option<TimeSyncReport>,
+    clipboard: ClipboardSync,
 }
 
 impl<'a> Session<'a> {
@@ -49,6 +53,7 @@ impl<'a> Session<'a> {
             power: None,
             close: false,
             last_report: None,
+            clipboard: ClipboardSync::default(),
         }
     }
 
@@ -110,6 +115,12 @@ impl<'a> Session<'a> {
         }
     }
 
+    fn send_all(&mut self, messages: Vec<Outgoing>) {
+        for (id, message) in messages {
+            self.send(id, &message);
+        }
+    }
+
     fn fresh_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
@@ -147,10 +158,15 @@ impl<'a> Session<'a> {
         match message {
             Message::Hello(hello) => self.on_hello(id, hello, now),
             // Errors are never answered, so two peers cannot bounce errors forever.
-            Message::Error(err) => log(format_args!(
-                "host error for request {id} (kind {:#06x}): code {}: {}",
-                err.in_reply_to_kind, err.code, err.text
-            )),
+            Message::Error(err) => {
+                log(format_args!(
+                    "host error for request {id} (kind {:#06x}): code {}: {}",
+                    err.in_reply_to_kind, err.code, err.text
+                ));
+                if err.in_reply_to_kind == kind::CLIPBOARD_REQUEST {
+                    self.clipboard.on_error(id);
+                }
+            }
             Message::Ping(data) => self.send(id, &Message::Pong(data)),
             Message::InfoRequest => match GuestInfo::gather() {
                 Ok(info) => self.send(id, &Message::InfoReply(info)),
@@ -191,13 +207,37 @@ impl<'a> Session<'a> {
                     self.tick(now);
                 }
             }
-            other @ (Message::ClipboardGrab(_)
-            | Message::ClipboardRequest(_)
-            | Message::ClipboardData(_)
-            | Message::ClipboardRelease(_)
-            | Message::FsRequest(_)
-            | Message::FsReply(_)
-            | Message::DisplayStatus(_)) => self.send_error(
+            Message::ClipboardGrab(grab) => {
+                let fetch_id = self.fresh_id();
+                let out = self.clipboard.on_grab(grab, fetch_id);
+                self.send_all(out);
+            }
+            Message::ClipboardRequest(request) => {
+                let clipboard = &self.services.clipboard;
+                let (id, reply) = self.clipboard.on_request(id, request, clipboard);
+                self.send(id, &reply);
+            }
+            Message::ClipboardData(data) => {
+                self.clipboard.on_data(id, data, &self.services.clipboard);
+            }
+            Message::ClipboardRelease(release) => {
+                self.clipboard.on_release(release, &self.services.clipboard);
+            }
+            Message::DisplayStatusRequest => {
+                let status = self.services.display.status();
+                self.send(id, &Message::DisplayStatus(status));
+            }
+            Message::DisplayResize(size) => match self.services.display.resize(size) {
+                Ok(()) => {
+                    let status = self.services.display.status();
+                    self.send(id, &Message::DisplayStatus(status));
+                }
+                Err(err) => {
+                    let text = error_chain(&err).to_string();
+                    self.send_error(id, kind::DISPLAY_RESIZE, error_code::FAILED, text);
+                }
+            },
+            other @ (Message::FsRequest(_) | Message::FsReply(_)) => self.send_error(
                 id,
                 other.kind(),
                 error_code::NOT_SUPPORTED,
@@ -207,7 +247,8 @@ impl<'a> Session<'a> {
             | Message::InfoReply(_)
             | Message::PowerAccepted(_)
             | Message::TimeQuery
-            | Message::TimeSyncReport(_)) => self.send_error(
+            | Message::TimeSyncReport(_)
+            | Message::DisplayStatus(_)) => self.send_error(
                 id,
                 other.kind(),
                 error_code::UNEXPECTED,
@@ -254,6 +295,14 @@ impl<'a> Session<'a> {
                 software: concat!("vireo-agent ", env!("CARGO_PKG_VERSION")).into(),
             }),
         );
+        if first && self.host_has(Capabilities::CLIPBOARD) {
+            let out = self.clipboard.on_hello(&self.services.clipboard);
+            self.send_all(out);
+        }
+        if first && self.host_has(Capabilities::DISPLAY) {
+            let status = self.services.display.status();
+            self.send(NO_REPLY, &Message::DisplayStatus(status));
+        }
         // Sync at once on connect (and at once after a reset, when `restored`).
         if first && self.host_has(Capabilities::TIME) {
             self.next_round_at = Some(now);
@@ -264,6 +313,10 @@ impl<'a> Session<'a> {
     /// Advances time sync: times out a query, sends the next one, ends a round, starts a
     /// round that is due.
     pub fn tick(&mut self, now: Instant) {
+        if self.host_has(Capabilities::CLIPBOARD) {
+            let out = self.clipboard.poll(&self.services.clipboard);
+            self.send_all(out);
+        }
         let config = self.services.time_sync.clone();
         if self.round.is_none() && self.next_round_at.is_some_and(|t| t <= now) {
             self.round = Some(SyncRound::new(self.restored));
@@ -344,8 +397,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::agent::clipboard::{ClipboardMode, GuestClipboard};
     use crate::agent::clock::SimulatedClock;
+    use crate::agent::display::DisplayProbe;
     use crate::agent::power::RecordingPower;
+    use crate::protocol::DEFAULT_CLIPBOARD_LIMIT;
     use crate::protocol::{Envelope, FrameDecoder};
 
     fn services() -> AgentServices {
@@ -353,6 +409,10 @@ mod tests {
             clock: Arc::new(SimulatedClock::default()),
             power: Arc::new(RecordingPower::default()),
             time_sync: TimeSyncConfig::default(),
+            clipboard: Arc::new(
+                GuestClipboard::start(ClipboardMode::Memory, DEFAULT_CLIPBOARD_LIMIT).unwrap(),
+            ),
+            display: DisplayProbe::default(),
         }
     }
 

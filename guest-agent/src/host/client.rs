@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::clipboard::{ClipboardEvent, HostClipboard};
 use super::transport::{connect, Endpoint};
 use crate::protocol::{
     decode_payload, encode_message, error_code, Capabilities, EncodeError, ErrorReply,
@@ -22,8 +23,11 @@ use crate::protocol::{
 };
 use crate::util::{error_chain, system_now_ns};
 
-/// What the host offers the agent: it answers time queries.
-pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME;
+/// What the host offers the agent: it answers time queries, shares a clipboard, and takes
+/// display status reports.
+pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME
+    .union(Capabilities::CLIPBOARD)
+    .union(Capabilities::DISPLAY);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -70,6 +74,10 @@ pub enum ClientError {
     Unexpected(u16),
     #[error("the agent does not offer {0}")]
     NotOffered(&'static str),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Clipboard(String),
 }
 
 /// Things that happen without a call.
@@ -80,6 +88,7 @@ pub enum ClientEvent {
     /// A message from the agent that answers no call (a display status, an error for an
     /// id we no longer wait for).
     Message(Message),
+    Clipboard(ClipboardEvent),
 }
 
 #[derive(Default)]
@@ -89,7 +98,8 @@ struct ConnState {
     last_error: Option<String>,
 }
 
-struct Shared {
+pub(super) struct Shared {
+    pub(super) clipboard: HostClipboard,
     endpoint: Endpoint,
     config: ClientConfig,
     state: Mutex<ConnState>,
@@ -136,6 +146,7 @@ impl AgentClient {
     pub fn start(endpoint: Endpoint, config: ClientConfig) -> Self {
         let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
+            clipboard: HostClipboard::default(),
             endpoint,
             config,
             state: Mutex::default(),
@@ -241,6 +252,33 @@ impl AgentClient {
             Ok(message) => Ok(message),
             Err(RecvTimeoutError::Timeout) => Err(ClientError::Timeout(timeout)),
             Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
+        }
+    }
+
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(super) fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    pub(super) fn require_capability(
+        &self,
+        cap: Capabilities,
+        name: &'static str,
+    ) -> Result<(), ClientError> {
+        self.require(cap, name)
+    }
+
+    /// Writes a message that expects no answer (id 0).
+    pub(super) fn send_unsolicited(&self, message: &Message) -> Result<(), ClientError> {
+        self.wait_connected(self.shared.config.call_timeout)?;
+        let frame = encode_message(crate::protocol::NO_REPLY, message)?;
+        let mut state = lock(&self.shared.state);
+        match state.writer.as_mut() {
+            Some(w) => Ok(w.write_all(&frame)?),
+            None => Err(ClientError::Disconnected),
         }
     }
 
@@ -413,6 +451,7 @@ impl Shared {
         // The worker writes answers to time queries itself: if the agent stopped reading
         // while we both write, the timeout breaks the stall instead of hanging the worker.
         let _ = writer.set_write_timeout(Some(self.config.call_timeout));
+        self.clipboard.reset();
         {
             let mut state = lock(&self.state);
             state.writer = Some(writer);
@@ -498,7 +537,9 @@ impl Shared {
             | Message::InfoReply(_)
             | Message::PowerAccepted(_)
             | Message::TimeSyncReport(_)
-            | Message::TimeReply(_)) => {
+            | Message::TimeReply(_)
+            | Message::ClipboardData(_)
+            | Message::DisplayStatus(_)) => {
                 let waiter = lock(&self.pending).remove(&id);
                 match waiter {
                     Some(tx) => {
@@ -507,13 +548,18 @@ impl Shared {
                     None => self.emit(ClientEvent::Message(m)),
                 }
             }
-            m @ Message::DisplayStatus(_) => self.emit(ClientEvent::Message(m)),
             m @ (Message::ClipboardGrab(_)
             | Message::ClipboardRequest(_)
-            | Message::ClipboardData(_)
-            | Message::ClipboardRelease(_)
-            | Message::FsRequest(_)
-            | Message::FsReply(_)) => self.reply(
+            | Message::ClipboardRelease(_)) => {
+                let (reply, event) = self.clipboard.on_message(m);
+                if let Some(reply) = reply {
+                    self.reply(id, &reply);
+                }
+                if let Some(event) = event {
+                    self.emit(ClientEvent::Clipboard(event));
+                }
+            }
+            m @ (Message::FsRequest(_) | Message::FsReply(_)) => self.reply(
                 id,
                 &Message::Error(ErrorReply {
                     code: error_code::NOT_SUPPORTED,
@@ -521,15 +567,18 @@ impl Shared {
                     text: "this host does not offer this feature yet".into(),
                 }),
             ),
-            m @ (Message::InfoRequest | Message::PowerRequest(_) | Message::TimeSyncNow) => self
-                .reply(
-                    id,
-                    &Message::Error(ErrorReply {
-                        code: error_code::UNEXPECTED,
-                        in_reply_to_kind: m.kind(),
-                        text: "the host does not answer this message".into(),
-                    }),
-                ),
+            m @ (Message::InfoRequest
+            | Message::PowerRequest(_)
+            | Message::TimeSyncNow
+            | Message::DisplayStatusRequest
+            | Message::DisplayResize(_)) => self.reply(
+                id,
+                &Message::Error(ErrorReply {
+                    code: error_code::UNEXPECTED,
+                    in_reply_to_kind: m.kind(),
+                    text: "the host does not answer this message".into(),
+                }),
+            ),
         }
     }
 }

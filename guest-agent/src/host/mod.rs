@@ -2,7 +2,10 @@
 //! engine's hybrid vsock.
 
 pub mod client;
+pub mod clipboard;
+pub mod display;
 pub mod transport;
 
 pub use client::{AgentClient, ClientConfig, ClientError, ClientEvent, HOST_CAPABILITIES};
+pub use clipboard::ClipboardEvent;
 pub use transport::{connect, ConnectError, Endpoint};

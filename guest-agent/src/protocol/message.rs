@@ -42,7 +42,7 @@ pub mod kind {
     pub const TIME_REPLY: u16 = 0x0302;
     pub const TIME_SYNC_NOW: u16 = 0x0303;
     pub const TIME_SYNC_REPORT: u16 = 0x0304;
-    // 0x04: clipboard (reserved: types only).
+    // 0x04: clipboard.
     pub const CLIPBOARD_GRAB: u16 = 0x0401;
     pub const CLIPBOARD_REQUEST: u16 = 0x0402;
     pub const CLIPBOARD_DATA: u16 = 0x0403;
@@ -50,8 +50,10 @@ pub mod kind {
     // 0x05: shared folders (reserved: types only).
     pub const FS_REQUEST: u16 = 0x0501;
     pub const FS_REPLY: u16 = 0x0502;
-    // 0x06: display and mouse (reserved: types only).
+    // 0x06: display and mouse.
     pub const DISPLAY_STATUS: u16 = 0x0601;
+    pub const DISPLAY_STATUS_REQUEST: u16 = 0x0602;
+    pub const DISPLAY_RESIZE: u16 = 0x0603;
 }
 
 /// Error codes carried by [`ErrorReply`]; a `u16` on the wire so a code from a newer peer
@@ -73,6 +75,8 @@ pub mod error_code {
     pub const UNEXPECTED: u16 = 7;
     /// The operation is already in progress.
     pub const BUSY: u16 = 8;
+    /// The data is over the receiver's size limit (clipboard: 64 MiB by default).
+    pub const TOO_LARGE: u16 = 9;
 }
 
 /// Per-feature capability bits advertised in [`Hello`]. Bits a peer does not know are
@@ -210,7 +214,7 @@ pub struct TimeSyncReport {
     pub guest_unix_ns: i64,
 }
 
-/// Clipboard formats (reserved for the clipboard step).
+/// Clipboard formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClipboardFormat {
     /// UTF-8 text.
@@ -338,11 +342,38 @@ pub enum FsReply {
     Errno(i32),
 }
 
-/// What the guest's display side reports (reserved for the display/mouse step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What the guest's display side reports: sent by the agent after the hello, and as the
+/// answer to [`Message::DisplayStatusRequest`] and [`Message::DisplayResize`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayStatus {
     /// The guest drives the absolute tablet, so the host pointer needs no capture.
     pub absolute_pointer: bool,
+    /// Name of that tablet (`/proc/bus/input/devices`), when there is one.
+    pub pointer_device: Option<String>,
+    /// The guest's screen size, when it could be read.
+    pub screen: Option<ScreenSize>,
+    /// Where the screen size came from.
+    pub screen_source: ScreenSource,
+    /// A graphical session exists that takes [`Message::DisplayResize`].
+    pub can_resize: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScreenSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScreenSource {
+    /// Nothing reported a size.
+    None,
+    /// The X session (RandR, through `xrandr`).
+    X11,
+    /// A DRM connector's current mode (sysfs), no session.
+    Drm,
+    /// The fbdev console (sysfs `virtual_size`), no session.
+    Framebuffer,
 }
 
 /// Every message this version knows.
@@ -371,6 +402,11 @@ pub enum Message {
     FsRequest(FsRequest),
     FsReply(FsReply),
     DisplayStatus(DisplayStatus),
+    /// Host → agent: answered with a [`Message::DisplayStatus`].
+    DisplayStatusRequest,
+    /// Host → agent: set the session's screen to this size (xrandr); answered with the
+    /// new [`Message::DisplayStatus`] or an error.
+    DisplayResize(ScreenSize),
 }
 
 /// An envelope whose kind is known and whose body decoded.
@@ -447,6 +483,8 @@ impl Message {
             Self::FsRequest(_) => kind::FS_REQUEST,
             Self::FsReply(_) => kind::FS_REPLY,
             Self::DisplayStatus(_) => kind::DISPLAY_STATUS,
+            Self::DisplayStatusRequest => kind::DISPLAY_STATUS_REQUEST,
+            Self::DisplayResize(_) => kind::DISPLAY_RESIZE,
         }
     }
 
@@ -456,7 +494,10 @@ impl Message {
             Self::Hello(m) => enc(m),
             Self::Error(m) => enc(m),
             Self::Ping(m) | Self::Pong(m) => enc(m),
-            Self::InfoRequest | Self::TimeQuery | Self::TimeSyncNow => Ok(Vec::new()),
+            Self::InfoRequest
+            | Self::TimeQuery
+            | Self::TimeSyncNow
+            | Self::DisplayStatusRequest => Ok(Vec::new()),
             Self::InfoReply(m) => enc(m),
             Self::PowerRequest(m) | Self::PowerAccepted(m) => enc(m),
             Self::TimeReply(m) => enc(m),
@@ -468,6 +509,7 @@ impl Message {
             Self::FsRequest(m) => enc(m),
             Self::FsReply(m) => enc(m),
             Self::DisplayStatus(m) => enc(m),
+            Self::DisplayResize(m) => enc(m),
         }
     }
 
@@ -501,6 +543,11 @@ impl Message {
             kind::FS_REQUEST => Self::FsRequest(body_of(body)?),
             kind::FS_REPLY => Self::FsReply(body_of(body)?),
             kind::DISPLAY_STATUS => Self::DisplayStatus(body_of(body)?),
+            kind::DISPLAY_STATUS_REQUEST => {
+                body_of::<()>(body)?;
+                Self::DisplayStatusRequest
+            }
+            kind::DISPLAY_RESIZE => Self::DisplayResize(body_of(body)?),
             _ => return Ok(None),
         }))
     }
@@ -631,6 +678,18 @@ mod tests {
             Message::FsReply(FsReply::Errno(2)),
             Message::DisplayStatus(DisplayStatus {
                 absolute_pointer: true,
+                pointer_device: Some("Vireo Virtio Tablet".into()),
+                screen: Some(ScreenSize {
+                    width: 1280,
+                    height: 800,
+                }),
+                screen_source: ScreenSource::X11,
+                can_resize: true,
+            }),
+            Message::DisplayStatusRequest,
+            Message::DisplayResize(ScreenSize {
+                width: 1024,
+                height: 768,
             }),
         ]
     }
