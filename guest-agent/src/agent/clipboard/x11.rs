@@ -34,8 +34,20 @@ impl X11Clipboard {
         }
         // arboard would also try Wayland, and on failure takes ~0.25 s: X answers first.
         RustConnection::connect(None).map_err(|e| format!("cannot reach the X server: {e}"))?;
-        let clipboard = Clipboard::new().map_err(|e| format!("arboard: {e}"))?;
-        Ok(Self { clipboard })
+        // arboard's connection, on a loaded machine, sometimes fails where ours just
+        // succeeded: a few tries before giving the session up.
+        let mut tries = 0;
+        loop {
+            match Clipboard::new() {
+                Ok(clipboard) => return Ok(Self { clipboard }),
+                Err(e) if tries >= 4 => return Err(format!("arboard: {e}")),
+                Err(e) => {
+                    log(format_args!("clipboard: arboard: {e}; trying again"));
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100 << tries));
+                }
+            }
+        }
     }
 
     /// Calls `changed` on every change of the CLIPBOARD selection's owner, from a thread
