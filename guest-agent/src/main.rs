@@ -148,8 +148,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("starting the clipboard")?,
     );
     let local_socket = args.clipboard_socket.unwrap_or_else(local::default_socket);
-    local::serve(&local_socket, Arc::clone(&clipboard))
-        .with_context(|| format!("listening on {}", local_socket.display()))?;
+    // Without it the host still shares the clipboard; only the local command is lost.
+    if let Err(err) = local::serve(&local_socket, Arc::clone(&clipboard)) {
+        eprintln!(
+            "vireo-agent: no `vireo-agent clipboard` socket at {}: {err}",
+            local_socket.display()
+        );
+    }
     let services = AgentServices {
         clock,
         power,

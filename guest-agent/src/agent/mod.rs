@@ -72,7 +72,12 @@ pub fn serve_connection(
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         for frame in session.take_outbox() {
-            stream.write_all(&frame)?;
+            if let Err(err) = stream.write_all(&frame) {
+                // A host that wrote its last message (clipboard data) and closed: what it
+                // wrote is still here to act on, though nothing can be answered now.
+                take_last_words(stream, &mut decoder, &mut session, &mut buf);
+                return Err(err.into());
+            }
         }
         if let Some(action) = session.take_power() {
             if let Err(err) = services.power.power(action) {
@@ -117,6 +122,22 @@ pub fn serve_connection(
             Err(e) => return Err(e.into()),
         }
         session.tick(Instant::now());
+    }
+}
+
+/// Reads what is left in a connection whose writing side failed, for a short while.
+fn take_last_words(
+    stream: &mut AgentStream,
+    decoder: &mut FrameDecoder,
+    session: &mut Session<'_>,
+    buf: &mut [u8],
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    while let Ok(n @ 1..) = stream.read(buf) {
+        decoder.push(&buf[..n]);
+        while let Ok(Some(payload)) = decoder.next_frame() {
+            session.on_payload(&payload, Instant::now());
+        }
     }
 }
 

@@ -401,7 +401,7 @@ mod tests {
     use crate::agent::clock::SimulatedClock;
     use crate::agent::display::DisplayProbe;
     use crate::agent::power::RecordingPower;
-    use crate::protocol::DEFAULT_CLIPBOARD_LIMIT;
+    use crate::protocol::{ClipboardData, ClipboardFormat, ClipboardGrab, DEFAULT_CLIPBOARD_LIMIT};
     use crate::protocol::{Envelope, FrameDecoder};
 
     fn services() -> AgentServices {
@@ -488,10 +488,82 @@ mod tests {
             &out[0],
             Envelope { id: 1, message: Message::Hello(h) } if h.capabilities == AGENT_CAPABILITIES
         ));
+        // The guest's clipboard state (empty) and display status follow, as events.
+        assert!(matches!(
+            out[1],
+            Envelope { id: 0, message: Message::ClipboardRelease(r) } if r.serial == 0
+        ));
+        assert!(matches!(
+            out[2],
+            Envelope {
+                id: 0,
+                message: Message::DisplayStatus(_)
+            }
+        ));
         // The first time query follows at once, with an id of the agent's own.
-        assert!(matches!(out[1].message, Message::TimeQuery));
-        assert_ne!(out[1].id, 0);
+        assert!(matches!(out[3].message, Message::TimeQuery));
+        assert_ne!(out[3].id, 0);
     }
+
+    #[test]
+    fn clipboard_grab_is_fetched_and_display_requests_answered() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        let now = Instant::now();
+        session.on_payload(&payload(1, &hello(PROTOCOL_MAJOR, HOST_CLIPBOARD)), now);
+        sent(&mut session);
+        let grab = ClipboardGrab {
+            serial: 3,
+            formats: vec![ClipboardFormat::Text],
+        };
+        session.on_payload(&payload(0, &Message::ClipboardGrab(grab)), now);
+        let out = sent(&mut session);
+        let [Envelope {
+            id,
+            message: Message::ClipboardRequest(request),
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(request.serial, 3);
+        let data = ClipboardData {
+            serial: 3,
+            format: ClipboardFormat::Text,
+            data: b"from the host".to_vec(),
+        };
+        session.on_payload(&payload(*id, &Message::ClipboardData(data)), now);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while services.clipboard.snapshot().generation == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let snapshot = services.clipboard.snapshot();
+        assert_eq!(
+            snapshot.data(ClipboardFormat::Text, DEFAULT_CLIPBOARD_LIMIT),
+            Ok(&b"from the host"[..])
+        );
+        // Its own data is not announced back.
+        session.tick(now);
+        assert!(sent(&mut session).is_empty());
+
+        session.on_payload(&payload(8, &Message::DisplayStatusRequest), now);
+        let out = sent(&mut session);
+        assert!(matches!(
+            out[..],
+            [Envelope {
+                id: 8,
+                message: Message::DisplayStatus(_)
+            }]
+        ));
+        // A status is the agent's to send, not the host's.
+        let status = services.display.status();
+        session.on_payload(&payload(9, &Message::DisplayStatus(status)), now);
+        assert_eq!(
+            error_code_of(&sent(&mut session)[0]),
+            error_code::UNEXPECTED
+        );
+    }
+
+    const HOST_CLIPBOARD: Capabilities = Capabilities::CLIPBOARD;
 
     #[test]
     fn host_without_time_gets_no_queries_and_an_error_for_sync_now() {

@@ -555,6 +555,9 @@ impl Shared {
                 if let Some(reply) = reply {
                     self.reply(id, &reply);
                 }
+                if let Some(ClipboardEvent::HostDataSent { serial }) = event {
+                    self.clipboard.mark_sent(serial);
+                }
                 if let Some(event) = event {
                     self.emit(ClientEvent::Clipboard(event));
                 }

@@ -117,7 +117,6 @@ impl HostClipboard {
                             format: request.format,
                             data,
                         });
-                        state.served = Some(request.serial);
                         let event = ClipboardEvent::HostDataSent {
                             serial: request.serial,
                         };
@@ -155,6 +154,13 @@ impl HostClipboard {
         drop(state);
         self.changed.notify_all();
         out
+    }
+
+    /// The data of grab `serial` is written to the agent (not merely queued: a caller
+    /// waiting for this may exit right after).
+    pub(super) fn mark_sent(&self, serial: u32) {
+        lock(&self.state).served = Some(serial);
+        self.changed.notify_all();
     }
 
     fn wait(&self, timeout: Duration, mut done: impl FnMut(&State) -> bool) -> bool {
