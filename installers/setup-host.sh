@@ -16,6 +16,8 @@ packages=(
   # server: Mesa's GL and Vulkan drivers, Xvfb, xdotool, ImageMagick's import.
   libxcursor1 libxi6 libxkbcommon-x11-0 libegl1 libegl-mesa0 libvulkan1 mesa-vulkan-drivers
   xvfb xauth xdotool imagemagick
+  # The guest agent's clipboard and display tests: the other X client, and RandR.
+  xclip x11-xserver-utils
   ca-certificates
 )
 

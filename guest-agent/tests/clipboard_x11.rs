@@ -34,12 +34,37 @@ struct Session {
     dir: PathBuf,
 }
 
+/// Appends `RAN clipboard_x11::<test>` or `SKIPPED ...` to the end-to-end record that
+/// `.ci/run` checks (the format of `vireo-e2e`'s `report`, which this crate cannot depend
+/// on: `vireo-e2e` depends on it).
+fn record(line: &str) {
+    let path = std::env::var_os("VIREO_E2E_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/e2e-results.log"
+            ))
+        });
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        // One write per line: the test threads append at once.
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
 impl Session {
-    fn start() -> Option<Self> {
+    fn start(test: &str) -> Option<Self> {
         if !have("Xvfb") || !have("xclip") || !have("xrandr") {
-            eprintln!("SKIPPED: Xvfb, xclip or xrandr missing: run installers/setup-host.sh");
+            let why = "Xvfb, xclip or xrandr missing: run installers/setup-host.sh";
+            eprintln!("*** SKIPPED clipboard_x11::{test}: {why}");
+            record(&format!("SKIPPED clipboard_x11::{test}: {why}"));
             return None;
         }
+        record(&format!("RAN clipboard_x11::{test}"));
         let mut xvfb = Command::new("Xvfb")
             .args([
                 "-displayfd",
@@ -197,7 +222,9 @@ fn pixels(png: &[u8]) -> image::RgbaImage {
 
 #[test]
 fn unicode_text_both_ways() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("unicode_text_both_ways") else {
+        return;
+    };
     let client = s.client();
     let text = "Grüße, 世界! 🦀 — ñ";
     let serial = client.clipboard_set(ClipboardContent::text(text)).unwrap();
@@ -222,7 +249,9 @@ fn unicode_text_both_ways() {
 
 #[test]
 fn png_image_both_ways() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("png_image_both_ways") else {
+        return;
+    };
     let client = s.client();
     let png = test_png(64, 48);
     let serial = client
@@ -249,7 +278,9 @@ fn png_image_both_ways() {
 
 #[test]
 fn ten_mib_both_ways() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("ten_mib_both_ways") else {
+        return;
+    };
     let client = s.client();
     let big: String = (0..10 * 1024 * 1024 / 16)
         .map(|i| format!("{i:015x}\n"))
@@ -276,7 +307,9 @@ fn ten_mib_both_ways() {
 
 #[test]
 fn over_the_limit_is_a_clear_error_both_ways() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("over_the_limit_is_a_clear_error_both_ways") else {
+        return;
+    };
     let client = s.client();
     let over = vec![b'x'; DEFAULT_CLIPBOARD_LIMIT + 1];
     let err = client
@@ -303,7 +336,9 @@ fn over_the_limit_is_a_clear_error_both_ways() {
 
 #[test]
 fn no_echo_loop() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("no_echo_loop") else {
+        return;
+    };
     let client = s.client();
     // Drain the agent's account of its clipboard at connect.
     clipboard_events_during(&client, Duration::from_millis(300));
@@ -328,7 +363,9 @@ fn no_echo_loop() {
 
 #[test]
 fn guest_cli_sets_the_session_clipboard_and_reads_it() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("guest_cli_sets_the_session_clipboard_and_reads_it") else {
+        return;
+    };
     let socket = s.dir.join("clipboard.sock");
     let set = Command::new(AGENT)
         .args(["clipboard", "--socket"])
@@ -356,7 +393,9 @@ fn guest_cli_sets_the_session_clipboard_and_reads_it() {
 
 #[test]
 fn display_status_and_resize_through_xrandr() {
-    let Some(s) = Session::start() else { return };
+    let Some(s) = Session::start("display_status_and_resize_through_xrandr") else {
+        return;
+    };
     let client = s.client();
     let status = client.display_status().unwrap();
     assert_eq!(status.screen_source, ScreenSource::X11);
