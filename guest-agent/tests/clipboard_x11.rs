@@ -94,6 +94,8 @@ impl Session {
         std::fs::create_dir_all(&dir).unwrap();
         let agent = Command::new(AGENT)
             .args(["run", "--clipboard", "x11", "--fake-clock-offset-ms=0"])
+            // One time sync on connect, none during the tests' quiet windows.
+            .args(["--time-sync-interval-secs", "3600"])
             .arg(format!(
                 "--transport=unix:{}",
                 dir.join("agent.sock").display()
@@ -117,6 +119,11 @@ impl Session {
         let log = std::fs::read_to_string(session.dir.join("agent.log")).unwrap_or_default();
         assert!(up, "the agent did not start: {log}");
         Some(session)
+    }
+
+    /// What the agent logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     fn client(&self) -> AgentClient {
@@ -324,7 +331,11 @@ fn over_the_limit_is_a_clear_error_both_ways() {
 
     // The guest copies more than the limit: the host hears of it, and fetching says why.
     s.copy("UTF8_STRING", &over);
-    assert!(next_guest_grab(&client, Duration::from_secs(20)).is_some());
+    assert!(
+        next_guest_grab(&client, Duration::from_secs(20)).is_some(),
+        "{}",
+        s.log()
+    );
     let err = client.clipboard_get(ClipboardFormat::Text).unwrap_err();
     assert!(matches!(err, ClientError::TooLarge(_)), "{err}");
     assert!(
@@ -340,18 +351,23 @@ fn no_echo_loop() {
         return;
     };
     let client = s.client();
-    // Drain the agent's account of its clipboard at connect.
-    clipboard_events_during(&client, Duration::from_millis(300));
+    // Let the connection settle: the agent's account of its clipboard, its display
+    // status and the time sync on connect.
+    clipboard_events_during(&client, Duration::from_millis(500));
 
-    // Host → guest: one fetch, then silence (the agent's own write is not a guest copy).
+    // Host → guest: the agent asks for the data once, then is silent for 2 s (its own
+    // write to the X clipboard is not taken for a guest copy).
+    let before = client.messages_received();
     let serial = client
         .clipboard_set(ClipboardContent::text("ping"))
         .unwrap();
     let events = clipboard_events_during(&client, Duration::from_secs(2));
     assert_eq!(events, [ClipboardEvent::HostDataSent { serial }]);
+    assert_eq!(client.messages_received() - before, 1, "only the request");
     assert_eq!(s.paste("UTF8_STRING").as_deref(), Some(&b"ping"[..]));
 
-    // Guest → host: one grab; the host's fetch causes nothing more.
+    // Guest → host: one grab, one answer to our fetch, then 2 s of silence.
+    let before = client.messages_received();
     s.copy("UTF8_STRING", b"pong");
     assert!(next_guest_grab(&client, Duration::from_secs(5)).is_some());
     assert_eq!(
@@ -359,6 +375,11 @@ fn no_echo_loop() {
         b"pong"
     );
     assert_eq!(clipboard_events_during(&client, Duration::from_secs(2)), []);
+    assert_eq!(
+        client.messages_received() - before,
+        2,
+        "only the grab and the data"
+    );
 }
 
 #[test]

@@ -107,6 +107,8 @@ pub(super) struct Shared {
     pending: Mutex<HashMap<u32, Sender<Message>>>,
     next_id: AtomicU32,
     connections: AtomicU64,
+    /// Every message received from the agent (tests count them to spot chatter).
+    received: AtomicU64,
     stop: AtomicBool,
     events: SyncSender<ClientEvent>,
 }
@@ -154,6 +156,7 @@ impl AgentClient {
             pending: Mutex::default(),
             next_id: AtomicU32::new(1),
             connections: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             events: events_tx,
         });
@@ -176,6 +179,11 @@ impl AgentClient {
     /// Successful connections (hello done) so far: a reconnect makes it grow.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Messages received from the agent so far, the hellos included.
+    pub fn messages_received(&self) -> u64 {
+        self.shared.received.load(Ordering::SeqCst)
     }
 
     /// The agent's hello on the current connection.
@@ -511,6 +519,7 @@ impl Shared {
     }
 
     fn on_payload(&self, payload: &[u8]) {
+        self.received.fetch_add(1, Ordering::SeqCst);
         let env = match decode_payload(payload) {
             Ok(env) => env,
             Err(err) => {

@@ -268,13 +268,24 @@ impl Worker {
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        let content = match session.read() {
-            Ok(content) => content,
-            Err(why) => {
-                log(format_args!(
-                    "clipboard: cannot read the session clipboard: {why}"
-                ));
-                return;
+        // A big transfer from a slow owner can outlast arboard's timeouts on a loaded
+        // guest: try again before giving this copy up.
+        let mut tries = 0;
+        let content = loop {
+            match session.read() {
+                Ok(content) => break content,
+                Err(why) if tries < 2 => {
+                    log(format_args!(
+                        "clipboard: reading the session clipboard: {why}; again"
+                    ));
+                    tries += 1;
+                }
+                Err(why) => {
+                    log(format_args!(
+                        "clipboard: cannot read the session clipboard: {why}"
+                    ));
+                    return;
+                }
             }
         };
         let entries = self.entries_of(content);
