@@ -35,6 +35,8 @@ struct State {
     own: Option<(u32, ClipboardContent)>,
     /// The agent requested our newest grab: a guest grab after this is newer than ours.
     acked: bool,
+    /// When our newest grab was sent.
+    own_at: Option<Instant>,
     /// Highest of our serials whose data the agent fetched.
     served: Option<u32>,
     /// The guest's grab, when the guest owns the clipboard.
@@ -59,6 +61,11 @@ impl Default for HostClipboard {
     }
 }
 
+/// How long a guest grab that precedes the agent's request for our newest grab counts as
+/// crossing ours. Beyond it the agent evidently does not fetch at once (another guest
+/// implementation may fetch lazily), and its grab is simply the newest.
+const CROSSING_WINDOW: Duration = Duration::from_secs(1);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -81,7 +88,10 @@ impl HostClipboard {
         let out = match message {
             Message::ClipboardGrab(grab) => {
                 state.guest_known = true;
-                if state.own.is_some() && !state.acked {
+                let crossing = state.own.is_some()
+                    && !state.acked
+                    && state.own_at.is_some_and(|t| t.elapsed() < CROSSING_WINDOW);
+                if crossing {
                     // Crossing grabs: the agent has not seen ours yet, and takes it as the
                     // newest when it does. Ours stands.
                     (None, None)
@@ -217,6 +227,7 @@ impl AgentClient {
             };
             state.own = Some((serial, content));
             state.acked = false;
+            state.own_at = Some(Instant::now());
             state.guest = None;
             grab
         };
@@ -300,5 +311,79 @@ impl AgentClient {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offering(clipboard: &HostClipboard, serial: u32, text: &str) {
+        let mut state = lock(&clipboard.state);
+        state.own = Some((serial, ClipboardContent::text(text)));
+        state.acked = false;
+        state.own_at = Some(Instant::now());
+    }
+
+    fn guest_grab(serial: u32) -> Message {
+        Message::ClipboardGrab(ClipboardGrab {
+            serial,
+            formats: vec![ClipboardFormat::Text],
+        })
+    }
+
+    fn request(serial: u32) -> Message {
+        Message::ClipboardRequest(ClipboardRequest {
+            serial,
+            format: ClipboardFormat::Text,
+        })
+    }
+
+    #[test]
+    fn crossing_guest_grab_loses_until_the_agent_has_seen_ours() {
+        let clipboard = HostClipboard::default();
+        offering(&clipboard, 4, "host");
+        // The guest's grab crossed ours on the wire: ignored.
+        assert_eq!(clipboard.on_message(guest_grab(1)), (None, None));
+        // The agent asks for ours: served, and the next guest grab is newer.
+        let (reply, event) = clipboard.on_message(request(4));
+        assert!(matches!(reply, Some(Message::ClipboardData(ref d)) if d.data == b"host"));
+        assert_eq!(event, Some(ClipboardEvent::HostDataSent { serial: 4 }));
+        let (_, event) = clipboard.on_message(guest_grab(2));
+        assert!(matches!(event, Some(ClipboardEvent::GuestGrab(ref g)) if g.serial == 2));
+        // Ours is gone: a request for it now is stale.
+        let (reply, _) = clipboard.on_message(request(4));
+        assert!(matches!(reply, Some(Message::Error(ref e)) if e.code == error_code::FAILED));
+        // The guest's release of that grab empties its side.
+        let release = Message::ClipboardRelease(ClipboardRelease { serial: 2 });
+        assert_eq!(
+            clipboard.on_message(release),
+            (None, Some(ClipboardEvent::GuestReleased))
+        );
+    }
+
+    #[test]
+    fn a_lazy_agents_grab_wins_after_the_window() {
+        let clipboard = HostClipboard::default();
+        offering(&clipboard, 1, "host");
+        lock(&clipboard.state).own_at = Some(Instant::now() - CROSSING_WINDOW);
+        let (_, event) = clipboard.on_message(guest_grab(9));
+        assert!(matches!(event, Some(ClipboardEvent::GuestGrab(_))));
+        assert!(lock(&clipboard.state).own.is_none());
+    }
+
+    #[test]
+    fn requests_for_absent_formats_and_odd_kinds_get_errors() {
+        let clipboard = HostClipboard::default();
+        offering(&clipboard, 3, "host");
+        let png = Message::ClipboardRequest(ClipboardRequest {
+            serial: 3,
+            format: ClipboardFormat::Png,
+        });
+        let (reply, event) = clipboard.on_message(png);
+        assert!(matches!(reply, Some(Message::Error(ref e)) if e.text.contains("no png")));
+        assert_eq!(event, None);
+        let (reply, _) = clipboard.on_message(Message::TimeQuery);
+        assert!(matches!(reply, Some(Message::Error(ref e)) if e.code == error_code::UNEXPECTED));
     }
 }
