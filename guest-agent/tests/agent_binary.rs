@@ -499,4 +499,22 @@ fn clipboard_without_a_session_is_the_agents_own_both_ways() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no png"));
+    // Over the limit: refused with the reason, the clipboard unchanged.
+    let big = agent.dir.join("big");
+    std::fs::write(&big, vec![b'x'; (64 << 20) + 1]).unwrap();
+    let out = Command::new(AGENT)
+        .args(["clipboard", "--socket"])
+        .arg(&local)
+        .arg("set")
+        .arg("--file")
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("clipboard text of 67108865 bytes is over the limit of 67108864 bytes"),
+        "{err}"
+    );
+    assert_eq!(guest(&["get"]), b"from the guest");
 }

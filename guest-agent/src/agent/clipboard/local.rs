@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use super::{GuestClipboard, LookupError};
 use crate::agent::log;
-use crate::protocol::clipboard::format_name;
+use crate::protocol::clipboard::{format_name, too_large_text};
 use crate::protocol::{
     decode_payload, encode_message, error_code, ClipboardContent, ClipboardData, ClipboardFormat,
-    ClipboardRequest, ErrorReply, FrameDecoder, Message,
+    ClipboardRequest, ErrorReply, FrameDecoder, Message, DEFAULT_CLIPBOARD_LIMIT,
 };
 
 /// How long a local client may take to send its request or read the answer.
@@ -186,6 +186,13 @@ fn call(path: &Path, message: &Message) -> Result<Message, LocalError> {
 
 /// `vireo-agent clipboard set`.
 pub fn set(path: &Path, format: ClipboardFormat, data: Vec<u8>) -> Result<(), LocalError> {
+    // Past the limit the frame could not even be sent: say why here.
+    if data.len() > DEFAULT_CLIPBOARD_LIMIT {
+        return Err(LocalError::Agent {
+            code: error_code::TOO_LARGE,
+            text: too_large_text(format, data.len(), DEFAULT_CLIPBOARD_LIMIT),
+        });
+    }
     let message = Message::ClipboardData(ClipboardData {
         serial: 0,
         format,
