@@ -18,6 +18,8 @@ packages=(
   # Vulkan drivers, Xvfb, xdotool, ImageMagick's import.
   libxcursor1 libxi6 libxkbcommon-x11-0 libegl1 libegl-mesa0 libvulkan1 mesa-vulkan-drivers
   xvfb xauth xdotool imagemagick
+  # The guest agent's clipboard and display tests: the other X client, and RandR.
+  xclip x11-xserver-utils
   ca-certificates
 )
 

@@ -8,7 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+mod clipboard_cli;
+
+use vireo_guest_agent::agent::clipboard::{local, ClipboardMode, GuestClipboard};
 use vireo_guest_agent::agent::clock::{Clock, SimulatedClock, SystemClock};
+use vireo_guest_agent::agent::display::DisplayProbe;
 use vireo_guest_agent::agent::fs::{default_owner, ShareMounts, DEFAULT_MOUNT_BASE};
 use vireo_guest_agent::agent::power::{PowerControl, RecordingPower, SystemPower};
 use vireo_guest_agent::agent::timesync::TimeSyncConfig;
@@ -16,7 +20,7 @@ use vireo_guest_agent::agent::transport::{AgentListener, ListenAddr};
 use vireo_guest_agent::agent::{self, AgentServices};
 use vireo_guest_agent::guest_info::GuestInfo;
 use vireo_guest_agent::host::{AgentClient, ClientConfig, ClientEvent, Endpoint, ShareConfig};
-use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
+use vireo_guest_agent::protocol::{AGENT_VSOCK_PORT, DEFAULT_CLIPBOARD_LIMIT};
 
 #[derive(Parser)]
 #[command(name = "vireo-agent", version, about = "Vireo guest agent")]
@@ -34,6 +38,23 @@ enum Command {
     Run(RunArgs),
     /// Talk to an agent from the host side; prints one JSON line.
     Host(HostArgs),
+    /// The guest clipboard, through the running agent (the clipboard itself when the
+    /// guest has no graphical session).
+    Clipboard {
+        /// The agent's local socket (default: /run/vireo-agent/clipboard.sock as root).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        call: clipboard_cli::ClipboardCall,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClipboardArg {
+    /// The X session in DISPLAY if one answers, else the agent's own copy.
+    Auto,
+    X11,
+    Memory,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +81,12 @@ struct RunArgs {
     /// Do not offer shared folders.
     #[arg(long)]
     no_shares: bool,
+    /// Where the guest clipboard lives.
+    #[arg(long, value_enum, default_value = "auto")]
+    clipboard: ClipboardArg,
+    /// The local socket of `vireo-agent clipboard get|set`.
+    #[arg(long)]
+    clipboard_socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -97,6 +124,12 @@ enum HostCall {
         #[arg(required = true)]
         shares: Vec<ShareConfig>,
     },
+    /// The shared clipboard: get, set, watch.
+    #[command(subcommand)]
+    Clipboard(clipboard_cli::HostClipboardCall),
+    /// The guest's pointer and screen: status, resize.
+    #[command(subcommand)]
+    Display(clipboard_cli::DisplayCall),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => run(args)?,
         Command::Host(args) => host(args)?,
+        Command::Clipboard { socket, call } => clipboard_cli::guest(socket, call)?,
     }
     Ok(())
 }
@@ -129,6 +163,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Arc::new(RecordingPower::to_file(path)),
         None => Arc::new(SystemPower),
     };
+    let mode = match args.clipboard {
+        ClipboardArg::Auto => ClipboardMode::Auto,
+        ClipboardArg::X11 => ClipboardMode::X11,
+        ClipboardArg::Memory => ClipboardMode::Memory,
+    };
+    let clipboard = Arc::new(
+        GuestClipboard::start(mode, DEFAULT_CLIPBOARD_LIMIT)
+            .map_err(anyhow::Error::msg)
+            .context("starting the clipboard")?,
+    );
+    let local_socket = args.clipboard_socket.unwrap_or_else(local::default_socket);
+    // Without it the host still shares the clipboard; only the local command is lost.
+    if let Err(err) = local::serve(&local_socket, Arc::clone(&clipboard)) {
+        eprintln!(
+            "vireo-agent: no `vireo-agent clipboard` socket at {}: {err}",
+            local_socket.display()
+        );
+    }
     let services = AgentServices {
         clock,
         power,
@@ -137,6 +189,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ..TimeSyncConfig::default()
         },
         shares: shares.clone(),
+        clipboard,
+        display: DisplayProbe::default(),
     };
     let listener = AgentListener::bind(&args.transport)?;
     eprintln!("vireo-agent: listening on {}", args.transport);
@@ -196,7 +250,7 @@ fn serve_shares(
                     .collect();
                 json!({ "event": "mounted", "shares": shares })
             }
-            ClientEvent::Message(_) => continue,
+            ClientEvent::Message(_) | ClientEvent::Clipboard(_) => continue,
         };
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -247,6 +301,8 @@ fn host(args: HostArgs) -> anyhow::Result<()> {
         HostCall::Time => serde_json::to_value(client.time_sync_now()?)?,
         // Served above, before connecting: it keeps running instead of answering once.
         HostCall::Share { .. } => return Ok(()),
+        HostCall::Clipboard(call) => return clipboard_cli::host(&client, call, timeout),
+        HostCall::Display(call) => clipboard_cli::display(&client, call)?,
     };
     println!("{out}");
     Ok(())

@@ -6,15 +6,14 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use vireo_guest_agent::guest_info::GuestInfo;
 use vireo_guest_agent::host::{AgentClient, ClientConfig, ClientError, ClientEvent, Endpoint};
 use vireo_guest_agent::protocol::{
-    error_code, kind, Capabilities, ClipboardFormat, ClipboardGrab, Message, TimeCorrection,
-    PROTOCOL_MAJOR,
+    error_code, fs::FsOp, kind, Capabilities, FsRequest, Message, TimeCorrection, PROTOCOL_MAJOR,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_vireo-agent");
@@ -61,7 +60,10 @@ impl Agent {
             .arg(format!("--fake-clock-offset-ms={clock_offset_ms}"))
             .arg("--fake-power")
             .arg(self.power_log())
-            .stderr(Stdio::null())
+            .arg("--clipboard=memory")
+            .arg("--clipboard-socket")
+            .arg(self.dir.join("clipboard.sock"))
+            .stderr(std::fs::File::create(self.dir.join("agent.log")).unwrap())
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -125,11 +127,10 @@ fn hello_carries_version_and_capabilities() {
         Capabilities::POWER,
         Capabilities::TIME,
         Capabilities::SHARED_FOLDERS,
+        Capabilities::CLIPBOARD,
+        Capabilities::DISPLAY,
     ] {
         assert!(caps.contains(offered));
-    }
-    for later in [Capabilities::CLIPBOARD, Capabilities::DISPLAY] {
-        assert!(!caps.contains(later));
     }
 }
 
@@ -183,14 +184,15 @@ fn unknown_and_malformed_messages_get_errors_and_the_connection_stays_usable() {
     );
     client.ping().unwrap();
 
-    // A reserved family: known to the protocol, not offered by this agent.
-    let grab = Message::ClipboardGrab(ClipboardGrab {
-        serial: 1,
-        formats: vec![ClipboardFormat::Text],
+    // A message the agent sends but never answers (a shared-folder request is the
+    // guest's to make).
+    let fs = Message::FsRequest(FsRequest {
+        share: 0,
+        op: FsOp::GetAttr { node: 1 },
     });
-    let err = client.request(&grab).unwrap_err();
+    let err = client.request(&fs).unwrap_err();
     assert!(
-        matches!(err, ClientError::Agent { code, .. } if code == error_code::NOT_SUPPORTED),
+        matches!(err, ClientError::Agent { code, .. } if code == error_code::UNEXPECTED),
         "{err}"
     );
     client.info().unwrap();
@@ -253,11 +255,11 @@ fn client_reconnects_by_itself_when_the_agent_restarts() {
         start.elapsed()
     );
     assert_eq!(client.connections(), 2);
-    // Each connection also announces the (here: no) shared folders.
+    // Connection events, without the display status each connection brings.
     let events: Vec<ClientEvent> = client
         .events()
         .try_iter()
-        .filter(|e| !matches!(e, ClientEvent::SharesMounted(s) if s.is_empty()))
+        .filter(|e| matches!(e, ClientEvent::Connected(_) | ClientEvent::Disconnected))
         .collect();
     assert!(
         matches!(
@@ -394,7 +396,14 @@ fn cli_host_subcommands() {
     assert_eq!(hello["protocol"], format!("{PROTOCOL_MAJOR}.0"));
     assert_eq!(
         hello["capabilities"],
-        serde_json::json!(["info", "power", "time", "shared-folders"])
+        serde_json::json!([
+            "info",
+            "power",
+            "time",
+            "clipboard",
+            "shared-folders",
+            "display"
+        ])
     );
     let info = cli(&agent, "info");
     assert_eq!(info["hostname"], GuestInfo::gather().unwrap().hostname);
@@ -422,4 +431,98 @@ fn info_command_still_prints_one_json_line() {
     assert!(out.status.success());
     let info: GuestInfo = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info.hostname, GuestInfo::gather().unwrap().hostname);
+}
+
+/// `vireo-agent PREFIX.. ARGS..`: its output, checked for success.
+fn agent_cmd(prefix: &[&std::ffi::OsStr], args: &[&str]) -> Vec<u8> {
+    let out = Command::new(AGENT)
+        .args(prefix)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn clipboard_without_a_session_is_the_agents_own_both_ways() {
+    let agent = Agent::spawn(0);
+    let local = agent.dir.join("clipboard.sock");
+    let socket = agent.socket();
+    let host = |args: &[&str]| {
+        agent_cmd(
+            &["host".as_ref(), "--socket".as_ref(), socket.as_os_str()],
+            args,
+        )
+    };
+    let guest = |args: &[&str]| {
+        agent_cmd(
+            &["clipboard".as_ref(), "--socket".as_ref(), local.as_os_str()],
+            args,
+        )
+    };
+    // Host → guest: the host command ends once the agent has fetched the data, which
+    // lands on the guest clipboard a moment later.
+    host(&["clipboard", "set", "vom Host ✓"]);
+    let readable = |want: &[u8]| {
+        let out = Command::new(AGENT)
+            .args(["clipboard", "--socket"])
+            .arg(&local)
+            .arg("get")
+            .output()
+            .unwrap();
+        out.stdout == want
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || readable("vom Host ✓".as_bytes())),
+        "{}",
+        std::fs::read_to_string(agent.dir.join("agent.log")).unwrap()
+    );
+    // Guest → host, through a client that stays connected and hears the grab.
+    let client = AgentClient::connect(agent.endpoint(), ClientConfig::default()).unwrap();
+    guest(&["set", "from the guest"]);
+    assert!(wait_until(Duration::from_secs(5), || client
+        .guest_clipboard()
+        .is_some()));
+    assert_eq!(
+        client
+            .clipboard_get(vireo_guest_agent::protocol::ClipboardFormat::Text)
+            .unwrap(),
+        b"from the guest"
+    );
+    // And a new host connection (the agent serves one at a time) is told what the guest
+    // holds.
+    drop(client);
+    assert_eq!(host(&["clipboard", "get"]), b"from the guest");
+    // No PNG there: a clear error, not an empty answer.
+    let out = Command::new(AGENT)
+        .args(["clipboard", "--socket"])
+        .arg(&local)
+        .args(["get", "--format", "png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no png"));
+    // Over the limit: refused with the reason, the clipboard unchanged.
+    let big = agent.dir.join("big");
+    std::fs::write(&big, vec![b'x'; (64 << 20) + 1]).unwrap();
+    let out = Command::new(AGENT)
+        .args(["clipboard", "--socket"])
+        .arg(&local)
+        .arg("set")
+        .arg("--file")
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("clipboard text of 67108865 bytes is over the limit of 67108864 bytes"),
+        "{err}"
+    );
+    assert_eq!(guest(&["get"]), b"from the guest");
 }

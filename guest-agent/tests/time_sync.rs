@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vireo_guest_agent::agent::clipboard::{ClipboardMode, GuestClipboard};
 use vireo_guest_agent::agent::clock::{Clock as _, SimulatedClock};
+use vireo_guest_agent::agent::display::DisplayProbe;
 use vireo_guest_agent::agent::power::RecordingPower;
 use vireo_guest_agent::agent::timesync::TimeSyncConfig;
 use vireo_guest_agent::agent::transport::{AgentListener, ListenAddr};
 use vireo_guest_agent::agent::{self, AgentServices};
 use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
-use vireo_guest_agent::protocol::TimeCorrection;
+use vireo_guest_agent::protocol::{TimeCorrection, DEFAULT_CLIPBOARD_LIMIT};
 
 const MS: i64 = 1_000_000;
 const HOUR_NS: i64 = 3_600_000 * MS;
@@ -55,6 +57,10 @@ fn start_agent(clock: Arc<SimulatedClock>, interval: Duration) -> AgentSocket {
             ..TimeSyncConfig::default()
         },
         shares: None,
+        clipboard: Arc::new(
+            GuestClipboard::start(ClipboardMode::Memory, DEFAULT_CLIPBOARD_LIMIT).unwrap(),
+        ),
+        display: DisplayProbe::default(),
     };
     std::thread::spawn(move || agent::run(&listener, &services));
     AgentSocket(path)

@@ -5,7 +5,9 @@
 //! like from inside the guest (the engine sends one after a restore), so every connection
 //! after the first starts with a sync that steps the clock.
 
+pub mod clipboard;
 pub mod clock;
+pub mod display;
 pub mod fs;
 pub mod power;
 pub mod session;
@@ -13,12 +15,16 @@ pub mod timesync;
 pub mod transport;
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::protocol::FrameDecoder;
 use crate::util::error_chain;
+use clipboard::GuestClipboard;
 use clock::Clock;
+use display::DisplayProbe;
 use power::PowerControl;
 use session::Session;
 use timesync::TimeSyncConfig;
@@ -31,6 +37,9 @@ pub struct AgentServices {
     pub time_sync: TimeSyncConfig,
     /// Shared folders, when this agent mounts them.
     pub shares: Option<Arc<fs::ShareMounts>>,
+    /// The guest clipboard, shared by all connections (it outlives each).
+    pub clipboard: Arc<GuestClipboard>,
+    pub display: DisplayProbe,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,10 @@ pub fn serve_connection(
     };
     let mut session = Session::new(services, restored);
     session.set_fs_link(Arc::clone(&link));
+    // The clipboard worker wakes this loop when the guest clipboard changes.
+    let (wake, waker) = UnixStream::pair()?;
+    wake.set_nonblocking(true)?;
+    services.clipboard.set_waker(waker);
     let mut decoder = FrameDecoder::new();
     // Frames waiting for the writer: while a FUSE thread holds it (blocked on a full
     // socket, say) this loop goes on reading, so that the host, whose answers fill the
@@ -85,7 +98,14 @@ pub fn serve_connection(
             };
             if let Some(mut w) = free {
                 for frame in outbox.drain(..) {
-                    w.write_all(&frame)?;
+                    if let Err(err) = w.write_all(&frame) {
+                        // A host that wrote its last message (clipboard data) and closed:
+                        // what it wrote is still here to act on, though nothing can be
+                        // answered now.
+                        drop(w);
+                        take_last_words(stream, &mut decoder, &mut session);
+                        return Err(err.into());
+                    }
                 }
             }
         }
@@ -114,6 +134,10 @@ pub fn serve_connection(
             wait.min(Duration::from_millis(5))
         };
         stream.set_read_timeout(Some(wait))?;
+        if !wait_readable(stream, &wake, wait)? {
+            session.tick(Instant::now());
+            continue;
+        }
         match decoder.fill_with(READ_ROOM, |room| stream.read(room)) {
             Ok(0) => return Ok(()),
             Ok(_) => loop {
@@ -153,6 +177,42 @@ impl Drop for LinkCloser {
         }
         self.link.close();
     }
+}
+
+/// Reads what is left in a connection whose writing side failed, for a short while.
+fn take_last_words(
+    stream: &mut AgentStream,
+    decoder: &mut FrameDecoder,
+    session: &mut Session<'_>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    while let Ok(1..) = decoder.fill_with(READ_ROOM, |room| stream.read(room)) {
+        while let Ok(Some(())) = decoder.next_frame_with(|p| session.on_payload(p, Instant::now()))
+        {
+        }
+    }
+}
+
+/// Waits up to `wait` for the stream to become readable (true) or the wake socket to be
+/// poked (false, its bytes drained).
+fn wait_readable(stream: &AgentStream, wake: &UnixStream, wait: Duration) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [
+        PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+        PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+    let (stream_ready, woken) = (ready(&fds[0]), ready(&fds[1]));
+    if woken {
+        let mut sink = [0u8; 64];
+        while matches!((&*wake).read(&mut sink), Ok(n) if n > 0) {}
+    }
+    Ok(stream_ready)
 }
 
 /// Accepts host connections one at a time, forever.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::clipboard::sync::{ClipboardSync, Outgoing};
 use super::fs::link::FsLink;
 use super::timesync::{SyncRound, TimeSyncConfig};
 use super::{log, AgentServices};
@@ -19,7 +20,9 @@ use crate::util::error_chain;
 /// What this agent offers.
 pub const AGENT_CAPABILITIES: Capabilities = Capabilities::INFO
     .union(Capabilities::POWER)
-    .union(Capabilities::TIME);
+    .union(Capabilities::TIME)
+    .union(Capabilities::CLIPBOARD)
+    .union(Capabilities::DISPLAY);
 
 pub struct Session<'a> {
     services: &'a AgentServices,
@@ -38,6 +41,7 @@ pub struct Session<'a> {
     last_report: Option<TimeSyncReport>,
     /// This connection's shared-folder channel.
     fs_link: Option<Arc<FsLink>>,
+    clipboard: ClipboardSync,
 }
 
 impl<'a> Session<'a> {
@@ -55,6 +59,7 @@ impl<'a> Session<'a> {
             close: false,
             last_report: None,
             fs_link: None,
+            clipboard: ClipboardSync::default(),
         }
     }
 
@@ -128,6 +133,12 @@ impl<'a> Session<'a> {
         }
     }
 
+    fn send_all(&mut self, messages: Vec<Outgoing>) {
+        for (id, message) in messages {
+            self.send(id, &message);
+        }
+    }
+
     fn fresh_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
@@ -167,10 +178,15 @@ impl<'a> Session<'a> {
             // A refused shared-folder request fails its FUSE request.
             Message::Error(_) if self.complete_fs(id, Err(libc::EIO)) => {}
             // Errors are never answered, so two peers cannot bounce errors forever.
-            Message::Error(err) => log(format_args!(
-                "host error for request {id} (kind {:#06x}): code {}: {}",
-                err.in_reply_to_kind, err.code, err.text
-            )),
+            Message::Error(err) => {
+                log(format_args!(
+                    "host error for request {id} (kind {:#06x}): code {}: {}",
+                    err.in_reply_to_kind, err.code, err.text
+                ));
+                if err.in_reply_to_kind == kind::CLIPBOARD_REQUEST {
+                    self.clipboard.on_error(id);
+                }
+            }
             Message::Ping(data) => self.send(id, &Message::Pong(data)),
             Message::InfoRequest => match GuestInfo::gather() {
                 Ok(info) => self.send(id, &Message::InfoReply(info)),
@@ -236,23 +252,44 @@ impl<'a> Session<'a> {
                     mounts.invalidate(inv);
                 }
             }
-            other @ (Message::ClipboardGrab(_)
-            | Message::ClipboardRequest(_)
-            | Message::ClipboardData(_)
-            | Message::ClipboardRelease(_)
-            | Message::DisplayStatus(_)) => self.send_error(
-                id,
-                other.kind(),
-                error_code::NOT_SUPPORTED,
-                "this agent does not offer this feature yet".into(),
-            ),
+            Message::ClipboardGrab(grab) => {
+                let fetch_id = self.fresh_id();
+                let out = self.clipboard.on_grab(grab, fetch_id);
+                self.send_all(out);
+            }
+            Message::ClipboardRequest(request) => {
+                let clipboard = &self.services.clipboard;
+                let (id, reply) = self.clipboard.on_request(id, request, clipboard);
+                self.send(id, &reply);
+            }
+            Message::ClipboardData(data) => {
+                self.clipboard.on_data(id, data, &self.services.clipboard);
+            }
+            Message::ClipboardRelease(release) => {
+                self.clipboard.on_release(release, &self.services.clipboard);
+            }
+            Message::DisplayStatusRequest => {
+                let status = self.services.display.status();
+                self.send(id, &Message::DisplayStatus(status));
+            }
+            Message::DisplayResize(size) => match self.services.display.resize(size) {
+                Ok(()) => {
+                    let status = self.services.display.status();
+                    self.send(id, &Message::DisplayStatus(status));
+                }
+                Err(err) => {
+                    let text = error_chain(&err).to_string();
+                    self.send_error(id, kind::DISPLAY_RESIZE, error_code::FAILED, text);
+                }
+            },
             other @ (Message::Pong(_)
             | Message::InfoReply(_)
             | Message::PowerAccepted(_)
             | Message::TimeQuery
             | Message::FsRequest(_)
             | Message::FsSharesReply(_)
-            | Message::TimeSyncReport(_)) => self.send_error(
+            | Message::TimeSyncReport(_)
+            | Message::DisplayStatus(_)) => self.send_error(
                 id,
                 other.kind(),
                 error_code::UNEXPECTED,
@@ -308,6 +345,14 @@ impl<'a> Session<'a> {
                 software: concat!("vireo-agent ", env!("CARGO_PKG_VERSION")).into(),
             }),
         );
+        if first && self.host_has(Capabilities::CLIPBOARD) {
+            let out = self.clipboard.on_hello(&self.services.clipboard);
+            self.send_all(out);
+        }
+        if first && self.host_has(Capabilities::DISPLAY) {
+            let status = self.services.display.status();
+            self.send(NO_REPLY, &Message::DisplayStatus(status));
+        }
         // Sync at once on connect (and at once after a reset, when `restored`).
         if first && self.host_has(Capabilities::TIME) {
             self.next_round_at = Some(now);
@@ -318,6 +363,10 @@ impl<'a> Session<'a> {
     /// Advances time sync: times out a query, sends the next one, ends a round, starts a
     /// round that is due.
     pub fn tick(&mut self, now: Instant) {
+        if self.host_has(Capabilities::CLIPBOARD) {
+            let out = self.clipboard.poll(&self.services.clipboard);
+            self.send_all(out);
+        }
         let config = self.services.time_sync.clone();
         if self.round.is_none() && self.next_round_at.is_some_and(|t| t <= now) {
             self.round = Some(SyncRound::new(self.restored));
@@ -398,8 +447,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::agent::clipboard::{ClipboardMode, GuestClipboard};
     use crate::agent::clock::SimulatedClock;
+    use crate::agent::display::DisplayProbe;
     use crate::agent::power::RecordingPower;
+    use crate::protocol::{ClipboardData, ClipboardFormat, ClipboardGrab, DEFAULT_CLIPBOARD_LIMIT};
     use crate::protocol::{Envelope, FrameDecoder};
 
     fn services() -> AgentServices {
@@ -408,6 +460,10 @@ mod tests {
             power: Arc::new(RecordingPower::default()),
             time_sync: TimeSyncConfig::default(),
             shares: None,
+            clipboard: Arc::new(
+                GuestClipboard::start(ClipboardMode::Memory, DEFAULT_CLIPBOARD_LIMIT).unwrap(),
+            ),
+            display: DisplayProbe::default(),
         }
     }
 
@@ -483,10 +539,82 @@ mod tests {
             &out[0],
             Envelope { id: 1, message: Message::Hello(h) } if h.capabilities == AGENT_CAPABILITIES
         ));
+        // The guest's clipboard state (empty) and display status follow, as events.
+        assert!(matches!(
+            out[1],
+            Envelope { id: 0, message: Message::ClipboardRelease(r) } if r.serial == 0
+        ));
+        assert!(matches!(
+            out[2],
+            Envelope {
+                id: 0,
+                message: Message::DisplayStatus(_)
+            }
+        ));
         // The first time query follows at once, with an id of the agent's own.
-        assert!(matches!(out[1].message, Message::TimeQuery));
-        assert_ne!(out[1].id, 0);
+        assert!(matches!(out[3].message, Message::TimeQuery));
+        assert_ne!(out[3].id, 0);
     }
+
+    #[test]
+    fn clipboard_grab_is_fetched_and_display_requests_answered() {
+        let services = services();
+        let mut session = Session::new(&services, false);
+        let now = Instant::now();
+        session.on_payload(&payload(1, &hello(PROTOCOL_MAJOR, HOST_CLIPBOARD)), now);
+        sent(&mut session);
+        let grab = ClipboardGrab {
+            serial: 3,
+            formats: vec![ClipboardFormat::Text],
+        };
+        session.on_payload(&payload(0, &Message::ClipboardGrab(grab)), now);
+        let out = sent(&mut session);
+        let [Envelope {
+            id,
+            message: Message::ClipboardRequest(request),
+        }] = &out[..]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(request.serial, 3);
+        let data = ClipboardData {
+            serial: 3,
+            format: ClipboardFormat::Text,
+            data: b"from the host".to_vec(),
+        };
+        session.on_payload(&payload(*id, &Message::ClipboardData(data)), now);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while services.clipboard.snapshot().generation == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let snapshot = services.clipboard.snapshot();
+        assert_eq!(
+            snapshot.data(ClipboardFormat::Text, DEFAULT_CLIPBOARD_LIMIT),
+            Ok(&b"from the host"[..])
+        );
+        // Its own data is not announced back.
+        session.tick(now);
+        assert!(sent(&mut session).is_empty());
+
+        session.on_payload(&payload(8, &Message::DisplayStatusRequest), now);
+        let out = sent(&mut session);
+        assert!(matches!(
+            out[..],
+            [Envelope {
+                id: 8,
+                message: Message::DisplayStatus(_)
+            }]
+        ));
+        // A status is the agent's to send, not the host's.
+        let status = services.display.status();
+        session.on_payload(&payload(9, &Message::DisplayStatus(status)), now);
+        assert_eq!(
+            error_code_of(&sent(&mut session)[0]),
+            error_code::UNEXPECTED
+        );
+    }
+
+    const HOST_CLIPBOARD: Capabilities = Capabilities::CLIPBOARD;
 
     #[test]
     fn host_without_time_gets_no_queries_and_an_error_for_sync_now() {

@@ -193,6 +193,15 @@ fn libc_timeval(d: Duration) -> libc::timeval {
     }
 }
 
+impl AsFd for AgentStream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Self::Unix(s) => s.as_fd(),
+            Self::Vsock(fd) => fd.as_fd(),
+        }
+    }
+}
+
 impl Read for AgentStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

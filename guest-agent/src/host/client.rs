@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::clipboard::{ClipboardEvent, HostClipboard};
 use super::share::serve::{ConnShares, FrameSink};
 use super::share::ShareConfig;
 use super::transport::{connect, Endpoint};
@@ -25,8 +26,12 @@ use crate::protocol::{
 };
 use crate::util::{error_chain, system_now_ns};
 
-/// What the host offers the agent: it answers time queries and serves shared folders.
-pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME.union(Capabilities::SHARED_FOLDERS);
+/// What the host offers the agent: it answers time queries, shares a clipboard, takes
+/// display status reports and serves shared folders.
+pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME
+    .union(Capabilities::CLIPBOARD)
+    .union(Capabilities::DISPLAY)
+    .union(Capabilities::SHARED_FOLDERS);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -75,6 +80,10 @@ pub enum ClientError {
     NotOffered(&'static str),
     #[error("share: {0}")]
     Share(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Clipboard(String),
 }
 
 /// Things that happen without a call.
@@ -88,6 +97,7 @@ pub enum ClientEvent {
     /// A message from the agent that answers no call (a display status, an error for an
     /// id we no longer wait for).
     Message(Message),
+    Clipboard(ClipboardEvent),
 }
 
 #[derive(Default)]
@@ -97,7 +107,8 @@ struct ConnState {
     last_error: Option<String>,
 }
 
-struct Shared {
+pub(super) struct Shared {
+    pub(super) clipboard: HostClipboard,
     endpoint: Endpoint,
     config: ClientConfig,
     state: Mutex<ConnState>,
@@ -105,6 +116,8 @@ struct Shared {
     pending: Mutex<HashMap<u32, Sender<Message>>>,
     next_id: AtomicU32,
     connections: AtomicU64,
+    /// Every message received from the agent (tests count them to spot chatter).
+    received: AtomicU64,
     stop: AtomicBool,
     events: SyncSender<ClientEvent>,
     /// Shares to export on every connection, in the order added (index + 1 = share id).
@@ -177,6 +190,7 @@ impl AgentClient {
     fn start_with(endpoint: Endpoint, config: ClientConfig, shares: Vec<ShareConfig>) -> Self {
         let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
+            clipboard: HostClipboard::default(),
             endpoint,
             config,
             state: Mutex::default(),
@@ -184,6 +198,7 @@ impl AgentClient {
             pending: Mutex::default(),
             next_id: AtomicU32::new(1),
             connections: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             events: events_tx,
             shares: Mutex::new(shares),
@@ -209,6 +224,11 @@ impl AgentClient {
     /// Successful connections (hello done) so far: a reconnect makes it grow.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Messages received from the agent so far, the hellos included.
+    pub fn messages_received(&self) -> u64 {
+        self.shared.received.load(Ordering::SeqCst)
     }
 
     /// The agent's hello on the current connection.
@@ -243,6 +263,33 @@ impl AgentClient {
         frame_for: impl FnOnce(u32) -> Result<Vec<u8>, EncodeError>,
     ) -> Result<Message, ClientError> {
         self.shared.request_frame(frame_for)
+    }
+
+    pub(super) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(super) fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+
+    pub(super) fn require_capability(
+        &self,
+        cap: Capabilities,
+        name: &'static str,
+    ) -> Result<(), ClientError> {
+        self.require(cap, name)
+    }
+
+    /// Writes a message that expects no answer (id 0).
+    pub(super) fn send_unsolicited(&self, message: &Message) -> Result<(), ClientError> {
+        self.wait_connected(self.shared.config.call_timeout)?;
+        let frame = encode_message(crate::protocol::NO_REPLY, message)?;
+        let mut state = lock(&self.shared.state);
+        match state.writer.as_mut() {
+            Some(w) => Ok(w.write_all(&frame)?),
+            None => Err(ClientError::Disconnected),
+        }
     }
 
     fn require(&self, cap: Capabilities, name: &'static str) -> Result<(), ClientError> {
@@ -554,6 +601,7 @@ impl Shared {
         if hello.capabilities.contains(Capabilities::SHARED_FOLDERS) {
             self.start_shares();
         }
+        self.clipboard.reset();
         {
             let mut state = lock(&self.state);
             state.writer = Some(writer);
@@ -618,6 +666,7 @@ impl Shared {
     }
 
     fn on_payload(&self, payload: &[u8]) {
+        self.received.fetch_add(1, Ordering::SeqCst);
         let env = match decode_payload(payload) {
             Ok(env) => env,
             Err(err) => {
@@ -655,7 +704,9 @@ impl Shared {
             | Message::PowerAccepted(_)
             | Message::TimeSyncReport(_)
             | Message::FsSharesReply(_)
-            | Message::TimeReply(_)) => {
+            | Message::TimeReply(_)
+            | Message::ClipboardData(_)
+            | Message::DisplayStatus(_)) => {
                 let waiter = lock(&self.pending).remove(&id);
                 match waiter {
                     Some(tx) => {
@@ -664,24 +715,28 @@ impl Shared {
                     None => self.emit(ClientEvent::Message(m)),
                 }
             }
-            m @ Message::DisplayStatus(_) => self.emit(ClientEvent::Message(m)),
             m @ (Message::ClipboardGrab(_)
             | Message::ClipboardRequest(_)
-            | Message::ClipboardData(_)
-            | Message::ClipboardRelease(_)) => self.reply(
-                id,
-                &Message::Error(ErrorReply {
-                    code: error_code::NOT_SUPPORTED,
-                    in_reply_to_kind: m.kind(),
-                    text: "this host does not offer this feature yet".into(),
-                }),
-            ),
+            | Message::ClipboardRelease(_)) => {
+                let (reply, event) = self.clipboard.on_message(m);
+                if let Some(reply) = reply {
+                    self.reply(id, &reply);
+                }
+                if let Some(ClipboardEvent::HostDataSent { serial }) = event {
+                    self.clipboard.mark_sent(serial);
+                }
+                if let Some(event) = event {
+                    self.emit(ClientEvent::Clipboard(event));
+                }
+            }
             m @ (Message::InfoRequest
             | Message::PowerRequest(_)
             | Message::TimeSyncNow
             | Message::FsReply(_)
             | Message::FsShares(_)
-            | Message::FsInvalidate(_)) => self.reply(
+            | Message::FsInvalidate(_)
+            | Message::DisplayStatusRequest
+            | Message::DisplayResize(_)) => self.reply(
                 id,
                 &Message::Error(ErrorReply {
                     code: error_code::UNEXPECTED,

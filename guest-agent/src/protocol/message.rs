@@ -43,7 +43,7 @@ pub mod kind {
     pub const TIME_REPLY: u16 = 0x0302;
     pub const TIME_SYNC_NOW: u16 = 0x0303;
     pub const TIME_SYNC_REPORT: u16 = 0x0304;
-    // 0x04: clipboard (reserved: types only).
+    // 0x04: clipboard.
     pub const CLIPBOARD_GRAB: u16 = 0x0401;
     pub const CLIPBOARD_REQUEST: u16 = 0x0402;
     pub const CLIPBOARD_DATA: u16 = 0x0403;
@@ -54,8 +54,10 @@ pub mod kind {
     pub const FS_SHARES: u16 = 0x0503;
     pub const FS_SHARES_REPLY: u16 = 0x0504;
     pub const FS_INVALIDATE: u16 = 0x0505;
-    // 0x06: display and mouse (reserved: types only).
+    // 0x06: display and mouse.
     pub const DISPLAY_STATUS: u16 = 0x0601;
+    pub const DISPLAY_STATUS_REQUEST: u16 = 0x0602;
+    pub const DISPLAY_RESIZE: u16 = 0x0603;
 }
 
 /// Error codes carried by [`ErrorReply`]; a `u16` on the wire so a code from a newer peer
@@ -77,6 +79,8 @@ pub mod error_code {
     pub const UNEXPECTED: u16 = 7;
     /// The operation is already in progress.
     pub const BUSY: u16 = 8;
+    /// The data is over the receiver's size limit (clipboard: 64 MiB by default).
+    pub const TOO_LARGE: u16 = 9;
 }
 
 /// Per-feature capability bits advertised in [`Hello`]. Bits a peer does not know are
@@ -214,7 +218,7 @@ pub struct TimeSyncReport {
     pub guest_unix_ns: i64,
 }
 
-/// Clipboard formats (reserved for the clipboard step).
+/// Clipboard formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClipboardFormat {
     /// UTF-8 text.
@@ -251,11 +255,38 @@ pub struct ClipboardRelease {
     pub serial: u32,
 }
 
-/// What the guest's display side reports (reserved for the display/mouse step).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What the guest's display side reports: sent by the agent after the hello, and as the
+/// answer to [`Message::DisplayStatusRequest`] and [`Message::DisplayResize`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DisplayStatus {
     /// The guest drives the absolute tablet, so the host pointer needs no capture.
     pub absolute_pointer: bool,
+    /// Name of that tablet (`/proc/bus/input/devices`), when there is one.
+    pub pointer_device: Option<String>,
+    /// The guest's screen size, when it could be read.
+    pub screen: Option<ScreenSize>,
+    /// Where the screen size came from.
+    pub screen_source: ScreenSource,
+    /// A graphical session exists that takes [`Message::DisplayResize`].
+    pub can_resize: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScreenSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScreenSource {
+    /// Nothing reported a size.
+    None,
+    /// The X session (RandR, through `xrandr`).
+    X11,
+    /// A DRM connector's current mode (sysfs), no session.
+    Drm,
+    /// The fbdev console (sysfs `virtual_size`), no session.
+    Framebuffer,
 }
 
 /// Every message this version knows.
@@ -287,6 +318,11 @@ pub enum Message {
     FsSharesReply(FsSharesReply),
     FsInvalidate(FsInvalidate),
     DisplayStatus(DisplayStatus),
+    /// Host → agent: answered with a [`Message::DisplayStatus`].
+    DisplayStatusRequest,
+    /// Host → agent: set the session's screen to this size (xrandr); answered with the
+    /// new [`Message::DisplayStatus`] or an error.
+    DisplayResize(ScreenSize),
 }
 
 /// An envelope whose kind is known and whose body decoded.
@@ -366,6 +402,8 @@ impl Message {
             Self::FsSharesReply(_) => kind::FS_SHARES_REPLY,
             Self::FsInvalidate(_) => kind::FS_INVALIDATE,
             Self::DisplayStatus(_) => kind::DISPLAY_STATUS,
+            Self::DisplayStatusRequest => kind::DISPLAY_STATUS_REQUEST,
+            Self::DisplayResize(_) => kind::DISPLAY_RESIZE,
         }
     }
 
@@ -379,7 +417,10 @@ impl Message {
             Self::Hello(m) => enc(m, out),
             Self::Error(m) => enc(m, out),
             Self::Ping(m) | Self::Pong(m) => enc(m, out),
-            Self::InfoRequest | Self::TimeQuery | Self::TimeSyncNow => Ok(out),
+            Self::InfoRequest
+            | Self::TimeQuery
+            | Self::TimeSyncNow
+            | Self::DisplayStatusRequest => Ok(out),
             Self::InfoReply(m) => enc(m, out),
             Self::PowerRequest(m) | Self::PowerAccepted(m) => enc(m, out),
             Self::TimeReply(m) => enc(m, out),
@@ -394,6 +435,7 @@ impl Message {
             Self::FsSharesReply(m) => enc(m, out),
             Self::FsInvalidate(m) => enc(m, out),
             Self::DisplayStatus(m) => enc(m, out),
+            Self::DisplayResize(m) => enc(m, out),
         }
     }
 
@@ -430,6 +472,11 @@ impl Message {
             kind::FS_SHARES_REPLY => Self::FsSharesReply(body_of(body)?),
             kind::FS_INVALIDATE => Self::FsInvalidate(body_of(body)?),
             kind::DISPLAY_STATUS => Self::DisplayStatus(body_of(body)?),
+            kind::DISPLAY_STATUS_REQUEST => {
+                body_of::<()>(body)?;
+                Self::DisplayStatusRequest
+            }
+            kind::DISPLAY_RESIZE => Self::DisplayResize(body_of(body)?),
             _ => return Ok(None),
         }))
     }
@@ -591,6 +638,18 @@ mod tests {
             }),
             Message::DisplayStatus(DisplayStatus {
                 absolute_pointer: true,
+                pointer_device: Some("Vireo Virtio Tablet".into()),
+                screen: Some(ScreenSize {
+                    width: 1280,
+                    height: 800,
+                }),
+                screen_source: ScreenSource::X11,
+                can_resize: true,
+            }),
+            Message::DisplayStatusRequest,
+            Message::DisplayResize(ScreenSize {
+                width: 1024,
+                height: 768,
             }),
         ]
     }

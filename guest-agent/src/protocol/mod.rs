@@ -10,10 +10,12 @@
 //! [`Message::Error`]; only a frame over the size limit ends the connection, because the
 //! stream cannot be resynchronised after it.
 
+pub mod clipboard;
 pub mod frame;
 pub mod fs;
 pub mod message;
 
+pub use clipboard::{ClipboardContent, DEFAULT_CLIPBOARD_LIMIT};
 pub use frame::{encode_frame, FrameDecoder, FrameError, MAX_FRAME_PAYLOAD};
 pub use message::*;
 

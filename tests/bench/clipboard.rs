@@ -1,0 +1,274 @@
+//! Clipboard benchmark over the Unix transport, on this host: the real `vireo-agent` on a
+//! private Xvfb, driven by the real host client. Each row is a latency, p50 and p99 in
+//! ms, from the first call to the content being readable on the other side:
+//!
+//! - host set → readable in the guest session: `clipboard_set` until another X client
+//!   (arboard, in this process) pastes the new content from the agent;
+//! - guest copy → host has it: another X client copies, until `clipboard_get` returns it
+//!   (XFixes event, the agent's read, grab, request, data);
+//! - the same host set with no session (`--clipboard memory`), read through the agent's
+//!   local socket: the agent and protocol without X;
+//! - baseline in the same run: a protocol ping's round trip on the same connection.
+//!
+//! Goal (issue 6): host set → guest readable ≤ 50 ms p99.
+//!
+//! `cargo bench -p vireo-e2e --bench clipboard` (VIREO_BENCH_ROUNDS=N, default 200 for
+//! small content, a tenth of that for 1 MiB and images).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use arboard::{Clipboard, ImageData};
+use vireo_e2e::repo_root;
+use vireo_e2e::xvfb::Xvfb;
+use vireo_guest_agent::agent::clipboard::local;
+use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+use vireo_guest_agent::protocol::{ClipboardContent, ClipboardFormat};
+
+const GOAL_P99_MS: f64 = 50.0;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn agent_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "-p", "vireo-guest-agent"])
+            .args(["--bin", "vireo-agent"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building vireo-agent failed");
+        repo_root().join("target/release/vireo-agent")
+    })
+    .clone()
+}
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Agent {
+    fn start(name: &str, display: Option<&str>) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vireo-clip-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(agent_binary());
+        cmd.arg("run")
+            .arg(format!("--transport=unix:{}", dir.join("a.sock").display()))
+            .arg("--clipboard-socket")
+            .arg(dir.join("c.sock"))
+            .arg("--fake-clock-offset-ms=0")
+            .env_remove("WAYLAND_DISPLAY")
+            .stderr(Stdio::null());
+        match display {
+            Some(d) => cmd.arg("--clipboard=x11").env("DISPLAY", d),
+            None => cmd.arg("--clipboard=memory").env_remove("DISPLAY"),
+        };
+        let child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        while !dir.join("a.sock").exists() {
+            assert!(start.elapsed() < TIMEOUT, "the agent did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self { child, dir }
+    }
+
+    fn client(&self) -> AgentClient {
+        AgentClient::connect(
+            Endpoint::Unix(self.dir.join("a.sock")),
+            ClientConfig::default(),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `ready` until it holds; the time that took.
+fn until(start: Instant, mut ready: impl FnMut() -> bool) -> Duration {
+    while !ready() {
+        assert!(start.elapsed() < TIMEOUT, "not readable within {TIMEOUT:?}");
+    }
+    start.elapsed()
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[i].as_secs_f64() * 1e3
+    };
+    (at(0.50), at(0.99))
+}
+
+fn image(side: usize, seed: u8) -> ImageData<'static> {
+    let bytes: Vec<u8> = (0..side * side * 4)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 0x03)
+        .collect();
+    ImageData {
+        width: side,
+        height: side,
+        bytes: bytes.into(),
+    }
+}
+
+fn png_of(image: &ImageData<'_>) -> Vec<u8> {
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, image.width as u32, image.height as u32);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(&image.bytes).unwrap();
+    writer.finish().unwrap();
+    png
+}
+
+fn host_set_text(
+    client: &AgentClient,
+    x: &mut Clipboard,
+    rounds: usize,
+    size: usize,
+) -> Vec<Duration> {
+    (0..rounds)
+        .map(|i| {
+            let mut text = format!("vireo {i} ");
+            text.extend(std::iter::repeat_n('x', size.saturating_sub(text.len())));
+            let start = Instant::now();
+            client
+                .clipboard_set(ClipboardContent::text(text.clone()))
+                .unwrap();
+            until(start, || x.get_text().is_ok_and(|t| t == text))
+        })
+        .collect()
+}
+
+fn host_set_png(client: &AgentClient, x: &mut Clipboard, rounds: usize) -> Vec<Duration> {
+    (0..rounds)
+        .map(|i| {
+            let image = image(256, i as u8);
+            let png = png_of(&image);
+            let start = Instant::now();
+            client.clipboard_set(ClipboardContent::png(png)).unwrap();
+            until(start, || {
+                x.get_image().is_ok_and(|got| got.bytes == image.bytes)
+            })
+        })
+        .collect()
+}
+
+fn guest_copy_text(client: &AgentClient, x: &mut Clipboard, rounds: usize) -> Vec<Duration> {
+    (0..rounds)
+        .map(|i| {
+            let text = format!("from the guest session {i}");
+            let start = Instant::now();
+            x.set_text(text.clone()).unwrap();
+            until(start, || {
+                client.guest_clipboard().is_some_and(|_| {
+                    client.clipboard_get(ClipboardFormat::Text).ok()
+                        == Some(text.clone().into_bytes())
+                })
+            })
+        })
+        .collect()
+}
+
+fn memory_host_set(client: &AgentClient, socket: &std::path::Path, rounds: usize) -> Vec<Duration> {
+    (0..rounds)
+        .map(|i| {
+            let text = format!("memory {i}");
+            let start = Instant::now();
+            client
+                .clipboard_set(ClipboardContent::text(text.clone()))
+                .unwrap();
+            until(start, || {
+                local::get(socket, ClipboardFormat::Text).is_ok_and(|t| t == text.as_bytes())
+            })
+        })
+        .collect()
+}
+
+fn main() {
+    let rounds: usize = std::env::var("VIREO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let few = (rounds / 10).max(5);
+    let xvfb = Xvfb::start(1280, 800);
+    // This process is the other X client; arboard reads DISPLAY when it connects.
+    // Set before any thread of ours starts, so nothing reads the environment meanwhile.
+    std::env::set_var("DISPLAY", &xvfb.display);
+    let agent = Agent::start("x11", Some(&xvfb.display));
+    let client = agent.client();
+    let mut x = Clipboard::new().expect("arboard on the private Xvfb");
+
+    let ping: Vec<Duration> = (0..rounds).map(|_| client.ping().unwrap()).collect();
+    let mut rows = vec![
+        (
+            "ping round trip (baseline)",
+            rounds,
+            percentiles(ping),
+            false,
+        ),
+        (
+            "host set → X readable, 16 B",
+            rounds,
+            percentiles(host_set_text(&client, &mut x, rounds, 16)),
+            true,
+        ),
+        (
+            "host set → X readable, 1 MiB",
+            few,
+            percentiles(host_set_text(&client, &mut x, few, 1 << 20)),
+            true,
+        ),
+        (
+            "host set → X readable, PNG 256²",
+            few,
+            percentiles(host_set_png(&client, &mut x, few)),
+            true,
+        ),
+        (
+            "X copy → host has it, text",
+            rounds,
+            percentiles(guest_copy_text(&client, &mut x, rounds)),
+            false,
+        ),
+    ];
+    drop(client);
+    drop(agent);
+
+    let memory = Agent::start("memory", None);
+    let client = memory.client();
+    let socket = memory.dir.join("c.sock");
+    rows.push((
+        "host set → readable, no session",
+        rounds,
+        percentiles(memory_host_set(&client, &socket, rounds)),
+        true,
+    ));
+
+    println!();
+    println!("clipboard over the Unix transport (vireo-agent on a private Xvfb), ms");
+    println!(
+        "{:<34} {:>6} {:>9} {:>9} {:>14}",
+        "", "rounds", "p50", "p99", "goal p99≤50"
+    );
+    for (name, n, (p50, p99), goal) in rows {
+        let verdict = match (goal, p99 <= GOAL_P99_MS) {
+            (false, _) => "",
+            (true, true) => "met",
+            (true, false) => "MISSED",
+        };
+        println!("{name:<34} {n:>6} {p50:>9.2} {p99:>9.2} {verdict:>14}");
+    }
+}
