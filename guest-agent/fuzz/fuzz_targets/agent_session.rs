@@ -24,7 +24,7 @@ use vireo_guest_agent::protocol::{
 };
 
 /// Every kind the protocol knows, and one it does not.
-const KINDS: [u16; 22] = [
+const KINDS: [u16; 25] = [
     kind::HELLO,
     kind::ERROR,
     kind::PING,
@@ -43,6 +43,9 @@ const KINDS: [u16; 22] = [
     kind::CLIPBOARD_RELEASE,
     kind::FS_REQUEST,
     kind::FS_REPLY,
+    kind::FS_SHARES,
+    kind::FS_SHARES_REPLY,
+    kind::FS_INVALIDATE,
     kind::DISPLAY_STATUS,
     kind::DISPLAY_STATUS_REQUEST,
     kind::DISPLAY_RESIZE,
@@ -55,6 +58,8 @@ fn services() -> &'static AgentServices {
         clock: Arc::new(SimulatedClock::default()),
         power: Arc::new(RecordingPower::default()),
         time_sync: TimeSyncConfig::default(),
+        // No FUSE mounts: shared-folder messages take the not-offered paths.
+        shares: None,
         // No X session: the agent's own clipboard; small, so the limit is reached.
         clipboard: Arc::new(GuestClipboard::start(ClipboardMode::Memory, 64).unwrap()),
         // No session to resize: xrandr is never run.
