@@ -55,22 +55,6 @@ impl Drop for Env {
     }
 }
 
-fn find_window(x: &Xvfb, name: &str, deadline: Duration) -> String {
-    let end = Instant::now() + deadline;
-    loop {
-        let out = x
-            .command("xdotool")
-            .args(["search", "--onlyvisible", "--name", name])
-            .output()
-            .expect("xdotool runs (installers/setup-host.sh installs it)");
-        if let Some(id) = String::from_utf8_lossy(&out.stdout).lines().next() {
-            return id.trim().to_owned();
-        }
-        assert!(Instant::now() < end, "no window named {name:?} appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Starts the app and waits for its library window. Often the very first client of a
 /// just-started private Xvfb fails to connect ("Failed to open connection to X
 /// server"; seen in about half the runs here, the next start always connects): such a
@@ -222,7 +206,7 @@ fn wizard_to_a_running_self_test_screen() {
     );
     std::thread::sleep(Duration::from_millis(300));
     xdotool(&x, &["key", "--window", &library, "Return"]);
-    let window = find_window(&x, "^Self test ", Duration::from_secs(60));
+    let window = x.find_window("^Self test ", Duration::from_secs(60));
     let to_window = started.elapsed();
 
     let log = env.dir.0.join("data/vireo/vms/self-test/logs/console.log");

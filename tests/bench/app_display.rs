@@ -9,12 +9,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use vireo_e2e::engine::{s, vmm_binary, LiveGuest, ProbeLine};
 use vireo_e2e::probe_guest::probe_guest_elf;
-use vireo_e2e::repo_root;
 use vireo_e2e::temp::TempDir;
 use vireo_e2e::xvfb::Xvfb;
 
@@ -27,27 +25,8 @@ fn secs() -> u64 {
         .unwrap_or(5)
 }
 
-/// Builds `vireo` (release, as benches run) and returns its path.
 fn vireo_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "vireo-app",
-                "--bin",
-                "vireo",
-            ])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building vireo failed");
-        repo_root().join("target/release/vireo")
-    })
-    .clone()
+    vireo_e2e::release_binary("vireo-app", "vireo")
 }
 
 /// CPU seconds (user + system, all threads) of process `pid` so far.

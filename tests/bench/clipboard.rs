@@ -21,13 +21,11 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use arboard::{Clipboard, ImageData};
 use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
 use vireo_e2e::probe_guest::probe_guest_elf;
-use vireo_e2e::repo_root;
 use vireo_e2e::xvfb::Xvfb;
 use vireo_guest_agent::agent::clipboard::local;
 use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
@@ -37,18 +35,7 @@ const GOAL_P99_MS: f64 = 50.0;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn agent_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--release", "-p", "vireo-guest-agent"])
-            .args(["--bin", "vireo-agent"])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building vireo-agent failed");
-        repo_root().join("target/release/vireo-agent")
-    })
-    .clone()
+    vireo_e2e::release_binary("vireo-guest-agent", "vireo-agent")
 }
 
 struct Agent {

@@ -20,10 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use vireo_e2e::repo_root;
 
 const CHUNK: usize = 1 << 20;
 const FILES: usize = 10_000;
@@ -36,24 +33,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn agent_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "vireo-guest-agent",
-                "--bins",
-            ])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building vireo-agent failed");
-        repo_root().join("target/release/vireo-agent")
-    })
-    .clone()
+    vireo_e2e::release_binary("vireo-guest-agent", "vireo-agent")
 }
 
 /// The agent and the host side, killed on drop (the agent unmounts on SIGTERM).

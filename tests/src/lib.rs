@@ -21,3 +21,21 @@ pub fn repo_root() -> PathBuf {
         .canonicalize()
         .expect("the workspace root exists")
 }
+
+/// Builds binary `bin` of workspace package `package` (release, as benchmarks run) once
+/// per process and returns its path.
+pub fn release_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let path = repo_root().join("target/release").join(bin);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == bin) {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--release", "-p", package, "--bin", bin])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building {bin} failed");
+        built.push(bin.to_owned());
+    }
+    path
+}

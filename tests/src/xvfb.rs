@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct Xvfb {
     child: Child,
@@ -46,6 +47,23 @@ impl Xvfb {
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("XAUTHORITY");
         cmd
+    }
+
+    /// The X window whose title matches `name` (xdotool's regex), once it is mapped.
+    pub fn find_window(&self, name: &str, deadline: Duration) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let out = self
+                .command("xdotool")
+                .args(["search", "--onlyvisible", "--name", name])
+                .output()
+                .expect("xdotool runs (installers/setup-host.sh installs it)");
+            if let Some(id) = String::from_utf8_lossy(&out.stdout).lines().next() {
+                return id.trim().to_owned();
+            }
+            assert!(Instant::now() < end, "no window named {name:?} appeared");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

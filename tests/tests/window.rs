@@ -47,23 +47,6 @@ fn rgb_pixels(path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
     (info.width, info.height, pixels)
 }
 
-/// The X window whose title contains `name`, once it is mapped.
-fn find_window(x: &Xvfb, name: &str, deadline: Duration) -> String {
-    let end = Instant::now() + deadline;
-    loop {
-        let out = x
-            .command("xdotool")
-            .args(["search", "--onlyvisible", "--name", name])
-            .output()
-            .expect("xdotool runs (installers/setup-host.sh installs it)");
-        if let Some(id) = String::from_utf8_lossy(&out.stdout).lines().next() {
-            return id.trim().to_owned();
-        }
-        assert!(Instant::now() < end, "no window named {name:?} appeared");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_window_shows_the_guests_screen_and_types_into_it() {
     const TEST: &str = "window::the_window_shows_the_guests_screen_and_types_into_it";
@@ -96,7 +79,7 @@ fn the_window_shows_the_guests_screen_and_types_into_it() {
             .is_some(),
         "the probe drew its screen"
     );
-    let window = find_window(&x, "Vireo", Duration::from_secs(30));
+    let window = x.find_window("Vireo", Duration::from_secs(30));
 
     // The engine's own screenshot is the reference.
     let reference = dir.join("engine.png");
@@ -162,7 +145,7 @@ fn keys_typed_into_the_window_reach_the_guest() {
             .is_some(),
         "the probe found the keyboard and the tablet"
     );
-    let window = find_window(&x, "Vireo", Duration::from_secs(30));
+    let window = x.find_window("Vireo", Duration::from_secs(30));
     // No window manager under Xvfb: give the window the focus ourselves.
     let focus = x
         .command("xdotool")
@@ -224,7 +207,7 @@ fn closing_the_window_powers_the_vm_off() {
     assert!(guest
         .wait_for("VIREO-PROBE IDLE", Duration::from_secs(60))
         .is_some());
-    let window = find_window(&x, "Vireo", Duration::from_secs(30));
+    let window = x.find_window("Vireo", Duration::from_secs(30));
     let closed = x
         .command("xdotool")
         .args(["windowclose", &window])
