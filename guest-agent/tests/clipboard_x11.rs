@@ -255,6 +255,26 @@ fn unicode_text_both_ways() {
 }
 
 #[test]
+fn latin1_string_from_an_old_program_arrives_as_utf8() {
+    let Some(s) = Session::start("latin1_string_from_an_old_program_arrives_as_utf8") else {
+        return;
+    };
+    let client = s.client();
+    // Only the ICCCM's STRING target (ISO 8859-1), as old X programs offer.
+    s.copy("STRING", b"caf\xe9 cr\xe8me");
+    assert_eq!(
+        next_guest_grab(&client, Duration::from_secs(10)),
+        Some(vec![ClipboardFormat::Text]),
+        "{}",
+        s.log()
+    );
+    assert_eq!(
+        client.clipboard_get(ClipboardFormat::Text).unwrap(),
+        "café crème".as_bytes()
+    );
+}
+
+#[test]
 fn png_image_both_ways() {
     let Some(s) = Session::start("png_image_both_ways") else {
         return;

@@ -11,6 +11,7 @@
 pub mod local;
 pub mod sync;
 pub mod x11;
+pub mod x11_selection;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -84,14 +85,18 @@ pub enum ClipboardMode {
     Memory,
 }
 
+/// What a session clipboard holds, format by format.
+pub type Entries = Vec<(ClipboardFormat, Payload)>;
+
 /// A graphical session's clipboard as the worker uses it.
 pub trait SessionClipboard {
-    /// Everything the clipboard offers in the formats we know (empty when nobody owns it).
-    fn read(&mut self) -> Result<ClipboardContent, String>;
+    /// Everything the clipboard offers in the formats we know (empty when nobody owns
+    /// it); a format over `limit` bytes only by its size.
+    fn read(&mut self, limit: usize) -> Result<Entries, String>;
     /// Takes ownership with `content`, and keeps serving it until the next write.
     /// Returns the content as [`read`](Self::read) now reports it (a PNG comes back
     /// re-encoded), so that our own write is recognised when XFixes reports it.
-    fn write(&mut self, content: &ClipboardContent) -> Result<ClipboardContent, String>;
+    fn write(&mut self, content: &ClipboardContent, limit: usize) -> Result<Entries, String>;
     fn clear(&mut self) -> Result<(), String>;
 }
 
@@ -242,11 +247,12 @@ impl Worker {
     }
 
     fn write(&mut self, content: &ClipboardContent, origin: Origin) -> Result<(), String> {
+        let limit = self.shared.limit;
         let held = match self.session.as_mut() {
-            Some(session) => session.write(content)?,
-            None => content.clone(),
+            Some(session) => session.write(content, limit)?,
+            None => self.entries_of(content.clone()),
         };
-        self.publish(held, origin);
+        self.publish_entries(held, origin);
         Ok(())
     }
 
@@ -259,20 +265,21 @@ impl Worker {
                 log(format_args!("clipboard: cannot clear: {why}"));
             }
         }
-        self.publish(ClipboardContent::default(), Origin::Host);
+        self.publish_entries(Vec::new(), Origin::Host);
     }
 
     /// Reads what another program put on the session clipboard. Our own writes come back
     /// here too (XFixes reports every owner change): equal content is not news.
     fn session_changed(&mut self) {
+        let limit = self.shared.limit;
         let Some(session) = self.session.as_mut() else {
             return;
         };
-        // A big transfer from a slow owner can outlast arboard's timeouts on a loaded
-        // guest: try again before giving this copy up.
+        // An owner that was busy (or gone) can fail a read: try again before giving
+        // this copy up.
         let mut tries = 0;
-        let content = loop {
-            match session.read() {
+        let entries = loop {
+            match session.read(limit) {
                 Ok(content) => break content,
                 Err(why) if tries < 2 => {
                     log(format_args!(
@@ -288,14 +295,13 @@ impl Worker {
                 }
             }
         };
-        let entries = self.entries_of(content);
         if *lock(&self.shared.current).entries == entries {
             return;
         }
         self.publish_entries(entries, Origin::Guest);
     }
 
-    fn entries_of(&self, content: ClipboardContent) -> Vec<(ClipboardFormat, Payload)> {
+    fn entries_of(&self, content: ClipboardContent) -> Entries {
         content
             .entries
             .into_iter()
@@ -310,12 +316,7 @@ impl Worker {
             .collect()
     }
 
-    fn publish(&mut self, content: ClipboardContent, origin: Origin) {
-        let entries = self.entries_of(content);
-        self.publish_entries(entries, origin);
-    }
-
-    fn publish_entries(&mut self, entries: Vec<(ClipboardFormat, Payload)>, origin: Origin) {
+    fn publish_entries(&mut self, entries: Entries, origin: Origin) {
         {
             let mut current = lock(&self.shared.current);
             current.generation += 1;

@@ -1,12 +1,12 @@
-//! The X session's CLIPBOARD selection: arboard reads and writes it (and keeps serving
-//! what it wrote for as long as the agent lives: X11 content lives in its owner), XFixes
-//! tells when another program takes it. Wayland sessions are reached through Xwayland,
+//! The X session's CLIPBOARD selection: arboard writes it (and keeps serving what it
+//! wrote for as long as the agent lives: X11 content lives in its owner),
+//! [`SelectionReader`] reads it, XFixes tells when another program takes it. Wayland sessions are reached through Xwayland,
 //! whose `DISPLAY` the compositor bridges to the Wayland clipboard.
 
 use std::io::Cursor;
 
 use arboard::{Clipboard, ImageData};
-use image::{ImageFormat, ImageReader, Limits, RgbaImage};
+use image::{ImageFormat, ImageReader, Limits};
 use x11rb::connection::Connection;
 use x11rb::protocol::xfixes::{ConnectionExt as _, SelectionEventMask};
 use x11rb::protocol::xproto::{ConnectionExt as _, CreateWindowAux, WindowClass};
@@ -14,7 +14,8 @@ use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 use x11rb::COPY_DEPTH_FROM_PARENT;
 
-use super::SessionClipboard;
+use super::x11_selection::SelectionReader;
+use super::{Entries, SessionClipboard};
 use crate::agent::log;
 use crate::protocol::{ClipboardContent, ClipboardFormat};
 
@@ -24,6 +25,7 @@ const MAX_DECODED_IMAGE: u64 = 512 * 1024 * 1024;
 
 pub struct X11Clipboard {
     clipboard: Clipboard,
+    reader: SelectionReader,
 }
 
 impl X11Clipboard {
@@ -33,13 +35,13 @@ impl X11Clipboard {
             return Err("DISPLAY is not set".into());
         }
         // arboard would also try Wayland, and on failure takes ~0.25 s: X answers first.
-        RustConnection::connect(None).map_err(|e| format!("cannot reach the X server: {e}"))?;
+        let reader = SelectionReader::connect()?;
         // arboard's connection, on a loaded machine, sometimes fails where ours just
         // succeeded: a few tries before giving the session up.
         let mut tries = 0;
         loop {
             match Clipboard::new() {
-                Ok(clipboard) => return Ok(Self { clipboard }),
+                Ok(clipboard) => return Ok(Self { clipboard, reader }),
                 Err(e) if tries >= 4 => return Err(format!("arboard: {e}")),
                 Err(e) => {
                     log(format_args!("clipboard: arboard: {e}; trying again"));
@@ -110,45 +112,16 @@ fn select_owner_events(
     Ok(())
 }
 
-/// arboard's "nothing in this format" outcomes, as opposed to failures.
-fn absent(err: &arboard::Error) -> bool {
-    matches!(
-        err,
-        arboard::Error::ContentNotAvailable | arboard::Error::ConversionFailure
-    )
-}
-
 impl SessionClipboard for X11Clipboard {
-    fn read(&mut self) -> Result<ClipboardContent, String> {
-        // arboard cannot list the owner's targets, so each format is asked for; a
-        // format the owner refuses comes back as an error of arboard's own kinds
-        // ("incorrect type received" for an image asked of a text owner): absent.
-        let mut content = ClipboardContent::default();
-        let text = self.clipboard.get_text();
-        if let Ok(text) = &text {
-            content
-                .entries
-                .push((ClipboardFormat::Text, text.clone().into_bytes()));
-        }
-        let image = self.clipboard.get_image();
-        if let Ok(image) = &image {
-            content
-                .entries
-                .push((ClipboardFormat::Png, encode_png(image)?));
-        }
-        match (text, image) {
-            (Err(text), Err(image)) if !absent(&text) && !absent(&image) => {
-                Err(format!("text: {text}; image: {image}"))
-            }
-            _ => Ok(content),
-        }
+    fn read(&mut self, limit: usize) -> Result<Entries, String> {
+        self.reader.read(limit)
     }
 
-    fn write(&mut self, content: &ClipboardContent) -> Result<ClipboardContent, String> {
+    fn write(&mut self, content: &ClipboardContent, limit: usize) -> Result<Entries, String> {
         // arboard owns one format at a time: the owner's first is its preferred.
         let Some((format, data)) = content.entries.first() else {
             self.clear()?;
-            return Ok(ClipboardContent::default());
+            return Ok(Vec::new());
         };
         match format {
             ClipboardFormat::Text => {
@@ -165,9 +138,9 @@ impl SessionClipboard for X11Clipboard {
                     .map_err(|e| format!("arboard: {e}"))?;
             }
         }
-        // arboard answers from its own copy while it owns the selection: no round trip
-        // through another client, and the form XFixes' next report will be read in.
-        self.read()
+        // Read back through the X server, exactly as XFixes' coming report of this very
+        // write will be read: equal content is then known to be ours.
+        self.read(limit)
     }
 
     fn clear(&mut self) -> Result<(), String> {
@@ -193,21 +166,22 @@ pub fn decode_png(png: &[u8]) -> Result<ImageData<'static>, String> {
     })
 }
 
-/// arboard's RGBA pixels to PNG bytes.
-pub fn encode_png(image: &ImageData<'_>) -> Result<Vec<u8>, String> {
-    let width = u32::try_from(image.width).map_err(|_| "image too wide")?;
-    let height = u32::try_from(image.height).map_err(|_| "image too tall")?;
-    let rgba = RgbaImage::from_raw(width, height, image.bytes.to_vec())
-        .ok_or("image size does not match its pixels")?;
-    let mut png = Vec::new();
-    rgba.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
-        .map_err(|e| format!("cannot encode PNG: {e}"))?;
-    Ok(png)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::RgbaImage;
+
+    /// arboard's RGBA pixels to PNG bytes.
+    fn encode_png(image: &ImageData<'_>) -> Result<Vec<u8>, String> {
+        let width = u32::try_from(image.width).map_err(|_| "image too wide")?;
+        let height = u32::try_from(image.height).map_err(|_| "image too tall")?;
+        let rgba = RgbaImage::from_raw(width, height, image.bytes.to_vec())
+            .ok_or("image size does not match its pixels")?;
+        let mut png = Vec::new();
+        rgba.write_to(&mut Cursor::new(&mut png), ImageFormat::Png)
+            .map_err(|e| format!("cannot encode PNG: {e}"))?;
+        Ok(png)
+    }
 
     #[test]
     fn png_round_trips_through_rgba() {
