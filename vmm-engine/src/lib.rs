@@ -9,6 +9,7 @@ pub mod control;
 pub mod devices;
 pub mod doctor;
 pub mod exit;
+pub mod pause;
 pub mod pci;
 pub mod vcpu;
 pub mod vm;

@@ -14,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::PioBus;
 use crate::exit::{ExitReason, ExitSender};
+use crate::pause::Pauser;
 use crate::pci::PciMmio;
 
 /// The real-time signal that kicks a vCPU thread out of `KVM_RUN`.
@@ -42,6 +43,7 @@ pub struct VcpuContext {
     pub mmio: PciMmio,
     pub exit: ExitSender,
     pub stop: Arc<AtomicBool>,
+    pub pauser: Arc<Pauser>,
 }
 
 /// Runs `vcpu` on a new thread named `vcpu<index>`.
@@ -79,11 +81,16 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
         armed: true,
     };
     run_loop(index, &mut vcpu, &ctx);
+    ctx.pauser.vcpu_ended();
     guard.armed = false;
 }
 
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     while !ctx.stop.load(Ordering::Acquire) {
+        ctx.pauser.park_if_paused();
+        if ctx.stop.load(Ordering::Acquire) {
+            break;
+        }
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, ctx),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Continue,

@@ -2,6 +2,7 @@
 //! ACPI tables, the kernel, the legacy devices, one thread per vCPU; then wait for the
 //! first `ExitReason` and tear everything down, leaving no thread or fd behind.
 
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +32,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::PioBus;
 use crate::doctor::{self, KvmOpenError};
 use crate::exit::{ExitReason, ExitSender};
+use crate::pause::Pauser;
 use crate::pci::irq::GsiRouter;
 use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::pci::virtio_pci::VirtioPciDevice;
@@ -153,10 +155,16 @@ fn boot_once(
         Arc::new(Mutex::new(PciConfigPorts::new(pci.0.clone()))),
     );
     let pio = Arc::new(pio);
+    let pauser = Arc::new(Pauser::default());
     let _control = match &config.control_socket {
         Some(path) => Some(ControlServer::start(
             path,
-            Arc::new(VmControl::new(config, exit_tx.clone(), handles)),
+            Arc::new(VmControl::new(
+                config,
+                exit_tx.clone(),
+                handles,
+                (Arc::clone(&vm), Arc::clone(&pauser)),
+            )),
         )?),
         None => None,
     };
@@ -165,7 +173,8 @@ fn boot_once(
     let stop = Arc::new(AtomicBool::new(false));
     let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
     tracing::debug!("vCPUs created");
-    let threads = spawn_vcpus(fds, &pio, &pci, &exit_tx, &stop)?;
+    let threads = spawn_vcpus(fds, &pio, &pci, &exit_tx, (&stop, &pauser))?;
+    pauser.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
     tracing::debug!("vCPUs started");
     let input = console::spawn_input(&console.input, serial, exit_tx.clone());
     drop(exit_tx);
@@ -175,6 +184,7 @@ fn boot_once(
         .recv()
         .unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
     tracing::debug!("stopping: {reason}");
+    pauser.close();
     vcpu::stop_all(threads, &stop);
     tracing::debug!("vCPUs stopped");
     if let Some(input) = input {
@@ -360,7 +370,7 @@ fn spawn_vcpus(
     pio: &Arc<PioBus>,
     mmio: &PciMmio,
     exit: &ExitSender,
-    stop: &Arc<AtomicBool>,
+    (stop, pauser): (&Arc<AtomicBool>, &Arc<Pauser>),
 ) -> Result<Vec<JoinHandle<()>>, Error> {
     let mut threads = Vec::with_capacity(fds.len());
     for (index, fd) in fds.into_iter().enumerate() {
@@ -369,6 +379,7 @@ fn spawn_vcpus(
             mmio: mmio.clone(),
             exit: exit.clone(),
             stop: stop.clone(),
+            pauser: pauser.clone(),
         };
         match vcpu::spawn(index as u8, fd, ctx) {
             Ok(t) => threads.push(t),
@@ -411,14 +422,23 @@ struct VmControl {
     input: Option<(InputHandle, InputHandle)>,
     display: Option<DisplayConfig>,
     gpu: Option<GpuHandle>,
+    vm: Arc<VmFd>,
+    pauser: Arc<Pauser>,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
 const BALLOON_STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl VmControl {
-    fn new(config: &VmConfig, exit: ExitSender, handles: DeviceHandles) -> Self {
+    fn new(
+        config: &VmConfig,
+        exit: ExitSender,
+        handles: DeviceHandles,
+        (vm, pauser): (Arc<VmFd>, Arc<Pauser>),
+    ) -> Self {
         Self {
+            vm,
+            pauser,
             vcpus: config.vcpus,
             memory: config.memory,
             exit,
@@ -551,11 +571,26 @@ impl VmControl {
     }
 }
 
+/// `ok`, or the error's message.
+fn done(result: Result<(), impl std::fmt::Display>) -> Response {
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+    }
+}
+
 impl control::Handler for VmControl {
     fn handle(&self, request: Request) -> Response {
         match request {
             Request::Status {} => Response::Status {
-                state: "running".into(),
+                state: if self.pauser.is_paused() {
+                    "paused"
+                } else {
+                    "running"
+                }
+                .into(),
                 vcpus: self.vcpus,
                 memory_mib: self.memory >> 20,
             },
@@ -563,6 +598,8 @@ impl control::Handler for VmControl {
                 self.exit.send(ExitReason::Stopped);
                 Response::Ok
             }
+            Request::Pause {} => done(self.pauser.pause(&self.vm)),
+            Request::Resume {} => done(self.pauser.resume(&self.vm)),
             Request::BalloonSet { target_mib } => {
                 if target_mib > self.memory >> 20 {
                     return Response::Error {

@@ -124,6 +124,19 @@ impl VmState {
     pub fn is_running(&self) -> bool {
         matches!(self, VmState::Running { .. })
     }
+
+    pub fn is_paused(&self) -> bool {
+        self.word() == "paused"
+    }
+
+    /// The one of pause and resume that applies now.
+    pub fn pause_or_resume(&self) -> Action {
+        if self.is_paused() {
+            Action::Resume
+        } else {
+            Action::Pause
+        }
+    }
 }
 
 /// Starts, watches and stops engines. One per app (or CLI command).

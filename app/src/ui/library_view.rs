@@ -90,7 +90,7 @@ impl LibraryView {
                 if ui.button("Open display").clicked() {
                     commands.push(LibraryCommand::OpenDisplay(id.clone()));
                 }
-                for action in [Action::Pause, Action::Save, Action::Shutdown] {
+                for action in [row.state.pause_or_resume(), Action::Save, Action::Shutdown] {
                     action_button(ui, id, action, commands);
                 }
                 action_button(ui, id, Action::PowerOff, commands);

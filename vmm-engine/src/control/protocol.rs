@@ -40,6 +40,11 @@ pub enum Request {
     BalloonStats {},
     /// Ends the VM at once, as pulling the plug (no guest shutdown).
     PowerOff {},
+    /// Stops the guest where it is (every vCPU out of the guest, its clock held); the
+    /// answer comes once it has stopped.
+    Pause {},
+    /// Lets a paused guest run on.
+    Resume {},
     /// A key goes down or up on the keyboard (`code`: a Linux evdev key code, e.g. 30
     /// for A). Needs a display.
     InputKey { code: u16, pressed: bool },

@@ -1,0 +1,106 @@
+//! Pause and resume through the control socket, with the probe guest serving the agent
+//! protocol over virtio-vsock: while paused the guest answers nothing (its vCPUs are out
+//! of the guest), after resume it answers again, and a paused VM still powers off.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
+use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::report;
+use vireo_e2e::temp::TempDir;
+use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
+use vireo_vmm::control::client::Control;
+use vireo_vmm::control::protocol::{Request, Response};
+
+const BOOT: Duration = Duration::from_secs(60);
+
+fn state(control: &mut Control) -> String {
+    match control.ask(&Request::Status {}).unwrap() {
+        Response::Status { state, .. } => state,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn error_of(response: Response) -> String {
+    match response {
+        Response::Error { message } => message,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
+    if !report::require_kvm("pause_resume::a_paused_guest_runs_nothing_and_resumes_where_it_was") {
+        return;
+    }
+    let dir = TempDir::new("pause");
+    let vsock = dir.0.join("v.sock");
+    let control_path = dir.0.join("control.sock");
+    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&probe_guest_elf()),
+        "--cpus",
+        "2",
+        "--memory",
+        "256M",
+        "--vsock",
+        &format!("cid=3,socket={}", vsock.display()),
+        "--control-socket",
+        s(&control_path),
+        "--cmdline",
+        "probe.run=agent",
+    ]));
+    assert!(
+        guest.wait_for("agent_ready", BOOT).is_some(),
+        "{:#?}",
+        guest.seen
+    );
+    let config = ClientConfig {
+        call_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(20),
+        ..ClientConfig::default()
+    };
+    let endpoint = Endpoint::HybridVsock {
+        path: vsock,
+        port: AGENT_VSOCK_PORT,
+    };
+    let client = AgentClient::connect(endpoint, config).expect("the probe agent answers");
+    client.ping().expect("a running guest answers");
+
+    let mut control = Control::connect(&control_path).unwrap();
+    control.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(state(&mut control), "running");
+    assert!(error_of(control.ask(&Request::Resume {}).unwrap()).contains("not paused"));
+
+    let asked = Instant::now();
+    assert_eq!(control.ask(&Request::Pause {}).unwrap(), Response::Ok);
+    let pause_latency = asked.elapsed();
+    assert_eq!(state(&mut control), "paused");
+    assert!(error_of(control.ask(&Request::Pause {}).unwrap()).contains("already paused"));
+    // The engine still accepts the host's connection and passes the request on, but no
+    // vCPU runs the guest's side: no answer within the call's 2 s.
+    assert!(client.ping().is_err(), "a paused guest answered");
+    eprintln!("pause took {pause_latency:?}");
+
+    assert_eq!(control.ask(&Request::Resume {}).unwrap(), Response::Ok);
+    assert_eq!(state(&mut control), "running");
+    let resumed = Instant::now();
+    let answered = loop {
+        match client.ping() {
+            Ok(_) => break true,
+            Err(_) if resumed.elapsed() < Duration::from_secs(20) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(answered, "the resumed guest does not answer");
+
+    // Paused again, and powered off as it is: the parked vCPUs wake to stop.
+    assert_eq!(control.ask(&Request::Pause {}).unwrap(), Response::Ok);
+    assert_eq!(control.ask(&Request::PowerOff {}).unwrap(), Response::Ok);
+    assert!(
+        guest.wait_exit(Duration::from_secs(10)).is_some(),
+        "a paused VM did not power off"
+    );
+}
