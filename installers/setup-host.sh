@@ -13,6 +13,7 @@ packages=(
   passt                        # user-mode networking for --net (the engine starts it)
   fuse3                        # fusermount3: the agent's shared-folder mounts (tests mount here)
   linux-perf                   # exit counts in the benchmarks
+  acpica-tools                 # iasl: the engine's ACPI tables checked by ACPICA's disassembler
   # vireo-vmm --window (winit + wgpu, loaded at run time), the vireo app (eframe + glow:
   # Mesa's GL comes with xvfb) and their tests on a private X server: Mesa's GL and
   # Vulkan drivers, Xvfb, xdotool, ImageMagick's import.

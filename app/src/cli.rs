@@ -4,6 +4,7 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
@@ -38,9 +39,13 @@ pub enum CliCommand {
     Stop {
         #[command(flatten)]
         vm: VmArg,
-        /// Ask the guest to shut down instead of cutting its power.
+        /// Ask the guest to shut down (the ACPI power button) instead of cutting its power.
         #[arg(long)]
         graceful: bool,
+        /// With --graceful: how many seconds the guest gets before this gives up (the
+        /// VM is then left running).
+        #[arg(long, default_value_t = 60, requires = "graceful")]
+        timeout: u64,
     },
     /// Pauses a running VM.
     Pause(VmArg),
@@ -214,13 +219,21 @@ impl Context {
                 self.supervisor.start(&entry)?;
                 done(vm.out.json, &entry, "started")
             }
-            CliCommand::Stop { vm, graceful } => {
-                let action = if graceful {
-                    Action::Shutdown
-                } else {
-                    Action::PowerOff
-                };
-                self.act(vm, action, "stopped")
+            CliCommand::Stop {
+                vm,
+                graceful: false,
+                ..
+            } => self.act(vm, Action::PowerOff, "stopped"),
+            CliCommand::Stop {
+                vm,
+                graceful: true,
+                timeout,
+            } => {
+                let entry = self.library.find(&vm.vm)?;
+                self.supervisor.act(&entry, Action::Shutdown)?;
+                self.supervisor
+                    .wait_shut_down(&entry, Duration::from_secs(timeout))?;
+                done(vm.out.json, &entry, "shut down")
             }
             CliCommand::Pause(vm) => self.act(vm, Action::Pause, "paused"),
             CliCommand::Resume(vm) => self.act(vm, Action::Resume, "resumed"),

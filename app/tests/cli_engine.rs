@@ -2,7 +2,7 @@
 //! is created, started (its engine outlives each `vireo` process, so every later command
 //! re-attaches from scratch), listed as running with what its engine reports, refused
 //! a second start, pause and resume, save (which the engine cannot do yet), screenshotted,
-//! powered off; an engine killed under it shows up as failed with the reason and its
+//! powered off, started again and shut down through the power button; an engine killed under it shows up as failed with the reason and its
 //! log; broken configs are listed and left alone.
 
 use std::path::{Path, PathBuf};
@@ -130,8 +130,6 @@ fn self_test_vm_lifecycle_through_the_cli() {
         err.contains("save is not supported by this engine yet"),
         "{err}"
     );
-    let err = home.fails(&["stop", "self-test", "--graceful"]);
-    assert!(err.contains("shut down is not supported"), "{err}");
     let err = home.fails(&["delete", "self-test"]);
     assert!(err.contains("power it off first"), "{err}");
     assert_eq!(home.state("self-test"), "running");
@@ -151,6 +149,23 @@ fn self_test_vm_lifecycle_through_the_cli() {
 
     home.ok(&["stop", "self-test"]);
     assert_eq!(home.state("self-test"), "stopped");
+
+    // A graceful stop: the power button, which the probe answers by powering off.
+    home.ok(&["start", "self-test"]);
+    wait_for(
+        "the self-test screen again",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.matches("VIREO-PROBE screen_ready").count() >= 1)
+        },
+    );
+    let stopped = home.json(&["stop", "self-test", "--graceful", "--json"]);
+    assert_eq!(stopped["result"], "shut down", "{stopped}");
+    assert_eq!(home.state("self-test"), "stopped");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("VIREO-PROBE power_button"));
     home.ok(&["delete", "self-test", "--delete-disk"]);
     assert_eq!(home.json(&["list", "--json"]), Value::Array(vec![]));
 }

@@ -18,7 +18,8 @@ use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::acpi_pm::{
-    RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
+    GED_IRQ, GED_POWER_BUTTON, GED_STATUS_PORT, RESET_PORT, RESET_VALUE, S5_SLEEP_TYPE,
+    SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
 };
 use crate::devices::serial::{COM1_IRQ, COM1_PORT};
 use crate::pci::root::{PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
@@ -108,7 +109,52 @@ fn dsdt() -> Sdt {
     let com1 = aml::Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs]);
     com1.to_aml_bytes(&mut dsdt);
     dsdt.append_slice(&pci_host_bridge());
+    dsdt.append_slice(&power_button());
     dsdt
+}
+
+/// `\_SB_.PWRB` (the power button, PNP0C0C) and `\_SB_.GED_` (a Generic Event Device,
+/// ACPI0013): the GED's interrupt runs `_EVT`, which reads the event status (reading
+/// clears it) and notifies the button with 0x80, "pressed" (ACPI 6.5 §4.8.2.2.1.3).
+fn power_button() -> Vec<u8> {
+    let mut aml = Vec::new();
+    let (pnp0c0c, zero) = (aml::EISAName::new("PNP0C0C"), 0u8);
+    let (hid, uid) = (
+        aml::Name::new("_HID".into(), &pnp0c0c),
+        aml::Name::new("_UID".into(), &zero),
+    );
+    aml::Device::new("_SB_.PWRB".into(), vec![&hid, &uid]).to_aml_bytes(&mut aml);
+
+    let ged_hid = "ACPI0013";
+    let irq = aml::Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&irq]);
+    let (hid, uid, crs) = (
+        aml::Name::new("_HID".into(), &ged_hid),
+        aml::Name::new("_UID".into(), &zero),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let (port, len) = (GED_STATUS_PORT, 1u8);
+    let region = aml::OpRegion::new("GDST".into(), aml::OpRegionSpace::SystemIO, &port, &len);
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::Byte,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 8)],
+    );
+    let (status, gdat) = (aml::Local(0), aml::Path::new("GDAT"));
+    let read = aml::Store::new(&status, &gdat);
+    let pressed = aml::And::new(&aml::ZERO, &status, &GED_POWER_BUTTON);
+    let (button, notify_pressed) = (aml::Path::new("\\_SB_.PWRB"), 0x80u8);
+    let notify = aml::Notify::new(&button, &notify_pressed);
+    let when_pressed = aml::If::new(&pressed, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &when_pressed]);
+    aml::Device::new(
+        "_SB_.GED_".into(),
+        vec![&hid, &uid, &crs, &region, &field, &evt],
+    )
+    .to_aml_bytes(&mut aml);
+    aml
 }
 
 /// The last bus number ECAM covers (1 MiB per bus).
@@ -227,6 +273,63 @@ mod tests {
 
     fn checksum_ok(b: &[u8]) -> bool {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    /// The DSDT through ACPICA's own disassembler (`iasl`, from acpica-tools, which
+    /// installers/setup-host.sh installs): it parses, and the power button's GED reads
+    /// the status port and notifies the button.
+    #[test]
+    fn acpica_disassembles_the_dsdt_with_its_power_button() {
+        if std::process::Command::new("iasl")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            eprintln!(
+                "*** SKIPPED acpica_disassembles_the_dsdt: no iasl (run installers/setup-host.sh)"
+            );
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("vireo-dsdt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut table = dsdt();
+        table.update_checksum();
+        std::fs::write(dir.join("dsdt.dat"), table.as_slice()).unwrap();
+        let out = std::process::Command::new("iasl")
+            .current_dir(&dir)
+            .args(["-d", "dsdt.dat"])
+            .output()
+            .unwrap();
+        let dsl = std::fs::read_to_string(dir.join("dsdt.dsl")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Without iasl's comments, on one line.
+        let squashed: String = dsl
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .map(|l| match (l.find("/*"), l.find("*/")) {
+                (Some(a), Some(b)) if a < b => format!("{}{}", &l[..a], &l[b + 2..]),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for needle in [
+            "Device (_SB.PWRB) { Name (_HID, EisaId (\"PNP0C0C\") )",
+            "Device (_SB.GED) { Name (_HID, \"ACPI0013\" )",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000005, }",
+            "OperationRegion (GDST, SystemIO, 0x0603, One)",
+            "Method (_EVT, 1, Serialized) { Local0 = GDAT If ((Local0 & One)) \
+             { Notify (\\_SB.PWRB, 0x80) } }",
+        ] {
+            assert!(squashed.contains(needle), "no {needle:?} in\n{dsl}");
+        }
     }
 
     /// Walks the tables as a guest would: RSDP → XSDT → FADT/MADT → DSDT.

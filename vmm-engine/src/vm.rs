@@ -16,7 +16,7 @@ use crate::config::{self, DisplayConfig, RebootPolicy, VmConfig};
 use crate::console::ConsoleInput;
 use crate::control::protocol::{PointerButton, Request, Response};
 use crate::control::{self, ControlServer};
-use crate::devices::acpi_pm::{self, AcpiPmDevice};
+use crate::devices::acpi_pm::{self, AcpiPmDevice, PowerButton};
 use crate::devices::cmos::{self, Cmos};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
@@ -147,7 +147,7 @@ fn boot_once(
     tracing::debug!("kernel loaded");
 
     let (exit_tx, exit_rx) = ExitSender::channel();
-    let (mut pio, serial) = legacy_devices(&vm, config, console, &exit_tx)?;
+    let (mut pio, serial, button) = legacy_devices(&vm, config, console, &exit_tx)?;
     let (pci, handles) = pci_devices(&vm, &mem, config, vsock)?;
     pio.insert(
         PCI_CONFIG_PORT,
@@ -163,7 +163,7 @@ fn boot_once(
                 config,
                 exit_tx.clone(),
                 handles,
-                (Arc::clone(&vm), Arc::clone(&pauser)),
+                (Arc::clone(&vm), Arc::clone(&pauser), button),
             )),
         )?),
         None => None,
@@ -194,13 +194,17 @@ fn boot_once(
 }
 
 /// The PC's legacy devices on the port bus: COM1, the i8042, the CMOS RTC and the ACPI
-/// power-management registers.
+/// power-management registers (with the power button's GED).
 fn legacy_devices(
     vm: &VmFd,
     config: &VmConfig,
     console: &Console,
     exit: &ExitSender,
-) -> Result<(PioBus, Arc<Mutex<SerialDevice>>), Error> {
+) -> Result<(PioBus, Arc<Mutex<SerialDevice>>, PowerButton), Error> {
+    let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.register_irqfd(&ged_irq, acpi_pm::GED_IRQ)
+        .map_err(kvm_err("route the power button's interrupt"))?;
+    let button = PowerButton::new(ged_irq);
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("route the serial interrupt"))?;
@@ -223,9 +227,9 @@ fn legacy_devices(
     pio.insert(
         acpi_pm::SLEEP_CONTROL_PORT,
         acpi_pm::PORT_RANGE_LEN,
-        Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone()))),
+        Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone(), button.clone()))),
     );
-    Ok((pio, serial))
+    Ok((pio, serial, button))
 }
 
 /// The host sides of the devices the control socket drives.
@@ -424,6 +428,7 @@ struct VmControl {
     gpu: Option<GpuHandle>,
     vm: Arc<VmFd>,
     pauser: Arc<Pauser>,
+    button: PowerButton,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
@@ -434,11 +439,12 @@ impl VmControl {
         config: &VmConfig,
         exit: ExitSender,
         handles: DeviceHandles,
-        (vm, pauser): (Arc<VmFd>, Arc<Pauser>),
+        (vm, pauser, button): (Arc<VmFd>, Arc<Pauser>, PowerButton),
     ) -> Self {
         Self {
             vm,
             pauser,
+            button,
             vcpus: config.vcpus,
             memory: config.memory,
             exit,
@@ -596,6 +602,18 @@ impl control::Handler for VmControl {
             },
             Request::PowerOff {} => {
                 self.exit.send(ExitReason::Stopped);
+                Response::Ok
+            }
+            Request::Shutdown {} => {
+                if self.pauser.is_paused() {
+                    return Response::Error {
+                        message: "the VM is paused: resume it so the guest can shut down".into(),
+                    };
+                }
+                done(self.button.press())
+            }
+            Request::Reset {} => {
+                self.exit.send(ExitReason::Reboot);
                 Response::Ok
             }
             Request::Pause {} => done(self.pauser.pause(&self.vm)),

@@ -1,7 +1,6 @@
 //! What a user can do to a running VM, and the control request each becomes. The engine
 //! answers some of these today; the others are refused with a message saying so, never
-//! pretended. When the engine learns one (issue 8: save, restore, graceful shutdown),
-//! its arm in `Action::request` is all that changes.
+//! pretended. When the engine learns one (issue 8: save, restore), its arm in `Action::request` is all that changes.
 
 use vireo_vmm::control::protocol::Request;
 
@@ -10,7 +9,7 @@ use vireo_vmm::control::protocol::Request;
 pub enum Action {
     /// Ends the VM at once, as pulling the plug.
     PowerOff,
-    /// Asks the guest to shut down (ACPI power button or the agent).
+    /// Asks the guest to shut down (the ACPI power button).
     Shutdown,
     Pause,
     Resume,
@@ -29,7 +28,7 @@ impl Action {
     pub fn request(self) -> Result<Request, Unsupported> {
         match self {
             Action::PowerOff => Ok(Request::PowerOff {}),
-            Action::Shutdown => Err(Unsupported(self)),
+            Action::Shutdown => Ok(Request::Shutdown {}),
             Action::Pause => Ok(Request::Pause {}),
             Action::Resume => Ok(Request::Resume {}),
             Action::Save => Err(Unsupported(self)),
@@ -76,7 +75,8 @@ mod tests {
         assert_eq!(Action::PowerOff.request(), Ok(Request::PowerOff {}));
         assert_eq!(Action::Pause.request(), Ok(Request::Pause {}));
         assert_eq!(Action::Resume.request(), Ok(Request::Resume {}));
-        for a in [Action::Shutdown, Action::Save, Action::Restore] {
+        assert_eq!(Action::Shutdown.request(), Ok(Request::Shutdown {}));
+        for a in [Action::Save, Action::Restore] {
             let err = a.request().unwrap_err().to_string();
             assert!(
                 err.starts_with(a.verb()) && err.contains("not supported by this engine yet"),

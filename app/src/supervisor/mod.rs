@@ -74,6 +74,12 @@ pub enum Error {
     Unexpected(String),
     #[error("the VM was told to power off but still runs after {} s", STOP_TIMEOUT.as_secs())]
     StopTimeout,
+    #[error(
+        "the guest did not shut down within {} s (it may not handle the ACPI power button, \
+         or it asked its user); `vireo stop` without --graceful powers it off",
+        .0.as_secs()
+    )]
+    ShutdownTimeout(Duration),
 }
 
 fn tail_text(lines: &[String]) -> String {
@@ -309,22 +315,34 @@ impl Supervisor {
             Response::Ok => {}
             other => return Err(unexpected(other)),
         }
-        if action == Action::PowerOff {
-            self.wait_stopped(&runtime)?;
+        if action == Action::PowerOff && !self.wait_stopped(&runtime, STOP_TIMEOUT) {
+            return Err(Error::StopTimeout);
         }
         Ok(())
     }
 
-    fn wait_stopped(&self, runtime: &RuntimeFiles) -> Result<(), Error> {
-        let deadline = Instant::now() + STOP_TIMEOUT;
+    /// After [`Action::Shutdown`]: waits up to `timeout` for the guest to power itself
+    /// off (the app asks its user what next; the CLI says it).
+    pub fn wait_shut_down(&self, entry: &VmEntry, timeout: Duration) -> Result<(), Error> {
+        let runtime = self.runtime(entry)?;
+        if self.wait_stopped(&runtime, timeout) {
+            Ok(())
+        } else {
+            Err(Error::ShutdownTimeout(timeout))
+        }
+    }
+
+    /// Whether the engine has gone within `timeout`.
+    fn wait_stopped(&self, runtime: &RuntimeFiles, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         while lock::is_held(&runtime.lock()) {
             if Instant::now() >= deadline {
-                return Err(Error::StopTimeout);
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.reap();
-        Ok(())
+        true
     }
 
     /// Has the engine write the guest's screen to `path` (PNG); returns its size.

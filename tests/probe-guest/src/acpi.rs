@@ -6,6 +6,7 @@
 //! reboot then work from anywhere, including the fault path at CPL0.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{self, port};
 use crate::phys;
@@ -176,6 +177,9 @@ pub struct Acpi {
     /// The PCI host's `_CBA` (ECAM base) in the DSDT: QEMU 7.2's microvm announces ECAM
     /// only there, with no MCFG.
     pub pci_cba: Option<u64>,
+    /// The power button's event status port: the SystemIO `OperationRegion (GDST, …)` of
+    /// the DSDT's Generic Event Device (see [`find_ged_port`]).
+    pub ged_port: Option<u16>,
 }
 
 /// Why no ACPI tables could be used.
@@ -268,6 +272,7 @@ impl Acpi {
         }
         if acpi.dsdt != 0 {
             acpi.pci_cba = find_cba(acpi.dsdt);
+            acpi.ged_port = find_ged_port(acpi.dsdt);
             acpi.pci_mmio32 = find_pci_mmio32(acpi.dsdt, acpi.mcfg, acpi.pci_cba);
         }
         Ok(acpi)
@@ -458,6 +463,50 @@ fn find_cba(dsdt: u64) -> Option<u64> {
         v | u64::from(phys::read_u8(value_at + i)) << (8 * i)
     });
     (value != 0).then_some(value)
+}
+
+/// The status port of a Generic Event Device (`_HID "ACPI0013"`) whose events live in a
+/// one-byte SystemIO region named GDST, as the Vireo engine's DSDT declares it: the AML
+/// `OperationRegion (GDST, SystemIO, port, 1)` is ExtOpPrefix 0x5B, OpRegionOp 0x80, the
+/// name, space 0x01, then the port as a byte or word constant. (QEMU's GED is in memory
+/// space, and has no such region: no power button for the probe there.)
+fn find_ged_port(dsdt: u64) -> Option<u16> {
+    const GED_HID: &[u8] = b"ACPI0013";
+    let len = table_len(dsdt);
+    let matches_at = |at: u64, bytes: &[u8]| {
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| phys::read_u8(at + i as u64) == *b)
+    };
+    let body = SDT_HEADER..len.saturating_sub(16);
+    body.clone().find(|&i| matches_at(dsdt + i, GED_HID))?;
+    let region = body
+        .clone()
+        .find(|&i| matches_at(dsdt + i, &[0x5B, 0x80]) && matches_at(dsdt + i + 2, b"GDST\x01"))?;
+    let at = dsdt + region + 7;
+    match phys::read_u8(at) {
+        0x0A => Some(u16::from(phys::read_u8(at + 1))),
+        0x0B => Some(u16::from(phys::read_u8(at + 1)) | u16::from(phys::read_u8(at + 2)) << 8),
+        _ => None,
+    }
+}
+
+/// Whether the power button was pressed since the last look (reading the GED's status
+/// clears it, as its `_EVT` method does). Looks at most every ~1 ms: each look is a
+/// port read, so an exit to the VMM, and the callers' loops spin.
+pub fn power_button_pressed() -> bool {
+    const POWER_BUTTON: u8 = 1 << 0;
+    const EVERY_TSC_TICKS: u64 = 2_000_000;
+    static LAST_LOOK: AtomicU64 = AtomicU64::new(0);
+    let now = arch::rdtsc();
+    if now.wrapping_sub(LAST_LOOK.load(Ordering::Relaxed)) < EVERY_TSC_TICKS {
+        return false;
+    }
+    LAST_LOOK.store(now, Ordering::Relaxed);
+    platform()
+        .and_then(|acpi| acpi.ged_port)
+        .is_some_and(|p| port::inb(p) & POWER_BUTTON != 0)
 }
 
 /// The tables found at boot, if any.

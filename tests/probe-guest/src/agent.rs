@@ -785,6 +785,11 @@ pub fn run(
                 return Some(action);
             }
         }
+        if crate::acpi::power_button_pressed() {
+            probe!("power_button");
+            agent.drain();
+            return Some(PowerAction::Shutdown);
+        }
         core::hint::spin_loop();
     }
 }

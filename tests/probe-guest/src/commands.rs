@@ -368,7 +368,7 @@ fn report_discovery(boot_info: &BootInfo, acpi: &Result<Acpi, acpi::Error>) {
             probe!(
                 "acpi rsdp={:#x} revision={} root={:#x} madt={:#x} fadt={:#x} checksums_ok={} \
                  hw_reduced={} sleep_control={} sleep_status={} reset={} reset_value={:#x} \
-                 pm1a_cnt={:#x} s5_type={} s5_from_dsdt={}",
+                 pm1a_cnt={:#x} s5_type={} s5_from_dsdt={} ged_port={:#x}",
                 acpi.rsdp,
                 acpi.revision,
                 acpi.root,
@@ -383,6 +383,7 @@ fn report_discovery(boot_info: &BootInfo, acpi: &Result<Acpi, acpi::Error>) {
                 acpi.pm1a_cnt,
                 acpi.s5_type,
                 u8::from(acpi.s5_from_dsdt),
+                acpi.ged_port.unwrap_or(0),
             );
         }
         Err(error) => probe!("cpus=0 error acpi={error}"),

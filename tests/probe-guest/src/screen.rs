@@ -820,6 +820,10 @@ pub fn run(pci: &mut Pci, discovery: &Discovery, tsc_khz: u64) {
                 lines.agent = agent_text(Some(agent));
             }
         }
+        if crate::acpi::power_button_pressed() {
+            probe!("power_button");
+            power = Some(PowerAction::Shutdown);
+        }
         let mut moved = None;
         for input in &mut inputs {
             while let Some(event) = input.device.pop_pending_event() {

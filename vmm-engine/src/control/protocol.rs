@@ -40,6 +40,11 @@ pub enum Request {
     BalloonStats {},
     /// Ends the VM at once, as pulling the plug (no guest shutdown).
     PowerOff {},
+    /// Presses the ACPI power button: the guest shuts itself down (or not: it decides).
+    Shutdown {},
+    /// Resets the machine, as the reset button (the guest starts again when the engine
+    /// restarts on reboot).
+    Reset {},
     /// Stops the guest where it is (every vCPU out of the guest, its clock held); the
     /// answer comes once it has stopped.
     Pause {},

@@ -1,6 +1,8 @@
-//! Pause and resume through the control socket, with the probe guest serving the agent
-//! protocol over virtio-vsock: while paused the guest answers nothing (its vCPUs are out
-//! of the guest), after resume it answers again, and a paused VM still powers off.
+//! The VM lifecycle through the control socket, with the probe guest serving the agent
+//! protocol over virtio-vsock. Pause and resume: while paused the guest answers nothing
+//! (its vCPUs are out of the guest), after resume it answers again, and a paused VM still
+//! powers off. Shutdown: the ACPI power button (a Generic Event Device the probe finds
+//! in the DSDT), which the guest answers by powering itself off. Reset.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
 use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
 use vireo_vmm::control::client::Control;
 use vireo_vmm::control::protocol::{Request, Response};
+use vireo_vmm::exit::code;
 
 const BOOT: Duration = Duration::from_secs(60);
 
@@ -30,12 +33,8 @@ fn error_of(response: Response) -> String {
     }
 }
 
-#[test]
-fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
-    if !report::require_kvm("pause_resume::a_paused_guest_runs_nothing_and_resumes_where_it_was") {
-        return;
-    }
-    let dir = TempDir::new("pause");
+/// The probe's agent behind `dir`'s v.sock, with a control socket at control.sock.
+fn spawn_agent(dir: &TempDir) -> LiveGuest {
     let vsock = dir.0.join("v.sock");
     let control_path = dir.0.join("control.sock");
     let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
@@ -57,20 +56,35 @@ fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
         "{:#?}",
         guest.seen
     );
+    guest
+}
+
+fn control(dir: &TempDir) -> Control {
+    let control = Control::connect(&dir.0.join("control.sock")).unwrap();
+    control.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    control
+}
+
+#[test]
+fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
+    if !report::require_kvm("lifecycle::a_paused_guest_runs_nothing_and_resumes_where_it_was") {
+        return;
+    }
+    let dir = TempDir::new("pause");
+    let mut guest = spawn_agent(&dir);
     let config = ClientConfig {
         call_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(20),
         ..ClientConfig::default()
     };
     let endpoint = Endpoint::HybridVsock {
-        path: vsock,
+        path: dir.0.join("v.sock"),
         port: AGENT_VSOCK_PORT,
     };
     let client = AgentClient::connect(endpoint, config).expect("the probe agent answers");
     client.ping().expect("a running guest answers");
 
-    let mut control = Control::connect(&control_path).unwrap();
-    control.set_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut control = control(&dir);
     assert_eq!(state(&mut control), "running");
     assert!(error_of(control.ask(&Request::Resume {}).unwrap()).contains("not paused"));
 
@@ -103,4 +117,50 @@ fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
         guest.wait_exit(Duration::from_secs(10)).is_some(),
         "a paused VM did not power off"
     );
+}
+
+#[test]
+fn shutdown_presses_the_power_button_and_the_guest_powers_off() {
+    if !report::require_kvm("lifecycle::shutdown_presses_the_power_button_and_the_guest_powers_off")
+    {
+        return;
+    }
+    let dir = TempDir::new("shutdown");
+    let mut guest = spawn_agent(&dir);
+    // The probe found the GED's status port in the DSDT.
+    assert!(
+        guest.seen.iter().any(|l| l.contains("ged_port=0x603")),
+        "{:#?}",
+        guest.seen
+    );
+    let mut control = control(&dir);
+    // Not while paused: the guest could not act on it.
+    assert_eq!(control.ask(&Request::Pause {}).unwrap(), Response::Ok);
+    assert!(error_of(control.ask(&Request::Shutdown {}).unwrap()).contains("resume it"));
+    assert_eq!(control.ask(&Request::Resume {}).unwrap(), Response::Ok);
+
+    assert_eq!(control.ask(&Request::Shutdown {}).unwrap(), Response::Ok);
+    let status = guest.wait_exit(Duration::from_secs(20));
+    assert!(
+        guest
+            .seen
+            .iter()
+            .any(|l| l.contains("VIREO-PROBE power_button")),
+        "{:#?}",
+        guest.seen
+    );
+    // The guest's own ACPI power-off, not the engine pulling the plug.
+    assert_eq!(status.and_then(|s| s.code()), Some(code::POWER_OFF));
+}
+
+#[test]
+fn reset_ends_the_boot_as_a_reboot() {
+    if !report::require_kvm("lifecycle::reset_ends_the_boot_as_a_reboot") {
+        return;
+    }
+    let dir = TempDir::new("reset");
+    let mut guest = spawn_agent(&dir);
+    assert_eq!(control(&dir).ask(&Request::Reset {}).unwrap(), Response::Ok);
+    let status = guest.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(code::REBOOT));
 }
