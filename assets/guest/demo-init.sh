@@ -78,6 +78,19 @@ for dev in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; do
 	break
 done
 
+# The power button (the VMM's "shut down"): the kernel's ACPI button driver reports
+# KEY_POWER, busybox acpid runs /etc/acpi/PWRF/00000080 for it. It powers off from
+# there, not through PID 1's trap, which would wait for the foreground command.
+mkdir -p /etc/acpi/PWRF
+cat >/etc/acpi/PWRF/00000080 <<'SCRIPT'
+#!/bin/sh
+echo "vireo-init: power button: powering off" >/dev/console
+sync
+poweroff -f
+SCRIPT
+chmod 755 /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /run/acpid.log || echo "vireo-init: cannot start acpid"
+
 echo "VIREO-GUEST USERSPACE READY"
 
 run=

@@ -17,7 +17,7 @@ use crate::apt::{self, AptError};
 
 /// The modules the demo guest loads at boot: Vireo's virtio devices, and what later
 /// features need (vsock for the agent, FUSE for shared folders, ext4 for disks, evdev
-/// so that virtio-input devices show up as /dev/input/event*).
+/// so that virtio-input devices show up as /dev/input/event*, the ACPI power button).
 pub const DEMO_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -27,6 +27,7 @@ pub const DEMO_MODULES: &[&str] = &[
     "virtio_balloon",
     "virtio_input",
     "evdev",
+    "button",
     "virtio_gpu",
     "vsock",
     "vmw_vsock_virtio_transport",

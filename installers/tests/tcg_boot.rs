@@ -167,3 +167,96 @@ fn pvh_vmlinux_boots_and_virtio_drivers_bind() {
     assert!(lines.contains(&"VIREO-RUN EXIT STATUS 0"), "{lines:?}");
     assert!(boot.exited_ok, "QEMU did not exit cleanly after power-off");
 }
+
+/// The demo guest honours the ACPI power button: QEMU's `system_powerdown` (q35's fixed
+/// power button; Vireo's engine raises the same KEY_POWER through its GED), the kernel's
+/// button driver, busybox acpid and the image's PWRF action, while a command still runs.
+#[test]
+fn power_button_shuts_the_demo_guest_down() {
+    let dir = image_dir();
+    let monitor = std::env::temp_dir().join(format!("vireo-tcg-mon-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&monitor);
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "q35",
+            "-m",
+            "512",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-nic", "none"])
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+        .arg("-kernel")
+        .arg(dir.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(dir.join("initramfs.img"))
+        .args(["-append", "console=ttyS0 vireo.run=sleep+600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut console = String::new();
+    let wait_for = |needle: &str, console: &mut String| {
+        while !console.contains(needle) && start.elapsed() < BOOT_TIMEOUT {
+            if let Ok(more) = rx.recv_timeout(Duration::from_millis(200)) {
+                console.push_str(&more);
+            }
+        }
+        console.contains(needle)
+    };
+    let ready = wait_for(READY, &mut console);
+    // Open until the end: QEMU drops what a monitor client sent if it hangs up at once.
+    let _mon = ready.then(|| {
+        let mut mon = std::os::unix::net::UnixStream::connect(&monitor).unwrap();
+        std::io::Write::write_all(&mut mon, b"system_powerdown\n").unwrap();
+        mon
+    });
+    let off = ready && wait_for("reboot: Power down", &mut console);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > BOOT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = std::fs::remove_file(&monitor);
+    println!("---- console ----\n{console}");
+    assert!(ready, "the guest never printed {READY:?}");
+    assert!(
+        console.contains("vireo-init: power button: powering off"),
+        "acpid did not act on the power button"
+    );
+    assert!(off, "no power-off after the power button");
+    assert!(
+        !console.contains("VIREO-RUN EXIT STATUS"),
+        "the command ended first"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "QEMU did not exit cleanly"
+    );
+}
