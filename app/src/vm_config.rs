@@ -79,8 +79,8 @@ impl ClipboardDirection {
     pub fn label(self) -> &'static str {
         match self {
             ClipboardDirection::Both => "both ways",
-            ClipboardDirection::HostToGuest => "host → guest",
-            ClipboardDirection::GuestToHost => "guest → host",
+            ClipboardDirection::HostToGuest => "host to guest only",
+            ClipboardDirection::GuestToHost => "guest to host only",
             ClipboardDirection::Off => "off",
         }
     }

@@ -14,8 +14,9 @@ use vireo_app::guest_link::Feature;
 use vireo_app::host::HostInfo;
 use vireo_app::paths::Dirs;
 use vireo_app::supervisor::Programs;
-use vireo_app::ui::display_view::DisplayView;
+use vireo_app::ui::display_view::{DisplayView, ViewRequest};
 use vireo_app::ui::VireoApp;
+use vireo_app::vm_config::ClipboardDirection;
 use vireo_e2e::engine::vmm_binary;
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
@@ -135,12 +136,22 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
         },
         view,
     );
-    toolbar.set_size(eframe::egui::vec2(1400.0, 40.0));
+    // Tall enough for the clipboard menu to open below the toolbar.
+    toolbar.set_size(eframe::egui::vec2(1400.0, 300.0));
     toolbar.run();
-    toolbar.get_by_label("Clipboard ✔");
-    toolbar.get_by_label("Time ✔");
-    toolbar.get_by_label("Folders –");
-    toolbar.get_by_label("Mouse –");
+    toolbar.get_by_label("Clipboard ok");
+    toolbar.get_by_label("Time ok");
+    toolbar.get_by_label("Folders n/a");
+    toolbar.get_by_label("Mouse n/a");
+    // The clipboard's menu sets its direction: a request the app passes on.
+    toolbar.get_by_label("Clipboard ok").click();
+    toolbar.run();
+    toolbar.get_by_label("guest to host only").click();
+    toolbar.run();
+    assert_eq!(
+        toolbar.state_mut().take_requests(),
+        vec![ViewRequest::Clipboard(ClipboardDirection::GuestToHost)]
+    );
     drop(toolbar);
 
     // Drops: a file whose name is taken and a folder with a nested tree and a large file.

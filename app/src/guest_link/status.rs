@@ -23,13 +23,14 @@ impl Feature {
         }
     }
 
-    /// The sign the toolbar shows after the feature's name.
+    /// The word the toolbar shows after the feature's name (the default fonts have no
+    /// check marks).
     pub fn sign(&self) -> &'static str {
         match self {
-            Feature::Working => "✔",
+            Feature::Working => "ok",
             Feature::Off => "off",
-            Feature::NotInstalled => "–",
-            Feature::Error(_) => "✖",
+            Feature::NotInstalled => "n/a",
+            Feature::Error(_) => "error",
         }
     }
 
