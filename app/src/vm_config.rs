@@ -86,11 +86,17 @@ impl ClipboardDirection {
     }
 
     pub fn host_to_guest(self) -> bool {
-        matches!(self, ClipboardDirection::Both | ClipboardDirection::HostToGuest)
+        matches!(
+            self,
+            ClipboardDirection::Both | ClipboardDirection::HostToGuest
+        )
     }
 
     pub fn guest_to_host(self) -> bool {
-        matches!(self, ClipboardDirection::Both | ClipboardDirection::GuestToHost)
+        matches!(
+            self,
+            ClipboardDirection::Both | ClipboardDirection::GuestToHost
+        )
     }
 }
 
@@ -443,7 +449,10 @@ mod tests {
         assert!(text.contains("clipboard = \"guest-to-host\""), "{text}");
         assert_eq!(VmConfig::load(&path).unwrap(), new);
         std::fs::write(&path, text.replace("clipboard", "clipbored")).unwrap();
-        assert!(VmConfig::load(&path).is_err(), "unknown link keys are refused");
+        assert!(
+            VmConfig::load(&path).is_err(),
+            "unknown link keys are refused"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -185,11 +185,15 @@ fn the_clipboard_crosses_both_ways_through_the_app() {
     xclip.wait().unwrap();
     let copied = Instant::now();
     let want = format!("sha256={}", sha256(text.as_bytes()));
-    wait_for("the host's copy in the guest", Duration::from_secs(20), || {
-        env.console()
-            .lines()
-            .any(|l| l.contains("agent_clipboard_in ") && l.contains(&want))
-    });
+    wait_for(
+        "the host's copy in the guest",
+        Duration::from_secs(20),
+        || {
+            env.console()
+                .lines()
+                .any(|l| l.contains("agent_clipboard_in ") && l.contains(&want))
+        },
+    );
     eprintln!(
         "app link: host copy in the guest after {} ms",
         copied.elapsed().as_millis()
@@ -204,9 +208,11 @@ fn the_clipboard_crosses_both_ways_through_the_app() {
     );
     xdotool(&x, &["key", "--window", &window, "Return"]);
     let typed = Instant::now();
-    wait_for("the guest's copy on the host", Duration::from_secs(20), || {
-        host_clipboard(&x) == "vireo link"
-    });
+    wait_for(
+        "the guest's copy on the host",
+        Duration::from_secs(20),
+        || host_clipboard(&x) == "vireo link",
+    );
     eprintln!(
         "app link: guest copy on the host after {} ms",
         typed.elapsed().as_millis()

@@ -120,7 +120,11 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
     });
     let status = harness.state().agent_status("drop").unwrap().clone();
     assert_eq!(status.time, Feature::Working);
-    assert_eq!(status.folders, Feature::NotInstalled, "the probe has no FUSE");
+    assert_eq!(
+        status.folders,
+        Feature::NotInstalled,
+        "the probe has no FUSE"
+    );
     assert_eq!(status.mouse, Feature::NotInstalled);
     assert!(!status.absolute_pointer);
     // The drop folder is made when the link starts (the agent mounts it at once).

@@ -198,16 +198,25 @@ mod tests {
         let other = ClipboardContent::text("copied on the host");
         let empty = ClipboardContent::default();
         // Our write for the guest, seen by XFixes: no echo.
-        assert_eq!(host_news(text.clone(), Some(&text), None), HostNews::Nothing);
+        assert_eq!(
+            host_news(text.clone(), Some(&text), None),
+            HostNews::Nothing
+        );
         // Something new on the host: offered; the same again (a second owner change
         // with the same content): nothing.
         assert_eq!(
             host_news(other.clone(), Some(&text), None),
             HostNews::Offer(other.clone())
         );
-        assert_eq!(host_news(other.clone(), None, Some(&other)), HostNews::Nothing);
+        assert_eq!(
+            host_news(other.clone(), None, Some(&other)),
+            HostNews::Nothing
+        );
         // Emptied: withdraw an offer, if there is one.
-        assert_eq!(host_news(empty.clone(), None, Some(&other)), HostNews::Release);
+        assert_eq!(
+            host_news(empty.clone(), None, Some(&other)),
+            HostNews::Release
+        );
         assert_eq!(host_news(empty, None, None), HostNews::Nothing);
     }
 

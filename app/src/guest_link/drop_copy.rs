@@ -235,11 +235,13 @@ impl<P: FnMut(Progress)> Copier<'_, P> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(Taken),
             Err(e) => return Ok(Err(io_err(target)(e))),
         };
-        Ok(self.pump(&mut input, &mut output, source, target).and_then(|()| {
-            self.state.files_done += 1;
-            (self.progress)(self.state);
-            fs::set_permissions(target, meta.permissions()).map_err(io_err(target))
-        }))
+        Ok(self
+            .pump(&mut input, &mut output, source, target)
+            .and_then(|()| {
+                self.state.files_done += 1;
+                (self.progress)(self.state);
+                fs::set_permissions(target, meta.permissions()).map_err(io_err(target))
+            }))
     }
 
     fn pump(
@@ -319,18 +321,22 @@ mod tests {
         fs::create_dir(dest.join("tree")).unwrap();
 
         let mut seen = Vec::new();
-        let copied = copy_into(
-            &dest,
-            &[src.join("notes.txt"), src.join("tree")],
-            |p| seen.push(p),
-        )
+        let copied = copy_into(&dest, &[src.join("notes.txt"), src.join("tree")], |p| {
+            seen.push(p)
+        })
         .unwrap();
         assert_eq!(
             copied.placed,
             vec![dest.join("notes (1).txt"), dest.join("tree (1)")]
         );
-        assert_eq!(fs::read_to_string(dest.join("notes.txt")).unwrap(), "old notes");
-        assert_eq!(fs::read_to_string(dest.join("notes (1).txt")).unwrap(), "new notes");
+        assert_eq!(
+            fs::read_to_string(dest.join("notes.txt")).unwrap(),
+            "old notes"
+        );
+        assert_eq!(
+            fs::read_to_string(dest.join("notes (1).txt")).unwrap(),
+            "new notes"
+        );
         assert_eq!(fs::read_dir(dest.join("tree")).unwrap().count(), 0);
         assert_eq!(
             fs::read(dest.join("tree (1)/a.bin")).unwrap(),
@@ -338,7 +344,10 @@ mod tests {
         );
         let deep = dest.join("tree (1)/sub/deeper/b.txt");
         assert_eq!(fs::read_to_string(&deep).unwrap(), "deep");
-        assert_eq!(fs::metadata(&deep).unwrap().permissions().mode() & 0o777, 0o751);
+        assert_eq!(
+            fs::metadata(&deep).unwrap().permissions().mode() & 0o777,
+            0o751
+        );
         let link = dest.join("tree (1)/etc-link");
         assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
         assert_eq!(fs::read_link(&link).unwrap(), Path::new("/etc"));
@@ -368,8 +377,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("real.txt"), root.join("link.txt")).unwrap();
         fs::create_dir(root.join("dir")).unwrap();
         nix::unistd::mkfifo(&root.join("dir/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let copied = copy_into(&dest, &[root.join("link.txt"), root.join("dir")], |_| {})
-            .unwrap();
+        let copied = copy_into(&dest, &[root.join("link.txt"), root.join("dir")], |_| {}).unwrap();
         let placed = dest.join("link.txt");
         assert!(placed.symlink_metadata().unwrap().is_file());
         assert_eq!(fs::read_to_string(placed).unwrap(), "real");

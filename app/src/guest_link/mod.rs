@@ -102,11 +102,15 @@ impl Link {
             path: spec.vsock.clone(),
             port: AGENT_VSOCK_PORT,
         };
-        let (client, share_error) = match shares(&spec)
-            .and_then(|s| AgentClient::start_sharing(endpoint.clone(), ClientConfig::default(), s).map_err(|e| e.to_string()))
-        {
+        let (client, share_error) = match shares(&spec).and_then(|s| {
+            AgentClient::start_sharing(endpoint.clone(), ClientConfig::default(), s)
+                .map_err(|e| e.to_string())
+        }) {
             Ok(client) => (client, None),
-            Err(why) => (AgentClient::start(endpoint, ClientConfig::default()), Some(why)),
+            Err(why) => (
+                AgentClient::start(endpoint, ClientConfig::default()),
+                Some(why),
+            ),
         };
         let host = host_clipboard::open(move || own.send(Input::HostClipboardChanged).is_ok());
         let bridge = Bridge::new(spec.settings.clipboard, host);
@@ -163,7 +167,10 @@ impl Link {
             ClientEvent::Disconnected => self.publish(AgentStatus::no_agent()),
             ClientEvent::SharesMounted(results) => {
                 let mut status = self.status.clone();
-                status.folders = match results.into_iter().find_map(|r| r.result.err().map(|e| (r.name, e))) {
+                status.folders = match results
+                    .into_iter()
+                    .find_map(|r| r.result.err().map(|e| (r.name, e)))
+                {
                     Some((name, why)) => Feature::Error(format!("{name}: {why}")),
                     None => Feature::Working,
                 };

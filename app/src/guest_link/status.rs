@@ -132,7 +132,10 @@ mod tests {
         );
         assert!(status.connected && !status.absolute_pointer);
         let none = AgentStatus::no_agent();
-        assert!(none.features().iter().all(|(_, f)| **f == Feature::NotInstalled));
+        assert!(none
+            .features()
+            .iter()
+            .all(|(_, f)| **f == Feature::NotInstalled));
         assert_eq!(Feature::Error("x".into()).detail(), "error: x");
     }
 }

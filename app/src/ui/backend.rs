@@ -39,15 +39,27 @@ pub struct VmRow {
 
 #[derive(Debug)]
 pub enum Command {
-    Create { config: VmConfig, start: bool },
+    Create {
+        config: VmConfig,
+        start: bool,
+    },
     Start(String),
     Act(String, Action),
-    Delete { id: String, disk: DiskChoice },
+    Delete {
+        id: String,
+        disk: DiskChoice,
+    },
     Refresh,
     /// Saved in the VM's `[link]` settings and applied to its running link.
-    SetClipboard { id: String, direction: ClipboardDirection },
+    SetClipboard {
+        id: String,
+        direction: ClipboardDirection,
+    },
     /// Files and folders dropped on the VM window: copied into its drop folder.
-    Drop { id: String, paths: Vec<PathBuf> },
+    Drop {
+        id: String,
+        paths: Vec<PathBuf>,
+    },
 }
 
 /// A drop's copy, as the VM window shows it.
@@ -73,8 +85,14 @@ pub enum Update {
         name: String,
     },
     /// What a running VM's guest agent does now.
-    Agent { id: String, status: AgentStatus },
-    Drop { id: String, state: DropState },
+    Agent {
+        id: String,
+        status: AgentStatus,
+    },
+    Drop {
+        id: String,
+        state: DropState,
+    },
 }
 
 /// The UI's handle on the worker.
@@ -193,7 +211,11 @@ impl Worker {
                 vm_dir: entry.dir.clone(),
                 settings: config.link.clone(),
             };
-            let (updates, wake, id) = (self.updates.clone(), Arc::clone(&self.wake), entry.id.clone());
+            let (updates, wake, id) = (
+                self.updates.clone(),
+                Arc::clone(&self.wake),
+                entry.id.clone(),
+            );
             let link = GuestLink::start(spec, move |status| {
                 let update = Update::Agent {
                     id: id.clone(),
@@ -207,7 +229,11 @@ impl Worker {
         }
     }
 
-    fn set_clipboard(&self, entry: &VmEntry, direction: ClipboardDirection) -> Result<String, String> {
+    fn set_clipboard(
+        &self,
+        entry: &VmEntry,
+        direction: ClipboardDirection,
+    ) -> Result<String, String> {
         let mut config = entry.config().map_err(|e| e.to_string())?.clone();
         config.link.clipboard = direction;
         config
@@ -222,13 +248,23 @@ impl Worker {
     /// Copies dropped files on a thread of its own, reporting progress as it goes.
     fn drop_files(&self, entry: &VmEntry, paths: Vec<PathBuf>) -> Result<String, String> {
         let dest = guest_link::drop_folder(&entry.dir);
-        let (updates, wake, id) = (self.updates.clone(), Arc::clone(&self.wake), entry.id.clone());
+        let (updates, wake, id) = (
+            self.updates.clone(),
+            Arc::clone(&self.wake),
+            entry.id.clone(),
+        );
         let count = paths.len();
         std::thread::Builder::new()
             .name(format!("drop-{id}"))
             .spawn(move || {
                 let send = |state: DropState| {
-                    if updates.send(Update::Drop { id: id.clone(), state }).is_ok() {
+                    if updates
+                        .send(Update::Drop {
+                            id: id.clone(),
+                            state,
+                        })
+                        .is_ok()
+                    {
                         wake();
                     }
                 };
@@ -236,7 +272,10 @@ impl Worker {
                 let result = drop_copy::copy_into(&dest, &paths, |progress| {
                     if last.is_none_or(|t| t.elapsed() >= DROP_REPORT) {
                         last = Some(Instant::now());
-                        send(DropState { progress, finished: None });
+                        send(DropState {
+                            progress,
+                            finished: None,
+                        });
                     }
                 });
                 let (progress, finished) = match result {
@@ -257,7 +296,9 @@ impl Worker {
                 });
             })
             .map_err(|e| format!("cannot start the copy: {e}"))?;
-        Ok(format!("copying {count} dropped item(s) into the shared folder"))
+        Ok(format!(
+            "copying {count} dropped item(s) into the shared folder"
+        ))
     }
 
     fn row(&self, entry: &VmEntry) -> VmRow {

@@ -363,7 +363,8 @@ impl DisplayView {
         }
         if hovering {
             let rect = ui.max_rect();
-            ui.painter().rect_filled(rect, 0.0, Color32::from_black_alpha(160));
+            ui.painter()
+                .rect_filled(rect, 0.0, Color32::from_black_alpha(160));
             ui.painter().text(
                 rect.center(),
                 egui::Align2::CENTER_CENTER,
