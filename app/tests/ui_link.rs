@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use eframe::egui;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use vireo_app::guest_link::Feature;
@@ -110,7 +111,7 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
             HostInfo::detect(),
         )
     });
-    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    harness.set_size(egui::vec2(900.0, 700.0));
 
     // The link comes up with the running VM: the probe agent offers clipboard and time.
     until(&mut harness, "the agent", Duration::from_secs(60), |h| {
@@ -130,33 +131,74 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
     // The drop folder is made when the link starts (the agent mounts it at once).
     assert!(home.vm_dir().join("shared").is_dir());
 
-    // The VM window's toolbar says the same, feature by feature.
+    // The VM window (toolbar and screen) says the same, feature by feature.
     let socket = home.dir.0.join("run/vireo/drop/control.sock");
     let mut view = DisplayView::open("drop".into(), "drop".into(), socket, || {});
     view.agent = status;
-    let mut toolbar = Harness::new_ui_state(
+    let mut window = Harness::new_ui_state(
         |ui, view: &mut DisplayView| {
-            view.toolbar(ui);
+            view.pump(ui.ctx());
+            egui::Panel::bottom("toolbar")
+                .exact_size(36.0)
+                .show(ui, |ui| view.toolbar(ui));
+            egui::CentralPanel::default()
+                .frame(egui::Frame::NONE)
+                .show(ui, |ui| view.ui(ui));
         },
         view,
     );
-    // Tall enough for the clipboard menu to open below the toolbar.
-    toolbar.set_size(eframe::egui::vec2(1400.0, 300.0));
-    toolbar.run();
-    toolbar.get_by_label("Clipboard ok");
-    toolbar.get_by_label("Time ok");
-    toolbar.get_by_label("Folders n/a");
-    toolbar.get_by_label("Mouse n/a");
+    window.set_size(egui::vec2(1400.0, 804.0));
+    until(&mut window, "the screen", Duration::from_secs(20), |h| {
+        h.state().screen_size().is_some()
+    });
+    window.get_by_label("Clipboard ok");
+    window.get_by_label("Time ok");
+    window.get_by_label("Folders n/a");
+    window.get_by_label("Mouse n/a");
     // The clipboard's menu sets its direction: a request the app passes on.
-    toolbar.get_by_label("Clipboard ok").click();
-    toolbar.run();
-    toolbar.get_by_label("guest to host only").click();
-    toolbar.run();
+    window.get_by_label("Clipboard ok").click();
+    window.run();
+    window.get_by_label("guest to host only").click();
+    window.run();
     assert_eq!(
-        toolbar.state_mut().take_requests(),
+        window.state_mut().take_requests(),
         vec![ViewRequest::Clipboard(ClipboardDirection::GuestToHost)]
     );
-    drop(toolbar);
+
+    // The probe's agent does not report the tablet in use: a click on the screen
+    // captures the pointer, with the hint; Right Ctrl releases it (and is not the
+    // guest's).
+    let click = |h: &mut Harness<'_, DisplayView>| {
+        let pos = egui::pos2(300.0, 200.0);
+        h.hover_at(pos);
+        for pressed in [true, false] {
+            h.event(egui::Event::PointerButton {
+                pos,
+                button: egui::PointerButton::Primary,
+                pressed,
+                modifiers: egui::Modifiers::NONE,
+            });
+            h.step();
+        }
+        h.run();
+    };
+    assert!(!window.state().captured());
+    click(&mut window);
+    assert!(window.state().captured(), "a click captures the pointer");
+    window.get_by_label("Press Right Ctrl to release the pointer");
+    window.key_press(egui::Key::ControlRight);
+    window.run();
+    assert!(!window.state().captured(), "Right Ctrl releases it");
+    assert!(window
+        .query_by_label("Press Right Ctrl to release the pointer")
+        .is_none());
+    // An agent that says the guest drives the tablet: no capture (seamless mouse).
+    window.state_mut().agent.absolute_pointer = true;
+    window.state_mut().agent.mouse = Feature::Working;
+    click(&mut window);
+    assert!(!window.state().captured(), "seamless: no capture");
+    window.get_by_label("Mouse ok");
+    drop(window);
 
     // Drops: a file whose name is taken and a folder with a nested tree and a large file.
     let src = home.dir.0.join("to-drop");

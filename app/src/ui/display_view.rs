@@ -462,7 +462,8 @@ impl DisplayView {
                     button,
                     pressed,
                     ..
-                } if rect.contains(pos) || !pressed => {
+                } if (hovered && rect.contains(pos)) || !pressed => {
+                    // (`hovered`: not a click on a menu or popup drawn over the screen.)
                     if pressed && !self.agent.absolute_pointer {
                         self.capture(ui.ctx(), true);
                     }
