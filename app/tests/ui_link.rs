@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eframe::egui;
@@ -74,6 +75,20 @@ fn until<S>(
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A file as a desktop drop hands it to egui.
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
     }
 }
 
@@ -198,6 +213,19 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
     click(&mut window);
     assert!(!window.state().captured(), "seamless: no capture");
     window.get_by_label("Mouse ok");
+
+    // A file dropped on the window (egui's dropped files) becomes the window's request.
+    let dropped = home.dir.0.join("dropped on the window.txt");
+    write(&dropped, b"from the file manager");
+    window
+        .input_mut()
+        .dropped_files
+        .push(Arc::new(DroppedPath(dropped.clone())));
+    window.step();
+    assert_eq!(
+        window.state_mut().take_requests(),
+        vec![ViewRequest::Drop(vec![dropped.clone()])]
+    );
     drop(window);
 
     // Drops: a file whose name is taken and a folder with a nested tree and a large file.
@@ -208,9 +236,10 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
     write(&src.join("album/big.bin"), &big);
     let shared = home.vm_dir().join("shared");
     write(&shared.join("notes.txt"), b"already there");
-    harness
-        .state_mut()
-        .drop_files("drop", vec![src.join("notes.txt"), src.join("album")]);
+    harness.state_mut().drop_files(
+        "drop",
+        vec![src.join("notes.txt"), src.join("album"), dropped],
+    );
     until(&mut harness, "the copy", Duration::from_secs(60), |h| {
         h.state()
             .drop_state("drop")
@@ -232,7 +261,11 @@ fn the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder() {
         b"cover"
     );
     assert!(std::fs::read(shared.join("album/big.bin")).unwrap() == big);
-    assert_eq!(finished.progress.files_done, 3);
-    assert_eq!(finished.progress.bytes_done, big.len() as u64 + 13 + 5);
+    assert_eq!(
+        std::fs::read(shared.join("dropped on the window.txt")).unwrap(),
+        b"from the file manager"
+    );
+    assert_eq!(finished.progress.files_done, 4);
+    assert_eq!(finished.progress.bytes_done, big.len() as u64 + 13 + 5 + 21);
     drop(x);
 }
