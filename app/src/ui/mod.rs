@@ -115,6 +115,11 @@ impl VireoApp {
         for update in self.backend.drain() {
             match update {
                 Update::Snapshot(rows) => {
+                    // A stopped VM's link is gone: its last status would be stale.
+                    self.agents.retain(|id, _| {
+                        rows.iter()
+                            .any(|r| r.entry_id == *id && r.state.is_running())
+                    });
                     self.rows = rows;
                     self.loaded = true;
                     self.open_requested();
