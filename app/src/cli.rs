@@ -434,6 +434,7 @@ fn config_from_args(args: &CreateArgs) -> anyhow::Result<VmConfig> {
         disk: args.disk_gib.map(|size_gib| DiskConfig { size_gib }),
         network: args.net,
         display,
+        link: Default::default(),
     })
 }
 

@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md.
 
 pub mod cli;
+pub mod guest_link;
 pub mod host;
 pub mod library;
 pub mod paths;

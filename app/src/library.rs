@@ -296,6 +296,7 @@ mod tests {
             disk: None,
             network: false,
             display: DisplaySize::default(),
+            link: Default::default(),
         }
     }
 

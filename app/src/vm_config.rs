@@ -31,6 +31,83 @@ pub struct VmConfig {
     #[serde(default)]
     pub network: bool,
     pub display: DisplaySize,
+    // ---- Guest link (clipboard bridge, shared folders): the `link` branch's block. ----
+    /// How the guest agent is bridged to the host: clipboard direction, shared folders.
+    /// Absent from older files: the defaults.
+    #[serde(default, skip_serializing_if = "LinkSettings::is_default")]
+    pub link: LinkSettings,
+}
+
+// ---- Guest link settings (the `link` branch): kept together to keep merges easy. ----
+
+/// What crosses between host and guest through the guest agent (`[link]` in vm.toml).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSettings {
+    #[serde(default)]
+    pub clipboard: ClipboardDirection,
+    /// Host folders served to the guest besides the drop folder (share `vireo`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_folders: Vec<SharedFolder>,
+}
+
+impl LinkSettings {
+    pub fn is_default(&self) -> bool {
+        *self == LinkSettings::default()
+    }
+}
+
+/// Which way copies cross.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClipboardDirection {
+    #[default]
+    Both,
+    HostToGuest,
+    GuestToHost,
+    Off,
+}
+
+impl ClipboardDirection {
+    pub const ALL: [ClipboardDirection; 4] = [
+        ClipboardDirection::Both,
+        ClipboardDirection::HostToGuest,
+        ClipboardDirection::GuestToHost,
+        ClipboardDirection::Off,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ClipboardDirection::Both => "both ways",
+            ClipboardDirection::HostToGuest => "host to guest only",
+            ClipboardDirection::GuestToHost => "guest to host only",
+            ClipboardDirection::Off => "off",
+        }
+    }
+
+    pub fn host_to_guest(self) -> bool {
+        matches!(
+            self,
+            ClipboardDirection::Both | ClipboardDirection::HostToGuest
+        )
+    }
+
+    pub fn guest_to_host(self) -> bool {
+        matches!(
+            self,
+            ClipboardDirection::Both | ClipboardDirection::GuestToHost
+        )
+    }
+}
+
+/// A host folder the guest mounts at `/mnt/vireo/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedFolder {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// What the VM boots.
@@ -308,6 +385,7 @@ mod tests {
             disk: None,
             network: false,
             display: DisplaySize::default(),
+            link: LinkSettings::default(),
         }
     }
 
@@ -343,6 +421,38 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(FILE_NAME)]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn link_settings_default_when_absent_and_round_trip() {
+        let dir = temp("link");
+        let path = dir.join(FILE_NAME);
+        // A file written before the `[link]` table existed still loads, with defaults.
+        let old = self_test("Old");
+        old.save(&path).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("[link]"));
+        assert_eq!(VmConfig::load(&path).unwrap().link, LinkSettings::default());
+        let new = VmConfig {
+            link: LinkSettings {
+                clipboard: ClipboardDirection::GuestToHost,
+                shared_folders: vec![SharedFolder {
+                    name: "music".into(),
+                    path: "/home/me/Music".into(),
+                    read_only: true,
+                }],
+            },
+            ..self_test("New")
+        };
+        new.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("clipboard = \"guest-to-host\""), "{text}");
+        assert_eq!(VmConfig::load(&path).unwrap(), new);
+        std::fs::write(&path, text.replace("clipboard", "clipbored")).unwrap();
+        assert!(
+            VmConfig::load(&path).is_err(),
+            "unknown link keys are refused"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -215,6 +215,7 @@ mod tests {
                 width: 800,
                 height: 600,
             },
+            link: Default::default(),
         };
         let runtime = RuntimeFiles {
             dir: "/run/v/k".into(),

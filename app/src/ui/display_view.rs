@@ -4,20 +4,33 @@
 //! texture. Keys go to the guest by physical position as evdev codes, the pointer as
 //! absolute tablet positions in guest pixels, both on an input thread, so nothing in
 //! `ui` waits on the engine.
+//!
+//! The guest agent's state (from the VM's guest link, through the backend) shows in the
+//! toolbar, feature by feature. While the agent does not say the guest uses the tablet,
+//! a click captures the pointer (confined to the window, Right Ctrl releases it); files
+//! dropped on the window become a request the app hands to the backend.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use eframe::egui::{self, Color32, ColorImage, Rect, Sense, TextureHandle, TextureOptions};
+use eframe::egui::{
+    self, Color32, ColorImage, Rect, RichText, Sense, TextureHandle, TextureOptions,
+};
 use vireo_vmm::control::client::{Control, DisplayClient, DisplayMessage, MappedFramebuffer};
 use vireo_vmm::control::protocol::{Event, PointerButton, Request, ScreenMode};
 use vireo_vmm::devices::virtio::gpu::display::format_name;
 use virtio_gpu::PixelFormat;
 
+use super::backend::DropState;
 use super::keymap::evdev_code;
+use crate::guest_link::{AgentStatus, Feature};
 use crate::supervisor::Action;
+use crate::vm_config::ClipboardDirection;
+
+/// evdev code of Right Ctrl, the key that releases a captured pointer.
+const KEY_RIGHTCTRL: u16 = 97;
 
 /// evdev codes of the Ctrl+Alt+Del chord.
 const KEY_LEFTCTRL: u16 = 29;
@@ -64,6 +77,24 @@ pub struct DisplayView {
     resize: ResizeRequest,
     /// Bytes uploaded to the texture so far (tests read it).
     pub uploaded_bytes: u64,
+    /// The guest agent as the VM's link last reported it (the app sets it each frame).
+    pub agent: AgentStatus,
+    /// The VM's clipboard direction setting (the app sets it each frame).
+    pub clipboard: ClipboardDirection,
+    /// The newest drop's copy, if any (the app sets it each frame).
+    pub drop: Option<DropState>,
+    /// The pointer is confined to the window (no agent-driven tablet in the guest).
+    captured: bool,
+    /// What the user asked of the app in this frame.
+    requests: Vec<ViewRequest>,
+}
+
+/// What the VM window asks of the app (which passes it to the backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewRequest {
+    Clipboard(ClipboardDirection),
+    /// Files and folders dropped on the window.
+    Drop(Vec<PathBuf>),
 }
 
 impl DisplayView {
@@ -104,6 +135,11 @@ impl DisplayView {
             resize_guest: true,
             resize: ResizeRequest::default(),
             uploaded_bytes: 0,
+            agent: AgentStatus::no_agent(),
+            clipboard: ClipboardDirection::default(),
+            drop: None,
+            captured: false,
+            requests: Vec::new(),
         }
     }
 
@@ -117,6 +153,16 @@ impl DisplayView {
     /// Why the display is gone, if it is.
     pub fn lost(&self) -> Option<&str> {
         self.lost.as_deref()
+    }
+
+    /// Whether the pointer is captured (confined to the window).
+    pub fn captured(&self) -> bool {
+        self.captured
+    }
+
+    /// What the user asked for since the last call.
+    pub fn take_requests(&mut self) -> Vec<ViewRequest> {
+        std::mem::take(&mut self.requests)
     }
 
     /// Takes what the display thread received and uploads the damage.
@@ -215,6 +261,8 @@ impl DisplayView {
 
     /// Draws the screen scaled to fit, and forwards input over it.
     pub fn ui(&mut self, ui: &mut egui::Ui) {
+        self.take_dropped(ui);
+        self.draw_drop(ui);
         if let Some(why) = &self.lost {
             ui.label(format!("The display is gone: {why}"));
             return;
@@ -298,6 +346,78 @@ impl DisplayView {
         }
     }
 
+    /// Files dropped on the window (or hovering over it, to say what a drop does).
+    fn take_dropped(&mut self, ui: &egui::Ui) {
+        let (dropped, hovering) = ui.input(|i| {
+            let paths: Vec<PathBuf> = i
+                .raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_owned())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+            (paths, !i.raw.hovered_files.is_empty())
+        });
+        if !dropped.is_empty() {
+            self.requests.push(ViewRequest::Drop(dropped));
+        }
+        if hovering {
+            let rect = ui.max_rect();
+            ui.painter()
+                .rect_filled(rect, 0.0, Color32::from_black_alpha(160));
+            ui.painter().text(
+                rect.center(),
+                egui::Align2::CENTER_CENTER,
+                "Drop to copy into the VM's shared folder",
+                egui::FontId::proportional(22.0),
+                Color32::WHITE,
+            );
+        }
+    }
+
+    /// The newest drop's progress (or outcome), over the bottom of the screen.
+    fn draw_drop(&self, ui: &egui::Ui) {
+        let Some(drop) = &self.drop else { return };
+        let p = drop.progress;
+        let text = match &drop.finished {
+            Some(Ok(done)) => done.clone(),
+            Some(Err(why)) => format!("copy failed: {why}"),
+            None => format!(
+                "copying {} of {} files into the shared folder…",
+                p.files_done, p.files_total
+            ),
+        };
+        let fraction = if p.bytes_total == 0 {
+            1.0
+        } else {
+            p.bytes_done as f32 / p.bytes_total as f32
+        };
+        egui::Area::new(ui.scope_id().with("drop"))
+            .anchor(egui::Align2::CENTER_BOTTOM, egui::vec2(0.0, -8.0))
+            .show(ui.ctx(), |ui| {
+                egui::Frame::popup(ui.style()).show(ui, |ui| {
+                    ui.set_width(420.0);
+                    if drop.finished.is_none() {
+                        ui.add(egui::ProgressBar::new(fraction).show_percentage());
+                    }
+                    ui.label(text);
+                });
+            });
+    }
+
+    /// Confines the pointer to the window until Right Ctrl (or focus loss) releases it.
+    fn capture(&mut self, ctx: &egui::Context, on: bool) {
+        if self.captured != on {
+            self.captured = on;
+            let grab = if on {
+                egui::CursorGrab::Confined
+            } else {
+                egui::CursorGrab::None
+            };
+            ctx.send_viewport_cmd(egui::ViewportCommand::CursorGrab(grab));
+        }
+    }
+
     fn forward_input(&mut self, ui: &egui::Ui, rect: Rect, (w, h): (u32, u32), hovered: bool) {
         let events = ui.input(|i| i.events.clone());
         for event in events {
@@ -309,7 +429,15 @@ impl DisplayView {
                     repeat,
                     ..
                 } => {
-                    if let Some(code) = evdev_code(physical_key.unwrap_or(key)) {
+                    let code = evdev_code(physical_key.unwrap_or(key));
+                    if self.captured && code == Some(KEY_RIGHTCTRL) {
+                        // The release key is the host's, not the guest's.
+                        if pressed {
+                            self.capture(ui.ctx(), false);
+                        }
+                        continue;
+                    }
+                    if let Some(code) = code {
                         if pressed && !repeat {
                             self.pressed.insert(code);
                         } else if !pressed {
@@ -318,7 +446,10 @@ impl DisplayView {
                         self.send(Request::InputKey { code, pressed });
                     }
                 }
-                egui::Event::WindowFocused(false) => self.release_all(),
+                egui::Event::WindowFocused(false) => {
+                    self.release_all();
+                    self.capture(ui.ctx(), false);
+                }
                 egui::Event::PointerMoved(pos) if hovered => {
                     let at = guest_point(rect, (w, h), pos);
                     if self.last_pointer != Some(at) {
@@ -331,7 +462,11 @@ impl DisplayView {
                     button,
                     pressed,
                     ..
-                } if rect.contains(pos) || !pressed => {
+                } if (hovered && rect.contains(pos)) || !pressed => {
+                    // (`hovered`: not a click on a menu or popup drawn over the screen.)
+                    if pressed && !self.agent.absolute_pointer {
+                        self.capture(ui.ctx(), true);
+                    }
                     let at = guest_point(rect, (w, h), pos);
                     self.send(Request::InputPointer { x: at.0, y: at.1 });
                     if let Some(button) = pointer_button(button) {
@@ -386,11 +521,49 @@ impl DisplayView {
             if ui.button("Send Ctrl+Alt+Del").clicked() {
                 self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
             }
+            ui.separator();
+            self.agent_status(ui);
+            if self.captured {
+                ui.label(
+                    RichText::new("Press Right Ctrl to release the pointer")
+                        .color(ui.visuals().warn_fg_color),
+                );
+            }
             if let Some(why) = &self.lost {
                 ui.label(why);
             }
         });
         asked
+    }
+
+    /// The agent's features: clipboard (a menu with its direction), folders, time, mouse.
+    fn agent_status(&mut self, ui: &mut egui::Ui) {
+        let clipboard = self.agent.clipboard.clone();
+        let menu = ui
+            .menu_button(format!("Clipboard {}", clipboard.sign()), |ui| {
+                ui.label(format!("Clipboard: {}", clipboard.detail()));
+                ui.separator();
+                for direction in ClipboardDirection::ALL {
+                    if ui
+                        .radio(self.clipboard == direction, direction.label())
+                        .clicked()
+                    {
+                        self.requests.push(ViewRequest::Clipboard(direction));
+                        ui.close();
+                    }
+                }
+            })
+            .response;
+        menu.on_hover_text(format!("Clipboard: {}", clipboard.detail()));
+        for (name, feature) in &self.agent.features()[1..] {
+            let text = RichText::new(format!("{name} {}", feature.sign()));
+            let text = match feature {
+                Feature::Error(_) => text.color(ui.visuals().error_fg_color),
+                _ => text,
+            };
+            ui.label(text)
+                .on_hover_text(format!("{name}: {}", feature.detail()));
+        }
     }
 
     /// Presses `codes` in order and releases them in reverse, as a person would.

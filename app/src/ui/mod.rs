@@ -9,14 +9,18 @@ pub mod keymap;
 pub mod library_view;
 pub mod wizard;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use eframe::egui::{self, RichText};
 
+use crate::guest_link::AgentStatus;
 use crate::host::HostInfo;
 use crate::library::Library;
 use crate::paths::Dirs;
 use crate::supervisor::{Programs, Supervisor};
-use backend::{Backend, Command, Update, VmRow};
-use display_view::DisplayView;
+use backend::{Backend, Command, DropState, Update, VmRow};
+use display_view::{DisplayView, ViewRequest};
 use library_view::{LibraryCommand, LibraryView};
 use wizard::{Wizard, WizardOutcome};
 
@@ -41,6 +45,10 @@ pub struct VireoApp {
     ctx: egui::Context,
     /// The VM whose window to open at start (`vireo open NAME`).
     open_when_running: Option<String>,
+    /// Each running VM's guest agent, as its link last reported it.
+    agents: HashMap<String, AgentStatus>,
+    /// Each VM's newest drop.
+    drops: HashMap<String, DropState>,
 }
 
 impl VireoApp {
@@ -61,6 +69,8 @@ impl VireoApp {
             loaded: false,
             ctx: ctx.clone(),
             open_when_running: None,
+            agents: HashMap::new(),
+            drops: HashMap::new(),
         }
     }
 
@@ -81,10 +91,35 @@ impl VireoApp {
         &self.displays
     }
 
+    /// The guest agent of a running VM, as its link last reported it.
+    pub fn agent_status(&self, vm_id: &str) -> Option<&AgentStatus> {
+        self.agents.get(vm_id)
+    }
+
+    /// The newest drop on a VM's window.
+    pub fn drop_state(&self, vm_id: &str) -> Option<&DropState> {
+        self.drops.get(vm_id)
+    }
+
+    /// Copies `paths` into the VM's shared folder, as dropping them on its window does
+    /// (the test hook for drops: tests cannot drag files onto a window).
+    pub fn drop_files(&mut self, vm_id: &str, paths: Vec<PathBuf>) {
+        self.drops.remove(vm_id);
+        self.backend.send(Command::Drop {
+            id: vm_id.to_owned(),
+            paths,
+        });
+    }
+
     fn drain(&mut self) {
         for update in self.backend.drain() {
             match update {
                 Update::Snapshot(rows) => {
+                    // A stopped VM's link is gone: its last status would be stale.
+                    self.agents.retain(|id, _| {
+                        rows.iter()
+                            .any(|r| r.entry_id == *id && r.state.is_running())
+                    });
                     self.rows = rows;
                     self.loaded = true;
                     self.open_requested();
@@ -92,6 +127,15 @@ impl VireoApp {
                 Update::Done(result) => self.status = Some(result),
                 Update::Created { .. } => self.wizard = None,
                 Update::Started { id, name } => self.open_display(&id, &name),
+                Update::Agent { id, status } => {
+                    self.agents.insert(id, status);
+                }
+                Update::Drop { id, state } => {
+                    if let Some(done) = &state.finished {
+                        self.status = Some(done.clone());
+                    }
+                    self.drops.insert(id, state);
+                }
             }
         }
     }
@@ -207,8 +251,19 @@ impl VireoApp {
     fn show_displays(&mut self, ctx: &egui::Context) {
         let mut closed = Vec::new();
         let mut actions = Vec::new();
+        let mut requests = Vec::new();
         for (i, display) in self.displays.iter_mut().enumerate() {
             display.pump(ctx);
+            display.agent = self.agents.get(&display.vm_id).cloned().unwrap_or_default();
+            display.drop = self.drops.get(&display.vm_id).cloned();
+            if let Some(Ok(config)) = self
+                .rows
+                .iter()
+                .find(|r| r.entry_id == display.vm_id)
+                .map(|r| &r.config)
+            {
+                display.clipboard = config.link.clipboard;
+            }
             let (w, h) = display.screen_size().unwrap_or((1024, 768));
             let builder = egui::ViewportBuilder::default()
                 .with_title(&display.title)
@@ -230,9 +285,20 @@ impl VireoApp {
                     closed.push(i);
                 }
             });
+            for request in display.take_requests() {
+                requests.push((display.vm_id.clone(), request));
+            }
         }
         for (id, action) in actions {
             self.backend.send(Command::Act(id, action));
+        }
+        for (id, request) in requests {
+            match request {
+                ViewRequest::Clipboard(direction) => {
+                    self.backend.send(Command::SetClipboard { id, direction })
+                }
+                ViewRequest::Drop(paths) => self.drop_files(&id, paths),
+            }
         }
         for i in closed.into_iter().rev() {
             // Closing the window leaves the VM running (it is in the library).
