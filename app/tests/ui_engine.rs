@@ -108,8 +108,9 @@ fn until<S>(
 }
 
 #[test]
-fn the_library_reattaches_and_powers_off() {
-    if !report::require_kvm("app::ui_engine::the_library_reattaches_and_powers_off") {
+fn the_library_reattaches_pauses_resumes_and_powers_off() {
+    if !report::require_kvm("app::ui_engine::the_library_reattaches_pauses_resumes_and_powers_off")
+    {
         return;
     }
     let home = Home::new("app-ui-reattach");
@@ -139,6 +140,35 @@ fn the_library_reattaches_and_powers_off() {
     harness.step();
     harness.get_by_label("running");
     harness.get_by_label("Open display");
+    // Pause, and the row offers Resume; resume, and it offers Pause again.
+    harness.get_by_label("Pause").click();
+    until(
+        &mut harness,
+        "the VM to pause",
+        Duration::from_secs(20),
+        |h| {
+            h.state()
+                .rows()
+                .first()
+                .is_some_and(|r| r.state.is_paused())
+        },
+    );
+    harness.step();
+    harness.get_by_label("paused");
+    harness.get_by_label("Resume").click();
+    until(
+        &mut harness,
+        "the VM to resume",
+        Duration::from_secs(20),
+        |h| {
+            h.state()
+                .rows()
+                .first()
+                .is_some_and(|r| r.state.word() == "running")
+        },
+    );
+    harness.step();
+    harness.get_by_label("Pause");
     harness.get_by_label("Power off").click();
     until(
         &mut harness,

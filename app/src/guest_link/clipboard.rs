@@ -11,14 +11,16 @@
 use std::time::Duration;
 
 use vireo_guest_agent::agent::clipboard::x11::X11Clipboard;
-use vireo_guest_agent::agent::clipboard::SessionClipboard;
+use vireo_guest_agent::agent::clipboard::{entries_to_content, SessionClipboard};
 use vireo_guest_agent::host::{AgentClient, ClipboardEvent};
-use vireo_guest_agent::protocol::{Capabilities, ClipboardContent, ClipboardFormat};
+use vireo_guest_agent::protocol::{
+    Capabilities, ClipboardContent, ClipboardFormat, DEFAULT_CLIPBOARD_LIMIT,
+};
 
 use crate::vm_config::ClipboardDirection;
 
-/// Reads of the host clipboard tried before giving up: arboard's reads of a large
-/// selection (INCR, 10 ms per chunk) fail now and then on a busy machine.
+/// Reads of the host clipboard tried before giving up: an owner that is busy or just
+/// went away fails a read now and then.
 const READ_TRIES: u32 = 3;
 const READ_RETRY: Duration = Duration::from_millis(50);
 
@@ -147,7 +149,10 @@ impl Bridge {
             entries: vec![(format, data)],
         };
         let what = describe(&content);
-        Some(match host.write(&content) {
+        let written = host
+            .write(&content, DEFAULT_CLIPBOARD_LIMIT)
+            .and_then(|e| entries_to_content(e, DEFAULT_CLIPBOARD_LIMIT));
+        Some(match written {
             Ok(read_back) => {
                 self.written = Some(read_back);
                 Ok(format!("guest → host: {what} (grab {})", grab.serial))
@@ -160,8 +165,8 @@ impl Bridge {
 fn read(host: &mut X11Clipboard) -> Result<ClipboardContent, String> {
     let mut tries = 1;
     loop {
-        match host.read() {
-            Ok(content) => return Ok(content),
+        match host.read(DEFAULT_CLIPBOARD_LIMIT) {
+            Ok(entries) => return entries_to_content(entries, DEFAULT_CLIPBOARD_LIMIT),
             Err(_) if tries < READ_TRIES => {
                 tries += 1;
                 std::thread::sleep(READ_RETRY);

@@ -51,6 +51,9 @@ enum Input {
     /// The host clipboard's owner changed (XFixes).
     HostClipboardChanged,
     Direction(ClipboardDirection),
+    /// The VM was resumed: its clock stood still while paused, so set it right now
+    /// rather than at the agent's next periodic sync.
+    Resumed,
     Stop,
 }
 
@@ -74,6 +77,10 @@ impl GuestLink {
 
     pub fn set_direction(&self, direction: ClipboardDirection) {
         let _ = self.inputs.send(Input::Direction(direction));
+    }
+
+    pub fn resumed(&self) {
+        let _ = self.inputs.send(Input::Resumed);
     }
 }
 
@@ -144,10 +151,26 @@ impl Link {
                         status.clipboard = self.clipboard_feature();
                         self.publish(status);
                     }
+                    Ok(Input::Resumed) => self.sync_time(),
                     Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
                     Err(TryRecvError::Empty) => break,
                 }
             }
+        }
+    }
+
+    fn sync_time(&self) {
+        if self.client.peer().is_none() {
+            return;
+        }
+        match self.client.time_sync_now() {
+            Ok(report) => eprintln!(
+                "vireo: {}: time after resume: {:?} (offset {:.1} ms)",
+                self.spec.vm_id,
+                report.correction,
+                report.offset_ns as f64 / 1e6
+            ),
+            Err(e) => eprintln!("vireo: {}: time sync after resume: {e}", self.spec.vm_id),
         }
     }
 

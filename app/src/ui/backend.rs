@@ -338,10 +338,11 @@ impl Worker {
                 Err(e) => Err(e.to_string()),
             },
             Command::Act(id, action) => self.with_entry(&id, |s, entry| {
-                s.supervisor
-                    .act(entry, action)
-                    .map(|()| format!("{}: done", action.verb()))
-                    .map_err(|e| e.to_string())
+                s.supervisor.act(entry, action).map_err(|e| e.to_string())?;
+                if let (Action::Resume, Some(link)) = (action, s.links.get(&entry.id)) {
+                    link.resumed();
+                }
+                Ok(format!("{}: done", action.verb()))
             }),
             Command::Delete { id, disk } => self.with_entry(&id, |s, entry| {
                 s.supervisor

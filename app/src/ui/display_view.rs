@@ -81,6 +81,8 @@ pub struct DisplayView {
     pub agent: AgentStatus,
     /// The VM's clipboard direction setting (the app sets it each frame).
     pub clipboard: ClipboardDirection,
+    /// Whether the VM is paused (the toolbar then offers Resume).
+    pub paused: bool,
     /// The newest drop's copy, if any (the app sets it each frame).
     pub drop: Option<DropState>,
     /// The pointer is confined to the window (no agent-driven tablet in the guest).
@@ -137,6 +139,7 @@ impl DisplayView {
             uploaded_bytes: 0,
             agent: AgentStatus::no_agent(),
             clipboard: ClipboardDirection::default(),
+            paused: false,
             drop: None,
             captured: false,
             requests: Vec::new(),
@@ -488,8 +491,13 @@ impl DisplayView {
     pub fn toolbar(&mut self, ui: &mut egui::Ui) -> Option<Action> {
         let mut asked = None;
         ui.horizontal(|ui| {
+            let pause_or_resume = if self.paused {
+                Action::Resume
+            } else {
+                Action::Pause
+            };
             for action in [
-                Action::Pause,
+                pause_or_resume,
                 Action::Save,
                 Action::Shutdown,
                 Action::PowerOff,

@@ -256,13 +256,11 @@ impl VireoApp {
             display.pump(ctx);
             display.agent = self.agents.get(&display.vm_id).cloned().unwrap_or_default();
             display.drop = self.drops.get(&display.vm_id).cloned();
-            if let Some(Ok(config)) = self
-                .rows
-                .iter()
-                .find(|r| r.entry_id == display.vm_id)
-                .map(|r| &r.config)
-            {
-                display.clipboard = config.link.clipboard;
+            if let Some(row) = self.rows.iter().find(|r| r.entry_id == display.vm_id) {
+                if let Ok(config) = &row.config {
+                    display.clipboard = config.link.clipboard;
+                }
+                display.paused = row.state.is_paused();
             }
             let (w, h) = display.screen_size().unwrap_or((1024, 768));
             let builder = egui::ViewportBuilder::default()

@@ -88,6 +88,18 @@ pub enum ClipboardMode {
 /// What a session clipboard holds, format by format.
 pub type Entries = Vec<(ClipboardFormat, Payload)>;
 
+/// The entries as content to send, or why not: a format over `limit` (its size only).
+pub fn entries_to_content(entries: Entries, limit: usize) -> Result<ClipboardContent, String> {
+    let mut content = ClipboardContent::default();
+    for (format, payload) in entries {
+        match payload {
+            Payload::Data(data) => content.entries.push((format, data)),
+            Payload::TooLarge(len) => return Err(too_large_text(format, len, limit)),
+        }
+    }
+    Ok(content)
+}
+
 /// A graphical session's clipboard as the worker uses it.
 pub trait SessionClipboard {
     /// Everything the clipboard offers in the formats we know (empty when nobody owns
