@@ -6,6 +6,8 @@ pub mod cli;
 pub mod host;
 pub mod library;
 pub mod paths;
+pub mod settings;
 pub mod supervisor;
 pub mod ui;
+pub mod usage;
 pub mod vm_config;

@@ -31,6 +31,22 @@ pub struct VmConfig {
     #[serde(default)]
     pub network: bool,
     pub display: DisplaySize,
+    // --- Identity (clone, settings: issue 7 item 1). Defaulted so older vm.toml load. ---
+    /// The network card's MAC address (`52:54:00:..`); a clone gets a fresh one. `None`:
+    /// the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A fresh locally administered MAC address in QEMU's 52:54:00 range, for a new or
+/// cloned VM (two VMs on one bridge must not share one).
+pub fn fresh_mac() -> std::io::Result<String> {
+    let mut bytes = [0u8; 3];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        bytes[0], bytes[1], bytes[2]
+    ))
 }
 
 /// What the VM boots.
@@ -308,6 +324,7 @@ mod tests {
             disk: None,
             network: false,
             display: DisplaySize::default(),
+            mac: None,
         }
     }
 

@@ -104,6 +104,7 @@ impl Wizard {
             }),
             network: self.network,
             display: DisplaySize::default(),
+            mac: None,
         })
     }
 
