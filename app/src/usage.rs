@@ -1,10 +1,14 @@
 //! What a running VM costs the host, sampled from `/proc`: its engine's CPU time (user +
 //! system, from `/proc/PID/stat`, as a share of one CPU between two samples) and
 //! resident memory (`/proc/PID/statm`). The engine's pid is the one its monitor wrote.
+//! Disk and network rates come from the engine's `stats` counters, differenced the
+//! same way.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
+
+use vireo_vmm::devices::virtio::io_counters::IoCountersSnapshot as Counters;
 
 /// One VM's cost at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -13,6 +17,32 @@ pub struct Usage {
     pub cpu_percent: f32,
     /// Resident memory of the engine process.
     pub rss_mib: u64,
+    /// Disk and network traffic, if the engine reports it.
+    pub io: Option<IoRates>,
+}
+
+/// Bytes per second since the previous sample.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct IoRates {
+    pub disk_read: f64,
+    pub disk_write: f64,
+    pub net_rx: f64,
+    pub net_tx: f64,
+}
+
+/// Byte totals since the VM started: disk read, disk written, net received, net sent.
+pub type IoTotals = [u64; 4];
+
+/// The totals of a `stats` answer, all disks and cards summed.
+pub fn io_totals(disks: &[Counters], nets: &[Counters]) -> IoTotals {
+    let sum =
+        |v: &[Counters], f: fn(&Counters) -> u64| v.iter().map(f).fold(0u64, u64::saturating_add);
+    [
+        sum(disks, |c| c.read_bytes),
+        sum(disks, |c| c.write_bytes),
+        sum(nets, |c| c.read_bytes),
+        sum(nets, |c| c.write_bytes),
+    ]
 }
 
 /// Turns CPU-time counters into rates; one per backend.
@@ -20,6 +50,8 @@ pub struct Usage {
 pub struct UsageSampler {
     /// pid → (CPU ticks, when read).
     last: HashMap<u32, (u64, Instant)>,
+    /// VM id → (I/O totals, when read).
+    last_io: HashMap<String, (IoTotals, Instant)>,
 }
 
 impl UsageSampler {
@@ -48,7 +80,29 @@ impl UsageSampler {
         Some(Usage {
             cpu_percent,
             rss_mib: rss_pages * page_size() >> 20,
+            io: None,
         })
+    }
+
+    /// Rates from the VM's new totals; zero the first time (and after its engine
+    /// restarted, when the totals went back).
+    pub fn io_rates(&mut self, vm: &str, totals: IoTotals) -> IoRates {
+        let now = Instant::now();
+        let before = self.last_io.insert(vm.to_owned(), (totals, now));
+        let Some((old, at)) = before else {
+            return IoRates::default();
+        };
+        let secs = now.duration_since(at).as_secs_f64();
+        if secs <= 0.0 || totals.iter().zip(old).any(|(new, old)| *new < old) {
+            return IoRates::default();
+        }
+        let rate = |i: usize| (totals[i] - old[i]) as f64 / secs;
+        IoRates {
+            disk_read: rate(0),
+            disk_write: rate(1),
+            net_rx: rate(2),
+            net_tx: rate(3),
+        }
     }
 
     /// Forgets processes not in `alive` (pids are reused).
@@ -101,6 +155,22 @@ mod tests {
         assert_eq!(cpu_ticks(line), Some(325));
         assert_eq!(cpu_ticks("garbage"), None);
         assert_eq!(rss_pages("1000 256 10 1 0 50 0\n"), Some(256));
+    }
+
+    #[test]
+    fn io_rates_are_differences_over_time() {
+        let mut sampler = UsageSampler::default();
+        assert_eq!(sampler.io_rates("vm", [0, 0, 0, 0]), IoRates::default());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let rates = sampler.io_rates("vm", [1 << 20, 0, 0, 4096]);
+        assert!(
+            rates.disk_read > 1e6 && rates.disk_read < 1.1e7,
+            "{rates:?}"
+        );
+        assert_eq!(rates.disk_write, 0.0);
+        assert!(rates.net_tx > 0.0);
+        // An engine that started again counts from zero: no negative rate.
+        assert_eq!(sampler.io_rates("vm", [0, 0, 0, 0]), IoRates::default());
     }
 
     #[test]

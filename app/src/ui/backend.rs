@@ -4,12 +4,21 @@
 //! command, a fresh `Snapshot` of the library if it changed; each update wakes the UI.
 //! The UI drains updates once per frame.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
+use eframe::egui::ColorImage;
+
+use super::thumbnail;
+use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
+use crate::settings::{self, Settings};
 use crate::supervisor::{Action, Supervisor, VmState};
+use crate::usage::{io_totals, Usage, UsageSampler};
 use crate::vm_config::VmConfig;
+use vireo_vmm::control::protocol::{Request, Response};
 
 /// How often the library is looked at again (VMs started or stopped elsewhere, engines
 /// that died).
@@ -27,10 +36,26 @@ pub struct VmRow {
 
 #[derive(Debug)]
 pub enum Command {
-    Create { config: VmConfig, start: bool },
+    Create {
+        config: VmConfig,
+        start: bool,
+    },
     Start(String),
     Act(String, Action),
-    Delete { id: String, disk: DiskChoice },
+    Delete {
+        id: String,
+        disk: DiskChoice,
+    },
+    /// Copies a stopped VM under a new name.
+    Clone {
+        id: String,
+        name: String,
+    },
+    /// Writes new settings to a stopped VM's config.
+    SaveSettings {
+        id: String,
+        settings: Settings,
+    },
     Refresh,
 }
 
@@ -48,6 +73,13 @@ pub enum Update {
         id: String,
         name: String,
     },
+    /// What each running VM costs, sampled once a second (only while some VM runs).
+    Usage(Vec<(String, Usage)>),
+    /// A new thumbnail of a running VM's screen.
+    Thumbnail {
+        id: String,
+        image: ColorImage,
+    },
 }
 
 /// The UI's handle on the worker.
@@ -62,16 +94,20 @@ impl Backend {
     pub fn start(
         library: Library,
         supervisor: Supervisor,
-        wake: impl Fn() + Send + 'static,
+        host: HostInfo,
+        wake: impl Fn() + Send + Sync + 'static,
     ) -> Backend {
         let (commands, command_rx) = mpsc::channel();
         let (update_tx, updates) = mpsc::channel();
         let worker = Worker {
             library,
             supervisor,
+            host,
             updates: update_tx,
-            wake: Box::new(wake),
+            wake: Arc::new(wake),
             last: None,
+            sampler: UsageSampler::default(),
+            thumbnails: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("vireo-backend".into())
@@ -94,9 +130,13 @@ impl Backend {
 struct Worker {
     library: Library,
     supervisor: Supervisor,
+    host: HostInfo,
     updates: Sender<Update>,
-    wake: Box<dyn Fn() + Send>,
+    wake: Arc<dyn Fn() + Send + Sync>,
     last: Option<Vec<VmRow>>,
+    sampler: UsageSampler,
+    /// A thumbnail watcher per running VM, by id.
+    thumbnails: HashMap<String, thumbnail::Watcher>,
 }
 
 impl Worker {
@@ -111,7 +151,10 @@ impl Worker {
                     }
                     self.snapshot();
                 }
-                Err(RecvTimeoutError::Timeout) => self.snapshot(),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.snapshot();
+                    self.sample();
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
@@ -135,6 +178,50 @@ impl Worker {
         if self.last.as_ref() != Some(&rows) {
             self.last = Some(rows.clone());
             self.send(Update::Snapshot(rows));
+        }
+    }
+
+    /// Samples each running VM's cost and keeps a thumbnail watcher on each.
+    fn sample(&mut self) {
+        let Some(rows) = &self.last else { return };
+        let running: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state.is_running())
+            .map(|r| r.entry_id.clone())
+            .collect();
+        self.thumbnails
+            .retain(|id, w| w.alive() && running.contains(id));
+        let mut usage = Vec::new();
+        for id in &running {
+            let Ok(entry) = self.library.find(id) else {
+                continue;
+            };
+            let Ok(runtime) = self.supervisor.runtime(&entry) else {
+                continue;
+            };
+            if let Some(mut u) = self.sampler.sample(&runtime.engine_pid()) {
+                // An engine without `stats` (or one that does not answer) has no rates.
+                if let Ok(Response::Stats { disks, nets }) =
+                    self.supervisor.ask(&runtime, &Request::Stats {})
+                {
+                    u.io = Some(self.sampler.io_rates(id, io_totals(&disks, &nets)));
+                }
+                usage.push((id.clone(), u));
+            }
+            if !self.thumbnails.contains_key(id) {
+                let (updates, wake, vm) = (self.updates.clone(), self.wake.clone(), id.clone());
+                let watcher =
+                    thumbnail::Watcher::start(id, runtime.control_socket(), move |image| {
+                        let id = vm.clone();
+                        if updates.send(Update::Thumbnail { id, image }).is_ok() {
+                            wake();
+                        }
+                    });
+                self.thumbnails.insert(id.clone(), watcher);
+            }
+        }
+        if !usage.is_empty() {
+            self.send(Update::Usage(usage));
         }
     }
 
@@ -191,6 +278,23 @@ impl Worker {
                     Ok(None) => Ok("deleted".to_owned()),
                     Err(e) => Err(e.to_string()),
                 }
+            }),
+            Command::Clone { id, name } => self.with_entry(&id, |s, entry| {
+                s.supervisor
+                    .ensure_stopped(entry)
+                    .map_err(|e| e.to_string())?;
+                s.library
+                    .clone_vm(entry, &name)
+                    .map(|copy| format!("cloned as {}", copy.name()))
+                    .map_err(|e| e.to_string())
+            }),
+            Command::SaveSettings { id, settings } => self.with_entry(&id, |s, entry| {
+                s.supervisor
+                    .ensure_stopped(entry)
+                    .map_err(|e| e.to_string())?;
+                settings::apply(entry, &settings, &s.host)
+                    .map(|_| "settings saved".to_owned())
+                    .map_err(|e| e.to_string())
             }),
         };
         Some(Update::Done(result))
