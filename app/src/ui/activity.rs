@@ -109,14 +109,14 @@ fn graphs(ui: &mut egui::Ui, id: &str, row: &VmRow, history: &History) {
             &mut cols[0],
             (id, "cpu"),
             "CPU %",
-            vec![("CPU %", history.series(|u| f64::from(u.cpu_percent)))],
+            vec![("engine", history.series(|u| f64::from(u.cpu_percent)))],
             100.0,
         );
         plot(
             &mut cols[1],
             (id, "memory"),
             "Memory (MiB)",
-            vec![("resident MiB", history.series(|u| u.rss_mib as f64))],
+            vec![("resident", history.series(|u| u.rss_mib as f64))],
             memory_mib,
         );
     });
