@@ -21,6 +21,15 @@ pub struct Usage {
     pub io: Option<IoRates>,
 }
 
+impl Usage {
+    /// What the library's row shows: CPU in steps of 5 % (so that a busy guest's jitter
+    /// does not redraw the library every second) and resident MiB.
+    pub fn glance(&self) -> (u32, u64) {
+        let cpu = (self.cpu_percent.max(0.0) / 5.0).round() as u32 * 5;
+        (cpu, self.rss_mib)
+    }
+}
+
 /// Bytes per second since the previous sample.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct IoRates {

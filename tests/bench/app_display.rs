@@ -5,6 +5,11 @@
 //! rate, and the CPU the window process spends (per second, and per guest frame).
 //! The app uploads each flushed rectangle (here the whole frame) to its texture once.
 //!
+//! Then idle: the static screen with the app's library open (its thumbnail of the VM
+//! live) against no app at all and against the VM window open: the app's CPU and the
+//! engine's, the engine without its vCPU threads (the probe guest spins in its idle
+//! loop, which is the guest's time, not the engine's).
+//!
 //! `cargo bench -p vireo-e2e --bench app_display` (VIREO_BENCH_SECS=N per run, default 5).
 
 use std::path::{Path, PathBuf};
@@ -206,6 +211,142 @@ fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     }
 }
 
+/// CPU seconds of process `pid`'s threads whose names do not start with `skip`.
+fn cpu_seconds_without(pid: u32, skip: &str) -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if stat[open + 1..close].starts_with(skip) {
+            continue;
+        }
+        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let field = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += field(11) + field(12);
+    }
+    total as f64 / ticks
+}
+
+/// What is open beside the idle VM.
+#[derive(Clone, Copy, PartialEq)]
+enum Idle {
+    NoApp,
+    Library,
+    VmWindow,
+}
+
+/// A static screen (`gpu-draw`) for `secs()`: the app's CPU and the engine's without
+/// its vCPU threads, as percent of one CPU.
+fn idle(x: &Xvfb, probe: &Path, open: Idle) -> (Option<f64>, f64) {
+    let home = TempDir::new("bench-app-idle");
+    let vireo = |cmd: &mut Command| {
+        cmd.env("XDG_DATA_HOME", home.0.join("data"))
+            .env("XDG_RUNTIME_DIR", home.0.join("run"))
+            .env("VIREO_VMM", vmm_binary())
+            .env("VIREO_PROBE_GUEST", probe);
+    };
+    let mut create = Command::new(vireo_binary());
+    vireo(&mut create);
+    let out = create
+        .args(["create", "idle", "--os", "kernel", "--kernel", s(probe)])
+        .args(["--memory", "256M", "--display", SCREEN])
+        .args(["--cmdline", "probe.run=gpu-draw", "--start"])
+        .output()
+        .expect("vireo runs");
+    assert!(out.status.success(), "{out:?}");
+    let engine: u32 = std::fs::read_to_string(home.0.join("run/vireo/idle/engine.pid"))
+        .expect("the engine's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let (args, title): (&[&str], &str) = match open {
+        Idle::NoApp => (&[], ""),
+        Idle::Library => (&[], "^Vireo$"),
+        Idle::VmWindow => (&["open", "idle"], "^idle "),
+    };
+    let mut app = None;
+    if open != Idle::NoApp {
+        for _ in 0..3 {
+            let mut cmd = x.command(s(&vireo_binary()));
+            vireo(&mut cmd);
+            let mut child = cmd
+                .args(args)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("the app");
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end && !window_visible(x, title) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if window_visible(x, title) {
+                app = Some(child);
+                break;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(app.is_some(), "the app's window appeared");
+    }
+    // The window settles and the library's first thumbnail is drawn.
+    std::thread::sleep(Duration::from_secs(3));
+    let app_before = app.as_ref().map(|a| cpu_seconds(a.id()));
+    let engine_before = cpu_seconds_without(engine, "vcpu");
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs()));
+    let elapsed = start.elapsed().as_secs_f64();
+    let app_cpu = app
+        .as_ref()
+        .zip(app_before)
+        .map(|(a, before)| (cpu_seconds(a.id()) - before) / elapsed * 100.0);
+    let engine_cpu = (cpu_seconds_without(engine, "vcpu") - engine_before) / elapsed * 100.0;
+    if let Some(mut a) = app {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    let mut stop = Command::new(vireo_binary());
+    vireo(&mut stop);
+    let _ = stop.args(["stop", "idle"]).output();
+    (app_cpu, engine_cpu)
+}
+
+fn idle_rows(x: &Xvfb, probe: &Path) {
+    println!();
+    println!(
+        "idle: a static {SCREEN} screen, {} s per measurement",
+        secs()
+    );
+    println!(
+        "{:<40} {:>10} {:>26} {:>8}",
+        "open", "app CPU", "engine CPU (no vCPU thr.)", "total"
+    );
+    for (label, open) in [
+        ("nothing (baseline)", Idle::NoApp),
+        ("library, thumbnail live", Idle::Library),
+        ("VM window", Idle::VmWindow),
+    ] {
+        let (app, engine) = idle(x, probe, open);
+        println!(
+            "{:<40} {:>10} {:>25.2}% {:>7.2}%",
+            label,
+            app.map_or("-".to_owned(), |a| format!("{a:.2}%")),
+            engine,
+            app.unwrap_or(0.0) + engine
+        );
+    }
+}
+
 fn main() {
     if !Path::new("/dev/kvm").exists() {
         println!("app_display: skipped, no /dev/kvm");
@@ -246,4 +387,5 @@ fn main() {
             );
         }
     }
+    idle_rows(&x, &probe);
 }

@@ -5,6 +5,7 @@
 //! The UI drains updates once per frame.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +87,8 @@ pub enum Update {
 pub struct Backend {
     commands: Sender<Command>,
     updates: Receiver<Update>,
+    /// Whether the Activity graphs are on screen: only then does each sample wake the UI.
+    graphs_visible: Arc<AtomicBool>,
 }
 
 impl Backend {
@@ -99,7 +102,10 @@ impl Backend {
     ) -> Backend {
         let (commands, command_rx) = mpsc::channel();
         let (update_tx, updates) = mpsc::channel();
+        let graphs_visible = Arc::new(AtomicBool::new(false));
         let worker = Worker {
+            graphs_visible: graphs_visible.clone(),
+            last_glance: HashMap::new(),
             library,
             supervisor,
             host,
@@ -113,7 +119,17 @@ impl Backend {
             .name("vireo-backend".into())
             .spawn(move || worker.run(command_rx))
             .expect("a thread for the backend");
-        Backend { commands, updates }
+        Backend {
+            commands,
+            updates,
+            graphs_visible,
+        }
+    }
+
+    /// Tells the worker whether the Activity graphs are shown (they want a repaint per
+    /// sample; the library only when what a row shows changed).
+    pub fn set_graphs_visible(&self, visible: bool) {
+        self.graphs_visible.store(visible, Ordering::Relaxed);
     }
 
     pub fn send(&self, command: Command) {
@@ -137,6 +153,9 @@ struct Worker {
     sampler: UsageSampler,
     /// A thumbnail watcher per running VM, by id.
     thumbnails: HashMap<String, thumbnail::Watcher>,
+    graphs_visible: Arc<AtomicBool>,
+    /// What each row showed after the last sample that woke the UI.
+    last_glance: HashMap<String, (u32, u64)>,
 }
 
 impl Worker {
@@ -220,8 +239,19 @@ impl Worker {
                 self.thumbnails.insert(id.clone(), watcher);
             }
         }
-        if !usage.is_empty() {
-            self.send(Update::Usage(usage));
+        if usage.is_empty() {
+            return;
+        }
+        // Every sample goes to the history; the UI is woken for it only if the graphs
+        // are on screen or a row's numbers changed, so an idle library stays idle.
+        let glance: HashMap<String, (u32, u64)> = usage
+            .iter()
+            .map(|(id, u)| (id.clone(), u.glance()))
+            .collect();
+        let wake = self.graphs_visible.load(Ordering::Relaxed) || glance != self.last_glance;
+        self.last_glance = glance;
+        if self.updates.send(Update::Usage(usage)).is_ok() && wake {
+            (self.wake)();
         }
     }
 

@@ -141,10 +141,10 @@ impl LibraryView {
                         .activity
                         .history(&row.entry_id)
                         .and_then(|h| h.latest().copied());
-                    if let Some(u) = latest {
+                    if let Some((cpu, rss)) = latest.map(|u| u.glance()) {
                         ui.label(format!(
-                            "CPU {:.0} % · memory {} of {} MiB",
-                            u.cpu_percent, u.rss_mib, config.memory_mib
+                            "CPU {cpu} % · memory {rss} of {} MiB",
+                            config.memory_mib
                         ));
                     }
                 }

@@ -250,6 +250,8 @@ impl VireoApp {
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.drain();
         self.shortcuts(ui);
+        self.backend
+            .set_graphs_visible(self.loaded && self.wizard.is_none() && self.tab == Tab::Activity);
         egui::Panel::bottom("status").show(ui, |ui| match &self.status {
             Some(Ok(text)) => {
                 ui.label(text);
