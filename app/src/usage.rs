@@ -88,7 +88,7 @@ impl UsageSampler {
         };
         Some(Usage {
             cpu_percent,
-            rss_mib: rss_pages * page_size() >> 20,
+            rss_mib: (rss_pages * page_size()) >> 20,
             io: None,
         })
     }
