@@ -1,7 +1,8 @@
 //! The desktop app's VM window against `vireo-vmm --window` (the engine's own plain
 //! window, `pixels`/wgpu) on the same guest, same machine, same run, both on a private
 //! Xvfb: the probe guest flushing full 1920x1080 frames as fast as it can
-//! (`gpu-bench`), and the same screen static (`gpu-draw`). For each: the guest's frame
+//! (`gpu-bench`), a blinking cursor's damage, 8x16 pixels, flushed as fast as it can
+//! (`gpu-blink`), and the same screen static (`gpu-draw`). For each: the guest's frame
 //! rate, and the CPU the window process spends (per second, and per guest frame).
 //! The app uploads each flushed rectangle (here the whole frame) to its texture once.
 //!
@@ -124,8 +125,14 @@ fn engine_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
         window.is_some() && window_visible(x, "Vireo")
     });
     std::thread::sleep(Duration::from_secs(2));
-    let cpu_percent = measure(window.unwrap());
-    let guest_fps = if run == "gpu-bench" {
+    let window = window.unwrap();
+    let mut cpu_percent = measure(window);
+    // The engine drops a display client that falls 1024 events behind; its window
+    // then closes and the VM powers off: no figure, said so in the table.
+    if !Path::new(&format!("/proc/{window}")).exists() {
+        cpu_percent = f64::NAN;
+    }
+    let guest_fps = if run != "gpu-draw" && !cpu_percent.is_nan() {
         guest.wait_for("VIREO-PROBE gpu_bench", Duration::from_secs(60));
         fps(&guest.seen.join("\n"))
     } else {
@@ -192,7 +199,7 @@ fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     std::thread::sleep(Duration::from_secs(2));
     let cpu_percent = measure(app.id());
     let log = home.0.join("data/vireo/vms/bench/logs/console.log");
-    let guest_fps = if run == "gpu-bench" {
+    let guest_fps = if run != "gpu-draw" {
         wait("gpu_bench", Duration::from_secs(60), || {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("gpu_bench"))
         });
@@ -357,6 +364,7 @@ fn main() {
     let x = Xvfb::start(2000, 1300);
     let rows = [
         ("full-frame 1080p flushes", "gpu-bench"),
+        ("8x16 blink (cursor-sized)", "gpu-blink"),
         ("static screen", "gpu-draw"),
     ];
     println!("app_display: {SCREEN}, {} s per measurement", secs());
@@ -375,6 +383,10 @@ fn main() {
                 .map_or("-".to_owned(), |f| {
                     format!("{:.2}", sample.cpu_percent * 10.0 / f)
                 });
+            if sample.cpu_percent.is_nan() {
+                println!("{label:<26} {who:<22} window closed: too slow for the damage events");
+                continue;
+            }
             println!(
                 "{:<26} {:<22} {:>10} {:>11.1}% {:>16}",
                 label,
