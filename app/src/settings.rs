@@ -141,6 +141,8 @@ pub enum ApplyError {
     },
     #[error(transparent)]
     Save(#[from] vm_config::SaveError),
+    #[error("cannot make a MAC address (reading /dev/urandom): {0}")]
+    Mac(#[source] std::io::Error),
 }
 
 fn join(problems: &[Problem]) -> String {
@@ -163,7 +165,11 @@ pub fn apply(entry: &VmEntry, new: &Settings, host: &HostInfo) -> Result<VmConfi
         Ok(on_disk) if on_disk == *current => {}
         _ => return Err(ApplyError::Changed(path)),
     }
-    let updated = new.applied_to(current);
+    let mut updated = new.applied_to(current);
+    if updated.network && updated.mac.is_none() {
+        // A card of its own, as `create` gives one.
+        updated.mac = Some(vm_config::fresh_mac().map_err(ApplyError::Mac)?);
+    }
     if let Some(size) = new.disk_gib {
         grow_disk(&entry.disk_path(), size << 30)?;
     }
@@ -278,6 +284,17 @@ mod tests {
         assert_eq!(VmConfig::load(&entry.config_path()).unwrap(), written);
         assert_eq!(written.memory_mib, 512);
         assert_eq!(std::fs::metadata(entry.disk_path()).unwrap().len(), 3 << 30);
+        assert_eq!(written.mac, None, "no network, no MAC");
+        let with_net = apply(
+            &lib.find(&entry.id).unwrap(),
+            &Settings {
+                network: true,
+                ..new
+            },
+            &host(),
+        )
+        .unwrap();
+        assert!(with_net.mac.unwrap().starts_with("52:54:00:"));
         // `entry` still holds the old config: the file on disk differs now.
         let err = apply(&entry, &new, &host()).unwrap_err();
         assert!(matches!(err, ApplyError::Changed(_)), "{err}");
