@@ -319,7 +319,8 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
                 .is_some_and(|s| s.len() >= 3)
         },
     );
-    let history = harness.state().activity().history("screen").unwrap();
+    let activity = harness.state().activity();
+    let history = activity.history("screen").unwrap();
     let latest = *history.latest().unwrap();
     // The engine maps the guest's 128 MiB lazily; it holds some of it, never far more.
     assert!(latest.rss_mib > 0 && latest.rss_mib < 512, "{latest:?}");
@@ -330,6 +331,7 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
     assert!(latest.io.is_some(), "the engine answers stats: {latest:?}");
     let cpu = history.series(|u| f64::from(u.cpu_percent));
     assert!(cpu.windows(2).all(|w| w[1][0] > w[0][0]), "{cpu:?}");
+    drop(activity);
     // The row's at-a-glance line.
     harness.step();
     let glance = harness.get_by_label_contains("of 128 MiB");

@@ -2,22 +2,25 @@
 //! sockets happens here, never inside `ui` (starting a VM waits for its engine). The UI
 //! sends `Command`s; the worker answers with `Update`s and, every second and after each
 //! command, a fresh `Snapshot` of the library if it changed; each update wakes the UI.
+//! Each running VM is sampled once a second into `Activity` (shared, bounded rings), a
+//! wake only when the graphs show or what a row shows changed.
 //! The UI drains updates once per frame.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use eframe::egui::ColorImage;
 
+use super::activity::Activity;
 use super::thumbnail;
 use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
 use crate::settings::{self, Settings};
 use crate::supervisor::{Action, Supervisor, VmState};
-use crate::usage::{io_totals, Usage, UsageSampler};
+use crate::usage::{io_totals, UsageSampler};
 use crate::vm_config::VmConfig;
 use vireo_vmm::control::protocol::{Request, Response};
 
@@ -74,8 +77,6 @@ pub enum Update {
         id: String,
         name: String,
     },
-    /// What each running VM costs, sampled once a second (only while some VM runs).
-    Usage(Vec<(String, Usage)>),
     /// A new thumbnail of a running VM's screen.
     Thumbnail {
         id: String,
@@ -89,6 +90,9 @@ pub struct Backend {
     updates: Receiver<Update>,
     /// Whether the Activity graphs are on screen: only then does each sample wake the UI.
     graphs_visible: Arc<AtomicBool>,
+    /// The samples, recorded by the worker into bounded rings (not sent as updates: a
+    /// UI that is not woken for them must not pile them up).
+    activity: Arc<Mutex<Activity>>,
 }
 
 impl Backend {
@@ -103,7 +107,9 @@ impl Backend {
         let (commands, command_rx) = mpsc::channel();
         let (update_tx, updates) = mpsc::channel();
         let graphs_visible = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Mutex::new(Activity::default()));
         let worker = Worker {
+            activity: activity.clone(),
             graphs_visible: graphs_visible.clone(),
             last_glance: HashMap::new(),
             library,
@@ -123,7 +129,13 @@ impl Backend {
             commands,
             updates,
             graphs_visible,
+            activity,
         }
+    }
+
+    /// The usage history of every VM (the worker adds a sample a second).
+    pub fn activity(&self) -> MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tells the worker whether the Activity graphs are shown (they want a repaint per
@@ -154,6 +166,7 @@ struct Worker {
     /// A thumbnail watcher per running VM, by id.
     thumbnails: HashMap<String, thumbnail::Watcher>,
     graphs_visible: Arc<AtomicBool>,
+    activity: Arc<Mutex<Activity>>,
     /// What each row showed after the last sample that woke the UI.
     last_glance: HashMap<String, (u32, u64)>,
 }
@@ -194,6 +207,10 @@ impl Worker {
                 Vec::new()
             }
         };
+        self.activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(&rows);
         if self.last.as_ref() != Some(&rows) {
             self.last = Some(rows.clone());
             self.send(Update::Snapshot(rows));
@@ -250,7 +267,11 @@ impl Worker {
             .collect();
         let wake = self.graphs_visible.load(Ordering::Relaxed) || glance != self.last_glance;
         self.last_glance = glance;
-        if self.updates.send(Update::Usage(usage)).is_ok() && wake {
+        self.activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(usage);
+        if wake {
             (self.wake)();
         }
     }

@@ -20,7 +20,6 @@ use crate::host::HostInfo;
 use crate::library::Library;
 use crate::paths::Dirs;
 use crate::supervisor::{Programs, Supervisor};
-use activity::Activity;
 use backend::{Backend, Command, Update, VmRow};
 use display_view::DisplayView;
 use library_view::{Glance, LibraryCommand, LibraryView};
@@ -50,7 +49,6 @@ pub struct VireoApp {
     open_when_running: Option<String>,
     // --- Library extras (issue 7 item 1): tabs, activity, thumbnails, settings. ---
     tab: Tab,
-    activity: Activity,
     thumbnails: HashMap<String, TextureHandle>,
     settings: Option<SettingsDialog>,
 }
@@ -83,7 +81,6 @@ impl VireoApp {
             ctx: ctx.clone(),
             open_when_running: None,
             tab: Tab::Library,
-            activity: Activity::default(),
             thumbnails: HashMap::new(),
             settings: None,
         }
@@ -93,8 +90,9 @@ impl VireoApp {
         self.tab
     }
 
-    pub fn activity(&self) -> &Activity {
-        &self.activity
+    /// Every VM's usage history (locked while held: the backend adds to it).
+    pub fn activity(&self) -> std::sync::MutexGuard<'_, activity::Activity> {
+        self.backend.activity()
     }
 
     /// The thumbnail textures shown, by VM id.
@@ -123,7 +121,6 @@ impl VireoApp {
         for update in self.backend.drain() {
             match update {
                 Update::Snapshot(rows) => {
-                    self.activity.retain(&rows);
                     self.thumbnails.retain(|id, _| {
                         rows.iter()
                             .any(|r| r.entry_id == *id && r.state.is_running())
@@ -135,7 +132,6 @@ impl VireoApp {
                 Update::Done(result) => self.status = Some(result),
                 Update::Created { .. } => self.wizard = None,
                 Update::Started { id, name } => self.open_display(&id, &name),
-                Update::Usage(samples) => self.activity.record(samples),
                 Update::Thumbnail { id, image } => self.set_thumbnail(id, image),
             }
         }
@@ -278,15 +274,18 @@ impl VireoApp {
                 self.tabs(ui);
                 match self.tab {
                     Tab::Library => {
+                        let activity = self.backend.activity();
                         let glance = Glance {
                             thumbnails: &self.thumbnails,
-                            activity: &self.activity,
+                            activity: &activity,
                         };
-                        for command in self.library.ui(ui, &self.rows, &glance) {
+                        let commands = self.library.ui(ui, &self.rows, &glance);
+                        drop(activity);
+                        for command in commands {
                             self.handle(command);
                         }
                     }
-                    Tab::Activity => self.activity.ui(ui, &self.rows),
+                    Tab::Activity => self.backend.activity().ui(ui, &self.rows),
                 }
             }
         });
