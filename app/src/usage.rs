@@ -30,6 +30,21 @@ impl Usage {
     }
 }
 
+/// Whether the rows showing `shown` may stay as they are for `now`: the same VMs, CPU
+/// within 10 points and memory within 2 % (1 MiB at least). A guest spinning at 100 %
+/// reads 97 or 101 from one second to the next; the library need not redraw for that.
+pub fn glance_close(
+    shown: &HashMap<String, (u32, u64)>,
+    now: &HashMap<String, (u32, u64)>,
+) -> bool {
+    shown.len() == now.len()
+        && now.iter().all(|(id, (cpu, rss))| {
+            shown.get(id).is_some_and(|(old_cpu, old_rss)| {
+                cpu.abs_diff(*old_cpu) < 10 && rss.abs_diff(*old_rss) <= (old_rss / 50).max(1)
+            })
+        })
+}
+
 /// Bytes per second since the previous sample.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct IoRates {
@@ -164,6 +179,15 @@ mod tests {
         assert_eq!(cpu_ticks(line), Some(325));
         assert_eq!(cpu_ticks("garbage"), None);
         assert_eq!(rss_pages("1000 256 10 1 0 50 0\n"), Some(256));
+    }
+
+    #[test]
+    fn jitter_does_not_count_as_a_change() {
+        let at = |cpu, rss| HashMap::from([("vm".to_owned(), (cpu, rss))]);
+        assert!(glance_close(&at(100, 200), &at(95, 203)));
+        assert!(!glance_close(&at(100, 200), &at(85, 200)));
+        assert!(!glance_close(&at(100, 200), &at(100, 210)));
+        assert!(!glance_close(&HashMap::new(), &at(0, 1)));
     }
 
     #[test]

@@ -265,8 +265,11 @@ impl Worker {
             .iter()
             .map(|(id, u)| (id.clone(), u.glance()))
             .collect();
-        let wake = self.graphs_visible.load(Ordering::Relaxed) || glance != self.last_glance;
-        self.last_glance = glance;
+        let wake = self.graphs_visible.load(Ordering::Relaxed)
+            || !crate::usage::glance_close(&self.last_glance, &glance);
+        if wake {
+            self.last_glance = glance;
+        }
         self.activity
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
