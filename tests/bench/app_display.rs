@@ -120,10 +120,19 @@ fn engine_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     ]));
     let engine = guest.child.id();
     let mut window = None;
+    let mut ended = false;
     wait("vireo-window", Duration::from_secs(60), || {
+        // The engine drops a window that falls behind; the VM then ends.
+        ended = matches!(guest.child.try_wait(), Ok(Some(_)));
         window = child_named(engine, "vireo-window");
-        window.is_some() && window_visible(x, "Vireo")
+        ended || (window.is_some() && window_visible(x, "Vireo"))
     });
+    if ended {
+        return Sample {
+            cpu_percent: f64::NAN,
+            guest_fps: None,
+        };
+    }
     std::thread::sleep(Duration::from_secs(2));
     let window = window.unwrap();
     let mut cpu_percent = measure(window);
