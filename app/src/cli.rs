@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
 use crate::paths::Dirs;
+use crate::settings::{self, Settings};
 use crate::supervisor::monitor::{self, MonitorArgs};
 use crate::supervisor::{Action, Programs, Supervisor, VmState};
 use crate::vm_config::{self, DiskConfig, DisplaySize, OsSource, VmConfig};
@@ -63,6 +64,16 @@ pub enum CliCommand {
         #[arg(long)]
         delete_disk: bool,
     },
+    /// Copies a stopped VM under a new name: its disk (blocks shared where the
+    /// filesystem can), a fresh MAC address.
+    Clone {
+        #[command(flatten)]
+        vm: VmArg,
+        /// The copy's name.
+        name: String,
+    },
+    /// Changes a stopped VM's settings; what is not given stays. A disk only grows.
+    Set(SetArgs),
     /// Writes what a running VM's screen shows to a PNG file.
     Screenshot {
         #[command(flatten)]
@@ -107,6 +118,27 @@ pub struct VmArg {
     pub vm: String,
     #[command(flatten)]
     pub out: JsonFlag,
+}
+
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub vm: VmArg,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub cpus: Option<u8>,
+    /// Memory, e.g. 512M or 2G.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Disk size in GiB (grow only; adds a disk to a VM without one).
+    #[arg(long)]
+    pub disk_gib: Option<u64>,
+    /// Network on or off.
+    #[arg(long)]
+    pub net: Option<bool>,
+    /// Display size, WIDTHxHEIGHT.
+    #[arg(long)]
+    pub display: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +272,13 @@ impl Context {
             CliCommand::Save(vm) => self.act(vm, Action::Save, "saved"),
             CliCommand::Restore(vm) => self.act(vm, Action::Restore, "restored"),
             CliCommand::Delete { vm, delete_disk } => self.delete(vm, delete_disk),
+            CliCommand::Clone { vm, name } => {
+                let entry = self.library.find(&vm.vm)?;
+                self.supervisor.ensure_stopped(&entry)?;
+                let copy = self.library.clone_vm(&entry, &name)?;
+                done(vm.out.json, &copy, "cloned")
+            }
+            CliCommand::Set(args) => self.set(args),
             CliCommand::Screenshot { vm, path } => {
                 let entry = self.library.find(&vm.vm)?;
                 let (width, height) = self.supervisor.screenshot(&entry, &path)?;
@@ -358,6 +397,41 @@ impl Context {
         Ok(())
     }
 
+    fn set(&self, args: SetArgs) -> Outcome {
+        let entry = self.library.find(&args.vm.vm)?;
+        self.supervisor.ensure_stopped(&entry)?;
+        let mut settings = Settings::of(entry.config()?);
+        if let Some(cpus) = args.cpus {
+            settings.cpus = cpus;
+        }
+        if let Some(memory) = &args.memory {
+            settings.memory_mib = vireo_vmm::config::parse_memory_size(memory)? >> 20;
+        }
+        if let Some(size) = args.disk_gib {
+            settings.disk_gib = Some(size);
+        }
+        if let Some(net) = args.net {
+            settings.network = net;
+        }
+        if let Some(display) = &args.display {
+            let parsed: vireo_vmm::config::DisplayArg = display.parse()?;
+            let d = parsed
+                .0
+                .ok_or_else(|| anyhow::anyhow!("--display: give WIDTHxHEIGHT"))?;
+            settings.display = DisplaySize {
+                width: d.width,
+                height: d.height,
+            };
+        }
+        let written = settings::apply(&entry, &settings, &HostInfo::detect())?;
+        if args.vm.out.json {
+            print_json(&json!({"id": entry.id, "result": "set", "config": written}));
+        } else {
+            println!("{}: settings saved", written.name);
+        }
+        Ok(())
+    }
+
     fn info(&self, vm: VmArg) -> Outcome {
         let entry = self.library.find(&vm.vm)?;
         let config = entry.config()?;
@@ -435,6 +509,7 @@ fn config_from_args(args: &CreateArgs) -> anyhow::Result<VmConfig> {
         network: args.net,
         display,
         link: Default::default(),
+        mac: None,
     })
 }
 

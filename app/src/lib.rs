@@ -7,6 +7,8 @@ pub mod guest_link;
 pub mod host;
 pub mod library;
 pub mod paths;
+pub mod settings;
 pub mod supervisor;
 pub mod ui;
+pub mod usage;
 pub mod vm_config;

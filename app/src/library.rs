@@ -32,6 +32,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Save(#[from] vm_config::SaveError),
+    #[error("{0}")]
+    Name(vm_config::Problem),
+    #[error("cannot make a MAC address (reading /dev/urandom): {0}")]
+    Mac(#[source] std::io::Error),
     #[error("cannot delete {path}: {source}")]
     Delete {
         path: PathBuf,
@@ -169,25 +173,66 @@ impl Library {
             .collect()
     }
 
-    /// Makes the VM's directory, its disk (sparse) and its `vm.toml`. The directory is
-    /// built under a hidden name and renamed into place, so a half-made VM never shows.
+    /// Makes the VM's directory, its disk (sparse) and its `vm.toml`. A VM with a
+    /// network card gets a MAC address of its own.
     pub fn create(&self, config: &VmConfig) -> Result<VmEntry, Error> {
-        let create_err = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::Create { path, source }
-        };
-        std::fs::create_dir_all(&self.root).map_err(create_err(&self.root))?;
-        let id = self.free_id(&slug(&config.name));
-        let staging = self.root.join(format!(".new-{id}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        let result = (|| {
-            std::fs::create_dir_all(staging.join("logs")).map_err(create_err(&staging))?;
+        let mut config = config.clone();
+        if config.network && config.mac.is_none() {
+            config.mac = Some(fresh_mac()?);
+        }
+        self.build(&config, |staging| {
             if let Some(disk) = config.disk {
                 let path = staging.join(vm_config::DISK_FILE);
                 let file = std::fs::File::create(&path).map_err(create_err(&path))?;
                 file.set_len(disk.size_gib << 30)
                     .map_err(create_err(&path))?;
             }
+            Ok(())
+        })
+    }
+
+    /// A copy of the (stopped: the caller checked) VM `source` named `name`: its disk
+    /// copied (sharing blocks where the filesystem can, holes kept), a fresh MAC address.
+    pub fn clone_vm(&self, source: &VmEntry, name: &str) -> Result<VmEntry, Error> {
+        let mut config = source.config()?.clone();
+        config.name = name.trim().to_owned();
+        let taken = self.names();
+        let host_free = crate::host::HostInfo {
+            cpus: u32::MAX,
+            memory_mib: u64::MAX,
+            kvm: crate::host::KvmKind::Unknown,
+        };
+        if let Some(problem) = vm_config::check(&config, &host_free, &taken)
+            .into_iter()
+            .find(|p| p.field() == vm_config::Field::Name)
+        {
+            return Err(Error::Name(problem));
+        }
+        config.mac = Some(fresh_mac()?);
+        let disk = source.disk_path();
+        self.build(&config, |staging| {
+            if config.disk.is_some() && disk.exists() {
+                let target = staging.join(vm_config::DISK_FILE);
+                copy_sparse(&disk, &target).map_err(create_err(&target))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Builds a VM directory under a hidden name (`fill` adds its disk) and renames it
+    /// into place, so a half-made VM never shows.
+    fn build(
+        &self,
+        config: &VmConfig,
+        fill: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<VmEntry, Error> {
+        std::fs::create_dir_all(&self.root).map_err(create_err(&self.root))?;
+        let id = self.free_id(&slug(&config.name));
+        let staging = self.root.join(format!(".new-{id}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let result = (|| {
+            std::fs::create_dir_all(staging.join("logs")).map_err(create_err(&staging))?;
+            fill(&staging)?;
             config.save(&staging.join(vm_config::FILE_NAME))?;
             let dir = self.root.join(&id);
             std::fs::rename(&staging, &dir).map_err(create_err(&dir))?;
@@ -254,6 +299,57 @@ impl Library {
     }
 }
 
+fn create_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Create { path, source }
+}
+
+fn fresh_mac() -> Result<String, Error> {
+    vm_config::fresh_mac().map_err(Error::Mac)
+}
+
+/// Copies `from` to a new file `to` of the same length, data extent by data extent
+/// (SEEK_DATA/SEEK_HOLE), each with `copy_file_range`: holes stay holes, and on
+/// filesystems that can (btrfs, XFS) the kernel shares the blocks instead of copying.
+pub fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use nix::unistd::{lseek, Whence};
+    let source = std::fs::File::open(from)?;
+    let target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let len = i64::try_from(source.metadata()?.len()).map_err(std::io::Error::other)?;
+    target.set_len(len as u64)?;
+    let mut offset = 0i64;
+    while offset < len {
+        let data = match lseek(&source, offset, Whence::SeekData) {
+            Ok(d) => d,
+            // No data after `offset`: the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(&source, data, Whence::SeekHole)?.min(len);
+        let (mut from_off, mut to_off) = (data, data);
+        while from_off < hole {
+            let chunk = usize::try_from(hole - from_off)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            let n = nix::fcntl::copy_file_range(
+                &source,
+                Some(&mut from_off),
+                &target,
+                Some(&mut to_off),
+                chunk,
+            )?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        offset = hole;
+    }
+    target.sync_all()
+}
+
 /// A directory name from a VM name: lowercase ASCII letters, digits and dashes.
 pub fn slug(name: &str) -> String {
     let mut out = String::new();
@@ -297,6 +393,7 @@ mod tests {
             network: false,
             display: DisplaySize::default(),
             link: Default::default(),
+            mac: None,
         }
     }
 
@@ -338,6 +435,51 @@ mod tests {
         assert!(!b.dir.exists());
         assert_eq!(lib.delete(&a, DiskChoice::Delete).unwrap(), None);
         assert_eq!(lib.list().unwrap().len(), 1);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn clones_copy_the_disk_sparsely_with_a_fresh_mac() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let (lib, base) = library("clone");
+        let source = lib
+            .create(&VmConfig {
+                disk: Some(DiskConfig { size_gib: 1 }),
+                network: true,
+                ..config("Source")
+            })
+            .unwrap();
+        let mut disk = std::fs::OpenOptions::new()
+            .write(true)
+            .open(source.disk_path())
+            .unwrap();
+        disk.seek(SeekFrom::Start(300 << 20)).unwrap();
+        disk.write_all(b"guest data").unwrap();
+        drop(disk);
+        let err = lib.clone_vm(&source, "source").unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let copy = lib.clone_vm(&source, "Copy").unwrap();
+        let (a, b) = (
+            source.config().unwrap().clone(),
+            copy.config().unwrap().clone(),
+        );
+        assert_eq!(b.name, "Copy");
+        assert!(a.mac.is_some() && b.mac.is_some() && a.mac != b.mac);
+        assert_eq!(
+            VmConfig {
+                name: a.name.clone(),
+                mac: a.mac.clone(),
+                ..b.clone()
+            },
+            a
+        );
+        let bytes = std::fs::read(copy.disk_path()).unwrap();
+        assert_eq!(bytes.len(), 1 << 30);
+        assert_eq!(&bytes[300 << 20..(300 << 20) + 10], b"guest data");
+        // The hole stayed a hole: far less than the 1 GiB is allocated.
+        let blocks = std::fs::metadata(copy.disk_path()).unwrap().blocks();
+        assert!(blocks * 512 < 16 << 20, "{blocks} blocks allocated");
         std::fs::remove_dir_all(base).unwrap();
     }
 

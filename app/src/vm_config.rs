@@ -31,6 +31,11 @@ pub struct VmConfig {
     #[serde(default)]
     pub network: bool,
     pub display: DisplaySize,
+    // --- Identity (clone, settings: issue 7 item 1). Defaulted so older vm.toml load. ---
+    /// The network card's MAC address (`52:54:00:..`); a clone gets a fresh one. `None`:
+    /// the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     // ---- Guest link (clipboard bridge, shared folders): the `link` branch's block. ----
     /// How the guest agent is bridged to the host: clipboard direction, shared folders.
     /// Absent from older files: the defaults.
@@ -108,6 +113,17 @@ pub struct SharedFolder {
     pub path: PathBuf,
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// A fresh locally administered MAC address in QEMU's 52:54:00 range, for a new or
+/// cloned VM (two VMs on one bridge must not share one).
+pub fn fresh_mac() -> std::io::Result<String> {
+    let mut bytes = [0u8; 3];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        bytes[0], bytes[1], bytes[2]
+    ))
 }
 
 /// What the VM boots.
@@ -386,6 +402,7 @@ mod tests {
             network: false,
             display: DisplaySize::default(),
             link: LinkSettings::default(),
+            mac: None,
         }
     }
 

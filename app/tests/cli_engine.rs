@@ -274,3 +274,65 @@ fn start_errors_and_broken_configs() {
     assert!(err.contains("vireo-vmm:"), "{err}");
     assert_eq!(home.state("gone"), "failed");
 }
+
+#[test]
+fn clone_and_set_refuse_a_running_vm_and_change_a_stopped_one() {
+    if !report::require_kvm(
+        "app::cli_engine::clone_and_set_refuse_a_running_vm_and_change_a_stopped_one",
+    ) {
+        return;
+    }
+    let home = Home::new("app-cli-clone-set");
+    home.ok(&[
+        "create",
+        "base",
+        "--memory",
+        "128M",
+        "--disk-gib",
+        "1",
+        "--start",
+    ]);
+    let _guard = PowerOffOnDrop(&home, "base");
+    let err = home.fails(&["clone", "base", "copy"]);
+    assert!(err.contains("power it off first"), "{err}");
+    let err = home.fails(&["set", "base", "--cpus", "1"]);
+    assert!(err.contains("power it off first"), "{err}");
+    home.ok(&["stop", "base"]);
+
+    let cloned = home.json(&["clone", "base", "Copy", "--json"]);
+    assert_eq!(cloned["id"], "copy", "{cloned}");
+    assert_eq!(cloned["result"], "cloned");
+    let err = home.fails(&["clone", "base", "copy"]);
+    assert!(err.contains("already exists"), "{err}");
+    let disk = home.data().join("vireo/vms/copy/disk.img");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 1 << 30);
+
+    let set = home.json(&[
+        "set",
+        "copy",
+        "--memory",
+        "256M",
+        "--disk-gib",
+        "2",
+        "--net",
+        "true",
+        "--json",
+    ]);
+    assert_eq!(set["config"]["memory_mib"], 256, "{set}");
+    assert_eq!(set["config"]["disk"]["size_gib"], 2, "{set}");
+    assert_eq!(set["config"]["network"], true, "{set}");
+    assert!(set["config"]["mac"]
+        .as_str()
+        .unwrap()
+        .starts_with("52:54:00:"));
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 2 << 30);
+    let err = home.fails(&["set", "copy", "--disk-gib", "1"]);
+    assert!(err.contains("can only grow"), "{err}");
+    let err = home.fails(&["set", "copy", "--memory", "100T"]);
+    assert!(err.contains("more memory than this host has"), "{err}");
+    // The copy starts, with its own network card, beside nothing else.
+    home.ok(&["start", "copy"]);
+    let _copy = PowerOffOnDrop(&home, "copy");
+    assert_eq!(home.state("copy"), "running");
+    home.ok(&["stop", "copy"]);
+}

@@ -4,13 +4,14 @@
 //! only what the guest flushes: the self-test redraws its clock once a second and
 //! flushes the whole frame for it (virtio-drivers' `flush`), so a hundred UI frames
 //! upload a few screens, not a hundred. (That rectangles are cut to the screen is a unit
-//! test in `display_view`; no guest here flushes less than a whole frame.)
+//! test in `display_view`; no guest here flushes less than a whole frame.) The library
+//! shows a running VM's thumbnail and its cost, and the Activity tab its graphs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use vireo_app::host::HostInfo;
 use vireo_app::paths::Dirs;
@@ -299,4 +300,81 @@ fn the_window_size_becomes_the_guests_display_mode() {
         log.contains(&format!("VIREO-PROBE gpu_mode width={w} height={h}")),
         "{log}"
     );
+}
+
+#[test]
+fn a_running_vm_shows_a_thumbnail_and_its_activity() {
+    if !report::require_kvm("app::ui_engine::a_running_vm_shows_a_thumbnail_and_its_activity") {
+        return;
+    }
+    let home = Home::new("app-ui-activity");
+    home.vireo(&[
+        "create",
+        "screen",
+        "--memory",
+        "128M",
+        "--disk-gib",
+        "1",
+        "--start",
+    ]);
+    let dirs = home.dirs();
+    let app = env!("CARGO_BIN_EXE_vireo");
+    let mut harness = Harness::new_eframe(move |cc| {
+        VireoApp::new(
+            &cc.egui_ctx,
+            dirs,
+            Programs::beside(app.into()),
+            HostInfo::detect(),
+        )
+    });
+    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    until(
+        &mut harness,
+        "the thumbnail",
+        Duration::from_secs(20),
+        |h| h.state().thumbnails().contains_key("screen"),
+    );
+    // 1024x768 scaled to 160 wide.
+    assert_eq!(harness.state().thumbnails()["screen"].size(), [160, 120]);
+    harness.step();
+    harness.get_by_label("screen of screen");
+    until(
+        &mut harness,
+        "three usage samples",
+        Duration::from_secs(20),
+        |h| {
+            h.state()
+                .activity()
+                .history("screen")
+                .is_some_and(|s| s.len() >= 3)
+        },
+    );
+    let activity = harness.state().activity();
+    let history = activity.history("screen").unwrap();
+    let latest = *history.latest().unwrap();
+    // The engine maps the guest's 128 MiB lazily; it holds some of it, never far more.
+    assert!(latest.rss_mib > 0 && latest.rss_mib < 512, "{latest:?}");
+    assert!(
+        latest.cpu_percent >= 0.0 && latest.cpu_percent < 250.0,
+        "{latest:?}"
+    );
+    assert!(latest.io.is_some(), "the engine answers stats: {latest:?}");
+    let cpu = history.series(|u| f64::from(u.cpu_percent));
+    assert!(cpu.windows(2).all(|w| w[1][0] > w[0][0]), "{cpu:?}");
+    drop(activity);
+    // The row's at-a-glance line.
+    harness.step();
+    let glance = harness.get_by_label_contains("of 128 MiB");
+    assert!(
+        glance
+            .accesskit_node()
+            .value()
+            .is_some_and(|v| v.starts_with("CPU ") && v.contains(" % · memory ")),
+        "{glance:?}"
+    );
+    harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::Num2);
+    harness.run_steps(2);
+    for title in ["CPU %", "Memory (MiB)", "Disk (KiB/s)", "Network (KiB/s)"] {
+        harness.get_by_label(title);
+    }
 }

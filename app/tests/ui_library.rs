@@ -1,7 +1,9 @@
 //! The library window under egui_kittest with a real library on disk and the real
 //! backend thread: the empty library's one "New VM" button, the wizard making a VM that
 //! then shows in the list (and on disk), broken configs and failed runs shown with their
-//! reasons, and delete asking first.
+//! reasons, and delete asking first (deleting the disk only when ticked); settings
+//! checked beside each field and written; clone asking for a free name and copying the
+//! disk; keyboard shortcuts.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,7 +13,8 @@ use egui_kittest::Harness;
 use vireo_app::host::{HostInfo, KvmKind};
 use vireo_app::paths::Dirs;
 use vireo_app::supervisor::Programs;
-use vireo_app::ui::VireoApp;
+use vireo_app::ui::{Tab, VireoApp};
+use vireo_app::vm_config::VmConfig;
 use vireo_e2e::temp::TempDir;
 
 fn host() -> HostInfo {
@@ -176,4 +179,157 @@ fn delete_asks_first() {
     settle(&mut harness, "the VM to go", |app| app.rows().is_empty());
     assert!(!dir.exists());
     harness.get_by_label("No VMs yet");
+}
+
+/// A stopped VM named `name` with a 1 GiB disk, made on disk before the app starts.
+fn vm_with_disk(base: &TempDir, id: &str, name: &str) -> PathBuf {
+    let dir = vms(base).join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("vm.toml"),
+        format!("name = \"{name}\"\ncpus = 1\nmemory_mib = 256\n[os]\nkind = \"self-test\"\n[disk]\nsize_gib = 1\n[display]\nwidth = 640\nheight = 480\n"),
+    )
+    .unwrap();
+    let disk = std::fs::File::create(dir.join("disk.img")).unwrap();
+    disk.set_len(1 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    disk.write_all_at(b"the guest's data", 5 << 20).unwrap();
+    dir
+}
+
+fn load(dir: &std::path::Path) -> VmConfig {
+    VmConfig::load(&dir.join("vm.toml")).unwrap()
+}
+
+#[test]
+fn settings_are_checked_beside_each_field_and_saved() {
+    let base = TempDir::new("app-ui-settings");
+    let dir = vm_with_disk(&base, "work", "Work");
+    let mut harness = app(&base);
+    harness.get_by_label("Settings").click();
+    harness.run();
+    harness.get_by_label("Settings of Work");
+    let save_enabled =
+        |h: &Harness<'static, VireoApp>| !h.get_by_label("Save").accesskit_node().is_disabled();
+    assert!(save_enabled(&harness));
+
+    retype(&mut harness, "Memory (MiB)", "99999");
+    harness.get_by_label("99999 MiB is more memory than this host has (4096 MiB)");
+    assert!(!save_enabled(&harness));
+    retype(&mut harness, "Memory (MiB)", "lots");
+    harness.get_by_label("memory must be a whole number");
+    retype(&mut harness, "Memory (MiB)", "512");
+
+    retype(&mut harness, "Disk size (GiB)", "0");
+    harness.get_by_label("the disk can only grow: it is 1 GiB now");
+    assert!(!save_enabled(&harness));
+    retype(&mut harness, "Disk size (GiB)", "2");
+
+    retype(&mut harness, "Display width", "100");
+    harness.get_by_label("each side of the display must be 320 to 8192 pixels");
+    retype(&mut harness, "Display width", "800");
+    harness.get_by_label("Network").click();
+    harness.run();
+    assert!(save_enabled(&harness));
+    // Nothing is written before Save.
+    assert_eq!(load(&dir).memory_mib, 256);
+    harness.get_by_label("Save").click();
+    settle(&mut harness, "the settings to be saved", |app| {
+        app.status() == Some(&Ok("Work: settings saved".to_owned()))
+    });
+    let saved = load(&dir);
+    assert_eq!(
+        (
+            saved.memory_mib,
+            saved.disk.unwrap().size_gib,
+            saved.network
+        ),
+        (512, 2, true)
+    );
+    assert_eq!((saved.display.width, saved.display.height), (800, 480));
+    assert_eq!(
+        std::fs::metadata(dir.join("disk.img")).unwrap().len(),
+        2 << 30
+    );
+    assert!(harness.query_by_label("Settings of Work").is_none());
+}
+
+#[test]
+fn clone_asks_for_a_free_name_and_copies_the_disk() {
+    let base = TempDir::new("app-ui-clone");
+    let source = vm_with_disk(&base, "work", "Work");
+    let mut harness = app(&base);
+    harness.get_by_label("Clone").click();
+    harness.run();
+    harness.get_by_label("A copy of \"Work\", its disk included.");
+    retype(&mut harness, "Name of the copy", "work");
+    harness.get_by_label("a VM named \"work\" already exists: pick another name");
+    assert!(harness
+        .get_by_label("Make the copy")
+        .accesskit_node()
+        .is_disabled());
+    retype(&mut harness, "Name of the copy", "Work 2");
+    harness.get_by_label("Make the copy").click();
+    settle(&mut harness, "the copy in the list", |app| {
+        app.rows().len() == 2
+    });
+    let copy = vms(&base).join("work-2");
+    let (a, b) = (load(&source), load(&copy));
+    assert_eq!(b.name, "Work 2");
+    assert_ne!(a.mac, b.mac);
+    assert!(b.mac.is_some());
+    let copied = std::fs::read(copy.join("disk.img")).unwrap();
+    assert_eq!(copied.len(), 1 << 30);
+    assert_eq!(&copied[5 << 20..(5 << 20) + 16], b"the guest's data");
+    harness.get_by_label("Work 2");
+}
+
+#[test]
+fn deleting_the_disk_is_an_explicit_choice() {
+    let base = TempDir::new("app-ui-delete-disk");
+    vm_with_disk(&base, "a", "Keeper");
+    vm_with_disk(&base, "b", "Goner");
+    let mut harness = app(&base);
+    // Rows are sorted by name: Goner, then Keeper.
+    harness.get_all_by_label("Delete").next().unwrap().click();
+    harness.run();
+    harness.get_by_label("Delete \"Goner\"?");
+    harness.get_by_label("Its disk, if it has one, is kept in kept-disks/.");
+    harness.get_by_label("Also delete its disk").click();
+    harness.run();
+    assert!(harness
+        .query_by_label("Its disk, if it has one, is kept in kept-disks/.")
+        .is_none());
+    harness.get_by_label("Delete for good").click();
+    settle(&mut harness, "Goner to go", |app| app.rows().len() == 1);
+    assert!(!vms(&base).join("b").exists());
+    assert!(!base.0.join("data/kept-disks").exists());
+
+    harness.get_by_label("Delete").click();
+    harness.run();
+    harness.get_by_label("Delete \"Keeper\"?");
+    // Unticked, as it always starts: the disk is kept.
+    harness.get_by_label("Delete for good").click();
+    settle(&mut harness, "Keeper to go", |app| app.rows().is_empty());
+    let kept = base.0.join("data/kept-disks/a.img");
+    let bytes = std::fs::read(&kept).unwrap();
+    assert_eq!(&bytes[5 << 20..(5 << 20) + 16], b"the guest's data");
+}
+
+#[test]
+fn keyboard_shortcuts_switch_views_and_open_the_wizard() {
+    let base = TempDir::new("app-ui-keys");
+    vm_with_disk(&base, "work", "Work");
+    let mut harness = app(&base);
+    let command = eframe::egui::Modifiers::COMMAND;
+    harness.key_press_modifiers(command, eframe::egui::Key::Num2);
+    harness.run();
+    assert_eq!(harness.state().tab(), Tab::Activity);
+    harness.get_by_label("No VM is running: start one to see its activity here.");
+    harness.key_press_modifiers(command, eframe::egui::Key::Num1);
+    harness.run();
+    assert_eq!(harness.state().tab(), Tab::Library);
+    harness.key_press_modifiers(command, eframe::egui::Key::N);
+    harness.run();
+    harness.get_by_label("Operating system");
 }

@@ -25,6 +25,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::gpu::{Gpu, GpuError, GpuHandle};
 use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind};
 use crate::devices::virtio::input::{Input, InputHandle};
+use crate::devices::virtio::io_counters::IoCounters;
 use crate::devices::virtio::net::{self, Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockConfigError, VsockListener};
@@ -239,6 +240,9 @@ struct DeviceHandles {
     input: Option<(InputHandle, InputHandle)>,
     /// The GPU, with a display.
     gpu: Option<GpuHandle>,
+    /// Traffic counters of the disks and network cards, in command-line order.
+    disks: Vec<Arc<IoCounters>>,
+    nets: Vec<Arc<IoCounters>>,
 }
 
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
@@ -251,11 +255,16 @@ fn pci_devices(
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let (mut disks, mut nets) = (Vec::new(), Vec::new());
     for disk in &config.disks {
-        devices.push(Box::new(Block::new(disk)?));
+        let block = Block::new(disk)?;
+        disks.push(block.counters());
+        devices.push(Box::new(block));
     }
     if let Some(net) = &config.net {
-        devices.push(Box::new(Net::new(net)?));
+        let card = Net::new(net)?;
+        nets.push(card.counters());
+        devices.push(Box::new(card));
     }
     devices.push(Box::new(Rng::new()));
     let balloon = Balloon::new(0).map_err(Error::EventFd)?;
@@ -287,6 +296,8 @@ fn pci_devices(
         balloon: balloon_handle,
         input,
         gpu,
+        disks,
+        nets,
     };
     Ok((PciMmio(Arc::new(Mutex::new(root))), handles))
 }
@@ -429,6 +440,8 @@ struct VmControl {
     vm: Arc<VmFd>,
     pauser: Arc<Pauser>,
     button: PowerButton,
+    disks: Vec<Arc<IoCounters>>,
+    nets: Vec<Arc<IoCounters>>,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
@@ -452,6 +465,8 @@ impl VmControl {
             input: handles.input,
             display: config.display,
             gpu: handles.gpu,
+            disks: handles.disks,
+            nets: handles.nets,
         }
     }
 
@@ -642,6 +657,10 @@ impl control::Handler for VmControl {
             request @ (Request::DisplayAttach {}
             | Request::Screenshot { .. }
             | Request::DisplayResize { .. }) => self.display_request(request),
+            Request::Stats {} => Response::Stats {
+                disks: self.disks.iter().map(|c| c.snapshot()).collect(),
+                nets: self.nets.iter().map(|c| c.snapshot()).collect(),
+            },
             Request::BalloonStats {} => {
                 // Fresh statistics if the driver answers in time, else its last report.
                 let stats = self

@@ -175,7 +175,11 @@ pub fn engine_args(
         push("--disk", spec);
     }
     if config.network {
-        push("--net", "passt".into());
+        let spec = match &config.mac {
+            Some(mac) => format!("passt,mac={mac}"),
+            None => "passt".to_owned(),
+        };
+        push("--net", spec.into());
     }
     let mut vsock = OsString::from(format!("cid={GUEST_CID},socket="));
     vsock.push(runtime.vsock_socket());
@@ -216,6 +220,7 @@ mod tests {
                 height: 600,
             },
             link: Default::default(),
+            mac: Some("52:54:00:00:00:07".into()),
         };
         let runtime = RuntimeFiles {
             dir: "/run/v/k".into(),
@@ -240,7 +245,7 @@ mod tests {
             "--disk".into(),
             format!("path={},format=raw", dir.join("disk.img").display()),
             "--net".into(),
-            "passt".into(),
+            "passt,mac=52:54:00:00:00:07".into(),
             "--vsock".into(),
             "cid=3,socket=/run/v/k/vsock.sock".into(),
             "--display".into(),

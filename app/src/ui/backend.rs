@@ -2,6 +2,8 @@
 //! sockets happens here, never inside `ui` (starting a VM waits for its engine). The UI
 //! sends `Command`s; the worker answers with `Update`s and, every second and after each
 //! command, a fresh `Snapshot` of the library if it changed; each update wakes the UI.
+//! Each running VM is sampled once a second into `Activity` (shared, bounded rings), a
+//! wake only when the graphs show or what a row shows changed.
 //! The UI drains updates once per frame.
 //!
 //! The worker also owns a `GuestLink` per running VM (started and ended as the
@@ -10,15 +12,24 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use eframe::egui::ColorImage;
+
+use super::activity::Activity;
+use super::thumbnail;
 use crate::guest_link::drop_copy::{self, Progress};
 use crate::guest_link::{self, AgentStatus, GuestLink, LinkSpec};
+use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
+use crate::settings::{self, Settings};
 use crate::supervisor::{Action, Supervisor, VmState};
+use crate::usage::{io_totals, UsageSampler};
 use crate::vm_config::{ClipboardDirection, VmConfig};
+use vireo_vmm::control::protocol::{Request, Response};
 
 /// Drop progress is reported at most this often.
 const DROP_REPORT: Duration = Duration::from_millis(100);
@@ -48,6 +59,16 @@ pub enum Command {
     Delete {
         id: String,
         disk: DiskChoice,
+    },
+    /// Copies a stopped VM under a new name.
+    Clone {
+        id: String,
+        name: String,
+    },
+    /// Writes new settings to a stopped VM's config.
+    SaveSettings {
+        id: String,
+        settings: Settings,
     },
     Refresh,
     /// Saved in the VM's `[link]` settings and applied to its running link.
@@ -93,12 +114,22 @@ pub enum Update {
         id: String,
         state: DropState,
     },
+    /// A new thumbnail of a running VM's screen.
+    Thumbnail {
+        id: String,
+        image: ColorImage,
+    },
 }
 
 /// The UI's handle on the worker.
 pub struct Backend {
     commands: Sender<Command>,
     updates: Receiver<Update>,
+    /// Whether the Activity graphs are on screen: only then does each sample wake the UI.
+    graphs_visible: Arc<AtomicBool>,
+    /// The samples, recorded by the worker into bounded rings (not sent as updates: a
+    /// UI that is not woken for them must not pile them up).
+    activity: Arc<Mutex<Activity>>,
 }
 
 impl Backend {
@@ -107,23 +138,48 @@ impl Backend {
     pub fn start(
         library: Library,
         supervisor: Supervisor,
+        host: HostInfo,
         wake: impl Fn() + Send + Sync + 'static,
     ) -> Backend {
         let (commands, command_rx) = mpsc::channel();
         let (update_tx, updates) = mpsc::channel();
+        let graphs_visible = Arc::new(AtomicBool::new(false));
+        let activity = Arc::new(Mutex::new(Activity::default()));
         let worker = Worker {
+            activity: activity.clone(),
+            graphs_visible: graphs_visible.clone(),
+            last_glance: HashMap::new(),
             library,
             supervisor,
+            host,
             updates: update_tx,
             wake: Arc::new(wake),
             last: None,
             links: HashMap::new(),
+            sampler: UsageSampler::default(),
+            thumbnails: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("vireo-backend".into())
             .spawn(move || worker.run(command_rx))
             .expect("a thread for the backend");
-        Backend { commands, updates }
+        Backend {
+            commands,
+            updates,
+            graphs_visible,
+            activity,
+        }
+    }
+
+    /// The usage history of every VM (the worker adds a sample a second).
+    pub fn activity(&self) -> MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells the worker whether the Activity graphs are shown (they want a repaint per
+    /// sample; the library only when what a row shows changed).
+    pub fn set_graphs_visible(&self, visible: bool) {
+        self.graphs_visible.store(visible, Ordering::Relaxed);
     }
 
     pub fn send(&self, command: Command) {
@@ -140,11 +196,19 @@ impl Backend {
 struct Worker {
     library: Library,
     supervisor: Supervisor,
+    host: HostInfo,
     updates: Sender<Update>,
     wake: Arc<dyn Fn() + Send + Sync>,
     last: Option<Vec<VmRow>>,
     /// The guest links of running VMs, by VM id.
     links: HashMap<String, GuestLink>,
+    sampler: UsageSampler,
+    /// A thumbnail watcher per running VM, by id.
+    thumbnails: HashMap<String, thumbnail::Watcher>,
+    graphs_visible: Arc<AtomicBool>,
+    activity: Arc<Mutex<Activity>>,
+    /// What each row showed after the last sample that woke the UI.
+    last_glance: HashMap<String, (u32, u64)>,
 }
 
 impl Worker {
@@ -159,7 +223,10 @@ impl Worker {
                     }
                     self.snapshot();
                 }
-                Err(RecvTimeoutError::Timeout) => self.snapshot(),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.snapshot();
+                    self.sample();
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
@@ -182,6 +249,10 @@ impl Worker {
         };
         let rows: Vec<VmRow> = entries.iter().map(|e| self.row(e)).collect();
         self.sync_links(&entries, &rows);
+        self.activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(&rows);
         if self.last.as_ref() != Some(&rows) {
             self.last = Some(rows.clone());
             self.send(Update::Snapshot(rows));
@@ -301,6 +372,68 @@ impl Worker {
         ))
     }
 
+    /// Samples each running VM's cost and keeps a thumbnail watcher on each.
+    fn sample(&mut self) {
+        let Some(rows) = &self.last else { return };
+        let running: Vec<String> = rows
+            .iter()
+            .filter(|r| r.state.is_running())
+            .map(|r| r.entry_id.clone())
+            .collect();
+        self.thumbnails
+            .retain(|id, w| w.alive() && running.contains(id));
+        let mut usage = Vec::new();
+        for id in &running {
+            let Ok(entry) = self.library.find(id) else {
+                continue;
+            };
+            let Ok(runtime) = self.supervisor.runtime(&entry) else {
+                continue;
+            };
+            if let Some(mut u) = self.sampler.sample(&runtime.engine_pid()) {
+                // An engine without `stats` (or one that does not answer) has no rates.
+                if let Ok(Response::Stats { disks, nets }) =
+                    self.supervisor.ask(&runtime, &Request::Stats {})
+                {
+                    u.io = Some(self.sampler.io_rates(id, io_totals(&disks, &nets)));
+                }
+                usage.push((id.clone(), u));
+            }
+            if !self.thumbnails.contains_key(id) {
+                let (updates, wake, vm) = (self.updates.clone(), self.wake.clone(), id.clone());
+                let watcher =
+                    thumbnail::Watcher::start(id, runtime.control_socket(), move |image| {
+                        let id = vm.clone();
+                        if updates.send(Update::Thumbnail { id, image }).is_ok() {
+                            wake();
+                        }
+                    });
+                self.thumbnails.insert(id.clone(), watcher);
+            }
+        }
+        if usage.is_empty() {
+            return;
+        }
+        // Every sample goes to the history; the UI is woken for it only if the graphs
+        // are on screen or a row's numbers changed, so an idle library stays idle.
+        let glance: HashMap<String, (u32, u64)> = usage
+            .iter()
+            .map(|(id, u)| (id.clone(), u.glance()))
+            .collect();
+        let wake = self.graphs_visible.load(Ordering::Relaxed)
+            || !crate::usage::glance_close(&self.last_glance, &glance);
+        if wake {
+            self.last_glance = glance;
+        }
+        self.activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(usage);
+        if wake {
+            (self.wake)();
+        }
+    }
+
     fn row(&self, entry: &VmEntry) -> VmRow {
         let state = match entry.config {
             Ok(_) => self.supervisor.state(entry),
@@ -362,6 +495,23 @@ impl Worker {
             Command::Drop { id, paths } => {
                 self.with_entry(&id, |s, entry| s.drop_files(entry, paths))
             }
+            Command::Clone { id, name } => self.with_entry(&id, |s, entry| {
+                s.supervisor
+                    .ensure_stopped(entry)
+                    .map_err(|e| e.to_string())?;
+                s.library
+                    .clone_vm(entry, &name)
+                    .map(|copy| format!("cloned as {}", copy.name()))
+                    .map_err(|e| e.to_string())
+            }),
+            Command::SaveSettings { id, settings } => self.with_entry(&id, |s, entry| {
+                s.supervisor
+                    .ensure_stopped(entry)
+                    .map_err(|e| e.to_string())?;
+                settings::apply(entry, &settings, &s.host)
+                    .map(|_| "settings saved".to_owned())
+                    .map_err(|e| e.to_string())
+            }),
         };
         Some(Update::Done(result))
     }

@@ -1,13 +1,20 @@
 //! The library window's list: every VM with its name, OS and state, and what can be
 //! done to it. Broken configs are listed with their reason and no actions; a VM whose
 //! engine died shows how it ended and the end of its log. Deleting asks first, and
-//! deleting the disk is a separate, unticked choice.
+//! deleting the disk is a separate, unticked choice. A running VM shows a live
+//! thumbnail of its screen and what it costs (CPU, memory); a stopped one can be cloned
+//! (asking for the copy's name) and have its settings changed.
 
-use eframe::egui::{self, Color32, RichText};
+use std::collections::HashMap;
 
+use eframe::egui::{self, Color32, RichText, TextureHandle};
+
+use super::activity::Activity;
 use super::backend::VmRow;
+use crate::host::HostInfo;
 use crate::library::DiskChoice;
 use crate::supervisor::{Action, VmState};
+use crate::vm_config;
 
 /// What the user asked for in the list; the app turns each into a backend command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +24,22 @@ pub enum LibraryCommand {
     Act(String, Action),
     OpenDisplay(String),
     Delete { id: String, disk: DiskChoice },
+    Clone { id: String, name: String },
+    OpenSettings(String),
+}
+
+/// What the rows show besides the configs: thumbnails and recent usage.
+pub struct Glance<'a> {
+    pub thumbnails: &'a HashMap<String, TextureHandle>,
+    pub activity: &'a Activity,
+}
+
+/// A clone waiting for the copy's name.
+#[derive(Debug, Clone)]
+struct PendingClone {
+    id: String,
+    source: String,
+    name: String,
 }
 
 /// A delete waiting for the user's confirmation.
@@ -30,10 +53,21 @@ struct PendingDelete {
 #[derive(Default)]
 pub struct LibraryView {
     pending_delete: Option<PendingDelete>,
+    pending_clone: Option<PendingClone>,
 }
 
 impl LibraryView {
-    pub fn ui(&mut self, ui: &mut egui::Ui, rows: &[VmRow]) -> Vec<LibraryCommand> {
+    /// Whether a dialog of the list is open (keyboard shortcuts wait).
+    pub fn dialog_open(&self) -> bool {
+        self.pending_delete.is_some() || self.pending_clone.is_some()
+    }
+
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        rows: &[VmRow],
+        glance: &Glance<'_>,
+    ) -> Vec<LibraryCommand> {
         let mut commands = Vec::new();
         if rows.is_empty() {
             ui.vertical_centered(|ui| {
@@ -57,16 +91,23 @@ impl LibraryView {
             ui.separator();
             egui::ScrollArea::vertical().show(ui, |ui| {
                 for row in rows {
-                    self.row_ui(ui, row, &mut commands);
+                    self.row_ui(ui, row, glance, &mut commands);
                     ui.separator();
                 }
             });
         }
         self.confirm_delete(ui, &mut commands);
+        self.ask_clone_name(ui, rows, &mut commands);
         commands
     }
 
-    fn row_ui(&mut self, ui: &mut egui::Ui, row: &VmRow, commands: &mut Vec<LibraryCommand>) {
+    fn row_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        row: &VmRow,
+        glance: &Glance<'_>,
+        commands: &mut Vec<LibraryCommand>,
+    ) {
         let config = match &row.config {
             Ok(c) => c,
             Err(reason) => {
@@ -79,11 +120,55 @@ impl LibraryView {
             }
         };
         ui.horizontal(|ui| {
-            ui.label(RichText::new(&config.name).strong());
-            ui.label(config.os.label());
-            ui.label(format!("{} CPU · {} MiB", config.cpus, config.memory_mib));
-            ui.label(state_text(&row.state));
+            if row.state.is_running() {
+                if let Some(texture) = glance.thumbnails.get(&row.entry_id) {
+                    ui.add(
+                        egui::Image::new(texture)
+                            .fit_to_exact_size(texture.size_vec2())
+                            .alt_text(format!("screen of {}", config.name)),
+                    );
+                }
+            }
+            ui.vertical(|ui| {
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(&config.name).strong());
+                    ui.label(config.os.label());
+                    ui.label(format!("{} CPU · {} MiB", config.cpus, config.memory_mib));
+                    ui.label(state_text(&row.state));
+                });
+                if row.state.is_running() {
+                    let latest = glance
+                        .activity
+                        .history(&row.entry_id)
+                        .and_then(|h| h.latest().copied());
+                    if let Some((cpu, rss)) = latest.map(|u| u.glance()) {
+                        ui.label(format!(
+                            "CPU {cpu} % · memory {rss} of {} MiB",
+                            config.memory_mib
+                        ));
+                    }
+                }
+                self.actions_ui(ui, row, config, commands);
+            });
         });
+        if let VmState::Failed { exit, log_tail } = &row.state {
+            egui::CollapsingHeader::new(format!("Why it stopped: {}", exit.reason()))
+                .id_salt(("log", &row.entry_id))
+                .show(ui, |ui| {
+                    for line in log_tail {
+                        ui.monospace(line);
+                    }
+                });
+        }
+    }
+
+    fn actions_ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        row: &VmRow,
+        config: &vm_config::VmConfig,
+        commands: &mut Vec<LibraryCommand>,
+    ) {
         ui.horizontal(|ui| {
             let id = &row.entry_id;
             if row.state.is_running() {
@@ -98,6 +183,16 @@ impl LibraryView {
                 if ui.button("Start").clicked() {
                     commands.push(LibraryCommand::Start(id.clone()));
                 }
+                if ui.button("Settings").clicked() {
+                    commands.push(LibraryCommand::OpenSettings(id.clone()));
+                }
+                if ui.button("Clone").clicked() {
+                    self.pending_clone = Some(PendingClone {
+                        id: id.clone(),
+                        source: config.name.clone(),
+                        name: format!("{} copy", config.name),
+                    });
+                }
                 if ui.button("Delete").clicked() {
                     self.pending_delete = Some(PendingDelete {
                         id: id.clone(),
@@ -107,14 +202,77 @@ impl LibraryView {
                 }
             }
         });
-        if let VmState::Failed { exit, log_tail } = &row.state {
-            egui::CollapsingHeader::new(format!("Why it stopped: {}", exit.reason()))
-                .id_salt(("log", &row.entry_id))
-                .show(ui, |ui| {
-                    for line in log_tail {
-                        ui.monospace(line);
+    }
+
+    fn ask_clone_name(
+        &mut self,
+        ui: &mut egui::Ui,
+        rows: &[VmRow],
+        commands: &mut Vec<LibraryCommand>,
+    ) {
+        let Some(pending) = &mut self.pending_clone else {
+            return;
+        };
+        let taken: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+        let probe = vm_config::VmConfig {
+            name: pending.name.clone(),
+            os: vm_config::OsSource::SelfTest,
+            cpus: 1,
+            memory_mib: vm_config::MIN_MEMORY_MIB,
+            disk: None,
+            network: false,
+            display: vm_config::DisplaySize::default(),
+            mac: None,
+            link: Default::default(),
+        };
+        let unlimited = HostInfo {
+            cpus: u32::MAX,
+            memory_mib: u64::MAX,
+            kvm: crate::host::KvmKind::Unknown,
+        };
+        let problem = vm_config::check(&probe, &unlimited, &taken)
+            .into_iter()
+            .find(|p| p.field() == vm_config::Field::Name);
+        let mut close = false;
+        egui::Window::new("Clone VM")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ui.ctx(), |ui| {
+                ui.label(format!(
+                    "A copy of \"{}\", its disk included.",
+                    pending.source
+                ));
+                let label = ui.label("Name of the copy");
+                let field = ui
+                    .text_edit_singleline(&mut pending.name)
+                    .labelled_by(label.id);
+                if let Some(p) = &problem {
+                    ui.label(
+                        RichText::new(p.to_string()).color(Color32::from_rgb(0xe0, 0x40, 0x40)),
+                    );
+                }
+                let enter = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+                ui.horizontal(|ui| {
+                    let ok = problem.is_none();
+                    if ui
+                        .add_enabled(ok, egui::Button::new("Make the copy"))
+                        .clicked()
+                        || (enter && ok)
+                    {
+                        commands.push(LibraryCommand::Clone {
+                            id: pending.id.clone(),
+                            name: pending.name.trim().to_owned(),
+                        });
+                        close = true;
+                    }
+                    if ui.button("Cancel").clicked() {
+                        close = true;
                     }
                 });
+            });
+        if close || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+            self.pending_clone = None;
         }
     }
 

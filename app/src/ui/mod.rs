@@ -3,16 +3,19 @@
 //! engine work is done by the backend thread (`backend`); `VireoApp::ui` drains its
 //! updates once per frame and sends it commands.
 
+pub mod activity;
 pub mod backend;
 pub mod display_view;
 pub mod keymap;
 pub mod library_view;
+pub mod settings_dialog;
+pub mod thumbnail;
 pub mod wizard;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use eframe::egui::{self, RichText};
+use eframe::egui::{self, RichText, TextureHandle};
 
 use crate::guest_link::AgentStatus;
 use crate::host::HostInfo;
@@ -21,7 +24,8 @@ use crate::paths::Dirs;
 use crate::supervisor::{Programs, Supervisor};
 use backend::{Backend, Command, DropState, Update, VmRow};
 use display_view::{DisplayView, ViewRequest};
-use library_view::{LibraryCommand, LibraryView};
+use library_view::{Glance, LibraryCommand, LibraryView};
+use settings_dialog::{SettingsDialog, SettingsOutcome};
 use wizard::{Wizard, WizardOutcome};
 
 /// The app id: the window class on X11 and app id on Wayland, matching the .desktop file.
@@ -49,6 +53,17 @@ pub struct VireoApp {
     agents: HashMap<String, AgentStatus>,
     /// Each VM's newest drop.
     drops: HashMap<String, DropState>,
+    // --- Library extras (issue 7 item 1): tabs, activity, thumbnails, settings. ---
+    tab: Tab,
+    thumbnails: HashMap<String, TextureHandle>,
+    settings: Option<SettingsDialog>,
+}
+
+/// What the main window shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Library,
+    Activity,
 }
 
 impl VireoApp {
@@ -56,7 +71,9 @@ impl VireoApp {
         let library = Library::new(&dirs);
         let supervisor = Supervisor::new(dirs.clone(), programs);
         let wake_ctx = ctx.clone();
-        let backend = Backend::start(library, supervisor, move || wake_ctx.request_repaint());
+        let backend = Backend::start(library, supervisor, host.clone(), move || {
+            wake_ctx.request_repaint()
+        });
         VireoApp {
             dirs,
             host,
@@ -71,7 +88,24 @@ impl VireoApp {
             open_when_running: None,
             agents: HashMap::new(),
             drops: HashMap::new(),
+            tab: Tab::Library,
+            thumbnails: HashMap::new(),
+            settings: None,
         }
+    }
+
+    pub fn tab(&self) -> Tab {
+        self.tab
+    }
+
+    /// Every VM's usage history (locked while held: the backend adds to it).
+    pub fn activity(&self) -> std::sync::MutexGuard<'_, activity::Activity> {
+        self.backend.activity()
+    }
+
+    /// The thumbnail textures shown, by VM id.
+    pub fn thumbnails(&self) -> &HashMap<String, TextureHandle> {
+        &self.thumbnails
     }
 
     /// The VMs as last seen (tests read it).
@@ -115,11 +149,13 @@ impl VireoApp {
         for update in self.backend.drain() {
             match update {
                 Update::Snapshot(rows) => {
-                    // A stopped VM's link is gone: its last status would be stale.
-                    self.agents.retain(|id, _| {
+                    // A stopped VM's link and thumbnail are gone: they would be stale.
+                    let running = |id: &String| {
                         rows.iter()
                             .any(|r| r.entry_id == *id && r.state.is_running())
-                    });
+                    };
+                    self.agents.retain(|id, _| running(id));
+                    self.thumbnails.retain(|id, _| running(id));
                     self.rows = rows;
                     self.loaded = true;
                     self.open_requested();
@@ -136,6 +172,18 @@ impl VireoApp {
                     }
                     self.drops.insert(id, state);
                 }
+                Update::Thumbnail { id, image } => self.set_thumbnail(id, image),
+            }
+        }
+    }
+
+    fn set_thumbnail(&mut self, id: String, image: egui::ColorImage) {
+        let options = egui::TextureOptions::LINEAR;
+        match self.thumbnails.get_mut(&id) {
+            Some(texture) => texture.set(image, options),
+            None => {
+                let texture = self.ctx.load_texture(format!("thumb-{id}"), image, options);
+                self.thumbnails.insert(id, texture);
             }
         }
     }
@@ -191,16 +239,55 @@ impl VireoApp {
                 self.open_display(&id, &name);
             }
             LibraryCommand::Delete { id, disk } => self.backend.send(Command::Delete { id, disk }),
+            LibraryCommand::Clone { id, name } => {
+                self.status = Some(Ok(format!("copying to {name}…")));
+                self.backend.send(Command::Clone { id, name });
+            }
+            LibraryCommand::OpenSettings(id) => {
+                let config = self.rows.iter().find(|r| r.entry_id == id);
+                if let Some(Ok(config)) = config.map(|r| r.config.clone()) {
+                    self.settings = Some(SettingsDialog::new(id, config, self.host.clone()));
+                }
+            }
         }
+    }
+
+    /// Keyboard shortcuts of the main window (none while a form or dialog has the keys).
+    fn shortcuts(&mut self, ui: &mut egui::Ui) {
+        if self.wizard.is_some() || self.settings.is_some() || self.library.dialog_open() {
+            return;
+        }
+        let command = |key| egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, key);
+        let pressed = |key| ui.input_mut(|i| i.consume_shortcut(&command(key)));
+        if pressed(egui::Key::N) {
+            self.handle(LibraryCommand::NewVm);
+        } else if pressed(egui::Key::Num1) {
+            self.tab = Tab::Library;
+        } else if pressed(egui::Key::Num2) {
+            self.tab = Tab::Activity;
+        } else if pressed(egui::Key::R) {
+            self.backend.send(Command::Refresh);
+        } else if pressed(egui::Key::Q) {
+            ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    fn tabs(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.selectable_value(&mut self.tab, Tab::Library, "Library")
+                .on_hover_text("Ctrl+1");
+            ui.selectable_value(&mut self.tab, Tab::Activity, "Activity")
+                .on_hover_text("Ctrl+2");
+        });
+        ui.separator();
     }
 
     /// The whole window's content (the eframe `App::ui`, and what kittest drives).
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.drain();
-        let new_vm = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::N);
-        if self.wizard.is_none() && ui.input_mut(|i| i.consume_shortcut(&new_vm)) {
-            self.handle(LibraryCommand::NewVm);
-        }
+        self.shortcuts(ui);
+        self.backend
+            .set_graphs_visible(self.loaded && self.wizard.is_none() && self.tab == Tab::Activity);
         egui::Panel::bottom("status").show(ui, |ui| match &self.status {
             Some(Ok(text)) => {
                 ui.label(text);
@@ -224,12 +311,41 @@ impl VireoApp {
                     None => {}
                 }
             } else if self.loaded {
-                for command in self.library.ui(ui, &self.rows) {
-                    self.handle(command);
+                self.tabs(ui);
+                match self.tab {
+                    Tab::Library => {
+                        let activity = self.backend.activity();
+                        let glance = Glance {
+                            thumbnails: &self.thumbnails,
+                            activity: &activity,
+                        };
+                        let commands = self.library.ui(ui, &self.rows, &glance);
+                        drop(activity);
+                        for command in commands {
+                            self.handle(command);
+                        }
+                    }
+                    Tab::Activity => self.backend.activity().ui(ui, &self.rows),
                 }
             }
         });
+        self.show_settings(ui.ctx());
         self.show_displays(ui.ctx());
+    }
+
+    fn show_settings(&mut self, ctx: &egui::Context) {
+        let Some(dialog) = &mut self.settings else {
+            return;
+        };
+        match dialog.show(ctx) {
+            Some(SettingsOutcome::Save(settings)) => {
+                let id = dialog.vm_id.clone();
+                self.backend.send(Command::SaveSettings { id, settings });
+                self.settings = None;
+            }
+            Some(SettingsOutcome::Cancel) => self.settings = None,
+            None => {}
+        }
     }
 
     fn host_summary(&self) -> String {
@@ -327,6 +443,8 @@ pub fn run(open: Option<String>) -> anyhow::Result<()> {
         "Vireo",
         options,
         Box::new(move |cc| {
+            // Dark or light as the desktop is, and following it when it changes.
+            cc.egui_ctx.set_theme(egui::ThemePreference::System);
             let mut app = VireoApp::new(&cc.egui_ctx, dirs, Programs::from_current_exe(), host);
             app.open_when_running = open;
             Ok(Box::new(app))

@@ -81,6 +81,7 @@ enum Command {
     GpuCursor,
     GpuHostile,
     GpuBench,
+    GpuBlink,
     SelftestScreen,
     Agent,
 }
@@ -102,6 +103,7 @@ impl Command {
             Command::GpuCursor => crate::gpu::cursor,
             Command::GpuHostile => crate::gpu::hostile,
             Command::GpuBench => crate::gpu::bench,
+            Command::GpuBlink => crate::gpu::blink,
             _ => return None,
         })
     }
@@ -174,6 +176,7 @@ impl<'a> Options<'a> {
                         "gpu-cursor" => Ok(Command::GpuCursor),
                         "gpu-hostile" => Ok(Command::GpuHostile),
                         "gpu-bench" => Ok(Command::GpuBench),
+                        "gpu-blink" => Ok(Command::GpuBlink),
                         "selftest-screen" => Ok(Command::SelftestScreen),
                         other => Err(other),
                     }

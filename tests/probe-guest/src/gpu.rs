@@ -10,6 +10,9 @@
 //! - `gpu-hostile`: malformed commands straight on the control queue, each response
 //!   type reported; then a normal frame, raw and through `virtio-drivers`.
 //! - `gpu-bench`: full-frame flushes for `probe.gpu_secs` seconds; frames per second.
+//! - `gpu-blink`: the same with a blinking cursor's damage: an 8x16 rectangle toggled,
+//!   transferred and flushed alone (through the probe's own command builder, as
+//!   `virtio-drivers` only flushes whole screens).
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -270,6 +273,7 @@ const CMD_RESOURCE_FLUSH: u32 = 0x0104;
 const CMD_TRANSFER_TO_HOST_2D: u32 = 0x0105;
 const CMD_RESOURCE_ATTACH_BACKING: u32 = 0x0106;
 const RESP_OK_NODATA: u32 = 0x1100;
+const RESP_OK_DISPLAY_INFO: u32 = 0x1101;
 const FORMAT_B8G8R8A8: u32 = 1;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
@@ -336,6 +340,89 @@ impl RawGpu {
             Err(_) => 0,
         }
     }
+}
+
+/// The blinking rectangle of `gpu-blink`: where, and a text cursor's size.
+const BLINK: [u32; 4] = [96, 96, 8, 16];
+
+/// `probe.run=gpu-blink`: the screen drawn and shown once, then for `probe.gpu_secs` the
+/// [`BLINK`] rectangle inverted, transferred and flushed, each time only that
+/// rectangle; reported as `gpu_bench` with `damage=8x16`.
+pub fn blink(pci: &mut Pci, _options: &BlkOptions, tsc_khz: u64) {
+    let mut raw = match RawGpu::open(pci) {
+        Ok(raw) => raw,
+        Err(error) => {
+            probe!("error gpu={error}");
+            return;
+        }
+    };
+    if raw.send(CMD_GET_DISPLAY_INFO, &[]) != RESP_OK_DISPLAY_INFO {
+        probe!("error gpu=display_info");
+        return;
+    }
+    let word = |r: &[u8], at: usize| u32::from_le_bytes([r[at], r[at + 1], r[at + 2], r[at + 3]]);
+    // The first pmode after the 24-byte header: x, y, width, height, enabled.
+    let (width, height) = (word(&raw.response, 32), word(&raw.response, 36));
+    if width < BLINK[0] + BLINK[2] || height < BLINK[1] + BLINK[3] {
+        probe!("error gpu=blink_screen_too_small width={width} height={height}");
+        return;
+    }
+    let mut fb = alloc::vec![0u8; width as usize * height as usize * 4];
+    draw(&mut fb, width);
+    let addr = fb.as_ptr() as u64;
+    let (lo, hi) = (addr as u32, (addr >> 32) as u32);
+    let full = [0, 0, width, height];
+    let setup: [(u32, Vec<u32>); 5] = [
+        (
+            CMD_RESOURCE_CREATE_2D,
+            alloc::vec![1, FORMAT_B8G8R8A8, width, height],
+        ),
+        (
+            CMD_RESOURCE_ATTACH_BACKING,
+            alloc::vec![1, 1, lo, hi, fb.len() as u32, 0],
+        ),
+        (CMD_SET_SCANOUT, [&full[..], &[0, 1]].concat()),
+        (CMD_TRANSFER_TO_HOST_2D, [&full[..], &[0, 0, 1, 0]].concat()),
+        (CMD_RESOURCE_FLUSH, [&full[..], &[1, 0]].concat()),
+    ];
+    for (command, body) in setup {
+        if raw.send(command, &body) != RESP_OK_NODATA {
+            probe!("error gpu=blink_setup command={command:#06x}");
+            return;
+        }
+    }
+    probe!("gpu_ready width={width} height={height} format=B8G8R8A8");
+    let ms = tsc_khz.max(1);
+    let start = arch::rdtsc();
+    let end = start + BENCH_SECS.load(Ordering::Relaxed) * 1000 * ms;
+    let [x, y, w, h] = BLINK;
+    let offset = (u64::from(y) * u64::from(width) + u64::from(x)) * 4;
+    let transfer = [x, y, w, h, offset as u32, (offset >> 32) as u32, 1, 0];
+    let flush = [x, y, w, h, 1, 0];
+    let mut frame = 0u64;
+    while arch::rdtsc() < end {
+        frame += 1;
+        for row in y..y + h {
+            let at = (row as usize * width as usize + x as usize) * 4;
+            for byte in &mut fb[at..at + w as usize * 4] {
+                *byte = !*byte;
+            }
+        }
+        if raw.send(CMD_TRANSFER_TO_HOST_2D, &transfer) != RESP_OK_NODATA
+            || raw.send(CMD_RESOURCE_FLUSH, &flush) != RESP_OK_NODATA
+        {
+            probe!("error gpu=blink_flush frame={frame}");
+            return;
+        }
+    }
+    let elapsed = arch::rdtsc() - start;
+    probe!(
+        "gpu_bench width={width} height={height} frames={frame} ms={} fps_x100={} damage={w}x{h}",
+        elapsed / ms,
+        frame * 100_000 * ms / elapsed.max(1),
+    );
+    // `fb` stays allocated: it backs the resource the host still shows.
+    idle();
 }
 
 /// `probe.run=gpu-hostile`.

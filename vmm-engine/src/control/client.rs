@@ -150,6 +150,12 @@ impl DisplayClient {
         Ok((client, first))
     }
 
+    /// How long `next_message` waits before it fails with `WouldBlock` (`None`: for
+    /// ever). A message half received by then is kept for the next call.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
     /// Blocks until the engine sends the next message.
     pub fn next_message(&mut self) -> io::Result<DisplayMessage> {
         let line = self.next_line()?;

@@ -25,6 +25,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::virtio::io_counters::IoCountersSnapshot;
+
 /// Everything a client can ask. Later issues add to this closed set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case", deny_unknown_fields)]
@@ -74,6 +76,9 @@ pub enum Request {
     Screenshot { path: String },
     /// The host's window has a new size: offer it to the guest as its display's mode.
     DisplayResize { width: u32, height: u32 },
+    /// The disks' and network cards' traffic since the VM started (bytes and requests
+    /// each way), in `--disk` order.
+    Stats {},
 }
 
 /// The tablet's buttons.
@@ -109,6 +114,12 @@ pub enum Response {
         path: String,
         width: u32,
         height: u32,
+    },
+    /// For a disk, read is disk → guest; for a network card, read is received by the
+    /// guest and write sent by it.
+    Stats {
+        disks: Vec<IoCountersSnapshot>,
+        nets: Vec<IoCountersSnapshot>,
     },
     Ok,
     Error {

@@ -14,6 +14,7 @@ pub mod balloon;
 pub mod block;
 pub mod gpu;
 pub mod input;
+pub mod io_counters;
 pub mod net;
 pub mod poll;
 pub mod rng;

@@ -28,6 +28,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
+use super::io_counters::IoCounters;
 use super::worker::Worker;
 use super::{
     ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -70,6 +71,8 @@ pub struct Block {
     config_space: Vec<u8>,
     queue_sizes: [u16; 1],
     state: State,
+    /// Bytes and requests served, across resets (the control socket's `stats`).
+    counters: Arc<IoCounters>,
 }
 
 impl Block {
@@ -106,12 +109,18 @@ impl Block {
             config_space,
             queue_sizes: [QUEUE_SIZE],
             state: State::Inactive,
+            counters: Arc::default(),
         }
     }
 
     /// The ID string the guest reads.
     pub fn id(&self) -> &[u8; ID_LEN] {
         &self.id
+    }
+
+    /// The device's traffic counters (shared: they keep counting).
+    pub fn counters(&self) -> Arc<IoCounters> {
+        Arc::clone(&self.counters)
     }
 
     pub fn is_active(&self) -> bool {
@@ -256,7 +265,8 @@ impl VirtioDevice for Block {
             id: self.id,
         };
         let handler =
-            BlockWorker::new(mem, interrupt, queue, index, Arc::clone(&self.disk), policy);
+            BlockWorker::new(mem, interrupt, queue, index, Arc::clone(&self.disk), policy)
+                .counting(self.counters());
         let worker =
             Worker::spawn("vireo-blk", vec![notify], handler).map_err(ActivateError::Worker)?;
         self.state = State::Activated(worker);

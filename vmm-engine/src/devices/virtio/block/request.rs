@@ -16,6 +16,7 @@
 //! length of 0.
 
 use std::mem::{offset_of, size_of};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     virtio_blk_discard_write_zeroes, virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
@@ -27,6 +28,7 @@ use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::disk::{Disk, SECTOR_BYTES};
+use crate::devices::virtio::io_counters::IoCounters;
 
 /// Bytes of the request header (`struct virtio_blk_outhdr`).
 pub const HEADER_LEN: u64 = size_of::<virtio_blk_outhdr>() as u64;
@@ -325,6 +327,8 @@ pub struct RequestPolicy {
 pub struct RequestExecutor {
     policy: RequestPolicy,
     bounce: Vec<u8>,
+    /// Bytes and requests served, for `stats` (the device's, shared).
+    counters: Arc<IoCounters>,
 }
 
 /// The outcome of a request: its status byte and the bytes written into its data.
@@ -342,9 +346,15 @@ impl Outcome {
 
 impl RequestExecutor {
     pub fn new(policy: RequestPolicy) -> Self {
+        Self::with_counters(policy, Arc::default())
+    }
+
+    /// An executor adding what it serves to `counters`.
+    pub fn with_counters(policy: RequestPolicy, counters: Arc<IoCounters>) -> Self {
         RequestExecutor {
             policy,
             bounce: Vec::new(),
+            counters,
         }
     }
 
@@ -407,6 +417,13 @@ impl RequestExecutor {
                 Outcome::status(VIRTIO_BLK_S_UNSUPP)
             }
         };
+        if outcome.status == VIRTIO_BLK_S_OK {
+            match req.request_type {
+                RequestType::In => self.counters.read(req.data.len()),
+                RequestType::Out => self.counters.write(req.data.len()),
+                _ => {}
+            }
+        }
         if is_write && outcome.status == VIRTIO_BLK_S_OK && self.policy.write_through {
             return io_status(disk.backend().flush());
         }

@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::disk::Disk;
 use super::request::{RequestExecutor, RequestPolicy};
+use crate::devices::virtio::io_counters::IoCounters;
 use crate::devices::virtio::worker::WorkerHandler;
 use crate::devices::virtio::{drain_queue, Interrupt};
 
@@ -41,6 +42,12 @@ impl BlockWorker {
             disk,
             executor: RequestExecutor::new(policy),
         }
+    }
+
+    /// Counts what it serves into `counters` (the device's) from now on.
+    pub fn counting(mut self, counters: Arc<IoCounters>) -> Self {
+        self.executor = RequestExecutor::with_counters(self.executor.policy().clone(), counters);
+        self
     }
 
     /// Serves every available request. Returns whether the driver was interrupted.

@@ -27,6 +27,7 @@ use virtio_bindings::virtio_net::{
 };
 use vm_memory::GuestMemoryMmap;
 
+use super::io_counters::IoCounters;
 use super::worker::Worker;
 use super::{
     ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -69,6 +70,8 @@ pub struct Net {
     /// The backend while no worker has it.
     backend: Option<Box<dyn Backend>>,
     worker: Option<Worker<NetWorker>>,
+    /// Bytes and frames each way, across resets (the control socket's `stats`).
+    counters: Arc<IoCounters>,
 }
 
 impl Net {
@@ -87,7 +90,13 @@ impl Net {
             mac,
             backend: Some(backend),
             worker: None,
+            counters: Arc::default(),
         }
+    }
+
+    /// The card's traffic counters: read = received by the guest, write = sent by it.
+    pub fn counters(&self) -> Arc<IoCounters> {
+        Arc::clone(&self.counters)
     }
 
     fn config_bytes(&self) -> [u8; CONFIG_LEN] {
@@ -163,7 +172,8 @@ impl VirtioDevice for Net {
             ActivateError::Backend("the network backend is gone (its worker failed)".into())
         })?;
         let handler = NetWorker::new(mem, interrupt, rx.queue, tx.queue, backend, acked_features)
-            .map_err(ActivateError::Worker)?;
+            .map_err(ActivateError::Worker)?
+            .counting(self.counters());
         // Worker queue indexes follow this order: 0 = receiveq, 1 = transmitq.
         let worker = Worker::spawn("virtio-net", vec![rx.notify, tx.notify], handler)
             .map_err(ActivateError::Worker)?;

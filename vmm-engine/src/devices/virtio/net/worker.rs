@@ -26,6 +26,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::{Backend, BackendError, ETH_HLEN, MAX_FRAME_LEN};
+use crate::devices::virtio::io_counters::IoCounters;
 use crate::devices::virtio::worker::WorkerHandler;
 use crate::devices::virtio::Interrupt;
 
@@ -79,6 +80,8 @@ pub struct NetWorker {
     /// Reused buffer for one transmitted frame with its header.
     tx_frame: Vec<u8>,
     pub counters: NetCounters,
+    /// Bytes and frames each way, for the control socket's `stats` (the device's).
+    io: Arc<IoCounters>,
 }
 
 impl NetWorker {
@@ -113,7 +116,14 @@ impl NetWorker {
             interest,
             tx_frame: Vec::with_capacity(NET_HDR_LEN + MAX_FRAME_LEN),
             counters: NetCounters::default(),
+            io: Arc::default(),
         })
+    }
+
+    /// Counts frames into `io` (the device's) from now on.
+    pub fn counting(mut self, io: Arc<IoCounters>) -> Self {
+        self.io = io;
+        self
     }
 
     /// Gives the backend back (the device keeps it across a reset).
@@ -190,8 +200,12 @@ impl NetWorker {
             self.counters.tx_dropped += 1;
             return;
         }
+        let len = (frame.len() - NET_HDR_LEN) as u64;
         match self.backend.send(&frame[NET_HDR_LEN..]) {
-            Ok(()) => self.counters.tx_frames += 1,
+            Ok(()) => {
+                self.counters.tx_frames += 1;
+                self.io.write(len);
+            }
             Err(e) => {
                 self.counters.tx_dropped += 1;
                 self.backend_failed(&e);
@@ -224,6 +238,7 @@ impl NetWorker {
             match outcome {
                 Received::Done => {
                     self.counters.rx_frames += 1;
+                    self.io.read(frame.len() as u64);
                     used_any = true;
                     self.backend.consume_frame();
                 }

@@ -1,0 +1,312 @@
+//! Changing a stopped VM: its settings (CPUs, memory, disk size, network, display size)
+//! checked against the host and the VM as it is, and written atomically to `vm.toml`.
+//! A disk only grows (shrinking would cut off the guest's data). The file is read again
+//! just before it is replaced: if it changed or broke since the dialog opened, nothing is
+//! written.
+
+use crate::host::HostInfo;
+use crate::library::{Error as LibraryError, VmEntry};
+use crate::vm_config::{self, DiskConfig, DisplaySize, VmConfig};
+
+/// Smallest and largest display side: what the engine's `--display` takes.
+pub use vireo_vmm::config::{DISPLAY_MAX, DISPLAY_MIN};
+/// Largest disk the settings offer, in GiB.
+pub const MAX_DISK_GIB: u64 = 16 * 1024;
+
+/// What the settings dialog edits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub cpus: u8,
+    pub memory_mib: u64,
+    /// `None`: no disk.
+    pub disk_gib: Option<u64>,
+    pub network: bool,
+    pub display: DisplaySize,
+}
+
+impl Settings {
+    pub fn of(config: &VmConfig) -> Settings {
+        Settings {
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            disk_gib: config.disk.map(|d| d.size_gib),
+            network: config.network,
+            display: config.display,
+        }
+    }
+
+    /// `config` with these settings.
+    pub fn applied_to(&self, config: &VmConfig) -> VmConfig {
+        VmConfig {
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            disk: self.disk_gib.map(|size_gib| DiskConfig { size_gib }),
+            network: self.network,
+            display: self.display,
+            ..config.clone()
+        }
+    }
+}
+
+/// One thing wrong with new settings, phrased as what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error(transparent)]
+    Config(#[from] vm_config::Problem),
+    #[error("the disk can only grow: it is {current} GiB now")]
+    DiskShrinks { current: u64 },
+    #[error("the disk can be at most {MAX_DISK_GIB} GiB")]
+    DiskTooLarge,
+    #[error("a VM with a disk keeps it: delete the VM to drop its disk")]
+    DiskRemoved,
+    #[error("each side of the display must be {DISPLAY_MIN} to {DISPLAY_MAX} pixels")]
+    DisplaySize,
+}
+
+/// Which part of the dialog a problem belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Cpus,
+    Memory,
+    Disk,
+    Display,
+    Other,
+}
+
+impl Problem {
+    pub fn field(&self) -> Field {
+        match self {
+            Problem::Config(p) => match p.field() {
+                vm_config::Field::Cpus => Field::Cpus,
+                vm_config::Field::Memory => Field::Memory,
+                vm_config::Field::Disk => Field::Disk,
+                _ => Field::Other,
+            },
+            Problem::DiskShrinks { .. } | Problem::DiskTooLarge | Problem::DiskRemoved => {
+                Field::Disk
+            }
+            Problem::DisplaySize => Field::Display,
+        }
+    }
+}
+
+/// Everything wrong with changing `current` to `new` on `host`. Only the settings are
+/// checked: the name and OS are not the dialog's (a kernel that went missing is reported
+/// by Start, not here).
+pub fn check(current: &VmConfig, new: &Settings, host: &HostInfo) -> Vec<Problem> {
+    let candidate = new.applied_to(current);
+    let mut problems: Vec<Problem> = vm_config::check(&candidate, host, &[])
+        .into_iter()
+        .filter(|p| {
+            matches!(
+                p.field(),
+                vm_config::Field::Cpus | vm_config::Field::Memory | vm_config::Field::Disk
+            )
+        })
+        .map(Problem::from)
+        .collect();
+    match (current.disk, new.disk_gib) {
+        (Some(_), None) => problems.push(Problem::DiskRemoved),
+        (Some(old), Some(size)) if size < old.size_gib => problems.push(Problem::DiskShrinks {
+            current: old.size_gib,
+        }),
+        _ => {}
+    }
+    if new.disk_gib.is_some_and(|size| size > MAX_DISK_GIB) {
+        problems.push(Problem::DiskTooLarge);
+    }
+    let DisplaySize { width, height } = new.display;
+    if ![width, height]
+        .iter()
+        .all(|side| (DISPLAY_MIN..=DISPLAY_MAX).contains(side))
+    {
+        problems.push(Problem::DisplaySize);
+    }
+    problems
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Library(#[from] LibraryError),
+    #[error("{}", join(.0))]
+    Invalid(Vec<Problem>),
+    #[error("{0} changed on disk since it was read: look at it again before changing it")]
+    Changed(std::path::PathBuf),
+    #[error("cannot grow the disk {path}: {source}")]
+    Disk {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Save(#[from] vm_config::SaveError),
+    #[error("cannot make a MAC address (reading /dev/urandom): {0}")]
+    Mac(#[source] std::io::Error),
+}
+
+fn join(problems: &[Problem]) -> String {
+    let texts: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
+/// Checks `new` and writes it to the (stopped: the caller checked) VM's `vm.toml`,
+/// growing or making its disk first. Returns the config written.
+pub fn apply(entry: &VmEntry, new: &Settings, host: &HostInfo) -> Result<VmConfig, ApplyError> {
+    let current = entry.config()?;
+    let problems = check(current, new, host);
+    if !problems.is_empty() {
+        return Err(ApplyError::Invalid(problems));
+    }
+    // Read again: a file edited or broken since the entry was listed is not ours to
+    // overwrite.
+    let path = entry.config_path();
+    match VmConfig::load(&path) {
+        Ok(on_disk) if on_disk == *current => {}
+        _ => return Err(ApplyError::Changed(path)),
+    }
+    let mut updated = new.applied_to(current);
+    if updated.network && updated.mac.is_none() {
+        // A card of its own, as `create` gives one.
+        updated.mac = Some(vm_config::fresh_mac().map_err(ApplyError::Mac)?);
+    }
+    if let Some(size) = new.disk_gib {
+        grow_disk(&entry.disk_path(), size << 30)?;
+    }
+    updated.save(&path)?;
+    Ok(updated)
+}
+
+/// Makes the (sparse) disk at least `bytes` long; never shortens it.
+fn grow_disk(path: &std::path::Path, bytes: u64) -> Result<(), ApplyError> {
+    let disk_err = |source| ApplyError::Disk {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(disk_err)?;
+    if file.metadata().map_err(disk_err)?.len() < bytes {
+        file.set_len(bytes).map_err(disk_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::KvmKind;
+    use crate::library::Library;
+    use crate::paths::Dirs;
+    use crate::vm_config::OsSource;
+
+    fn host() -> HostInfo {
+        HostInfo {
+            cpus: 2,
+            memory_mib: 4096,
+            kvm: KvmKind::Pvm,
+        }
+    }
+
+    fn config() -> VmConfig {
+        VmConfig {
+            name: "Work".into(),
+            os: OsSource::SelfTest,
+            cpus: 1,
+            memory_mib: 256,
+            disk: Some(DiskConfig { size_gib: 2 }),
+            network: false,
+            display: DisplaySize::default(),
+            mac: None,
+            link: Default::default(),
+        }
+    }
+
+    #[test]
+    fn problems_name_the_field() {
+        let current = config();
+        let ok = Settings {
+            cpus: 2,
+            memory_mib: 1024,
+            disk_gib: Some(4),
+            network: true,
+            display: DisplaySize {
+                width: 1920,
+                height: 1080,
+            },
+        };
+        assert_eq!(check(&current, &ok, &host()), vec![]);
+        let bad = Settings {
+            cpus: 3,
+            memory_mib: 9000,
+            disk_gib: Some(1),
+            display: DisplaySize {
+                width: 100,
+                height: 1080,
+            },
+            ..ok
+        };
+        let fields: Vec<Field> = check(&current, &bad, &host())
+            .iter()
+            .map(Problem::field)
+            .collect();
+        assert_eq!(
+            fields,
+            [Field::Cpus, Field::Memory, Field::Disk, Field::Display]
+        );
+        let dropped = Settings {
+            disk_gib: None,
+            ..ok
+        };
+        assert_eq!(
+            check(&current, &dropped, &host()),
+            vec![Problem::DiskRemoved]
+        );
+    }
+
+    #[test]
+    fn apply_grows_the_disk_and_refuses_a_changed_file() {
+        let base = std::env::temp_dir().join(format!("vireo-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let lib = Library::new(&Dirs {
+            data: base.join("data"),
+            runtime: base.join("run"),
+        });
+        let entry = lib.create(&config()).unwrap();
+        let new = Settings {
+            disk_gib: Some(3),
+            memory_mib: 512,
+            ..Settings::of(&config())
+        };
+        let written = apply(&entry, &new, &host()).unwrap();
+        assert_eq!(VmConfig::load(&entry.config_path()).unwrap(), written);
+        assert_eq!(written.memory_mib, 512);
+        assert_eq!(std::fs::metadata(entry.disk_path()).unwrap().len(), 3 << 30);
+        assert_eq!(written.mac, None, "no network, no MAC");
+        let with_net = apply(
+            &lib.find(&entry.id).unwrap(),
+            &Settings {
+                network: true,
+                ..new
+            },
+            &host(),
+        )
+        .unwrap();
+        assert!(with_net.mac.unwrap().starts_with("52:54:00:"));
+        // `entry` still holds the old config: the file on disk differs now.
+        let err = apply(&entry, &new, &host()).unwrap_err();
+        assert!(matches!(err, ApplyError::Changed(_)), "{err}");
+        // A broken file is never rewritten.
+        std::fs::write(entry.config_path(), "cpus = [").unwrap();
+        let broken = lib.find(&entry.id).unwrap();
+        assert!(apply(&broken, &new, &host()).is_err());
+        assert_eq!(
+            std::fs::read_to_string(entry.config_path()).unwrap(),
+            "cpus = ["
+        );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+}

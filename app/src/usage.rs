@@ -1,0 +1,226 @@
+//! What a running VM costs the host, sampled from `/proc`: its engine's CPU time (user +
+//! system, from `/proc/PID/stat`, as a share of one CPU between two samples) and
+//! resident memory (`/proc/PID/statm`). The engine's pid is the one its monitor wrote.
+//! Disk and network rates come from the engine's `stats` counters, differenced the
+//! same way.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use vireo_vmm::devices::virtio::io_counters::IoCountersSnapshot as Counters;
+
+/// One VM's cost at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    /// Percent of one host CPU since the previous sample (200 = two CPUs busy).
+    pub cpu_percent: f32,
+    /// Resident memory of the engine process.
+    pub rss_mib: u64,
+    /// Disk and network traffic, if the engine reports it.
+    pub io: Option<IoRates>,
+}
+
+impl Usage {
+    /// What the library's row shows: CPU in steps of 5 % (so that a busy guest's jitter
+    /// does not redraw the library every second) and resident MiB.
+    pub fn glance(&self) -> (u32, u64) {
+        let cpu = (self.cpu_percent.max(0.0) / 5.0).round() as u32 * 5;
+        (cpu, self.rss_mib)
+    }
+}
+
+/// Whether the rows showing `shown` may stay as they are for `now`: the same VMs, CPU
+/// within 10 points and memory within 2 % (1 MiB at least). A guest spinning at 100 %
+/// reads 97 or 101 from one second to the next; the library need not redraw for that.
+pub fn glance_close(
+    shown: &HashMap<String, (u32, u64)>,
+    now: &HashMap<String, (u32, u64)>,
+) -> bool {
+    shown.len() == now.len()
+        && now.iter().all(|(id, (cpu, rss))| {
+            shown.get(id).is_some_and(|(old_cpu, old_rss)| {
+                cpu.abs_diff(*old_cpu) < 10 && rss.abs_diff(*old_rss) <= (old_rss / 50).max(1)
+            })
+        })
+}
+
+/// Bytes per second since the previous sample.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct IoRates {
+    pub disk_read: f64,
+    pub disk_write: f64,
+    pub net_rx: f64,
+    pub net_tx: f64,
+}
+
+/// Byte totals since the VM started: disk read, disk written, net received, net sent.
+pub type IoTotals = [u64; 4];
+
+/// The totals of a `stats` answer, all disks and cards summed.
+pub fn io_totals(disks: &[Counters], nets: &[Counters]) -> IoTotals {
+    let sum =
+        |v: &[Counters], f: fn(&Counters) -> u64| v.iter().map(f).fold(0u64, u64::saturating_add);
+    [
+        sum(disks, |c| c.read_bytes),
+        sum(disks, |c| c.write_bytes),
+        sum(nets, |c| c.read_bytes),
+        sum(nets, |c| c.write_bytes),
+    ]
+}
+
+/// Turns CPU-time counters into rates; one per backend.
+#[derive(Default)]
+pub struct UsageSampler {
+    /// pid → (CPU ticks, when read).
+    last: HashMap<u32, (u64, Instant)>,
+    /// VM id → (I/O totals, when read).
+    last_io: HashMap<String, (IoTotals, Instant)>,
+}
+
+impl UsageSampler {
+    /// Samples the engine whose pid is in `pid_file`; `None` if it cannot be read (the
+    /// engine just ended). The first sample of a process has 0 % CPU.
+    pub fn sample(&mut self, pid_file: &Path) -> Option<Usage> {
+        let pid: u32 = std::fs::read_to_string(pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let ticks = cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+        let rss_pages = rss_pages(&std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?)?;
+        let now = Instant::now();
+        let cpu_percent = match self.last.insert(pid, (ticks, now)) {
+            Some((before, at)) if ticks >= before => {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    ((ticks - before) as f64 / clock_ticks() / secs * 100.0) as f32
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        };
+        Some(Usage {
+            cpu_percent,
+            rss_mib: (rss_pages * page_size()) >> 20,
+            io: None,
+        })
+    }
+
+    /// Rates from the VM's new totals; zero the first time (and after its engine
+    /// restarted, when the totals went back).
+    pub fn io_rates(&mut self, vm: &str, totals: IoTotals) -> IoRates {
+        let now = Instant::now();
+        let before = self.last_io.insert(vm.to_owned(), (totals, now));
+        let Some((old, at)) = before else {
+            return IoRates::default();
+        };
+        let secs = now.duration_since(at).as_secs_f64();
+        if secs <= 0.0 || totals.iter().zip(old).any(|(new, old)| *new < old) {
+            return IoRates::default();
+        }
+        let rate = |i: usize| (totals[i] - old[i]) as f64 / secs;
+        IoRates {
+            disk_read: rate(0),
+            disk_write: rate(1),
+            net_rx: rate(2),
+            net_tx: rate(3),
+        }
+    }
+
+    /// Forgets processes not in `alive` (pids are reused).
+    pub fn retain(&mut self, alive: &[u32]) {
+        self.last.retain(|pid, _| alive.contains(pid));
+    }
+}
+
+/// utime + stime from a `/proc/PID/stat` line. The command name (field 2) is in
+/// parentheses and may hold spaces or parentheses itself: fields are counted after the
+/// last ')'.
+pub fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    // After ')': state is field 3, utime field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The resident set (second field of `/proc/PID/statm`), in pages.
+pub fn rss_pages(statm: &str) -> Option<u64> {
+    statm.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+fn clock_ticks() -> f64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+fn page_size() -> u64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_name() {
+        let line =
+            "4242 (vireo vmm) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1 2 3";
+        assert_eq!(cpu_ticks(line), Some(325));
+        assert_eq!(cpu_ticks("garbage"), None);
+        assert_eq!(rss_pages("1000 256 10 1 0 50 0\n"), Some(256));
+    }
+
+    #[test]
+    fn jitter_does_not_count_as_a_change() {
+        let at = |cpu, rss| HashMap::from([("vm".to_owned(), (cpu, rss))]);
+        assert!(glance_close(&at(100, 200), &at(95, 203)));
+        assert!(!glance_close(&at(100, 200), &at(85, 200)));
+        assert!(!glance_close(&at(100, 200), &at(100, 210)));
+        assert!(!glance_close(&HashMap::new(), &at(0, 1)));
+    }
+
+    #[test]
+    fn io_rates_are_differences_over_time() {
+        let mut sampler = UsageSampler::default();
+        assert_eq!(sampler.io_rates("vm", [0, 0, 0, 0]), IoRates::default());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let rates = sampler.io_rates("vm", [1 << 20, 0, 0, 4096]);
+        assert!(
+            rates.disk_read > 1e6 && rates.disk_read < 1.1e7,
+            "{rates:?}"
+        );
+        assert_eq!(rates.disk_write, 0.0);
+        assert!(rates.net_tx > 0.0);
+        // An engine that started again counts from zero: no negative rate.
+        assert_eq!(sampler.io_rates("vm", [0, 0, 0, 0]), IoRates::default());
+    }
+
+    #[test]
+    fn a_busy_process_shows_cpu_time() {
+        let pid_file = std::env::temp_dir().join(format!("vireo-usage-{}", std::process::id()));
+        std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+        let mut sampler = UsageSampler::default();
+        let first = sampler.sample(&pid_file).unwrap();
+        assert_eq!(first.cpu_percent, 0.0);
+        assert!(first.rss_mib > 0);
+        let end = Instant::now() + std::time::Duration::from_millis(300);
+        let mut x = 0u64;
+        while Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let busy = sampler.sample(&pid_file).unwrap();
+        assert!(busy.cpu_percent > 30.0, "{busy:?}");
+        std::fs::remove_file(pid_file).unwrap();
+    }
+}
