@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::link::FsLink;
@@ -34,7 +34,13 @@ pub struct ShareFs {
     pub owner: (u32, u32),
     /// What each file was when last opened, to keep its page cache on the next open.
     pub versions: Versions,
+    /// The host serves [`FsOp::ReadDirPlus`]: the kernel may list with attributes.
+    pub dir_plus: bool,
 }
+
+/// The `readdirplus` buffer asked of the host: the kernel's smallest (one page), so
+/// whatever the host sends fits whatever buffer the kernel gives.
+const DIR_PLUS_BYTES: u32 = 4096;
 
 /// A file's contents as far as the guest can tell: a change on the host moves its
 /// ctime (and most likely its mtime and size).
@@ -102,6 +108,7 @@ fail_impl!(
     ReplyCreate,
     ReplyData,
     ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
     ReplyOpen,
@@ -264,6 +271,14 @@ impl Filesystem for ShareFs {
         // Cached pages go when the host reports a changed mtime or size, as well as
         // on invalidations.
         let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        if self.dir_plus {
+            // `ls -l`: one request brings a directory's entries and their attributes,
+            // instead of a lookup round trip per name. The kernel uses it where
+            // lookups follow a listing.
+            let _ = config.add_capabilities(
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            );
+        }
         Ok(())
     }
 
@@ -596,6 +611,58 @@ impl Filesystem for ShareFs {
                         }
                     }
                     reply.ok();
+                }
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let owner = self.owner;
+        let (share, link) = (self.share, Arc::clone(&self.link));
+        self.request(
+            FsOp::ReadDirPlus {
+                handle: fh.0,
+                offset,
+                max_bytes: DIR_PLUS_BYTES,
+            },
+            reply,
+            move |mut reply, answer| match answer {
+                FsReply::EntriesPlus(entries) => {
+                    let mut left = Vec::new();
+                    for e in entries {
+                        let a = &e.attr;
+                        // Full: the kernel asks again from the last offset it got; the
+                        // host counted a lookup of every entry it sent, so the ones the
+                        // kernel never saw are given back.
+                        if !left.is_empty()
+                            || reply.add(
+                                INodeNo(a.node),
+                                e.next_offset,
+                                &e.name,
+                                &TTL,
+                                &file_attr(owner, a),
+                                Generation(0),
+                            )
+                        {
+                            left.push(a.node);
+                        }
+                    }
+                    reply.ok();
+                    let link = link.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(link) = link {
+                        for node in left {
+                            let forget = FsOp::Forget { node, count: 1 };
+                            link.call(share, forget, Box::new(|_| {}));
+                        }
+                    }
                 }
                 _ => reply.fail(libc::EIO),
             },
