@@ -245,15 +245,12 @@ fn mount_device(path: &Path) -> Option<String> {
             c => escaped.push(c),
         }
     }
-    table
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ').skip(2);
-            let dev = fields.next()?;
-            let point = fields.nth(1)?;
-            (point == escaped).then(|| dev.to_owned())
-        })
-        .last()
+    table.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ').skip(2);
+        let dev = fields.next()?;
+        let point = fields.nth(1)?;
+        (point == escaped).then(|| dev.to_owned())
+    })
 }
 
 /// Lazily unmounts whatever is mounted at `path` (nothing: no harm).
