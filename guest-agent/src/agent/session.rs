@@ -237,7 +237,8 @@ impl<'a> Session<'a> {
             Message::FsShares(shares) => match (&self.services.shares, &self.fs_link) {
                 (Some(mounts), Some(link)) => {
                     mounts.attach(link);
-                    let results = mounts.apply(shares.shares);
+                    let dir_plus = self.host_has(Capabilities::SHARE_DIR_PLUS);
+                    let results = mounts.apply(shares.shares, dir_plus);
                     self.send(id, &Message::FsSharesReply(FsSharesReply { results }));
                 }
                 _ => self.send_error(

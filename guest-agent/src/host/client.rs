@@ -31,7 +31,8 @@ use crate::util::{error_chain, system_now_ns};
 pub const HOST_CAPABILITIES: Capabilities = Capabilities::TIME
     .union(Capabilities::CLIPBOARD)
     .union(Capabilities::DISPLAY)
-    .union(Capabilities::SHARED_FOLDERS);
+    .union(Capabilities::SHARED_FOLDERS)
+    .union(Capabilities::SHARE_DIR_PLUS);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -201,6 +201,22 @@ pub enum FsOp {
         offset: u64,
     },
     StatFs,
+    /// Like [`ReadDir`](Self::ReadDir), each entry with its attributes, and each entry
+    /// with attributes counts as a lookup ([`FsOp::Forget`] gives it back). Entries
+    /// stop before their FUSE encoding ([`dir_plus_size`]) passes `max_bytes`, so the
+    /// guest kernel's buffer takes them all (at least one comes, whatever the limit).
+    /// Only to a host with [`Capabilities::SHARE_DIR_PLUS`](super::Capabilities).
+    ReadDirPlus {
+        handle: u64,
+        offset: u64,
+        max_bytes: u32,
+    },
+}
+
+/// Bytes a `readdirplus` entry named `name_len` bytes takes in the FUSE reply buffer
+/// (`fuse_direntplus`: entry_out 128 + dirent 24 + the name, 8-aligned).
+pub const fn dir_plus_size(name_len: usize) -> usize {
+    (128 + 24 + name_len + 7) & !7
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +255,17 @@ pub struct FsDirEntry {
     pub next_offset: u64,
 }
 
+/// An entry of [`FsOp::ReadDirPlus`] with its attributes (`attr.node` is its node:
+/// the lookup is counted, the guest forgets it later). Entries the host cannot look up
+/// (gone since) are left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsDirEntryPlus {
+    pub name: String,
+    /// Pass as `offset` to continue after this entry.
+    pub next_offset: u64,
+    pub attr: FsAttr,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsStatFs {
     pub blocks: u64,
@@ -270,6 +297,8 @@ pub enum FsReply {
     StatFs(FsStatFs),
     Done,
     Errno(i32),
+    /// An empty list: the end of the directory.
+    EntriesPlus(Vec<FsDirEntryPlus>),
 }
 
 /// Bytes before the data in a frame built by [`data_reply_frame`]: frame length,

@@ -96,6 +96,9 @@ impl Capabilities {
     pub const CLIPBOARD: Self = Self(1 << 3);
     pub const SHARED_FOLDERS: Self = Self(1 << 4);
     pub const DISPLAY: Self = Self(1 << 5);
+    /// The host serves [`FsOp::ReadDirPlus`](super::fs::FsOp::ReadDirPlus): the guest
+    /// may ask for entries with their attributes (`ls -l` in one go).
+    pub const SHARE_DIR_PLUS: Self = Self(1 << 6);
 
     pub const NONE: Self = Self(0);
 
@@ -116,6 +119,7 @@ impl Capabilities {
             (Self::CLIPBOARD, "clipboard"),
             (Self::SHARED_FOLDERS, "shared-folders"),
             (Self::DISPLAY, "display"),
+            (Self::SHARE_DIR_PLUS, "share-dir-plus"),
         ]
         .into_iter()
         .filter(|(bit, _)| self.contains(*bit))

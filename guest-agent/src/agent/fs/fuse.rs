@@ -2,16 +2,17 @@
 //! host, answered from the connection's reader thread, so the FUSE loop never waits for
 //! the host and the kernel can keep several requests (readahead) in flight.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    Request, TimeOrNow, WriteFlags,
 };
 
 use super::link::FsLink;
@@ -31,6 +32,61 @@ pub struct ShareFs {
     pub link: LinkSlot,
     /// Who owns everything, as the guest sees it.
     pub owner: (u32, u32),
+    /// What each file was when last opened, to keep its page cache on the next open.
+    pub versions: Versions,
+    /// The host serves [`FsOp::ReadDirPlus`]: the kernel may list with attributes.
+    pub dir_plus: bool,
+}
+
+/// The `readdirplus` buffer asked of the host: the kernel's smallest (one page), so
+/// whatever the host sends fits whatever buffer the kernel gives.
+const DIR_PLUS_BYTES: u32 = 4096;
+
+/// A file's contents as far as the guest can tell: a change on the host moves its
+/// ctime (and most likely its mtime and size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    mtime_ns: i64,
+    ctime_ns: i64,
+    size: u64,
+}
+
+impl Version {
+    fn of(a: &FsAttr) -> Self {
+        Self {
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+            size: a.size,
+        }
+    }
+}
+
+/// Node id → its [`Version`] when it was last opened (dropped when the kernel forgets
+/// the node, so it stays as large as the kernel's own inode cache).
+#[derive(Default, Clone)]
+pub struct Versions(Arc<Mutex<HashMap<u64, Version>>>);
+
+impl Versions {
+    /// Records `now` for `node` (`None`: unknown, forget it) and tells whether the
+    /// node's cached pages may be kept: only when it is known unchanged since the last
+    /// open.
+    fn reopened(&self, node: u64, now: Option<Version>) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match now {
+            Some(v) => map.insert(node, v) == Some(v),
+            None => {
+                map.remove(&node);
+                false
+            }
+        }
+    }
+
+    fn forget(&self, node: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node);
+    }
 }
 
 /// A FUSE reply that can fail with an errno.
@@ -52,6 +108,7 @@ fail_impl!(
     ReplyCreate,
     ReplyData,
     ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
     ReplyOpen,
@@ -104,28 +161,29 @@ fn flags_of(flags: i32) -> u32 {
     out
 }
 
-impl ShareFs {
-    fn attr(&self, a: &FsAttr) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(a.node),
-            size: a.size,
-            blocks: a.blocks,
-            atime: time_of(a.atime_ns),
-            mtime: time_of(a.mtime_ns),
-            ctime: time_of(a.ctime_ns),
-            crtime: time_of(a.mtime_ns),
-            kind: file_type(a.kind),
-            perm: (a.perm & 0o7777) as u16,
-            nlink: a.nlink,
-            uid: self.owner.0,
-            gid: self.owner.1,
-            rdev: 0,
-            // Tools size their buffers by this: big ones mean few, large requests.
-            blksize: FS_MAX_IO,
-            flags: 0,
-        }
+/// A host attribute as the guest sees it: owned by `owner`.
+fn file_attr(owner: (u32, u32), a: &FsAttr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.node),
+        size: a.size,
+        blocks: a.blocks,
+        atime: time_of(a.atime_ns),
+        mtime: time_of(a.mtime_ns),
+        ctime: time_of(a.ctime_ns),
+        crtime: time_of(a.mtime_ns),
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: owner.0,
+        gid: owner.1,
+        rdev: 0,
+        // Tools size their buffers by this: big ones mean few, large requests.
+        blksize: FS_MAX_IO,
+        flags: 0,
     }
+}
 
+impl ShareFs {
     /// Sends `op`; `on` gets the reply unless it is an errno (or there is no
     /// connection), which fails the FUSE request.
     fn request<R: Fail + Send + 'static>(
@@ -151,33 +209,30 @@ impl ShareFs {
 
     /// Sends `op` whose answer nobody waits for (forget, release).
     fn tell(&self, op: FsOp) {
+        self.call(op, Box::new(|_| {}));
+    }
+
+    /// Sends `op`; `done` gets whatever comes back (`EIO` without a connection).
+    fn call(&self, op: FsOp, done: super::link::Done) {
         let link = self.link.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(link) = link {
-            link.call(self.share, op, Box::new(|_| {}));
+        match link {
+            Some(link) => link.call(self.share, op, done),
+            None => done(Err(libc::EIO)),
         }
     }
 
     fn entry_request(&self, op: FsOp, reply: ReplyEntry) {
         let owner = self.owner;
-        let share = self.share;
-        let link = Arc::clone(&self.link);
         self.request(op, reply, move |reply, answer| match answer {
-            FsReply::Entry(a) => {
-                let fs = ShareFs { share, link, owner };
-                reply.entry(&TTL, &fs.attr(&a), Generation(0));
-            }
+            FsReply::Entry(a) => reply.entry(&TTL, &file_attr(owner, &a), Generation(0)),
             _ => reply.fail(libc::EIO),
         });
     }
 
     fn attr_request(&self, op: FsOp, reply: ReplyAttr) {
-        let fs = ShareFs {
-            share: self.share,
-            link: Arc::clone(&self.link),
-            owner: self.owner,
-        };
+        let owner = self.owner;
         self.request(op, reply, move |reply, answer| match answer {
-            FsReply::Attr(a) => reply.attr(&TTL, &fs.attr(&a)),
+            FsReply::Attr(a) => reply.attr(&TTL, &file_attr(owner, &a)),
             _ => reply.fail(libc::EIO),
         });
     }
@@ -213,6 +268,17 @@ impl Filesystem for ShareFs {
             .set_max_readahead(FS_MAX_IO)
             .or_else(|max| config.set_max_readahead(max));
         let _ = config.set_max_background(64);
+        // Cached pages go when the host reports a changed mtime or size, as well as
+        // on invalidations.
+        let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
+        if self.dir_plus {
+            // `ls -l`: one request brings a directory's entries and their attributes,
+            // instead of a lookup round trip per name. The kernel uses it where
+            // lookups follow a listing.
+            let _ = config.add_capabilities(
+                InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            );
+        }
         Ok(())
     }
 
@@ -228,6 +294,7 @@ impl Filesystem for ShareFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.versions.forget(ino.0);
         self.tell(FsOp::Forget {
             node: ino.0,
             count: nlookup,
@@ -382,11 +449,35 @@ impl Filesystem for ShareFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags_of(flags.0) & !open_flags::EXCLUSIVE;
+        // The file's attributes now, asked for alongside the open: the host answers
+        // metadata in order, so they are here by the time the open's answer is (if
+        // not, the cache is simply dropped). Unchanged since the last open, the pages
+        // the guest cached stay: re-reading a file costs no round trips. Host-side
+        // changes between opens are also pushed as invalidations ([`super::watch`]).
+        let fresh: Arc<Mutex<Option<Version>>> = Arc::default();
+        let slot = Arc::clone(&fresh);
+        self.call(
+            FsOp::GetAttr { node: ino.0 },
+            Box::new(move |result| {
+                if let Ok(FsReply::Attr(a)) = result {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Version::of(&a));
+                }
+            }),
+        );
+        let versions = self.versions.clone();
         self.request(
             FsOp::Open { node: ino.0, flags },
             reply,
-            |reply, answer| match answer {
-                FsReply::Opened { handle } => reply.opened(FileHandle(handle), FopenFlags::empty()),
+            move |reply, answer| match answer {
+                FsReply::Opened { handle } => {
+                    let now = fresh.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let keep = if versions.reopened(ino.0, now) {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(handle), keep);
+                }
                 _ => reply.fail(libc::EIO),
             },
         );
@@ -526,6 +617,58 @@ impl Filesystem for ShareFs {
         );
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let owner = self.owner;
+        let (share, link) = (self.share, Arc::clone(&self.link));
+        self.request(
+            FsOp::ReadDirPlus {
+                handle: fh.0,
+                offset,
+                max_bytes: DIR_PLUS_BYTES,
+            },
+            reply,
+            move |mut reply, answer| match answer {
+                FsReply::EntriesPlus(entries) => {
+                    let mut left = Vec::new();
+                    for e in entries {
+                        let a = &e.attr;
+                        // Full: the kernel asks again from the last offset it got; the
+                        // host counted a lookup of every entry it sent, so the ones the
+                        // kernel never saw are given back.
+                        if !left.is_empty()
+                            || reply.add(
+                                INodeNo(a.node),
+                                e.next_offset,
+                                &e.name,
+                                &TTL,
+                                &file_attr(owner, a),
+                                Generation(0),
+                            )
+                        {
+                            left.push(a.node);
+                        }
+                    }
+                    reply.ok();
+                    let link = link.read().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(link) = link {
+                        for node in left {
+                            let forget = FsOp::Forget { node, count: 1 };
+                            link.call(share, forget, Box::new(|_| {}));
+                        }
+                    }
+                }
+                _ => reply.fail(libc::EIO),
+            },
+        );
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -582,11 +725,7 @@ impl Filesystem for ShareFs {
         reply: ReplyCreate,
     ) {
         let name = name_or_fail!(name, reply);
-        let fs = ShareFs {
-            share: self.share,
-            link: Arc::clone(&self.link),
-            owner: self.owner,
-        };
+        let owner = self.owner;
         self.request(
             FsOp::Create {
                 parent: parent.0,
@@ -598,7 +737,7 @@ impl Filesystem for ShareFs {
             move |reply, answer| match answer {
                 FsReply::Created { attr, handle } => reply.created(
                     &TTL,
-                    &fs.attr(&attr),
+                    &file_attr(owner, &attr),
                     Generation(0),
                     FileHandle(handle),
                     FopenFlags::empty(),

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::protocol::fs::{
-    is_plain_name, open_flags, FsAttr, FsDirEntry, FsKind, FsOp, FsReply, FsSetAttr, FsStatFs,
-    FsTime, FS_MAX_IO, FS_MAX_LINK, FS_ROOT,
+    dir_plus_size, is_plain_name, open_flags, FsAttr, FsDirEntry, FsDirEntryPlus, FsKind, FsOp,
+    FsReply, FsSetAttr, FsStatFs, FsTime, FS_MAX_IO, FS_MAX_LINK, FS_ROOT,
 };
 use sys::{Errno, SysResult};
 
@@ -92,8 +92,15 @@ struct Node {
 }
 
 enum Handle {
-    File { fd: Arc<OwnedFd>, writable: bool },
-    Dir(Arc<Mutex<OwnedFd>>),
+    File {
+        fd: Arc<OwnedFd>,
+        writable: bool,
+    },
+    /// `node`: the directory's node, which `readdirplus` looks its entries up beneath.
+    Dir {
+        fd: Arc<Mutex<OwnedFd>>,
+        node: u64,
+    },
 }
 
 struct Tables {
@@ -381,7 +388,7 @@ impl ShareServer {
             FsOp::Fsync { handle, data_only } => {
                 match self.handle_of(handle)? {
                     Handle::File { fd, .. } => sys::fsync(fd.as_fd(), data_only)?,
-                    Handle::Dir(dir) => sys::fsync(lock(&dir).as_fd(), data_only)?,
+                    Handle::Dir { fd, .. } => sys::fsync(lock(&fd).as_fd(), data_only)?,
                 }
                 Ok(FsReply::Done)
             }
@@ -394,6 +401,11 @@ impl ShareServer {
             }
             FsOp::OpenDir { node } => self.opendir(node),
             FsOp::ReadDir { handle, offset } => self.readdir(handle, offset),
+            FsOp::ReadDirPlus {
+                handle,
+                offset,
+                max_bytes,
+            } => self.readdir_plus(handle, offset, max_bytes),
             FsOp::StatFs => {
                 let st = sys::fstatvfs(self.root.as_fd())?;
                 Ok(FsReply::StatFs(FsStatFs {
@@ -475,7 +487,10 @@ impl ShareServer {
                 fd: Arc::clone(fd),
                 writable: *writable,
             }),
-            Some(Handle::Dir(dir)) => Ok(Handle::Dir(Arc::clone(dir))),
+            Some(Handle::Dir { fd, node }) => Ok(Handle::Dir {
+                fd: Arc::clone(fd),
+                node: *node,
+            }),
             None => Err(libc::EBADF),
         }
     }
@@ -734,12 +749,15 @@ impl ShareServer {
             return Err(libc::ENOTDIR);
         }
         let dir = sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-        let handle = self.add_handle(Handle::Dir(Arc::new(Mutex::new(dir))))?;
+        let handle = self.add_handle(Handle::Dir {
+            fd: Arc::new(Mutex::new(dir)),
+            node,
+        })?;
         Ok(FsReply::Opened { handle })
     }
 
     fn readdir(&self, handle: u64, offset: u64) -> SysResult<FsReply> {
-        let Handle::Dir(dir) = self.handle_of(handle)? else {
+        let Handle::Dir { fd: dir, .. } = self.handle_of(handle)? else {
             return Err(libc::ENOTDIR);
         };
         let dir = lock(&dir);
@@ -756,6 +774,43 @@ impl ShareServer {
                 return Ok(FsReply::Entries(entries));
             }
         }
+    }
+
+    /// Entries from `offset` with their attributes, each a counted lookup beneath the
+    /// directory's node, as many as fit `max_bytes` of the guest's FUSE buffer (one at
+    /// least). Names that cannot be looked up (gone since) are skipped; an empty
+    /// answer is the end of the directory.
+    fn readdir_plus(&self, handle: u64, offset: u64, max_bytes: u32) -> SysResult<FsReply> {
+        let Handle::Dir { fd: dir, node } = self.handle_of(handle)? else {
+            return Err(libc::ENOTDIR);
+        };
+        let dir = lock(&dir);
+        let dev = sys::fstat(dir.as_fd())?.st_dev;
+        let mut room = max_bytes as usize;
+        let mut out = Vec::new();
+        let mut offset = offset;
+        while out.is_empty() {
+            let raw = sys::read_dir_at(dir.as_fd(), offset)?;
+            let Some(last) = raw.last() else {
+                break;
+            };
+            offset = last.next_offset as u64;
+            for entry in self.dir_entries(dev, raw) {
+                let size = dir_plus_size(entry.name.len());
+                if size > room && !out.is_empty() {
+                    return Ok(FsReply::EntriesPlus(out));
+                }
+                if let Ok(attr) = self.lookup(node, &entry.name) {
+                    room = room.saturating_sub(size);
+                    out.push(FsDirEntryPlus {
+                        name: entry.name,
+                        next_offset: entry.next_offset,
+                        attr,
+                    });
+                }
+            }
+        }
+        Ok(FsReply::EntriesPlus(out))
     }
 
     /// The entries the guest may see: not `.`/`..` (the guest kernel makes its own), not
@@ -937,6 +992,51 @@ mod tests {
             server.handle(FsOp::GetAttr { node: nodes[3] }),
             FsReply::Errno(libc::ESTALE)
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn readdir_plus_looks_entries_up_and_fits_the_buffer() {
+        let dir = scratch("plus");
+        for i in 0..100 {
+            std::fs::write(dir.join(format!("file{i:03}")), "x".repeat(i)).unwrap();
+        }
+        let server = ShareServer::open(
+            1,
+            ShareConfig {
+                name: "t".into(),
+                path: dir.clone(),
+                read_only: false,
+            },
+        )
+        .unwrap();
+        let FsReply::Opened { handle } = server.handle(FsOp::OpenDir { node: FS_ROOT }) else {
+            panic!("opendir");
+        };
+        let (mut offset, mut seen) = (0, Vec::new());
+        loop {
+            let op = FsOp::ReadDirPlus {
+                handle,
+                offset,
+                max_bytes: 4096,
+            };
+            let FsReply::EntriesPlus(entries) = server.handle(op) else {
+                panic!("readdirplus");
+            };
+            let Some(last) = entries.last() else { break };
+            offset = last.next_offset;
+            let bytes: usize = entries.iter().map(|e| dir_plus_size(e.name.len())).sum();
+            assert!(bytes <= 4096, "{bytes} bytes");
+            seen.extend(entries);
+        }
+        assert_eq!(seen.len(), 100);
+        for e in &seen {
+            let i: usize = e.name["file".len()..].parse().unwrap();
+            assert_eq!(e.attr.size, i as u64);
+            // The entry is a node the guest holds a lookup of, like after a lookup.
+            assert_eq!(entry(&server, FS_ROOT, &e.name).node, e.attr.node);
+            assert_eq!(lock(&server.tables).nodes[&e.attr.node].lookups, 2);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

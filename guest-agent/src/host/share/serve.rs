@@ -102,7 +102,11 @@ impl ConnShares {
     pub fn submit(&self, id: u32, request: FsRequest) {
         let to_workers = matches!(
             request.op,
-            FsOp::Read { .. } | FsOp::Write { .. } | FsOp::Fsync { .. } | FsOp::ReadDir { .. }
+            FsOp::Read { .. }
+                | FsOp::Write { .. }
+                | FsOp::Fsync { .. }
+                | FsOp::ReadDir { .. }
+                | FsOp::ReadDirPlus { .. }
         );
         if !to_workers {
             let reply = self.set.handle(request.share, request.op);

@@ -13,6 +13,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 
 use super::ShareServer;
@@ -34,10 +35,17 @@ impl ShareWatch {
         let (tx, rx) = mpsc::channel::<PathBuf>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if let Ok(event) = event {
-                    for path in event.paths {
-                        let _ = tx.send(path);
-                    }
+                let Ok(event) = event else { return };
+                // Opens and closes after reading change nothing (and this server's
+                // own opens for the guest would drop the guest's cache of every file
+                // it opens); a close after writing may end writes through a mapping.
+                if event.kind.is_access()
+                    && event.kind != EventKind::Access(AccessKind::Close(AccessMode::Write))
+                {
+                    return;
+                }
+                for path in event.paths {
+                    let _ = tx.send(path);
                 }
             })?;
         watcher.watch(server.root_path(), RecursiveMode::Recursive)?;
