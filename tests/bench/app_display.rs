@@ -154,6 +154,15 @@ fn engine_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     }
 }
 
+/// Runs its closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 /// The app: a VM made and started with the CLI, its window opened with `vireo open`.
 fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     let home = TempDir::new(&format!("bench-app-{run}"));
@@ -180,6 +189,13 @@ fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
         .output()
         .expect("vireo runs");
     assert!(out.status.success(), "{out:?}");
+    // The VM outlives the app by design: powered off however this ends (a panic here
+    // would otherwise leave a spinning guest behind for the rest of the run).
+    let _power_off = OnDrop(|| {
+        let mut stop = Command::new(vireo_binary());
+        vireo(&mut stop);
+        let _ = stop.args(["stop", "bench"]).output();
+    });
     // A fresh Xvfb's first client sometimes cannot connect (see app/tests/app_window.rs).
     let mut app = None;
     for _ in 0..3 {
@@ -218,9 +234,6 @@ fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     };
     let _ = app.kill();
     let _ = app.wait();
-    let mut stop = Command::new(vireo_binary());
-    vireo(&mut stop);
-    let _ = stop.args(["stop", "bench"]).output();
     Sample {
         cpu_percent,
         guest_fps,
