@@ -33,6 +33,20 @@ while read -r module; do
 	modprobe "$module" || echo "vireo-init: cannot load module $module"
 done </etc/vireo/modules
 
+# The power button (the VMM's "shut down"): the kernel's ACPI button driver reports
+# KEY_POWER, busybox acpid runs /etc/acpi/PWRF/00000080 for it. It powers off from
+# there, not through PID 1's trap, which would wait for the foreground command.
+mkdir -p /etc/acpi/PWRF
+cat >/etc/acpi/PWRF/00000080 <<'SCRIPT'
+#!/bin/sh
+echo "vireo-init: power button: powering off" >/dev/console
+sync
+poweroff -f
+SCRIPT
+chmod 755 /etc/acpi/PWRF/00000080
+# As soon as the button driver is loaded: a press before acpid listens is lost.
+acpid -c /etc/acpi -l /run/acpid.log || echo "vireo-init: cannot start acpid"
+
 # A network card (virtio-net: passt's user-mode network or a TAP bridge): DHCP on the
 # first one with busybox udhcpc, which runs the script below on each lease event
 # ($1 and the lease in its environment: ip, mask (prefix bits), router, dns, mtu).
@@ -77,19 +91,6 @@ for dev in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; do
 	[ -e "$dev" ] && vireo-agent run >/run/vireo-agent.log 2>&1 &
 	break
 done
-
-# The power button (the VMM's "shut down"): the kernel's ACPI button driver reports
-# KEY_POWER, busybox acpid runs /etc/acpi/PWRF/00000080 for it. It powers off from
-# there, not through PID 1's trap, which would wait for the foreground command.
-mkdir -p /etc/acpi/PWRF
-cat >/etc/acpi/PWRF/00000080 <<'SCRIPT'
-#!/bin/sh
-echo "vireo-init: power button: powering off" >/dev/console
-sync
-poweroff -f
-SCRIPT
-chmod 755 /etc/acpi/PWRF/00000080
-acpid -c /etc/acpi -l /run/acpid.log || echo "vireo-init: cannot start acpid"
 
 echo "VIREO-GUEST USERSPACE READY"
 
