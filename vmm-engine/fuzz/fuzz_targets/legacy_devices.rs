@@ -1,5 +1,5 @@
 //! Arbitrary port I/O from a guest against the legacy devices (16550, i8042, CMOS RTC,
-//! ACPI sleep/reset registers) on the engine's port bus: no sequence of reads and writes
+//! ACPI sleep/reset registers and the power button's status) on the engine's port bus: no sequence of reads and writes
 //! may panic, hang or grow without bound.
 //!
 //! Input: a stream of operations, each `[kind, port_lo, port_hi, len, data...]`; `kind`
@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use vireo_vmm::devices::acpi_pm::{self, AcpiPmDevice};
+use vireo_vmm::devices::acpi_pm::{self, AcpiPmDevice, PowerButton};
 use vireo_vmm::devices::cmos::{self, Cmos};
 use vireo_vmm::devices::i8042::{self, I8042};
 use vireo_vmm::devices::serial::{SerialDevice, COM1_PORT, SERIAL_PORT_LEN};
@@ -25,7 +25,10 @@ fuzz_target!(|input: &[u8]| {
     bus.insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone());
     bus.insert(i8042::I8042_PORT, i8042::I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))));
     bus.insert(cmos::CMOS_PORT, cmos::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new(256 << 20))));
-    bus.insert(acpi_pm::SLEEP_CONTROL_PORT, acpi_pm::PORT_RANGE_LEN, Arc::new(Mutex::new(AcpiPmDevice::new(exit))));
+    let button = PowerButton::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+    // Pressed before the guest's I/O: its status register has something to give once.
+    let _ = button.press();
+    bus.insert(acpi_pm::SLEEP_CONTROL_PORT, acpi_pm::PORT_RANGE_LEN, Arc::new(Mutex::new(AcpiPmDevice::new(exit, button))));
 
     let mut rest = input;
     while rest.len() >= 4 {
