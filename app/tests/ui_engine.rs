@@ -23,6 +23,9 @@ use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
 
+mod common;
+use common::until;
+
 struct Home {
     dir: TempDir,
     vmm: PathBuf,
@@ -88,23 +91,6 @@ impl Drop for Home {
             .env("XDG_DATA_HOME", self.dir.0.join("data"))
             .env("XDG_RUNTIME_DIR", self.dir.0.join("run"))
             .output();
-    }
-}
-
-fn until<S>(
-    harness: &mut Harness<'_, S>,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&mut Harness<'_, S>) -> bool,
-) {
-    let end = Instant::now() + limit;
-    loop {
-        harness.step();
-        if done(harness) {
-            return;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
@@ -24,6 +24,9 @@ use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
 use vireo_e2e::xvfb::Xvfb;
+
+mod common;
+use common::until;
 
 const TEST: &str = "app::ui_link::the_toolbar_shows_the_agent_and_drops_land_in_the_shared_folder";
 
@@ -58,23 +61,6 @@ impl Drop for Home {
             .env("XDG_DATA_HOME", self.dir.0.join("data"))
             .env("XDG_RUNTIME_DIR", self.dir.0.join("run"))
             .output();
-    }
-}
-
-fn until<S>(
-    harness: &mut Harness<'_, S>,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&mut Harness<'_, S>) -> bool,
-) {
-    let end = Instant::now() + limit;
-    loop {
-        harness.step();
-        if done(harness) {
-            return;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
