@@ -9,6 +9,12 @@
 //! the driver enabled (each with the eventfd KVM signals when the driver kicks it); the
 //! device moves them into its worker thread (`worker`). `reset` (the driver writing 0 to
 //! device_status) stops the worker and returns the device to its inactive state.
+//!
+//! Saving a VM (`crate::snapshot`): with the vCPUs parked, the transport calls `save`,
+//! which stops the worker at a request boundary (requests in flight are completed
+//! first) and returns where each queue stands plus what else the device keeps
+//! ([`DeviceState`]). A restore builds the device as at start-up and calls `restore`
+//! instead of `activate`, with each queue already positioned where the save left it.
 
 pub mod balloon;
 pub mod block;
@@ -54,6 +60,57 @@ pub struct ActiveQueue {
     pub notify: EventFd,
 }
 
+/// Where a queue the device served stood when it was saved: the next available entry it
+/// would have read and the next used entry it would have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueuePosition {
+    pub index: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+}
+
+impl QueuePosition {
+    pub fn of(index: u16, queue: &Queue) -> Self {
+        Self {
+            index,
+            next_avail: queue.next_avail(),
+            next_used: queue.next_used(),
+        }
+    }
+}
+
+/// What an active device hands over when it is saved.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceState {
+    /// Every queue the device was serving.
+    pub queues: Vec<QueuePosition>,
+    /// The device's own state beyond its queues (config space values, held buffers,
+    /// host-side resources), in whatever shape the device chose; `Null` for none.
+    pub device: serde_json::Value,
+}
+
+impl DeviceState {
+    /// Queue positions and nothing else: a device whose whole state is in guest memory.
+    pub fn queues_only<'a>(queues: impl IntoIterator<Item = (u16, &'a Queue)>) -> Self {
+        Self {
+            queues: queues
+                .into_iter()
+                .map(|(i, q)| QueuePosition::of(i, q))
+                .collect(),
+            device: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Why a device could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("the device's worker ended abnormally, so its queues are lost")]
+    WorkerLost,
+    #[error("{0}")]
+    Device(String),
+}
+
 /// Why a device refused to activate.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
@@ -65,6 +122,8 @@ pub enum ActivateError {
     Worker(#[source] io::Error),
     #[error("{0}")]
     Backend(String),
+    #[error("the saved device state does not fit this device: {0}")]
+    BadState(String),
 }
 
 /// The `N` queues a device needs, in order, from what the transport handed over on
@@ -104,6 +163,28 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops serving and forgets the driver's state (virtio 1.2, 2.4 "Device Reset").
     fn reset(&mut self);
+    /// Stops serving at a request boundary and returns the state `restore` needs; the
+    /// device is then inactive (as after `reset`, but nothing is said to the driver).
+    /// Only called on an active device, with the vCPUs parked.
+    fn save(&mut self) -> Result<DeviceState, SaveError>;
+    /// Starts serving again from `state` (what `save` returned, `device` part): like
+    /// `activate`, with `queues` already positioned where the save left them. Devices
+    /// whose whole state is in the queues just activate.
+    fn restore(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), ActivateError> {
+        if !state.is_null() {
+            return Err(ActivateError::BadState(
+                "this device keeps no state beyond its queues".into(),
+            ));
+        }
+        self.activate(mem, interrupt, queues, acked_features)
+    }
 }
 
 /// Drains queue `queue` the way virtio 1.2 2.7.10 describes for notification

@@ -9,8 +9,8 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::worker::{Worker, WorkerHandler};
 use super::{
-    drain_queue, ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    drain_queue, ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 const QUEUE_SIZES: &[u16] = &[256];
@@ -151,6 +151,12 @@ impl VirtioDevice for Rng {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+    }
+
+    fn save(&mut self) -> Result<DeviceState, SaveError> {
+        let handler = self.worker.take().and_then(Worker::stop);
+        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        Ok(DeviceState::queues_only([(0, &handler.queue)]))
     }
 }
 

@@ -471,6 +471,14 @@ impl VirtioDevice for Balloon {
         self.shared.actual.store(0, Ordering::SeqCst);
         self.shared.poison_val.store(0, Ordering::SeqCst);
     }
+
+    fn save(
+        &mut self,
+    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
+        Err(crate::devices::virtio::SaveError::Device(
+            "saving a VM with a balloon is not supported yet".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -279,6 +279,14 @@ impl VirtioDevice for Block {
             worker.stop();
         }
     }
+
+    fn save(
+        &mut self,
+    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
+        Err(crate::devices::virtio::SaveError::Device(
+            "saving a VM with a disk is not supported yet".into(),
+        ))
+    }
 }
 
 /// Shared by the tests of this folder: guest memory, a driver-side queue, disks.

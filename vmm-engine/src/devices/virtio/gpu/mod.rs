@@ -317,6 +317,14 @@ impl VirtioDevice for Gpu {
         self.set_interrupt(None);
         self.shared.gpu().reset();
     }
+
+    fn save(
+        &mut self,
+    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
+        Err(crate::devices::virtio::SaveError::Device(
+            "saving a VM with a GPU is not supported yet".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -377,6 +377,14 @@ impl VirtioDevice for Input {
         pending.events.clear();
         pending.leds = 0;
     }
+
+    fn save(
+        &mut self,
+    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
+        Err(crate::devices::virtio::SaveError::Device(
+            "saving a VM with a input device is not supported yet".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

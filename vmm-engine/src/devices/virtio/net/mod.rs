@@ -189,6 +189,14 @@ impl VirtioDevice for Net {
             }
         }
     }
+
+    fn save(
+        &mut self,
+    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
+        Err(crate::devices::virtio::SaveError::Device(
+            "saving a VM with a network card is not supported yet".into(),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -208,6 +208,14 @@ impl VirtioDevice for Vsock {
             w.stop();
         }
     }
+
+    fn save(
+        &mut self,
+    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
+        Err(crate::devices::virtio::SaveError::Device(
+            "saving a VM with a vsock device is not supported yet".into(),
+        ))
+    }
 }
 
 #[cfg(test)]
