@@ -41,6 +41,10 @@ pub struct VmConfig {
     pub display: Option<DisplayConfig>,
     /// The virtio-vsock device and its host-side Unix socket, if any.
     pub vsock: Option<VsockConfig>,
+    /// Start from this snapshot instead of booting (`--restore`).
+    pub restore: Option<PathBuf>,
+    /// Start with the vCPUs paused (`--paused`): `resume` on the control socket runs them.
+    pub start_paused: bool,
 }
 
 impl VmConfig {
@@ -59,6 +63,8 @@ impl VmConfig {
             control_socket: None,
             display: None,
             vsock: None,
+            restore: None,
+            start_paused: false,
         }
     }
 }

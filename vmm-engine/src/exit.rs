@@ -14,6 +14,8 @@ pub mod code {
     pub const REBOOT: i32 = 3;
     /// The guest crashed: triple fault, KVM internal error, failed VM entry.
     pub const CRASH: i32 = 4;
+    /// The VM was saved to a snapshot file (`save` on the control socket).
+    pub const SAVED: i32 = 5;
 }
 
 /// Why the VM stopped.
@@ -27,6 +29,11 @@ pub enum ExitReason {
     Crash(String),
     /// The user asked (Ctrl-A x on the console, or the owner of the VM stopped it).
     Stopped,
+    /// The control socket asked for a save to this file: not an end by itself (the VM
+    /// goes on if the save fails).
+    SaveRequested(std::path::PathBuf),
+    /// The VM's state is in this file and the VM has stopped.
+    Saved(std::path::PathBuf),
 }
 
 impl ExitReason {
@@ -35,6 +42,8 @@ impl ExitReason {
             ExitReason::PowerOff | ExitReason::Stopped => code::POWER_OFF,
             ExitReason::Reboot => code::REBOOT,
             ExitReason::Crash(_) => code::CRASH,
+            ExitReason::Saved(_) => code::SAVED,
+            ExitReason::SaveRequested(_) => code::ERROR,
         }
     }
 }
@@ -46,6 +55,8 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Reboot => f.write_str("guest rebooted"),
             ExitReason::Crash(why) => write!(f, "guest crashed: {why}"),
             ExitReason::Stopped => f.write_str("stopped by the user"),
+            ExitReason::SaveRequested(p) => write!(f, "asked to save to {}", p.display()),
+            ExitReason::Saved(p) => write!(f, "saved to {}", p.display()),
         }
     }
 }

@@ -17,7 +17,8 @@ use vireo_vmm::{config, Console, RebootPolicy, VmConfig};
 const AFTER_HELP: &str = concat!(
     "Exit status: 0 the guest powered off (or Ctrl-A x), 1 the VM could not start, ",
     "2 bad command line, 3 the guest rebooted (with --reboot=exit), ",
-    "4 the guest crashed (triple fault, KVM internal error).\n",
+    "4 the guest crashed (triple fault, KVM internal error), ",
+    "5 the VM was saved (`save` on the control socket); --restore PATH starts it again.\n",
     "The console is the guest's ttyS0 on stdin/stdout; on a terminal, Ctrl-A x quits ",
     "and Ctrl-A Ctrl-A sends Ctrl-A."
 );
@@ -87,6 +88,16 @@ struct Cli {
     /// `CONNECT <port>`; guest connections to host port P go to PATH_P.
     #[arg(long, value_name = "SPEC")]
     vsock: Option<VsockConfig>,
+
+    /// Start from a snapshot the `save` control request wrote, instead of booting. The
+    /// other flags must describe the same VM (CPUs, memory, disks, devices).
+    #[arg(long, value_name = "PATH")]
+    restore: Option<PathBuf>,
+
+    /// Start with the vCPUs paused; `resume` on the control socket runs them (with
+    /// --restore: the guest's screen and state can be looked at before it runs on).
+    #[arg(long, requires = "control_socket")]
+    paused: bool,
 
     /// The KVM device node.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_KVM_DEVICE, hide = true)]
@@ -187,6 +198,8 @@ fn run_vm(cli: Cli) -> ExitCode {
         control_socket: cli.control_socket,
         display: cli.display.0,
         vsock: cli.vsock,
+        restore: cli.restore,
+        start_paused: cli.paused,
     };
     if window && config.display.is_none() {
         config.display = Some(config::DisplayConfig {

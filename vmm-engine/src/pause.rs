@@ -57,7 +57,7 @@ impl Pauser {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The vCPU threads to kick, once they run.
+    /// The vCPU threads to kick, once they run (after `reopen` when it is used).
     pub fn set_threads(&self, threads: Vec<libc::pthread_t>) {
         self.lock().threads = threads;
     }
@@ -152,6 +152,20 @@ impl Pauser {
 
     /// Before the vCPU threads are joined: no kick may reach a joined thread, and a
     /// parked vCPU must wake to see that it is to stop.
+    /// After `close`: new vCPU threads run the same VM (a save that failed carries on
+    /// with the vCPUs it stopped).
+    /// With `paused`, the new threads park before they first enter the guest, and
+    /// the KVM clock is held from now until `resume`; call it before they start.
+    pub fn reopen(&self, vm: &VmFd, paused: bool) {
+        let mut state = self.lock();
+        *state = State {
+            paused,
+            clock: if paused { vm.get_clock().ok() } else { None },
+            ..State::default()
+        };
+        self.requested.store(paused, Ordering::Release);
+    }
+
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;

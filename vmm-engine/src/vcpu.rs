@@ -47,7 +47,7 @@ pub struct VcpuContext {
 }
 
 /// Runs `vcpu` on a new thread named `vcpu<index>`.
-pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinHandle<VcpuFd>> {
     std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         // The run loop needs little stack; only touched pages cost memory.
@@ -74,7 +74,8 @@ impl Drop for EndGuard<'_> {
     }
 }
 
-fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+/// Runs the vCPU until it is stopped, and hands its fd back (a save reads its state).
+fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuFd {
     let mut guard = EndGuard {
         exit: &ctx.exit,
         index,
@@ -83,6 +84,7 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     run_loop(index, &mut vcpu, &ctx);
     ctx.pauser.vcpu_ended();
     guard.armed = false;
+    vcpu
 }
 
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
@@ -188,20 +190,25 @@ fn handle_exit(exit: VcpuExit<'_>, ctx: &VcpuContext) -> Outcome {
 /// Stops and joins vCPU threads: sets `stop`, then kicks each live thread until it has
 /// ended (a kick that lands just before a thread enters `KVM_RUN` is lost, so one is not
 /// enough).
-pub fn stop_all(threads: Vec<JoinHandle<()>>, stop: &AtomicBool) {
+/// Stops every vCPU thread and returns their fds in `threads`' order (`None` for a
+/// thread that panicked).
+pub fn stop_all(threads: Vec<JoinHandle<VcpuFd>>, stop: &AtomicBool) -> Vec<Option<VcpuFd>> {
     stop.store(true, Ordering::Release);
-    let mut live = threads;
+    let mut fds: Vec<Option<VcpuFd>> = threads.iter().map(|_| None).collect();
+    let mut live: Vec<(usize, JoinHandle<VcpuFd>)> = threads.into_iter().enumerate().collect();
     while !live.is_empty() {
-        for t in &live {
+        for (_, t) in &live {
             if !t.is_finished() {
                 // ESRCH just means it ended between the check and the kick.
                 let _ = t.kill(kick_signal());
             }
         }
-        let (done, running): (Vec<_>, Vec<_>) = live.into_iter().partition(|t| t.is_finished());
-        for t in done {
-            if t.join().is_err() {
-                tracing::error!("a vCPU thread panicked");
+        let (done, running): (Vec<_>, Vec<_>) =
+            live.into_iter().partition(|(_, t)| t.is_finished());
+        for (i, t) in done {
+            match t.join() {
+                Ok(fd) => fds[i] = Some(fd),
+                Err(_) => tracing::error!("a vCPU thread panicked"),
             }
         }
         live = running;
@@ -209,4 +216,5 @@ pub fn stop_all(threads: Vec<JoinHandle<()>>, stop: &AtomicBool) {
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
     }
+    fds
 }

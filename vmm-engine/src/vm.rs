@@ -3,6 +3,7 @@
 //! first `ExitReason` and tear everything down, leaving no thread or fd behind.
 
 use std::os::unix::thread::JoinHandleExt;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,7 +31,7 @@ use crate::devices::virtio::net::{self, Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockConfigError, VsockListener};
 use crate::devices::virtio::VirtioDevice;
-use crate::devices::PioBus;
+use crate::devices::{lock, PioBus};
 use crate::doctor::{self, KvmOpenError};
 use crate::exit::{ExitReason, ExitSender};
 use crate::pause::Pauser;
@@ -38,6 +39,8 @@ use crate::pci::irq::GsiRouter;
 use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::pci::virtio_pci::VirtioPciDevice;
 use crate::pci::PciMmio;
+use crate::snapshot::{self, file::Snapshot, DiskStamp, Hardware, LegacyState, MachineState};
+use crate::x86_64::snapshot::{self as cpu_state, VcpuState, VmState};
 use crate::x86_64::{cpuid, layout, regs};
 use crate::{acpi, boot, console, vcpu};
 
@@ -81,6 +84,10 @@ pub enum Error {
     VsockDevice(#[source] std::io::Error),
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+    #[error("cannot restore {path}: {why}")]
+    Restore { path: String, why: String },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -130,25 +137,43 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
     }
 }
 
-/// One boot of the guest, from a fresh VM to its teardown.
+/// One boot of the guest (or one run from a snapshot), from a fresh VM to its teardown.
 fn boot_once(
     kvm: &Kvm,
     config: &VmConfig,
     console: &Console,
     vsock: Option<&VsockListener>,
 ) -> Result<ExitReason, Error> {
+    // A snapshot that cannot be used is refused before anything is built.
+    let snapshot = match &config.restore {
+        Some(path) => {
+            let snapshot = snapshot::file::read(path)?;
+            snapshot.state.check_fits(config)?;
+            Some(snapshot)
+        }
+        None => None,
+    };
     let vm = Arc::new(create_vm(kvm)?);
     // Guest memory before the irqchip: on PVM the first memory slot added after the
     // irqchip waits 5-12 ms (a grace period), before it costs 0.1 ms.
-    let mem = create_memory(&vm, config.memory)?;
+    let mem = match &snapshot {
+        Some(s) => snapshot::map_memory(s, config.memory)?,
+        None => allocate_memory(config.memory)?,
+    };
+    register_memory(&vm, &mem)?;
     create_irqchip(&vm)?;
     tracing::debug!("VM created");
-    acpi::create_tables(&mem, config.vcpus)?;
-    let entry = boot::load(&mem, config.memory, &config.boot)?;
+    let entry = match &snapshot {
+        Some(_) => None,
+        None => {
+            acpi::create_tables(&mem, config.vcpus)?;
+            Some(boot::load(&mem, config.memory, &config.boot)?)
+        }
+    };
     tracing::debug!("kernel loaded");
 
     let (exit_tx, exit_rx) = ExitSender::channel();
-    let (mut pio, serial, button) = legacy_devices(&vm, config, console, &exit_tx)?;
+    let (mut pio, legacy) = legacy_devices(&vm, config, console, &exit_tx)?;
     let (pci, handles) = pci_devices(&vm, &mem, config, vsock)?;
     pio.insert(
         PCI_CONFIG_PORT,
@@ -157,6 +182,7 @@ fn boot_once(
     );
     let pio = Arc::new(pio);
     let pauser = Arc::new(Pauser::default());
+    let saves = Arc::new(SaveReplies::default());
     let _control = match &config.control_socket {
         Some(path) => Some(ControlServer::start(
             path,
@@ -164,29 +190,71 @@ fn boot_once(
                 config,
                 exit_tx.clone(),
                 handles,
-                (Arc::clone(&vm), Arc::clone(&pauser), button),
+                (Arc::clone(&vm), Arc::clone(&pauser), legacy.button.clone()),
+                Arc::clone(&saves),
             )),
         )?),
         None => None,
     };
     tracing::debug!("devices created");
 
-    let stop = Arc::new(AtomicBool::new(false));
     let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
+    if let Some(s) = &snapshot {
+        restore_machine(s, &vm, &fds, &legacy, &pci).map_err(|why| Error::Restore {
+            path: config
+                .restore
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+                .to_string(),
+            why,
+        })?;
+        tracing::info!(
+            "restored from {}",
+            config.restore.as_deref().unwrap_or(Path::new("")).display()
+        );
+    }
     tracing::debug!("vCPUs created");
-    let threads = spawn_vcpus(fds, &pio, &pci, &exit_tx, (&stop, &pauser))?;
-    pauser.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+    let mut machine = Machine {
+        kvm,
+        config,
+        vm,
+        mem,
+        pio,
+        pci,
+        legacy,
+        pauser,
+        exit: exit_tx.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        threads: Vec::new(),
+    };
+    machine.start_vcpus(fds, config.start_paused)?;
     tracing::debug!("vCPUs started");
-    let input = console::spawn_input(&console.input, serial, exit_tx.clone());
+    let input = console::spawn_input(
+        &console.input,
+        machine.legacy.serial.clone(),
+        exit_tx.clone(),
+    );
     drop(exit_tx);
 
     // Every vCPU thread holds a sender, so this returns when something ends the VM.
-    let reason = exit_rx
-        .recv()
-        .unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
+    let reason = loop {
+        let reason = exit_rx
+            .recv()
+            .unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
+        let ExitReason::SaveRequested(path) = reason else {
+            break reason;
+        };
+        let result = machine.save(&path);
+        let saved = result.is_ok();
+        saves.answer(result);
+        if saved {
+            break ExitReason::Saved(path);
+        }
+    };
+    saves.close();
     tracing::debug!("stopping: {reason}");
-    pauser.close();
-    vcpu::stop_all(threads, &stop);
+    machine.stop_vcpus();
     tracing::debug!("vCPUs stopped");
     if let Some(input) = input {
         input.stop();
@@ -194,14 +262,234 @@ fn boot_once(
     Ok(reason)
 }
 
+/// A built VM and what runs it: what a save reads, and what carries on if it fails.
+struct Machine<'a> {
+    kvm: &'a Kvm,
+    config: &'a VmConfig,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    pio: Arc<PioBus>,
+    pci: PciMmio,
+    legacy: Legacy,
+    pauser: Arc<Pauser>,
+    exit: ExitSender,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<VcpuFd>>,
+}
+
+impl Machine<'_> {
+    /// Starts a thread per vCPU, parked from the start if `paused`.
+    fn start_vcpus(&mut self, fds: Vec<VcpuFd>, paused: bool) -> Result<(), Error> {
+        self.stop = Arc::new(AtomicBool::new(false));
+        self.pauser.reopen(&self.vm, paused);
+        self.threads = spawn_vcpus(
+            fds,
+            &self.pio,
+            &self.pci,
+            &self.exit,
+            (&self.stop, &self.pauser),
+        )?;
+        self.pauser
+            .set_threads(self.threads.iter().map(|t| t.as_pthread_t()).collect());
+        Ok(())
+    }
+
+    /// Ends every vCPU thread (a paused one without running again) and returns the fds.
+    fn stop_vcpus(&mut self) -> Vec<Option<VcpuFd>> {
+        // The flag first: a parked thread that `close` wakes must not enter the guest.
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.pauser.close();
+        vcpu::stop_all(std::mem::take(&mut self.threads), &self.stop)
+    }
+
+    /// Saves the whole machine to `path` and leaves it stopped; if anything fails, the
+    /// VM carries on where it was (paused if it was paused before).
+    fn save(&mut self, path: &Path) -> Result<(), String> {
+        let was_paused = self.pauser.is_paused();
+        if !was_paused {
+            self.pauser.pause(&self.vm).map_err(|e| e.to_string())?;
+        }
+        let fds = self.stop_vcpus();
+        let Some(mut fds) = fds.into_iter().collect::<Option<Vec<VcpuFd>>>() else {
+            // A vCPU thread died: its exit reason is on the way; nothing to resume.
+            return Err("a vCPU thread had ended; the VM is stopping".into());
+        };
+        let (state, bus) = match self.capture(&mut fds) {
+            Ok(captured) => captured,
+            Err(why) => return self.carry_on(fds, None, was_paused, why),
+        };
+        let result = snapshot::file::write(path, &state, &self.mem).map_err(|e| e.to_string());
+        match result {
+            Ok(()) => {
+                tracing::info!("saved to {}", path.display());
+                Ok(())
+            }
+            Err(why) => self.carry_on(fds, Some((&state.vm, &bus)), was_paused, why),
+        }
+    }
+
+    /// Everything but memory, with the vCPUs stopped; the devices' workers stop too.
+    fn capture(
+        &self,
+        fds: &mut [VcpuFd],
+    ) -> Result<(MachineState, crate::pci::root::BusState), String> {
+        let msrs = cpu_state::msrs_to_save(self.kvm);
+        let mut vcpus = Vec::with_capacity(fds.len());
+        for fd in fds.iter_mut() {
+            cpu_state::complete_pending_io(fd);
+            vcpus.push(VcpuState::capture(fd, &msrs).map_err(|e| e.to_string())?);
+        }
+        let vm = VmState::capture(&self.vm).map_err(|e| e.to_string())?;
+        let bus = lock(&self.pci.0).save().map_err(|e| e.to_string())?;
+        let disks = self
+            .config
+            .disks
+            .iter()
+            .map(|d| DiskStamp::of(&d.path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot read a disk's size and time: {e}"));
+        let disks = match disks {
+            Ok(d) => d,
+            Err(why) => {
+                // The devices stopped: start them again before giving up.
+                let _ = lock(&self.pci.0).restore(&bus);
+                return Err(why);
+            }
+        };
+        let state = MachineState {
+            hardware: Hardware::of(self.config),
+            disks,
+            vcpus,
+            vm,
+            legacy: LegacyState {
+                serial: lock(&self.legacy.serial).save(),
+                cmos: lock(&self.legacy.cmos).save(),
+            },
+            bus: bus.clone(),
+            saved_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        Ok((state, bus))
+    }
+
+    /// A save failed after the vCPUs stopped: restart the devices it stopped and the
+    /// vCPUs, and report why.
+    fn carry_on(
+        &mut self,
+        fds: Vec<VcpuFd>,
+        stopped: Option<(&VmState, &crate::pci::root::BusState)>,
+        was_paused: bool,
+        why: String,
+    ) -> Result<(), String> {
+        tracing::warn!("save failed, the VM carries on: {why}");
+        if let Some((vm_state, bus)) = stopped {
+            if let Err(e) = lock(&self.pci.0).restore(bus) {
+                self.exit.send(ExitReason::Crash(format!(
+                    "after a failed save the devices did not restart: {e}"
+                )));
+            }
+            // The guest's clock stood still meanwhile.
+            if let Err(e) = vm_state.restore(&self.vm) {
+                tracing::warn!("after a failed save: {e}");
+            }
+        }
+        if let Err(e) = self.start_vcpus(fds, was_paused) {
+            self.exit.send(ExitReason::Crash(format!(
+                "after a failed save the vCPUs did not restart: {e}"
+            )));
+        }
+        Err(why)
+    }
+}
+
+/// Puts a snapshot's state into a VM built from the same configuration, before any
+/// vCPU runs.
+fn restore_machine(
+    snapshot: &Snapshot,
+    vm: &VmFd,
+    fds: &[VcpuFd],
+    legacy: &Legacy,
+    pci: &PciMmio,
+) -> Result<(), String> {
+    let state = &snapshot.state;
+    state.vm.restore(vm).map_err(|e| e.to_string())?;
+    for (index, (fd, saved)) in fds.iter().zip(&state.vcpus).enumerate() {
+        saved
+            .restore(fd)
+            .map_err(|e| format!("vCPU {index}: {e}"))?;
+    }
+    lock(&legacy.serial).restore(&state.legacy.serial)?;
+    lock(&legacy.cmos).restore(&state.legacy.cmos)?;
+    lock(&pci.0).restore(&state.bus)
+}
+
+/// Answers from the VM's owner thread to `save` requests on the control socket.
+#[derive(Default)]
+struct SaveReplies {
+    /// The one save under way, and whether the VM has stopped listening.
+    waiting: Mutex<(Option<SaveReply>, bool)>,
+}
+
+type SaveReply = std::sync::mpsc::Sender<Result<(), String>>;
+
+/// How long a `save` request waits for the file to be written.
+const SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl SaveReplies {
+    /// Asks the owner to save to `path` and waits for the outcome.
+    fn request(&self, exit: &ExitSender, path: std::path::PathBuf) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut waiting = lock(&self.waiting);
+            if waiting.1 {
+                return Err("the VM is stopping".into());
+            }
+            if waiting.0.is_some() {
+                return Err("a save is already under way".into());
+            }
+            waiting.0 = Some(tx);
+        }
+        exit.send(ExitReason::SaveRequested(path));
+        let outcome = rx
+            .recv_timeout(SAVE_WAIT)
+            .unwrap_or_else(|_| Err("the VM ended before the save finished".into()));
+        lock(&self.waiting).0.take();
+        outcome
+    }
+
+    fn answer(&self, outcome: Result<(), String>) {
+        if let Some(tx) = lock(&self.waiting).0.take() {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// The VM is ending: a save asked for now is refused, one under way is told.
+    fn close(&self) {
+        let mut waiting = lock(&self.waiting);
+        waiting.1 = true;
+        if let Some(tx) = waiting.0.take() {
+            let _ = tx.send(Err("the VM stopped before it could be saved".into()));
+        }
+    }
+}
+
 /// The PC's legacy devices on the port bus: COM1, the i8042, the CMOS RTC and the ACPI
 /// power-management registers (with the power button's GED).
+/// The legacy devices the VM's owner keeps a hand on.
+struct Legacy {
+    serial: Arc<Mutex<SerialDevice>>,
+    cmos: Arc<Mutex<Cmos>>,
+    button: PowerButton,
+}
+
 fn legacy_devices(
     vm: &VmFd,
     config: &VmConfig,
     console: &Console,
     exit: &ExitSender,
-) -> Result<(PioBus, Arc<Mutex<SerialDevice>>, PowerButton), Error> {
+) -> Result<(PioBus, Legacy), Error> {
     let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
     vm.register_irqfd(&ged_irq, acpi_pm::GED_IRQ)
         .map_err(kvm_err("route the power button's interrupt"))?;
@@ -220,17 +508,21 @@ fn legacy_devices(
         i8042::I8042_PORT_LEN,
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
     );
-    pio.insert(
-        cmos::CMOS_PORT,
-        cmos::CMOS_PORT_LEN,
-        Arc::new(Mutex::new(Cmos::new(config.memory))),
-    );
+    let cmos = Arc::new(Mutex::new(Cmos::new(config.memory)));
+    pio.insert(cmos::CMOS_PORT, cmos::CMOS_PORT_LEN, cmos.clone());
     pio.insert(
         acpi_pm::SLEEP_CONTROL_PORT,
         acpi_pm::PORT_RANGE_LEN,
         Arc::new(Mutex::new(AcpiPmDevice::new(exit.clone(), button.clone()))),
     );
-    Ok((pio, serial, button))
+    Ok((
+        pio,
+        Legacy {
+            serial,
+            cmos,
+            button,
+        },
+    ))
 }
 
 /// The host sides of the devices the control socket drives.
@@ -324,17 +616,20 @@ fn create_irqchip(vm: &VmFd) -> Result<(), Error> {
         .map_err(kvm_err("create the in-kernel PIT"))
 }
 
-/// Anonymous, MAP_NORESERVE guest RAM (untouched pages cost nothing), registered with
-/// KVM one slot per range.
-fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
+/// Anonymous, MAP_NORESERVE guest RAM: untouched pages cost nothing.
+fn allocate_memory(size: u64) -> Result<GuestMemoryMmap, Error> {
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
         .into_iter()
         .map(|(start, len)| (GuestAddress(start), len as usize))
         .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
         size: size >> 20,
         detail: e.to_string(),
-    })?;
+    })
+}
+
+/// Registers guest RAM with KVM, one slot per range.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -359,7 +654,7 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
         // which the caller keeps alive for as long as the VM (and its vCPUs) run.
         unsafe { vm.set_user_memory_region(region_desc) }.map_err(kvm_err("map guest memory"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Creates and configures every vCPU before any runs, so the guest's INIT/SIPI always
@@ -369,7 +664,7 @@ fn create_vcpus(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     count: u8,
-    entry: regs::EntryMode,
+    entry: Option<regs::EntryMode>,
 ) -> Result<Vec<VcpuFd>, Error> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -386,7 +681,7 @@ fn spawn_vcpus(
     mmio: &PciMmio,
     exit: &ExitSender,
     (stop, pauser): (&Arc<AtomicBool>, &Arc<Pauser>),
-) -> Result<Vec<JoinHandle<()>>, Error> {
+) -> Result<Vec<JoinHandle<VcpuFd>>, Error> {
     let mut threads = Vec::with_capacity(fds.len());
     for (index, fd) in fds.into_iter().enumerate() {
         let ctx = vcpu::VcpuContext {
@@ -413,7 +708,7 @@ fn setup_vcpu(
     supported: &kvm_bindings::CpuId,
     index: u8,
     count: u8,
-    entry: regs::EntryMode,
+    entry: Option<regs::EntryMode>,
 ) -> Result<VcpuFd, Error> {
     let fd = vm
         .create_vcpu(u64::from(index))
@@ -422,7 +717,8 @@ fn setup_vcpu(
     fd.set_cpuid2(&cpuid::for_vcpu(supported, index, count, tsc_khz))
         .map_err(kvm_err("set the CPUID"))?;
     regs::setup_common(&fd)?;
-    if index == 0 {
+    // A restored vCPU gets its registers from the snapshot instead.
+    if let (0, Some(entry)) = (index, entry) {
         regs::setup_boot_vcpu(&fd, mem, entry)?;
     }
     Ok(fd)
@@ -440,6 +736,7 @@ struct VmControl {
     vm: Arc<VmFd>,
     pauser: Arc<Pauser>,
     button: PowerButton,
+    saves: Arc<SaveReplies>,
     disks: Vec<Arc<IoCounters>>,
     nets: Vec<Arc<IoCounters>>,
 }
@@ -453,11 +750,13 @@ impl VmControl {
         exit: ExitSender,
         handles: DeviceHandles,
         (vm, pauser, button): (Arc<VmFd>, Arc<Pauser>, PowerButton),
+        saves: Arc<SaveReplies>,
     ) -> Self {
         Self {
             vm,
             pauser,
             button,
+            saves,
             vcpus: config.vcpus,
             memory: config.memory,
             exit,
@@ -633,6 +932,18 @@ impl control::Handler for VmControl {
             }
             Request::Pause {} => done(self.pauser.pause(&self.vm)),
             Request::Resume {} => done(self.pauser.resume(&self.vm)),
+            Request::Save { path } => {
+                let path = std::path::PathBuf::from(path);
+                if !path.is_absolute() {
+                    return Response::Error {
+                        message: format!(
+                            "save needs an absolute path (the engine's working directory is not yours): {}",
+                            path.display()
+                        ),
+                    };
+                }
+                done(self.saves.request(&self.exit, path))
+            }
             Request::BalloonSet { target_mib } => {
                 if target_mib > self.memory >> 20 {
                     return Response::Error {

@@ -488,6 +488,57 @@ pub fn verify(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
     );
 }
 
+/// How often `probe.run=counter` counts: often enough that a save lands between two
+/// counts, rarely enough that the serial line (~100 µs a byte here) costs little.
+const COUNT_PERIOD_MS: u64 = 20;
+/// Every this many counts the counter reads its disk pattern back.
+const VERIFY_EVERY: u64 = 25;
+
+/// `probe.run=counter`, the save/restore and migration subject: writes the pattern over
+/// the first `mib` MiB of disk `dev`, then counts (`count N` every 20 ms of TSC time) and
+/// every 25 counts reads the pattern back through the same driver and queue
+/// (`blk_verified n=N ok=1`), until the power button. Across a save and restore the
+/// counts go on from where they were, and the disk reads back what was written before.
+pub fn counter(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
+    let Some(mut blk) = open(pci, options.dev, None) else {
+        return;
+    };
+    let Some(bytes) = span(&blk, options) else {
+        return;
+    };
+    let pass = |blk: &mut Blk, write: bool| {
+        let order = Order::Sequential {
+            next: 0,
+            end: bytes,
+        };
+        let data = Data::Pattern(options.seed);
+        let mut pipe = Pipe::new(blk, write, data, order, req_len(options), options.qd, tsc_khz);
+        pipe.run();
+        pipe.ok(bytes)
+    };
+    let written = pass(&mut blk, true) && blk.flush().is_ok();
+    probe!("counter_ready blk_written={}", u8::from(written));
+    let period = tsc_khz.max(1) * COUNT_PERIOD_MS;
+    let mut next = arch::rdtsc() + period;
+    let mut count = 0u64;
+    loop {
+        if arch::rdtsc() >= next {
+            count += 1;
+            next += period;
+            probe!("count {count}");
+            if count % VERIFY_EVERY == 0 {
+                let ok = pass(&mut blk, false);
+                probe!("blk_verified n={count} ok={}", u8::from(ok));
+            }
+        }
+        if crate::acpi::power_button_pressed() {
+            probe!("power_button");
+            crate::acpi::power_off();
+        }
+        core::hint::spin_loop();
+    }
+}
+
 /// `none` or the decimal offset.
 struct Offset(Option<u64>);
 

@@ -16,6 +16,8 @@
 //!   virtio-blk tests of [`crate::blk`], tuned by `probe.blk_mib`, `probe.blk_seed`,
 //!   `probe.blk_dev`, `probe.blk_req_kib`, `probe.blk_qd`, `probe.blk_rand`; PCI host
 //!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
+//! - `probe.run=counter`: the save/restore subject ([`crate::blk::counter`]): a disk
+//!   pattern written, then `count N` every 20 ms and the pattern read back every 25.
 //! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
 //!   about themselves, then every event until Escape.
 //! - `probe.run=gpu-draw|gpu-resize|gpu-cursor|gpu-hostile|gpu-bench`: virtio-gpu
@@ -73,6 +75,7 @@ enum Command {
     BlkTwo,
     BlkBench,
     BlkMsix,
+    Counter,
     Input,
     Net(NetTest),
     Vsock(vsock::Test),
@@ -97,6 +100,7 @@ impl Command {
             Command::BlkTwo => blk::two,
             Command::BlkBench => blk::bench,
             Command::BlkMsix => blk::msix,
+            Command::Counter => blk::counter,
             Command::Input => crate::input::run,
             Command::GpuDraw => crate::gpu::draw_and_idle,
             Command::GpuResize => crate::gpu::resize,
@@ -160,6 +164,7 @@ impl<'a> Options<'a> {
                         "blk-two" => Ok(Command::BlkTwo),
                         "blk-bench" => Ok(Command::BlkBench),
                         "blk-msix" => Ok(Command::BlkMsix),
+                        "counter" => Ok(Command::Counter),
                         "input" => Ok(Command::Input),
                         "net-dhcp" => Ok(Command::Net(NetTest::Dhcp)),
                         "net-http" => Ok(Command::Net(NetTest::Http)),

@@ -52,6 +52,9 @@ pub enum Request {
     Pause {},
     /// Lets a paused guest run on.
     Resume {},
+    /// Saves the VM's whole state to `path` (atomically) and stops it; restore with
+    /// `vireo-vmm --restore PATH` and the same devices. On failure the VM runs on.
+    Save { path: String },
     /// A key goes down or up on the keyboard (`code`: a Linux evdev key code, e.g. 30
     /// for A). Needs a display.
     InputKey { code: u16, pressed: bool },

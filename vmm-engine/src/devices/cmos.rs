@@ -57,7 +57,35 @@ fn host_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// The RTC in a snapshot: its RAM and how far the guest set its clock from the host's
+/// (the time itself runs on with the host's, as a battery-backed clock would).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CmosSnapshot {
+    pub index: u8,
+    pub ram: Vec<u8>,
+    pub offset_secs: i64,
+}
+
 impl Cmos {
+    pub fn save(&self) -> CmosSnapshot {
+        CmosSnapshot {
+            index: self.index,
+            ram: self.ram.to_vec(),
+            offset_secs: self.offset_secs,
+        }
+    }
+
+    pub fn restore(&mut self, saved: &CmosSnapshot) -> Result<(), String> {
+        self.ram = saved
+            .ram
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("CMOS: {} bytes of RAM where it has 128", saved.ram.len()))?;
+        self.index = saved.index & INDEX_MASK;
+        self.offset_secs = saved.offset_secs;
+        Ok(())
+    }
+
     pub fn new(mem_size: u64) -> Self {
         Self::with_clock(mem_size, host_now)
     }

@@ -15,7 +15,7 @@ pub const COM1_IRQ: u32 = 4;
 pub const SERIAL_PORT_LEN: u16 = 8;
 
 /// Raises a guest interrupt by signalling an irqfd.
-pub struct IrqTrigger(pub EventFd);
+pub struct IrqTrigger(pub std::sync::Arc<EventFd>);
 
 impl Trigger for IrqTrigger {
     type E = io::Error;
@@ -71,13 +71,73 @@ pub type Uart = Serial<IrqTrigger, NoEvents, BatchedOutput>;
 /// The port-I/O face of the UART.
 pub struct SerialDevice {
     uart: Uart,
+    /// Kept to rebuild the UART from a snapshot.
+    interrupt: std::sync::Arc<EventFd>,
+    out: ConsoleSink,
+}
+
+/// The UART's registers and receive FIFO in a snapshot (vm-superio's `SerialState`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
 }
 
 impl SerialDevice {
     pub fn new(interrupt: EventFd, out: ConsoleSink) -> Self {
+        let interrupt = std::sync::Arc::new(interrupt);
         Self {
-            uart: Serial::new(IrqTrigger(interrupt), BatchedOutput::new(out)),
+            uart: Serial::new(
+                IrqTrigger(interrupt.clone()),
+                BatchedOutput::new(out.clone()),
+            ),
+            interrupt,
+            out,
         }
+    }
+
+    pub fn save(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Rebuilds the UART from a snapshot (raising the interrupt it had pending).
+    pub fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), String> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            saved.registers;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: saved.in_buffer.clone(),
+        };
+        self.uart = Serial::from_state(
+            &state,
+            IrqTrigger(self.interrupt.clone()),
+            vm_superio::serial::NoEvents,
+            BatchedOutput::new(self.out.clone()),
+        )
+        .map_err(|e| format!("serial port: {e:?}"))?;
+        Ok(())
     }
 
     /// Queues console input for the guest; returns how many bytes fit in the FIFO.

@@ -141,6 +141,30 @@ impl ConfigSpace {
         }
     }
 
+    /// Every byte, as the guest reads it (for a snapshot).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Puts back a snapshot's bytes the way the guest wrote them (through the write
+    /// mask); fails unless the result is exactly `saved`, i.e. unless this is the same
+    /// kind of function with the same read-only fields.
+    pub fn restore(&mut self, saved: &[u8]) -> Result<(), String> {
+        if saved.len() != CONFIG_SPACE_SIZE {
+            return Err(format!(
+                "{} bytes of config space where a function has {CONFIG_SPACE_SIZE}",
+                saved.len()
+            ));
+        }
+        self.write(0, saved);
+        match self.bytes.iter().zip(saved).position(|(a, b)| a != b) {
+            None => Ok(()),
+            Some(at) => Err(format!(
+                "config space differs at {at:#x} (read-only there): not the same device"
+            )),
+        }
+    }
+
     pub fn bars(&self) -> &[Bar64] {
         &self.bars
     }

@@ -26,6 +26,13 @@ struct Entry {
     control: u32,
 }
 
+/// What a snapshot keeps of a function's MSI-X state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    pub table: Vec<u8>,
+    pub pending: Vec<bool>,
+}
+
 pub struct Msix {
     entries: Vec<Entry>,
     pending: Vec<bool>,
@@ -163,6 +170,34 @@ impl Msix {
         if entry.control & VECTOR_CONTROL_MASKED != 0 && new.control & VECTOR_CONTROL_MASKED == 0 {
             self.deliver_if_pending(index);
         }
+    }
+
+    /// The table (16 bytes per vector, as the guest reads it) and the pending bits.
+    pub fn save(&self) -> MsixState {
+        let mut table = vec![0u8; self.entries.len() * TABLE_ENTRY_SIZE as usize];
+        self.read_table(0, &mut table);
+        MsixState {
+            table,
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Puts a saved table back as the guest would write it (each message gets its route
+    /// again) and the pending bits; the enable and mask bits come from the capability,
+    /// which the caller restores with `set_control`.
+    pub fn restore(&mut self, state: &MsixState) -> Result<(), String> {
+        let count = self.entries.len();
+        if state.table.len() != count * TABLE_ENTRY_SIZE as usize || state.pending.len() != count {
+            return Err(format!(
+                "MSI-X state for {} vectors where the function has {count}",
+                state.pending.len()
+            ));
+        }
+        for (i, entry) in state.table.chunks(TABLE_ENTRY_SIZE as usize).enumerate() {
+            self.write_table(i as u64 * TABLE_ENTRY_SIZE, entry);
+        }
+        self.pending.clone_from(&state.pending);
+        Ok(())
     }
 
     /// A guest read of the pending bit array.

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::config::{reg, Bar64, ConfigSpace, Identity};
+use crate::devices::virtio::SaveError;
 use crate::devices::{lock, PioDevice};
 
 /// What a function on the bus implements.
@@ -22,6 +23,19 @@ pub trait PciDevice: Send {
     fn bar_moved(&mut self, bar: usize, addr: Option<u64>);
     /// Places BAR `bar` at `addr`, as firmware does.
     fn set_bar_address(&mut self, bar: &Bar64, addr: u64);
+    /// The function's state for a snapshot (a running device stops).
+    fn save(&mut self) -> Result<FunctionState, SaveError>;
+    /// Puts a snapshot's state back into this freshly built function.
+    fn restore(&mut self, state: &FunctionState) -> Result<(), String>;
+}
+
+/// What a snapshot keeps of one function: every function on the bus is virtio.
+pub type FunctionState = crate::pci::virtio_pci::VirtioPciState;
+
+/// The bus in a snapshot: each occupied slot's function.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BusState {
+    pub functions: Vec<(usize, FunctionState)>,
 }
 
 /// ECAM: 4 KiB of config space per function, 8 functions per device, 32 devices per
@@ -89,6 +103,55 @@ impl PciRoot {
         self.devices[slot] = Some(device);
         self.refresh_decoding(slot);
         Some(slot)
+    }
+
+    /// Saves every function (stopping their devices), in slot order.
+    /// If one cannot be saved, those already stopped start again and the bus runs on.
+    pub fn save(&mut self) -> Result<BusState, SaveError> {
+        let mut functions = Vec::new();
+        for (slot, dev) in self.devices.iter().enumerate() {
+            let Some(dev) = dev else { continue };
+            let saved = lock(dev).save();
+            match saved {
+                Ok(state) => functions.push((slot, state)),
+                Err(e) => {
+                    for (slot, state) in &functions {
+                        if let Some(Err(again)) =
+                            self.devices[*slot].as_ref().map(|d| lock(d).restore(state))
+                        {
+                            tracing::error!("PCI device 00:{slot:02x}.0 did not restart: {again}");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(BusState { functions })
+    }
+
+    /// Restores a bus built with the same devices in the same order as the saved one,
+    /// then decodes every BAR where the guest had it.
+    pub fn restore(&mut self, state: &BusState) -> Result<(), String> {
+        let occupied: Vec<usize> = (0..DEVICES_PER_BUS)
+            .filter(|&d| self.devices[d].is_some())
+            .collect();
+        let saved: Vec<usize> = state.functions.iter().map(|(slot, _)| *slot).collect();
+        if occupied != saved {
+            return Err(format!(
+                "the saved bus has devices in slots {saved:?}, this VM in {occupied:?}"
+            ));
+        }
+        for (slot, function) in &state.functions {
+            if let Some(dev) = &self.devices[*slot] {
+                lock(dev)
+                    .restore(function)
+                    .map_err(|e| format!("PCI device 00:{slot:02x}.0: {e}"))?;
+            }
+        }
+        for slot in occupied {
+            self.refresh_decoding(slot);
+        }
+        Ok(())
     }
 
     /// Reads config space of 00:`device`.`function` at `offset`.
@@ -295,6 +358,12 @@ mod tests {
         }
         fn set_bar_address(&mut self, bar: &Bar64, addr: u64) {
             self.cs.set_bar_address(bar, addr);
+        }
+        fn save(&mut self) -> Result<FunctionState, SaveError> {
+            Err(SaveError::Device("a test function".into()))
+        }
+        fn restore(&mut self, _state: &FunctionState) -> Result<(), String> {
+            Err("a test function".into())
         }
     }
 

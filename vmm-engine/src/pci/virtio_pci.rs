@@ -5,6 +5,10 @@
 //! driver's kick wakes the device's worker without stopping a vCPU in userspace;
 //! interrupts are MSI-X vectors through irqfds.
 
+mod snapshot;
+
+pub use snapshot::VirtioPciState;
+
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -561,6 +565,14 @@ impl PciDevice for VirtioPciDevice {
 
     fn set_bar_address(&mut self, bar: &Bar64, addr: u64) {
         self.config.set_bar_address(bar, addr);
+    }
+
+    fn save(&mut self) -> Result<VirtioPciState, crate::devices::virtio::SaveError> {
+        VirtioPciDevice::save(self)
+    }
+
+    fn restore(&mut self, state: &VirtioPciState) -> Result<(), String> {
+        VirtioPciDevice::restore(self, state)
     }
 }
 

@@ -1,0 +1,514 @@
+//! Save state and restore (issue 8) with the probe guest: `save` on the control socket
+//! writes the machine to a file and ends the engine (exit status 5); `--restore FILE`
+//! with the same devices carries on exactly there. The counter guest counts on serial
+//! and reads back a disk pattern it wrote before the save; the self-test screen shows the
+//! same pixels after the restore and its agent answers again over vsock. Broken,
+//! truncated, foreign-version and mismatched snapshots are refused with a message, and
+//! a save killed half-way leaves the previous snapshot whole.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
+use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::report;
+use vireo_e2e::temp::TempDir;
+use vireo_vmm::control::client::Control;
+use vireo_vmm::control::protocol::{Request, Response};
+use vireo_vmm::exit::code;
+
+const BOOT: Duration = Duration::from_secs(60);
+const MEMORY: &str = "256M";
+
+/// The counter guest's engine arguments: 2 vCPUs, a disk, a control socket.
+fn counter_args(dir: &TempDir) -> Vec<String> {
+    let disk = dir.0.join("disk.img");
+    if !disk.exists() {
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(16 << 20))
+            .unwrap();
+    }
+    [
+        "--kernel",
+        s(&probe_guest_elf()),
+        "--cpus",
+        "2",
+        "--memory",
+        MEMORY,
+        "--disk",
+        &format!("path={}", disk.display()),
+        "--control-socket",
+        s(&dir.0.join("control.sock")),
+        "--cmdline",
+        "probe.run=counter probe.blk_mib=2 probe.blk_seed=77",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn spawn(args: &[String], extra: &[&str]) -> LiveGuest {
+    LiveGuest::spawn(Command::new(vmm_binary()).args(args).args(extra))
+}
+
+fn control(dir: &TempDir) -> Control {
+    let path = dir.0.join("control.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let control = loop {
+        match Control::connect(&path) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("control socket: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    control.set_timeout(Some(Duration::from_secs(120))).unwrap();
+    control
+}
+
+/// Asks for a save to `path` and checks the engine ends with the saved status.
+fn save(guest: &mut LiveGuest, dir: &TempDir, path: &Path) {
+    let answer = control(dir)
+        .ask(&Request::Save {
+            path: s(path).into(),
+        })
+        .unwrap();
+    assert_eq!(answer, Response::Ok, "save failed");
+    let status = guest
+        .wait_exit(Duration::from_secs(30))
+        .expect("the engine ends after a save");
+    assert_eq!(status.code(), Some(code::SAVED), "{:#?}", tail(&guest.seen));
+}
+
+fn tail(lines: &[String]) -> &[String] {
+    &lines[lines.len().saturating_sub(15)..]
+}
+
+/// Every `count N` of a run of guests, in order. A save can cut a line in two: the
+/// first engine printed its start, the restored one its end; every guest line starts
+/// with `VIREO-PROBE`, so a run's first line that does not is the end of the last one.
+fn counts(runs: &[&[String]]) -> Vec<u64> {
+    let mut lines: Vec<String> = Vec::new();
+    for run in runs {
+        for (i, line) in run.iter().enumerate() {
+            match lines.last_mut() {
+                Some(last) if i == 0 && !line.starts_with("VIREO-PROBE") => last.push_str(line),
+                _ => lines.push(line.clone()),
+            }
+        }
+    }
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("VIREO-PROBE count "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn assert_consecutive(counts: &[u64]) {
+    assert!(!counts.is_empty());
+    for pair in counts.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "the count jumped: {pair:?}");
+    }
+}
+
+/// Waits until the guest has counted to at least `n`.
+fn wait_count(guest: &mut LiveGuest, n: u64) {
+    let deadline = guest.started.elapsed() + BOOT;
+    loop {
+        let last = counts(&[&guest.seen]).last().copied().unwrap_or(0);
+        if last >= n {
+            return;
+        }
+        assert!(
+            guest.wait_for("count ", deadline).is_some(),
+            "no count {n}: {:#?}",
+            tail(&guest.seen)
+        );
+    }
+}
+
+#[test]
+fn a_saved_vm_carries_on_counting_and_its_disk_reads_back() {
+    if !report::require_kvm("snapshot::a_saved_vm_carries_on_counting_and_its_disk_reads_back") {
+        return;
+    }
+    let dir = TempDir::new("snap-counter");
+    let args = counter_args(&dir);
+    let snap = dir.0.join("vm.snap");
+    let mut first = spawn(&args, &[]);
+    assert!(
+        first
+            .wait_for("counter_ready blk_written=1", BOOT)
+            .is_some(),
+        "{:#?}",
+        first.seen
+    );
+    wait_count(&mut first, 30);
+    save(&mut first, &dir, &snap);
+    let before = counts(&[&first.seen]);
+
+    // Only touched pages are in the file: far less than the 256 MiB of RAM.
+    let meta = std::fs::metadata(&snap).unwrap();
+    let stored = meta.blocks() * 512;
+    eprintln!("snapshot: {} bytes long, {stored} bytes stored", meta.len());
+    assert!(meta.len() > 256 << 20);
+    assert!(
+        stored < 64 << 20,
+        "{stored} bytes stored for a 256 MiB guest"
+    );
+
+    let started = Instant::now();
+    let mut second = spawn(&args, &["--restore", s(&snap)]);
+    let last = *before.last().unwrap();
+    wait_count(&mut second, last + 60);
+    eprintln!("restore → count {}: {:?}", last + 60, started.elapsed());
+    let all = counts(&[&first.seen, &second.seen]);
+    assert_consecutive(&all);
+    // The restored guest never started again: no second disk write, no count 1.
+    assert!(!second.seen.iter().any(|l| l.contains("counter_ready")));
+    // The disk pattern written before the save reads back through the same queue.
+    let verified: Vec<&String> = second
+        .seen
+        .iter()
+        .filter(|l| l.contains("blk_verified"))
+        .collect();
+    assert!(!verified.is_empty(), "{:#?}", tail(&second.seen));
+    assert!(
+        verified.iter().all(|l| l.ends_with("ok=1")),
+        "{verified:#?}"
+    );
+    assert_eq!(
+        control(&dir).ask(&Request::PowerOff {}).unwrap(),
+        Response::Ok
+    );
+    second.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+/// One engine run with `args`, expected to refuse at once; returns its stderr.
+fn refused(args: &[String], extra: &[&str]) -> String {
+    let out = Command::new(vmm_binary())
+        .args(args)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code::ERROR), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("count "),
+        "a refused snapshot ran"
+    );
+    stderr
+}
+
+fn copy_with(snap: &Path, name: &str, change: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(snap).unwrap();
+    change(&mut bytes);
+    let path = snap.with_file_name(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn broken_foreign_and_mismatched_snapshots_are_refused_with_a_reason() {
+    if !report::require_kvm(
+        "snapshot::broken_foreign_and_mismatched_snapshots_are_refused_with_a_reason",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("snap-refuse");
+    let args = counter_args(&dir);
+    let snap = dir.0.join("vm.snap");
+    let mut first = spawn(&args, &[]);
+    wait_count(&mut first, 5);
+    save(&mut first, &dir, &snap);
+
+    let truncated = copy_with(&snap, "truncated.snap", |b| b.truncate(b.len() / 2));
+    assert!(refused(&args, &["--restore", s(&truncated)]).contains("truncated"));
+    let short = copy_with(&snap, "short.snap", |b| b.truncate(20));
+    assert!(refused(&args, &["--restore", s(&short)]).contains("truncated"));
+    // A flipped byte in the machine state (just past the 4 KiB header page).
+    let damaged = copy_with(&snap, "damaged.snap", |b| b[4096 + 40] ^= 0x20);
+    assert!(refused(&args, &["--restore", s(&damaged)]).contains("checksum"));
+    // Another format version, with a header checksum to match: refused by version.
+    let foreign = copy_with(&snap, "foreign.snap", |b| {
+        b[8..12].copy_from_slice(&99u32.to_le_bytes());
+        let crc = crc32(&b[..48]);
+        b[48..52].copy_from_slice(&crc.to_le_bytes());
+    });
+    assert!(refused(&args, &["--restore", s(&foreign)]).contains("format 99"));
+    let not_one = dir.0.join("not.snap");
+    std::fs::write(&not_one, vec![7u8; 8192]).unwrap();
+    assert!(refused(&args, &["--restore", s(&not_one)]).contains("not a Vireo snapshot"));
+
+    // The VM's hardware changed: refused, naming what.
+    let mut one_cpu = args.clone();
+    let at = one_cpu.iter().position(|a| a == "--cpus").unwrap();
+    one_cpu[at + 1] = "1".into();
+    assert!(refused(&one_cpu, &["--restore", s(&snap)]).contains("vCPUs"));
+    // The disk changed since the save.
+    let disk = dir.0.join("disk.img");
+    let mtime = std::fs::metadata(&disk).unwrap().modified().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_modified(mtime + Duration::from_secs(5))
+        .unwrap();
+    assert!(refused(&args, &["--restore", s(&snap)]).contains("disk"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    // After all that, the real one still restores.
+    let mut again = spawn(&args, &["--restore", s(&snap)]);
+    let last = counts(&[&first.seen]).last().copied().unwrap();
+    wait_count(&mut again, last + 5);
+    assert_eq!(
+        control(&dir).ask(&Request::PowerOff {}).unwrap(),
+        Response::Ok
+    );
+    again.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+/// CRC-32 (IEEE), as the snapshot header uses.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_save_killed_half_way_leaves_the_previous_snapshot_whole() {
+    if !report::require_kvm("snapshot::a_save_killed_half_way_leaves_the_previous_snapshot_whole") {
+        return;
+    }
+    let dir = TempDir::new("snap-kill");
+    let args = counter_args(&dir);
+    let snap = dir.0.join("vm.snap");
+    let mut first = spawn(&args, &[]);
+    wait_count(&mut first, 5);
+    save(&mut first, &dir, &snap);
+    let saved = std::fs::read(&snap).unwrap();
+
+    let mut second = spawn(&args, &["--restore", s(&snap)]);
+    wait_count(&mut second, counts(&[&first.seen]).last().unwrap() + 5);
+    // Ask for a save over the same file and kill the engine while it writes.
+    let path = snap.clone();
+    let control_path = dir.0.join("control.sock");
+    let asker = std::thread::spawn(move || {
+        let mut control = Control::connect(&control_path).unwrap();
+        control.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = control.ask(&Request::Save {
+            path: s(&path).into(),
+        });
+    });
+    std::thread::sleep(Duration::from_millis(15));
+    let _ = second.child.kill();
+    let _ = second.child.wait();
+    asker.join().unwrap();
+    let now = std::fs::read(&snap).unwrap();
+    // Either the save finished before the kill (a whole new snapshot) or the old one is
+    // untouched; never a mix.
+    if now != saved {
+        eprintln!("the save finished before the kill");
+    }
+    let mut third = spawn(&args, &["--restore", s(&snap)]);
+    wait_count(&mut third, counts(&[&first.seen]).last().unwrap() + 5);
+    // The next save that completes clears what the killed one left behind.
+    save(&mut third, &dir, &snap);
+    let leftovers: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn screenshot(dir: &TempDir, name: &str) -> (u32, u32, Vec<u8>) {
+    let path = dir.0.join(name);
+    let answer = control(dir)
+        .ask(&Request::Screenshot {
+            path: s(&path).into(),
+        })
+        .unwrap();
+    assert!(
+        matches!(answer, Response::Screenshot { .. }),
+        "screenshot: {answer:?}"
+    );
+    let decoder = png::Decoder::new(std::fs::File::open(&path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut rgba = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut rgba).unwrap();
+    rgba.truncate(info.buffer_size());
+    (info.width, info.height, rgba)
+}
+
+#[test]
+fn the_screen_comes_back_exactly_and_the_agent_answers_again() {
+    if !report::require_kvm("snapshot::the_screen_comes_back_exactly_and_the_agent_answers_again") {
+        return;
+    }
+    use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+    use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
+
+    let dir = TempDir::new("snap-screen");
+    let args: Vec<String> = [
+        "--kernel",
+        s(&probe_guest_elf()),
+        "--cpus",
+        "2",
+        "--memory",
+        MEMORY,
+        "--display",
+        "640x480",
+        "--vsock",
+        &format!("cid=3,socket={}", dir.0.join("v.sock").display()),
+        "--control-socket",
+        s(&dir.0.join("control.sock")),
+        "--cmdline",
+        "probe.run=selftest-screen",
+    ]
+    .map(String::from)
+    .to_vec();
+    let snap = dir.0.join("vm.snap");
+    let mut first = spawn(&args, &[]);
+    assert!(
+        first.wait_for("screen_ready", BOOT).is_some(),
+        "{:#?}",
+        first.seen
+    );
+    let config = ClientConfig {
+        call_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(20),
+        ..ClientConfig::default()
+    };
+    let endpoint = Endpoint::HybridVsock {
+        path: dir.0.join("v.sock"),
+        port: AGENT_VSOCK_PORT,
+    };
+    let client = AgentClient::connect(endpoint, config).expect("the probe agent answers");
+    client.ping().expect("the guest answers before the save");
+
+    assert_eq!(control(&dir).ask(&Request::Pause {}).unwrap(), Response::Ok);
+    let before = screenshot(&dir, "before.png");
+    save(&mut first, &dir, &snap);
+
+    let started = Instant::now();
+    let mut second = spawn(&args, &["--restore", s(&snap), "--paused"]);
+    let after = screenshot(&dir, "after.png");
+    eprintln!("restore → first screenshot: {:?}", started.elapsed());
+    assert_eq!((after.0, after.1), (before.0, before.1));
+    let differing = before
+        .2
+        .chunks(4)
+        .zip(after.2.chunks(4))
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "{differing} pixels differ after the restore");
+
+    assert_eq!(
+        control(&dir).ask(&Request::Resume {}).unwrap(),
+        Response::Ok
+    );
+    // The vsock transport was reset: the client reconnects by itself, and the guest's
+    // agent serves the new connection.
+    let resumed = Instant::now();
+    let answered = loop {
+        match client.ping() {
+            Ok(_) => break true,
+            Err(_) if resumed.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(_) => break false,
+        }
+    };
+    eprintln!("resume → agent answers: {:?}", resumed.elapsed());
+    assert!(answered, "the restored guest's agent does not answer");
+    assert_eq!(
+        control(&dir).ask(&Request::PowerOff {}).unwrap(),
+        Response::Ok
+    );
+    second.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+/// The engine's open fds and resident memory.
+fn footprint(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (fds, rss_kib)
+}
+
+#[test]
+fn fifty_save_restore_cycles_leak_nothing() {
+    if !report::require_kvm("snapshot::fifty_save_restore_cycles_leak_nothing") {
+        return;
+    }
+    let dir = TempDir::new("snap-fifty");
+    let args = counter_args(&dir);
+    let snap = dir.0.join("vm.snap");
+    let mut guest = spawn(&args, &[]);
+    wait_count(&mut guest, 3);
+    save(&mut guest, &dir, &snap);
+    let mut runs = vec![guest.seen.clone()];
+    let mut prints = Vec::new();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let mut guest = spawn(&args, &["--restore", s(&snap)]);
+        let all: Vec<&[String]> = runs.iter().map(Vec::as_slice).collect();
+        let last = *counts(&all).last().unwrap();
+        wait_count(&mut guest, last + 2);
+        prints.push((
+            footprint(guest.child.id()),
+            std::fs::metadata(&snap).unwrap().blocks(),
+        ));
+        save(&mut guest, &dir, &snap);
+        runs.push(guest.seen.clone());
+    }
+    eprintln!("50 cycles in {:?}", started.elapsed());
+    let all: Vec<&[String]> = runs.iter().map(Vec::as_slice).collect();
+    assert_consecutive(&counts(&all));
+    let ((fds0, rss0), blocks0) = prints[1];
+    for (i, &((fds, rss), blocks)) in prints.iter().enumerate().skip(2) {
+        assert_eq!(
+            fds, fds0,
+            "cycle {i}: the engine has {fds} fds, {fds0} before"
+        );
+        assert!(
+            rss <= rss0 + 8 * 1024,
+            "cycle {i}: RSS {rss} KiB, {rss0} KiB before"
+        );
+        assert!(
+            blocks <= blocks0 + blocks0 / 4,
+            "cycle {i}: the snapshot grew from {blocks0} to {blocks} blocks"
+        );
+    }
+    let files = std::fs::read_dir(&dir.0).unwrap().count();
+    // disk.img, vm.snap (the sockets are gone with their engines).
+    assert_eq!(
+        files,
+        2,
+        "{:?}",
+        std::fs::read_dir(&dir.0).unwrap().collect::<Vec<_>>()
+    );
+}
