@@ -8,7 +8,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vireo_vmm::x86_64::snapshot::{
     complete_pending_io, msrs_to_save, FpuState, Msr, SnapshotError, VcpuState, VmState,
@@ -252,9 +254,12 @@ fn an_in_answered_before_the_save_reaches_the_restored_guest() {
 }
 
 /// Why the capture caller must complete pending I/O: without it the saved `rip` is still
-/// on the `IN`, and the restored guest asks again (and gets another answer).
+/// on the `IN`, so the restored guest asks again and the answer given before the save is
+/// lost. (An `OUT` can be repeated the same way under hardware KVM, whose fast path only
+/// moves `rip` past it on the next `KVM_RUN`; PVM emulates our guest's kernel-mode `OUT`,
+/// which moves `rip` at once, so this host cannot show that half.)
 #[test]
-fn without_completing_pending_io_the_in_is_lost() {
+fn without_completing_pending_io_an_answered_in_is_asked_again() {
     let Some(kvm) = kvm() else { return };
     let stop = StopAt::Step { n: 6, answer: 100 };
     let (_, snapshot) = run_and_save(kvm, stop, false);
@@ -395,6 +400,64 @@ fn vector_registers_are_restored() {
     );
     let fpu = target.vcpu.get_fpu().unwrap();
     assert_eq!(fpu.xmm[0], xmm0);
+}
+
+/// Local APIC registers and the timer's TSC-deadline mode (Intel SDM vol. 3, 11.5.4).
+const APIC_SPURIOUS: usize = 0xf0;
+const APIC_SOFTWARE_ENABLE: u32 = 1 << 8;
+const APIC_LVT_TIMER: usize = 0x320;
+const APIC_TIMER_TSC_DEADLINE: u32 = 0b10 << 17;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+fn set_lapic_reg(lapic: &mut kvm_bindings::kvm_lapic_state, offset: usize, value: u32) {
+    for (i, b) in value.to_le_bytes().into_iter().enumerate() {
+        lapic.regs[offset + i] = b as _;
+    }
+}
+
+fn read_msr(vcpu: &VcpuFd, index: u32) -> u64 {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .unwrap();
+    assert_eq!(vcpu.get_msrs(&mut msrs).unwrap(), 1, "MSR {index:#x}");
+    msrs.as_slice()[0].data
+}
+
+/// A LAPIC timer armed in TSC-deadline mode stays armed: KVM only takes the deadline
+/// MSR once the LAPIC's timer is in that mode, so the LAPIC must be restored first.
+#[test]
+fn an_armed_tsc_deadline_timer_stays_armed() {
+    let Some(kvm) = kvm() else { return };
+    let msrs = msrs_to_save(kvm);
+    if !msrs.contains(&MSR_IA32_TSC_DEADLINE) {
+        eprintln!("*** SKIPPED: this KVM has no TSC-deadline timer");
+        return;
+    }
+    let source = TestVm::new(kvm);
+    let mut lapic = source.vcpu.get_lapic().unwrap();
+    set_lapic_reg(&mut lapic, APIC_SPURIOUS, APIC_SOFTWARE_ENABLE | 0xff);
+    set_lapic_reg(&mut lapic, APIC_LVT_TIMER, APIC_TIMER_TSC_DEADLINE | 0xec);
+    source.vcpu.set_lapic(&lapic).unwrap();
+    // An hour of TSC ticks away at any frequency KVM reports: it will not fire.
+    let deadline = read_msr(&source.vcpu, MSR_IA32_TSC) + (1 << 50);
+    let entry = kvm_msr_entry {
+        index: MSR_IA32_TSC_DEADLINE,
+        data: deadline,
+        ..Default::default()
+    };
+    source
+        .vcpu
+        .set_msrs(&Msrs::from_entries(&[entry]).unwrap())
+        .unwrap();
+    let mut vcpu = source.vcpu;
+    let state = VcpuState::capture(&mut vcpu, &msrs).unwrap();
+
+    let target = TestVm::new(kvm);
+    state.restore(&target.vcpu).unwrap();
+    assert_eq!(read_msr(&target.vcpu, MSR_IA32_TSC_DEADLINE), deadline);
 }
 
 /// The KVM clock goes on from its saved value in the new VM, and the PIT's programming

@@ -189,7 +189,7 @@ pub enum FpuState {
     /// guest's XSAVE state always fits: KVM_CAP_XSAVE2 reports 4096 for our VMs.
     Xsave(Vec<u32>),
     /// KVM_GET_FPU's x87 and SSE registers, on a KVM without XSAVE support.
-    Fpu(FpuRegs),
+    Fpu(Box<FpuRegs>),
 }
 
 /// Words in KVM_GET_XSAVE's area.
@@ -204,7 +204,7 @@ impl FpuState {
             Err(e) => {
                 tracing::debug!("KVM_GET_XSAVE failed ({e}); saving KVM_GET_FPU's registers");
                 let fpu = fd.get_fpu().map_err(kvm("GET_FPU"))?;
-                Ok(Self::Fpu(FpuRegs::from(&fpu)))
+                Ok(Self::Fpu(Box::new(FpuRegs::from(&fpu))))
             }
         }
     }
@@ -228,7 +228,7 @@ impl FpuState {
                 // KVM_GET_XSAVE above succeeded on the same vCPU).
                 unsafe { fd.set_xsave(&xsave) }.map_err(kvm("SET_XSAVE"))
             }
-            Self::Fpu(regs) => fd.set_fpu(&kvm_fpu::from(regs)).map_err(kvm("SET_FPU")),
+            Self::Fpu(regs) => fd.set_fpu(&kvm_fpu::from(&**regs)).map_err(kvm("SET_FPU")),
         }
     }
 }
