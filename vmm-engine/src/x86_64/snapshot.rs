@@ -3,9 +3,9 @@
 //!
 //! Capturing a vCPU (in the thread that owns its fd, while the VM is paused):
 //! 1. [`complete_pending_io`]: an `IN` or MMIO read handled in userspace only reaches the
-//!    guest's registers on the next `KVM_RUN`, and the instruction pointer only moves past
-//!    an `OUT` then; without this step the restored guest would lose the value read or
-//!    repeat the write.
+//!    guest's registers on the next `KVM_RUN` (and under hardware virtualization `rip` only
+//!    moves past an `OUT` then); without this step the restored guest would run the
+//!    instruction again: ask its device a second time, or repeat the write.
 //! 2. [`VcpuState::capture`] with the MSRs from [`msrs_to_save`].
 //!
 //! [`VmState::capture`] once, with every vCPU stopped.
@@ -35,12 +35,12 @@ pub enum SnapshotError {
         source: kvm_ioctls::Error,
     },
     #[error(
-        "KVM_SET_MSRS refused MSR {index:#x} (the {position}th of {total}): this vCPU does not \
+        "KVM_SET_MSRS refused MSR {index:#x} (entry {entry} of {total}): this vCPU does not \
          have the MSRs the state was saved with (another host or CPU model?)"
     )]
     MsrRefused {
         index: u32,
-        position: usize,
+        entry: usize,
         total: usize,
     },
     #[error(
@@ -195,17 +195,27 @@ pub enum FpuState {
 /// Words in KVM_GET_XSAVE's area.
 const XSAVE_WORDS: usize = std::mem::size_of::<kvm_xsave>() / 4;
 
+/// KVM_GET_XSAVE, whose EINVAL means the vCPU's XSAVE state does not fit in 4 KiB.
+fn get_xsave(fd: &VcpuFd) -> Result<kvm_xsave, SnapshotError> {
+    fd.get_xsave().map_err(|e| match e.errno() {
+        libc::EINVAL => SnapshotError::XsaveTooLarge(e),
+        _ => SnapshotError::Kvm {
+            call: "GET_XSAVE",
+            source: e,
+        },
+    })
+}
+
 impl FpuState {
     fn capture(fd: &VcpuFd) -> Result<Self, SnapshotError> {
-        match fd.get_xsave() {
+        match get_xsave(fd) {
             Ok(xsave) => Ok(Self::Xsave(xsave.region.to_vec())),
-            // KVM refuses KVM_GET_XSAVE when the state does not fit in 4 KiB.
-            Err(e) if e.errno() == libc::EINVAL => Err(SnapshotError::XsaveTooLarge(e)),
-            Err(e) => {
-                tracing::debug!("KVM_GET_XSAVE failed ({e}); saving KVM_GET_FPU's registers");
+            Err(SnapshotError::Kvm { source, .. }) => {
+                tracing::debug!("KVM_GET_XSAVE failed ({source}); saving KVM_GET_FPU's registers");
                 let fpu = fd.get_fpu().map_err(kvm("GET_FPU"))?;
                 Ok(Self::Fpu(Box::new(FpuRegs::from(&fpu))))
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -221,7 +231,7 @@ impl FpuState {
                 }
                 // KVM_SET_XSAVE reads as many bytes as this vCPU's XSAVE state has; that
                 // KVM_GET_XSAVE works on it proves this is no more than our 4 KiB.
-                fd.get_xsave().map_err(SnapshotError::XsaveTooLarge)?;
+                get_xsave(fd)?;
                 let mut xsave = kvm_xsave::default();
                 xsave.region.copy_from_slice(words);
                 // SAFETY: `xsave` is 4 KiB, and KVM reads no more than that from it (the
@@ -249,6 +259,7 @@ pub struct VcpuState {
     #[serde(with = "raw")]
     pub sregs: kvm_sregs,
     pub fpu: FpuState,
+    /// XCR0 and friends; none (`nr_xcrs` 0) on a host without XSAVE.
     #[serde(with = "raw")]
     pub xcrs: kvm_xcrs,
     #[serde(with = "raw")]
@@ -275,7 +286,7 @@ impl VcpuState {
         let regs = fd.get_regs().map_err(kvm("GET_REGS"))?;
         let sregs = fd.get_sregs().map_err(kvm("GET_SREGS"))?;
         let fpu = FpuState::capture(fd)?;
-        let xcrs = fd.get_xcrs().map_err(kvm("GET_XCRS"))?;
+        let xcrs = capture_xcrs(fd)?;
         let debug_regs = fd.get_debug_regs().map_err(kvm("GET_DEBUGREGS"))?;
         let lapic = fd.get_lapic().map_err(kvm("GET_LAPIC"))?;
         let msrs = read_msrs(fd, msrs)?;
@@ -302,8 +313,8 @@ impl VcpuState {
     ///   be enabled and in the right mode first);
     /// - KVM_SET_LAPIC before KVM_SET_MSRS (KVM only takes the TSC deadline while the
     ///   LVT timer is in TSC-deadline mode);
-    /// - KVM_SET_VCPU_EVENTS last: the other calls may clear the pending exception or
-    ///   interrupt it carries.
+    /// - KVM_SET_VCPU_EVENTS last: sregs (their interrupt bitmap) and the LAPIC carry
+    ///   pending-interrupt state too; the events, captured last, are what must hold.
     pub fn restore(&self, fd: &VcpuFd) -> Result<(), SnapshotError> {
         self.restore_tsc_khz(fd);
         fd.set_mp_state(self.mp_state)
@@ -311,7 +322,9 @@ impl VcpuState {
         fd.set_regs(&self.regs).map_err(kvm("SET_REGS"))?;
         fd.set_sregs(&self.sregs).map_err(kvm("SET_SREGS"))?;
         self.fpu.restore(fd)?;
-        fd.set_xcrs(&self.xcrs).map_err(kvm("SET_XCRS"))?;
+        if self.xcrs.nr_xcrs > 0 {
+            fd.set_xcrs(&self.xcrs).map_err(kvm("SET_XCRS"))?;
+        }
         fd.set_debug_regs(&self.debug_regs)
             .map_err(kvm("SET_DEBUGREGS"))?;
         fd.set_lapic(&self.lapic).map_err(kvm("SET_LAPIC"))?;
@@ -333,6 +346,19 @@ impl VcpuState {
                 "cannot set the guest TSC to its saved {saved} kHz ({e}): its clock will drift"
             );
         }
+    }
+}
+
+/// The extended control registers; KVM has none to give (EINVAL) where the host CPU
+/// lacks XSAVE, and then the guest has none either.
+fn capture_xcrs(fd: &VcpuFd) -> Result<kvm_xcrs, SnapshotError> {
+    match fd.get_xcrs() {
+        Ok(xcrs) => Ok(xcrs),
+        Err(e) if e.errno() == libc::EINVAL => {
+            tracing::debug!("KVM_GET_XCRS failed ({e}): no XCRs saved");
+            Ok(kvm_xcrs::default())
+        }
+        Err(e) => Err(kvm("GET_XCRS")(e)),
     }
 }
 
@@ -381,7 +407,7 @@ fn write_msrs(fd: &VcpuFd, values: &[Msr]) -> Result<(), SnapshotError> {
         None => Ok(()),
         Some(refused) => Err(SnapshotError::MsrRefused {
             index: refused.index,
-            position: written + 1,
+            entry: written + 1,
             total: values.len(),
         }),
     }
@@ -525,6 +551,8 @@ impl VmState {
     /// KVM_CLOCK_HOST_TSC are get-only, and KVM_CLOCK_REALTIME would ask KVM to add
     /// the host time elapsed since the capture.
     pub fn restore(&self, vm: &VmFd) -> Result<(), SnapshotError> {
+        // The chips before the PIT: a restored PIT may fire at once, into the chips'
+        // restored state rather than a fresh one.
         for chip in [&self.pic_master, &self.pic_slave, &self.ioapic] {
             vm.set_irqchip(chip).map_err(kvm("SET_IRQCHIP"))?;
         }
