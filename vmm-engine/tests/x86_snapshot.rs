@@ -5,11 +5,13 @@
 //! `IN` from `PORT_STEP` returns) and in a memory word, and write both counts out on
 //! every turn of the loop.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_PIT_SPEAKER_DUMMY,
+    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MP_STATE_HALTED,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vireo_vmm::x86_64::snapshot::{
@@ -17,6 +19,7 @@ use vireo_vmm::x86_64::snapshot::{
 };
 use vireo_vmm::x86_64::{cpuid, layout, regs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::signal::Killable;
 
 const MEM_SIZE: usize = 1 << 20;
 const CODE: u64 = 0x1_0000;
@@ -400,6 +403,60 @@ fn vector_registers_are_restored() {
     );
     let fpu = target.vcpu.get_fpu().unwrap();
     assert_eq!(fpu.xmm[0], xmm0);
+}
+
+/// `hlt` for ever: with the in-kernel LAPIC and interrupts off, KVM_RUN blocks until a
+/// signal kicks the thread out.
+const HALTING_GUEST: &[u8] = &[0xf4, 0xeb, 0xfd]; // hlt; jmp hlt
+
+/// The engine's situation: a vCPU thread blocked in KVM_RUN, kicked out by the signal
+/// `pause` sends, saves its own vCPU. A halted vCPU is saved halted and restored halted.
+#[test]
+fn a_kicked_vcpu_thread_saves_its_halted_vcpu() {
+    let Some(kvm) = kvm() else { return };
+    vireo_vmm::vcpu::install_kick_handler().unwrap();
+    let t = TestVm::new(kvm);
+    t.mem
+        .write_slice(HALTING_GUEST, GuestAddress(CODE))
+        .unwrap();
+    let entry = regs::EntryMode::Linux64 {
+        entry: CODE,
+        boot_params: 0,
+    };
+    regs::setup_boot_vcpu(&t.vcpu, &t.mem, entry).unwrap();
+    let save = Arc::new(AtomicBool::new(false));
+    let owner = {
+        let save = Arc::clone(&save);
+        let mut vcpu = t.vcpu;
+        std::thread::spawn(move || loop {
+            match vcpu.run() {
+                Err(e) if e.errno() == libc::EINTR => {}
+                other => panic!("a halted vCPU left KVM_RUN with {other:?}"),
+            }
+            if save.load(Ordering::Acquire) {
+                complete_pending_io(&mut vcpu, no_more_io).unwrap();
+                return VcpuState::capture(&mut vcpu, &msrs_to_save(kvm)).unwrap();
+            }
+        })
+    };
+    // Let it halt, then kick until it answers (a kick before KVM_RUN is lost).
+    std::thread::sleep(Duration::from_millis(50));
+    save.store(true, Ordering::Release);
+    while !owner.is_finished() {
+        owner.kill(vireo_vmm::vcpu::kick_signal()).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let state = owner.join().unwrap();
+    assert_eq!(state.mp_state.mp_state, KVM_MP_STATE_HALTED);
+    assert_eq!(state.regs.rip, CODE + 1, "saved just past the hlt");
+
+    let target = TestVm::new(kvm);
+    state.restore(&target.vcpu).unwrap();
+    assert_eq!(
+        target.vcpu.get_mp_state().unwrap().mp_state,
+        KVM_MP_STATE_HALTED
+    );
+    assert_eq!(target.vcpu.get_regs().unwrap().rip, CODE + 1);
 }
 
 /// Local APIC registers and the timer's TSC-deadline mode (Intel SDM vol. 3, 11.5.4).
