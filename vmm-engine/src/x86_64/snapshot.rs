@@ -423,41 +423,48 @@ fn msr_array(entries: &[kvm_msr_entry]) -> Result<Msrs, SnapshotError> {
     })
 }
 
-/// The MSRs that are guest state, as `(first, count)` ranges. Everything else in KVM's
-/// list is left out on purpose: the x2APIC registers and IA32_APIC_BASE (the LAPIC state
-/// and sregs carry them), FS/GS base (sregs), performance counters (a profiler's
-/// counts restart; nothing else reads them), the VMX/SVM capability MSRs (no nested
-/// virtualization), Hyper-V's (Vireo's CPUID offers no Hyper-V interface), and KVM's
-/// async PF acknowledgement (a write-only doorbell).
+/// The MSRs that are guest state, as `(first, count)` ranges (the MTRRs apart, below).
+/// Everything else in KVM's list is left out on purpose: the x2APIC registers and
+/// IA32_APIC_BASE (the LAPIC state and sregs carry them), FS/GS base (sregs), performance
+/// counters (a profiler's counts restart; nothing else reads them), the last-branch
+/// records, the VMX/SVM capability MSRs and nested HSAVE (no nested virtualization),
+/// Hyper-V's (Vireo's CPUID offers no Hyper-V interface), KVM's async PF
+/// acknowledgement (a write-only doorbell), and what only the host sets up (microcode
+/// revision, SMI count, power control).
 const SAVED_MSR_RANGES: &[(u32, u32)] = &[
     (MSR_IA32_TSC, 1),
     (0x11, 2),        // MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME (kvm-clock, old numbers)
     (0x3a, 2),        // IA32_FEATURE_CONTROL, IA32_TSC_ADJUST
     (0x48, 1),        // IA32_SPEC_CTRL
     (0xce, 1),        // MSR_PLATFORM_INFO
+    (0xe1, 1),        // IA32_UMWAIT_CONTROL
     (0x140, 1),       // MSR_MISC_FEATURES_ENABLES
     (0x174, 3),       // IA32_SYSENTER_CS/ESP/EIP
     (0x17a, 2),       // IA32_MCG_STATUS, IA32_MCG_CTL
     (0x1a0, 1),       // IA32_MISC_ENABLE
     (0x1c4, 2),       // IA32_XFD, IA32_XFD_ERR
-    (0x200, 16),      // IA32_MTRR_PHYSBASE0..PHYSMASK7
-    (0x250, 1),       // IA32_MTRR_FIX64K_00000
-    (0x258, 2),       // IA32_MTRR_FIX16K_*
-    (0x268, 8),       // IA32_MTRR_FIX4K_*
+    (0x1d9, 1),       // IA32_DEBUGCTL
     (0x277, 1),       // IA32_PAT
-    (0x2ff, 1),       // IA32_MTRR_DEF_TYPE
     (0xda0, 1),       // IA32_XSS
-    (0xe1, 1),        // IA32_UMWAIT_CONTROL
     (0xc000_0080, 1), // EFER (sregs too; setting it twice is harmless)
     (0xc000_0081, 4), // STAR, LSTAR, CSTAR, SFMASK
     (0xc000_0102, 2), // KERNEL_GS_BASE, TSC_AUX
-    (0x4b56_4d00, 7), // kvm-clock wall clock and system time, async PF, steal time, PV EOI, poll control, async PF interrupt
+    (0xc001_011f, 1), // AMD's VIRT_SPEC_CTRL (SSBD)
+    // kvm-clock's wall clock and system time, async PF, steal time, PV EOI, poll
+    // control, async PF interrupt vector.
+    (0x4b56_4d00, 7),
     (MSR_IA32_TSC_DEADLINE, 1),
 ];
 
-/// KVM always emulates the MTRRs but does not list them in KVM_GET_MSR_INDEX_LIST; the
-/// guest's firmware-less kernel programs them, so they are guest state all the same.
-const MTRR_MSRS: &[(u32, u32)] = &[(0x200, 16), (0x250, 1), (0x258, 2), (0x268, 8), (0x2ff, 1)];
+/// KVM always emulates the MTRRs but does not list them in KVM_GET_MSR_INDEX_LIST (PVM's
+/// KVM neither). The guest reads and may write them, so they are guest state all the same.
+const MTRR_MSRS: &[(u32, u32)] = &[
+    (0x200, 16), // IA32_MTRR_PHYSBASE0..PHYSMASK7
+    (0x250, 1),  // IA32_MTRR_FIX64K_00000
+    (0x258, 2),  // IA32_MTRR_FIX16K_*
+    (0x268, 8),  // IA32_MTRR_FIX4K_*
+    (0x2ff, 1),  // IA32_MTRR_DEF_TYPE
+];
 
 fn in_ranges(ranges: &[(u32, u32)], msr: u32) -> bool {
     ranges
