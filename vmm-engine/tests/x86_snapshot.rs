@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MP_STATE_HALTED,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_msr_entry, kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_CLOCK_REALTIME,
+    KVM_CLOCK_TSC_STABLE, KVM_MP_STATE_HALTED, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vireo_vmm::x86_64::snapshot::{
@@ -517,8 +517,15 @@ fn an_armed_tsc_deadline_timer_stays_armed() {
     assert_eq!(read_msr(&target.vcpu, MSR_IA32_TSC_DEADLINE), deadline);
 }
 
-/// The KVM clock goes on from its saved value in the new VM, and the PIT's programming
-/// comes back.
+/// The KVM clock goes on from its saved value in the new VM, whatever flags it was saved
+/// with, and the PIT's programming comes back.
+fn realtime_ns() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    since_epoch.as_nanos() as u64
+}
+
 #[test]
 fn the_kvm_clock_and_pit_are_restored() {
     let Some(kvm) = kvm() else { return };
@@ -532,7 +539,11 @@ fn the_kvm_clock_and_pit_are_restored() {
     pit.channels[0].count = 0x1234;
     pit.channels[0].mode = 2;
     source.vm.set_pit2(&pit).unwrap();
-    let state = VmState::capture(&source.vm).unwrap();
+    let mut state = VmState::capture(&source.vm).unwrap();
+    // As a host with a stable TSC reports it (PVM's does not). Were KVM_CLOCK_REALTIME
+    // passed on, KVM would add the hour since this `realtime` to the clock.
+    state.clock.flags |= KVM_CLOCK_TSC_STABLE | KVM_CLOCK_REALTIME;
+    state.clock.realtime = realtime_ns() - 3_600_000_000_000;
 
     let target = TestVm::new(kvm);
     state.restore(&target.vm).unwrap();
