@@ -305,6 +305,12 @@ fn an_msr_the_vcpu_does_not_have_is_refused() {
         Err(SnapshotError::MsrRefused { index, .. }) => assert_eq!(index, 0x4b56_4dff),
         other => panic!("expected the unknown MSR refused, got {other:?}"),
     }
+    // More than one KVM_SET_MSRS takes: only a corrupt or foreign state holds that many.
+    state.msrs = vec![state.msrs[0]; 300];
+    match state.restore(&target.vcpu) {
+        Err(SnapshotError::TooManyMsrs(300)) => {}
+        other => panic!("expected 300 MSRs refused, got {other:?}"),
+    }
 }
 
 #[test]

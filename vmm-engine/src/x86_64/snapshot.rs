@@ -35,8 +35,8 @@ pub enum SnapshotError {
         source: kvm_ioctls::Error,
     },
     #[error(
-        "KVM_SET_MSRS refused MSR {index:#x} (entry {entry} of {total}): this vCPU does not \
-         have the MSRs the state was saved with (another host or CPU model?)"
+        "KVM_SET_MSRS refused MSR {index:#x} (entry {entry} of {total}): this vCPU lacks it \
+         or takes not its saved value (a state from another host or CPU model?)"
     )]
     MsrRefused {
         index: u32,
@@ -62,6 +62,11 @@ pub enum SnapshotError {
          string I/O instruction without end?)"
     )]
     IoNotCompleted(usize),
+    #[error(
+        "the state holds {0} MSRs, more than KVM_SET_MSRS takes at once ({max})",
+        max = kvm_bindings::KVM_MAX_MSR_ENTRIES
+    )]
+    TooManyMsrs(usize),
 }
 
 fn kvm(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> SnapshotError {
@@ -219,16 +224,22 @@ impl FpuState {
         }
     }
 
+    /// Refuses an XSAVE area of the wrong size (a truncated or foreign state).
+    fn check(&self) -> Result<(), SnapshotError> {
+        match self {
+            Self::Xsave(words) if words.len() != XSAVE_WORDS => Err(SnapshotError::Size {
+                what: "XSAVE area",
+                expected: XSAVE_WORDS * 4,
+                got: words.len() * 4,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn restore(&self, fd: &VcpuFd) -> Result<(), SnapshotError> {
+        self.check()?;
         match self {
             Self::Xsave(words) => {
-                if words.len() != XSAVE_WORDS {
-                    return Err(SnapshotError::Size {
-                        what: "XSAVE area",
-                        expected: XSAVE_WORDS * 4,
-                        got: words.len() * 4,
-                    });
-                }
                 // KVM_SET_XSAVE reads as many bytes as this vCPU's XSAVE state has; that
                 // KVM_GET_XSAVE works on it proves this is no more than our 4 KiB.
                 get_xsave(fd)?;
@@ -315,7 +326,12 @@ impl VcpuState {
     ///   LVT timer is in TSC-deadline mode);
     /// - KVM_SET_VCPU_EVENTS last: sregs (their interrupt bitmap) and the LAPIC carry
     ///   pending-interrupt state too; the events, captured last, are what must hold.
+    ///
+    /// A state that is malformed is refused before the vCPU is touched; one KVM refuses
+    /// leaves the vCPU partly set, and the VM must then be thrown away.
     pub fn restore(&self, fd: &VcpuFd) -> Result<(), SnapshotError> {
+        self.fpu.check()?;
+        let msrs = msr_array(&self.msrs)?;
         self.restore_tsc_khz(fd);
         fd.set_mp_state(self.mp_state)
             .map_err(kvm("SET_MP_STATE"))?;
@@ -328,7 +344,7 @@ impl VcpuState {
         fd.set_debug_regs(&self.debug_regs)
             .map_err(kvm("SET_DEBUGREGS"))?;
         fd.set_lapic(&self.lapic).map_err(kvm("SET_LAPIC"))?;
-        write_msrs(fd, &self.msrs)?;
+        write_msrs(fd, &msrs)?;
         fd.set_vcpu_events(&self.vcpu_events)
             .map_err(kvm("SET_VCPU_EVENTS"))
     }
@@ -368,14 +384,8 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<Msr>, SnapshotError> {
     let mut values = Vec::with_capacity(indices.len());
     let mut rest = indices;
     while !rest.is_empty() {
-        let entries: Vec<kvm_msr_entry> = rest
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = msr_array(&entries)?;
+        let wanted: Vec<Msr> = rest.iter().map(|&index| Msr { index, data: 0 }).collect();
+        let mut msrs = msr_array(&wanted)?;
         let read = fd.get_msrs(&mut msrs).map_err(kvm("GET_MSRS"))?;
         values.extend(msrs.as_slice()[..read].iter().map(|e| Msr {
             index: e.index,
@@ -391,7 +401,20 @@ fn read_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<Msr>, SnapshotError> {
 
 /// Sets every saved MSR, in order; one KVM refuses makes the restore fail, since the
 /// guest would otherwise run on with part of its state from the fresh vCPU.
-fn write_msrs(fd: &VcpuFd, values: &[Msr]) -> Result<(), SnapshotError> {
+fn write_msrs(fd: &VcpuFd, msrs: &Msrs) -> Result<(), SnapshotError> {
+    let written = fd.set_msrs(msrs).map_err(kvm("SET_MSRS"))?;
+    match msrs.as_slice().get(written) {
+        None => Ok(()),
+        Some(refused) => Err(SnapshotError::MsrRefused {
+            index: refused.index,
+            entry: written + 1,
+            total: msrs.as_slice().len(),
+        }),
+    }
+}
+
+/// The MSRs as KVM_SET_MSRS takes them.
+fn msr_array(values: &[Msr]) -> Result<Msrs, SnapshotError> {
     let entries: Vec<kvm_msr_entry> = values
         .iter()
         .map(|m| kvm_msr_entry {
@@ -400,27 +423,9 @@ fn write_msrs(fd: &VcpuFd, values: &[Msr]) -> Result<(), SnapshotError> {
             ..Default::default()
         })
         .collect();
-    let written = fd
-        .set_msrs(&msr_array(&entries)?)
-        .map_err(kvm("SET_MSRS"))?;
-    match values.get(written) {
-        None => Ok(()),
-        Some(refused) => Err(SnapshotError::MsrRefused {
-            index: refused.index,
-            entry: written + 1,
-            total: values.len(),
-        }),
-    }
-}
-
-fn msr_array(entries: &[kvm_msr_entry]) -> Result<Msrs, SnapshotError> {
     // More than KVM_MAX_MSR_ENTRIES (256) cannot come from `msrs_to_save`, but a
     // deserialized state could hold anything.
-    Msrs::from_entries(entries).map_err(|_| SnapshotError::Size {
-        what: "MSR list",
-        expected: kvm_bindings::KVM_MAX_MSR_ENTRIES,
-        got: entries.len(),
-    })
+    Msrs::from_entries(&entries).map_err(|_| SnapshotError::TooManyMsrs(entries.len()))
 }
 
 /// The MSRs that are guest state, as `(first, count)` ranges (the MTRRs apart, below).
