@@ -544,8 +544,10 @@ fn get_chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip, SnapshotError> {
 }
 
 impl VmState {
-    /// Reads the irqchip, PIT and clock of `vm`, whose vCPUs are all stopped (so the
-    /// clock is the guest's time at the pause, and no IPI or EOI changes the chips).
+    /// Reads the irqchip, PIT and clock of `vm`, whose vCPUs are all stopped (no IPI or
+    /// EOI changes the chips meanwhile). The KVM clock runs on while vCPUs are parked:
+    /// read now, it includes the time the VM has been paused; `Pauser` holds the value
+    /// from the moment of the pause, which the caller may put in `clock.clock` instead.
     pub fn capture(vm: &VmFd) -> Result<VmState, SnapshotError> {
         Ok(VmState {
             pic_master: get_chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
