@@ -759,4 +759,30 @@ mod tests {
             assert!(GpuState::deserialize(&value).is_err(), "{value:.80}");
         }
     }
+
+    /// The restore fuzz target's seed is a state the device accepts (as configured
+    /// there), so that the fuzzer starts from deep inside restore.
+    #[test]
+    fn the_fuzz_seed_is_a_state_the_device_accepts() {
+        let seed = include_str!("../fuzz/seeds/virtio_gpu_restore/two_scanouts_and_a_cursor.json");
+        let state: GpuState = serde_json::from_str(seed).unwrap();
+        let config = GpuConfig {
+            scanouts: vec![
+                ScanoutConfig {
+                    width: 640,
+                    height: 480,
+                },
+                ScanoutConfig {
+                    width: 320,
+                    height: 200,
+                },
+            ],
+            max_host_memory: 8 << 20,
+        };
+        let mut d = Driver::new(config);
+        d.gpu.restore(&state, &d.mem).unwrap();
+        assert_eq!(d.gpu.display_size(0), Some((1024, 768)));
+        assert_eq!(pixel_at(&d.pixels(0), 16, 3, 1), [29, 30, 31, 32]);
+        assert_eq!(d.gpu.save(), state);
+    }
 }
