@@ -407,6 +407,7 @@ impl Gpu {
         }
     }
 
+    /// Tells the display something outside a command (a restored cursor).
     pub(crate) fn display_event(&mut self, event: DisplayEvent) {
         self.display.handle_event(event);
     }
@@ -729,7 +730,7 @@ impl Gpu {
     }
 
     /// Turns a scanout off, telling the display if it was on.
-    pub(crate) fn disable_scanout(&mut self, scanout_id: u32) {
+    fn disable_scanout(&mut self, scanout_id: u32) {
         let Some(s) = self.scanouts.get_mut(scanout_id as usize) else {
             return;
         };

@@ -132,10 +132,11 @@ impl Pixels {
         }
     }
 
-    fn len(&self) -> Option<usize> {
+    /// Bytes held (none for zero pixels).
+    fn held(&self) -> usize {
         match self {
-            Pixels::Zero => None,
-            Pixels::Bytes(b) => Some(b.len()),
+            Pixels::Zero => 0,
+            Pixels::Bytes(b) => b.len(),
         }
     }
 }
@@ -350,7 +351,7 @@ impl Gpu {
             width,
             height,
             needed,
-            got: r.pixels.len().unwrap_or(0),
+            got: r.pixels.held(),
         })?;
         let entries = r.backing.as_deref().map(|b| b.len()).unwrap_or(0);
         if entries > MAX_BACKING_ENTRIES as usize {
