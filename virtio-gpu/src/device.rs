@@ -64,12 +64,12 @@ enum QueueKind {
 }
 
 /// One display.
-struct Scanout {
+pub(crate) struct Scanout {
     /// The size the host wants (display info, EDID).
-    preferred: (u32, u32),
+    pub(crate) preferred: (u32, u32),
     /// The resource shown (0: none) and which part of it.
-    resource_id: u32,
-    rect: Rect,
+    pub(crate) resource_id: u32,
+    pub(crate) rect: Rect,
     /// What the scanout shows and in which framebuffer (both `Some` when enabled).
     mode: Option<ScanoutMode>,
     shown: Option<FramebufferId>,
@@ -78,21 +78,33 @@ struct Scanout {
     copy: Option<Box<dyn Framebuffer>>,
 }
 
+/// The cursor as the guest last set it, kept so that a snapshot can show it again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub(crate) scanout: u32,
+    pub(crate) x: i32,
+    pub(crate) y: i32,
+    /// The resource the image came from and the image (`None`: hidden). The image is
+    /// kept, not the resource: the guest may change or unref the resource after
+    /// UPDATE_CURSOR, and the cursor shows what it was then.
+    pub(crate) image: Option<(u32, CursorImage)>,
+}
+
 /// The virtio-gpu device.
 pub struct Gpu {
-    scanouts: Vec<Scanout>,
-    resources: HashMap<u32, Resource>,
+    pub(crate) scanouts: Vec<Scanout>,
+    pub(crate) resources: HashMap<u32, Resource>,
     max_host_memory: u64,
     used_host_memory: u64,
-    acked_features: u64,
+    pub(crate) acked_features: u64,
     /// `events_read` of the configuration space.
-    events_read: u32,
-    cursor_visible: bool,
+    pub(crate) events_read: u32,
+    pub(crate) cursor: Cursor,
     display: Box<dyn DisplayBackend>,
     /// The last [`FramebufferId`] handed out.
     last_framebuffer: u64,
     /// Counts SET_SCANOUTs, to find the resource shown longest ago.
-    show_clock: u64,
+    pub(crate) show_clock: u64,
 }
 
 /// How many resources may keep their pixels in display framebuffers per scanout: a
@@ -132,7 +144,7 @@ impl Gpu {
             used_host_memory: 0,
             acked_features: 0,
             events_read: 0,
-            cursor_visible: false,
+            cursor: Cursor::default(),
             display,
             last_framebuffer: 0,
             show_clock: 0,
@@ -244,7 +256,8 @@ impl Gpu {
         self.used_host_memory = 0;
         self.acked_features = 0;
         self.events_read = 0;
-        if std::mem::take(&mut self.cursor_visible) {
+        self.show_clock = 0;
+        if std::mem::take(&mut self.cursor).image.is_some() {
             self.display
                 .handle_event(DisplayEvent::Cursor(CursorEvent::Update {
                     scanout: 0,
@@ -394,6 +407,11 @@ impl Gpu {
         }
     }
 
+    /// Tells the display something outside a command (a restored cursor).
+    pub(crate) fn display_event(&mut self, event: DisplayEvent) {
+        self.display.handle_event(event);
+    }
+
     fn display_info(&self, hdr: &CtrlHdr) -> Vec<u8> {
         let pmodes: Vec<DisplayOne> = self
             .scanouts
@@ -437,7 +455,7 @@ impl Gpu {
     }
 
     /// Takes `bytes` from the memory budget.
-    fn charge(&mut self, bytes: u64) -> Result<(), CommandError> {
+    pub(crate) fn charge(&mut self, bytes: u64) -> Result<(), CommandError> {
         let out = CommandError::OutOfMemory {
             needed: bytes,
             limit: self.max_host_memory,
@@ -451,7 +469,7 @@ impl Gpu {
         }
     }
 
-    fn uncharge(&mut self, bytes: u64) {
+    pub(crate) fn uncharge(&mut self, bytes: u64) {
         self.used_host_memory = self.used_host_memory.saturating_sub(bytes);
     }
 
@@ -543,7 +561,7 @@ impl Gpu {
         Ok(())
     }
 
-    fn set_scanout(
+    pub(crate) fn set_scanout(
         &mut self,
         scanout_id: u32,
         resource_id: u32,
@@ -787,7 +805,12 @@ impl Gpu {
         } else {
             Some(self.cursor_image(resource_id, hot_x, hot_y)?)
         };
-        self.cursor_visible = image.is_some();
+        self.cursor = Cursor {
+            scanout: pos.scanout_id,
+            x: pos.x,
+            y: pos.y,
+            image: image.clone().map(|i| (resource_id, i)),
+        };
         self.display
             .handle_event(DisplayEvent::Cursor(CursorEvent::Update {
                 scanout: pos.scanout_id,
@@ -827,6 +850,7 @@ impl Gpu {
 
     fn move_cursor(&mut self, pos: protocol::CursorPos) -> Result<(), CommandError> {
         self.scanout(pos.scanout_id)?;
+        (self.cursor.scanout, self.cursor.x, self.cursor.y) = (pos.scanout_id, pos.x, pos.y);
         self.display
             .handle_event(DisplayEvent::Cursor(CursorEvent::Move {
                 scanout: pos.scanout_id,
@@ -857,7 +881,7 @@ fn respond<M: GuestMemory>(chain: &mut Chain, mem: &M, hdr: &CtrlHdr, response: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::ScanoutConfig;
     use crate::display::VecFramebuffer;
@@ -870,24 +894,24 @@ mod tests {
     use virtio_queue::{Queue, QueueOwnedT, QueueT};
     use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-    const MEM_SIZE: usize = 4 << 20;
-    const REQUEST: u64 = 0x1_0000;
-    const RESPONSE: u64 = 0x8_0000;
-    const B8G8R8X8: u32 = 2;
-    const B8G8R8A8: u32 = 1;
+    pub(crate) const MEM_SIZE: usize = 4 << 20;
+    pub(crate) const REQUEST: u64 = 0x1_0000;
+    pub(crate) const RESPONSE: u64 = 0x8_0000;
+    pub(crate) const B8G8R8X8: u32 = 2;
+    pub(crate) const B8G8R8A8: u32 = 1;
 
     #[derive(Default)]
-    struct Shared {
-        events: Vec<DisplayEvent>,
+    pub(crate) struct Shared {
+        pub(crate) events: Vec<DisplayEvent>,
         /// Hand out framebuffers one row short.
         short_framebuffers: bool,
         /// Framebuffers made so far, and how many are alive.
-        created: usize,
-        live: Arc<AtomicUsize>,
+        pub(crate) created: usize,
+        pub(crate) live: Arc<AtomicUsize>,
     }
 
     /// A framebuffer that counts itself alive.
-    struct Counted(VecFramebuffer, Arc<AtomicUsize>);
+    pub(crate) struct Counted(VecFramebuffer, Arc<AtomicUsize>);
 
     impl Framebuffer for Counted {
         fn stride(&self) -> u32 {
@@ -907,7 +931,7 @@ mod tests {
         }
     }
 
-    struct TestDisplay(Arc<Mutex<Shared>>);
+    pub(crate) struct TestDisplay(Arc<Mutex<Shared>>);
 
     impl DisplayBackend for TestDisplay {
         fn create_framebuffer(
@@ -931,18 +955,18 @@ mod tests {
     }
 
     /// The driver side: guest memory, the device, and what its display saw.
-    struct Driver {
-        mem: GuestMemoryMmap,
-        gpu: Gpu,
-        shared: Arc<Mutex<Shared>>,
+    pub(crate) struct Driver {
+        pub(crate) mem: GuestMemoryMmap,
+        pub(crate) gpu: Gpu,
+        pub(crate) shared: Arc<Mutex<Shared>>,
     }
 
     /// A request: header (type, flags, fence id) then 32-bit little-endian fields.
-    fn req(type_: u32, fields: &[u32]) -> Vec<u8> {
+    pub(crate) fn req(type_: u32, fields: &[u32]) -> Vec<u8> {
         fenced(type_, 0, 0, fields)
     }
 
-    fn fenced(type_: u32, flags: u32, fence_id: u64, fields: &[u32]) -> Vec<u8> {
+    pub(crate) fn fenced(type_: u32, flags: u32, fence_id: u64, fields: &[u32]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&type_.to_le_bytes());
         out.extend_from_slice(&flags.to_le_bytes());
@@ -954,12 +978,12 @@ mod tests {
         out
     }
 
-    fn create_2d(id: u32, format: u32, w: u32, h: u32) -> Vec<u8> {
+    pub(crate) fn create_2d(id: u32, format: u32, w: u32, h: u32) -> Vec<u8> {
         req(VIRTIO_GPU_CMD_RESOURCE_CREATE_2D, &[id, format, w, h])
     }
 
     /// Attach with `entries` (addr, len) in the same request.
-    fn attach(id: u32, entries: &[(u64, u32)]) -> Vec<u8> {
+    pub(crate) fn attach(id: u32, entries: &[(u64, u32)]) -> Vec<u8> {
         let mut fields = vec![id, entries.len() as u32];
         for &(addr, len) in entries {
             fields.extend_from_slice(&[addr as u32, (addr >> 32) as u32, len, 0]);
@@ -967,14 +991,14 @@ mod tests {
         req(VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING, &fields)
     }
 
-    fn set_scanout(scanout: u32, id: u32, r: Rect) -> Vec<u8> {
+    pub(crate) fn set_scanout(scanout: u32, id: u32, r: Rect) -> Vec<u8> {
         req(
             VIRTIO_GPU_CMD_SET_SCANOUT,
             &[r.x, r.y, r.width, r.height, scanout, id],
         )
     }
 
-    fn transfer(id: u32, r: Rect, offset: u64) -> Vec<u8> {
+    pub(crate) fn transfer(id: u32, r: Rect, offset: u64) -> Vec<u8> {
         req(
             VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
             &[
@@ -990,26 +1014,33 @@ mod tests {
         )
     }
 
-    fn flush(id: u32, r: Rect) -> Vec<u8> {
+    pub(crate) fn flush(id: u32, r: Rect) -> Vec<u8> {
         req(
             VIRTIO_GPU_CMD_RESOURCE_FLUSH,
             &[r.x, r.y, r.width, r.height, id, 0],
         )
     }
 
-    fn cursor(type_: u32, scanout: u32, x: i32, y: i32, id: u32, hot: (u32, u32)) -> Vec<u8> {
+    pub(crate) fn cursor(
+        type_: u32,
+        scanout: u32,
+        x: i32,
+        y: i32,
+        id: u32,
+        hot: (u32, u32),
+    ) -> Vec<u8> {
         req(
             type_,
             &[scanout, x as u32, y as u32, 0, id, hot.0, hot.1, 0],
         )
     }
 
-    fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
+    pub(crate) fn desc(addr: u64, len: u32, write: bool) -> RawDescriptor {
         let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
         RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
     }
 
-    fn desc_next(addr: u64, len: u32, write: bool, next: u16) -> RawDescriptor {
+    pub(crate) fn desc_next(addr: u64, len: u32, write: bool, next: u16) -> RawDescriptor {
         let mut flags = VRING_DESC_F_NEXT as u16;
         if write {
             flags |= VRING_DESC_F_WRITE as u16;
@@ -1017,12 +1048,12 @@ mod tests {
         RawDescriptor::from(Descriptor::new(addr, len, flags, next))
     }
 
-    fn resp_type(resp: &[u8]) -> u32 {
+    pub(crate) fn resp_type(resp: &[u8]) -> u32 {
         u32::from_le_bytes(resp[0..4].try_into().unwrap())
     }
 
     impl Driver {
-        fn new(config: GpuConfig) -> Self {
+        pub(crate) fn new(config: GpuConfig) -> Self {
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
             let shared = Arc::new(Mutex::new(Shared::default()));
             let mut gpu = Gpu::new(&config, Box::new(TestDisplay(shared.clone()))).unwrap();
@@ -1032,7 +1063,7 @@ mod tests {
 
         /// Posts `descs` as one chain of a mock queue in guest memory and hands the
         /// chain to the device; returns the used length.
-        fn chain(&mut self, descs: &[RawDescriptor], cursor_queue: bool) -> u32 {
+        pub(crate) fn chain(&mut self, descs: &[RawDescriptor], cursor_queue: bool) -> u32 {
             let mock = MockSplitQueue::new(&self.mem, 16);
             // One chain at a time: the mock appends at avail.idx, so start it over.
             self.mem
@@ -1047,7 +1078,7 @@ mod tests {
         }
 
         /// A request and `resp_len` bytes of room; returns the response written.
-        fn send(&mut self, request: &[u8], resp_len: u32) -> Vec<u8> {
+        pub(crate) fn send(&mut self, request: &[u8], resp_len: u32) -> Vec<u8> {
             self.mem
                 .write_slice(request, GuestAddress(REQUEST))
                 .unwrap();
@@ -1066,36 +1097,36 @@ mod tests {
         }
 
         /// A command answered with a bare header; returns its type.
-        fn cmd(&mut self, request: &[u8]) -> u32 {
+        pub(crate) fn cmd(&mut self, request: &[u8]) -> u32 {
             let resp = self.send(request, CTRL_HDR_LEN as u32);
             assert_eq!(resp.len(), CTRL_HDR_LEN);
             resp_type(&resp)
         }
 
         /// A cursor command as Linux sends it: no room for a response.
-        fn cursor_cmd(&mut self, request: &[u8]) -> u32 {
+        pub(crate) fn cursor_cmd(&mut self, request: &[u8]) -> u32 {
             self.mem
                 .write_slice(request, GuestAddress(REQUEST))
                 .unwrap();
             self.chain(&[desc(REQUEST, request.len() as u32, false)], true)
         }
 
-        fn events(&self) -> Vec<DisplayEvent> {
+        pub(crate) fn events(&self) -> Vec<DisplayEvent> {
             std::mem::take(&mut self.shared.lock().unwrap().events)
         }
 
-        fn pixels(&self, scanout: u32) -> Vec<u8> {
+        pub(crate) fn pixels(&self, scanout: u32) -> Vec<u8> {
             self.gpu.framebuffer(scanout).unwrap().pixels().to_vec()
         }
     }
 
     /// The guest's image: pixel (x, y) is B = x, G = y, R = x ^ y, X = 0x80.
-    fn pattern(x: u32, y: u32) -> [u8; 4] {
+    pub(crate) fn pattern(x: u32, y: u32) -> [u8; 4] {
         [x as u8, y as u8, (x ^ y) as u8, 0x80]
     }
 
     /// Writes a `w`x`h` pattern image into guest memory split over `entries`.
-    fn write_image(mem: &GuestMemoryMmap, w: u32, h: u32, entries: &[(u64, u32)]) {
+    pub(crate) fn write_image(mem: &GuestMemoryMmap, w: u32, h: u32, entries: &[(u64, u32)]) {
         let image: Vec<u8> = (0..h)
             .flat_map(|y| (0..w).flat_map(move |x| pattern(x, y)))
             .collect();
@@ -1109,11 +1140,12 @@ mod tests {
     }
 
     /// A 64x32 image over three discontiguous runs, cut mid-row and mid-pixel.
-    const ENTRIES: [(u64, u32); 3] = [(0x20_0000, 3001), (0x18_0000, 4095), (0x30_0000, 1096)];
+    pub(crate) const ENTRIES: [(u64, u32); 3] =
+        [(0x20_0000, 3001), (0x18_0000, 4095), (0x30_0000, 1096)];
 
     /// Create, attach and show resource 1 (64x32) on scanout 0, the way Linux sets up
     /// its framebuffer.
-    fn setup(d: &mut Driver) {
+    pub(crate) fn setup(d: &mut Driver) {
         assert_eq!(
             d.cmd(&create_2d(1, B8G8R8X8, 64, 32)),
             VIRTIO_GPU_RESP_OK_NODATA
@@ -1124,7 +1156,7 @@ mod tests {
         assert_eq!(d.cmd(&set_scanout(0, 1, full)), VIRTIO_GPU_RESP_OK_NODATA);
     }
 
-    fn pixel_at(pixels: &[u8], stride: usize, x: usize, y: usize) -> [u8; 4] {
+    pub(crate) fn pixel_at(pixels: &[u8], stride: usize, x: usize, y: usize) -> [u8; 4] {
         pixels[y * stride + x * 4..y * stride + x * 4 + 4]
             .try_into()
             .unwrap()
@@ -1258,7 +1290,7 @@ mod tests {
     }
 
     /// After an error the device answers the next commands normally.
-    fn still_works(d: &mut Driver) {
+    pub(crate) fn still_works(d: &mut Driver) {
         let info = d.send(&req(VIRTIO_GPU_CMD_GET_DISPLAY_INFO, &[]), 1024);
         assert_eq!(resp_type(&info), VIRTIO_GPU_RESP_OK_DISPLAY_INFO);
         assert_eq!(
@@ -1573,7 +1605,7 @@ mod tests {
     }
 
     /// Framebuffers made so far, and alive now.
-    fn framebuffers(d: &Driver) -> (usize, usize) {
+    pub(crate) fn framebuffers(d: &Driver) -> (usize, usize) {
         let shared = d.shared.lock().unwrap();
         (shared.created, shared.live.load(Ordering::SeqCst))
     }

@@ -12,6 +12,8 @@
 
 use std::io;
 
+use serde::{Deserialize, Serialize};
+
 use crate::format::PixelFormat;
 
 /// The cursor image's size: the spec's cursor resources are 64x64.
@@ -19,7 +21,8 @@ pub const CURSOR_WIDTH: u32 = 64;
 pub const CURSOR_HEIGHT: u32 = 64;
 
 /// `struct virtio_gpu_rect`, in pixels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rect {
     pub x: u32,
     pub y: u32,

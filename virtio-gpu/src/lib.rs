@@ -9,7 +9,8 @@
 //! [`DisplayEvent`]s: scanouts enabled or disabled, damage rectangles after each flush,
 //! cursor images and moves. The host changes a display's size with
 //! [`Gpu::set_display_size`], which tells the caller to raise a configuration-change
-//! interrupt.
+//! interrupt. [`Gpu::save`] and [`Gpu::restore`] carry everything the driver set up
+//! across a saved VM ([`GpuState`]).
 //!
 //! ```
 //! use virtio_gpu::{
@@ -56,6 +57,7 @@ pub mod edid;
 mod format;
 pub mod protocol;
 mod resource;
+mod snapshot;
 
 pub use config::{ConfigError, GpuConfig, ScanoutConfig, MAX_DISPLAY_HEIGHT, MAX_DISPLAY_WIDTH};
 pub use device::{
@@ -67,3 +69,7 @@ pub use display::{
 };
 pub use format::PixelFormat;
 pub use protocol::CommandError;
+pub use snapshot::{
+    BackingEntry, CursorImageState, CursorState, GpuState, Pixels, ResourceState, RestoreError,
+    ScanoutState, STATE_VERSION,
+};

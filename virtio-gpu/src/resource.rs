@@ -68,6 +68,11 @@ impl Backing {
         self.runs.len() as u32
     }
 
+    /// The runs as (guest address, length), in order: what a snapshot keeps.
+    pub fn runs(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.runs.iter().map(|r| (r.addr.0, r.len))
+    }
+
     /// Reads `out.len()` bytes at `offset` into the backing (the caller checked that
     /// `offset + out.len() <= len`).
     fn read<M: GuestMemory>(
@@ -237,6 +242,28 @@ impl Resource {
         copy_rows(self.storage(), (row, &mut data), row, self.height);
         self.storage = Storage::Host(data);
         Ok(())
+    }
+
+    /// Bytes of the pixels packed (`width * 4` per row).
+    pub fn packed_len(&self) -> u64 {
+        Self::cost(self.width, self.height) - RESOURCE_OVERHEAD
+    }
+
+    /// A packed copy of the pixels (`width * 4` bytes per row), wherever they are.
+    pub fn packed_pixels(&self) -> Vec<u8> {
+        let row = self.stride() as usize;
+        // The resource holds this much already: within the memory cap.
+        let mut out = vec![0u8; self.packed_len() as usize];
+        copy_rows(self.storage(), (row, &mut out), row, self.height);
+        out
+    }
+
+    /// Replaces the pixels with `packed` (`width * 4` bytes per row, `packed_len`
+    /// bytes; rows past a shorter `packed` stay as they were).
+    pub fn load_pixels(&mut self, packed: &[u8]) {
+        let row = self.stride() as usize;
+        let height = self.height;
+        copy_rows((row, packed), self.storage.rows_mut(row), row, height);
     }
 
     /// Checks `r` lies in the resource.

@@ -2,7 +2,10 @@
 //! behind the engine's device contract. One worker serves controlq and cursorq; the
 //! guest's pixels land in memfd framebuffers (`memfd`) and its flushes, mode changes and
 //! cursor become events on the control socket (`display`). The host side (`GpuHandle`)
-//! takes screenshots and offers the guest a new display size.
+//! takes screenshots and offers the guest a new display size. A saved GPU is the
+//! crate's `GpuState` (pixels included) beside its two queue positions; restoring it
+//! recreates the framebuffers, and clients hear the mode and damage as after a
+//! SET_SCANOUT.
 
 pub mod display;
 pub mod memfd;
@@ -11,13 +14,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use virtio_gpu::{GpuConfig, ScanoutConfig, CONTROLQ, CURSORQ, QUEUE_SIZES};
+use serde::Deserialize;
+use virtio_gpu::{GpuConfig, GpuState, ScanoutConfig, CONTROLQ, CURSORQ, QUEUE_SIZES};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::poll::Poller;
 use super::worker::{Worker, WorkerHandler};
-use super::{drain_queue, ActivateError, ActiveQueue, Interrupt, VirtioDevice};
+use super::{
+    drain_queue, exact_queues, ActivateError, ActiveQueue, DeviceState, Interrupt, QueuePosition,
+    SaveError, VirtioDevice,
+};
 use crate::control::events::EventHub;
 use display::HubDisplay;
 
@@ -247,6 +254,34 @@ impl Gpu {
         }
     }
 
+    /// Hands memory, the interrupt and both queues to a new worker.
+    fn start_worker(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        [controlq, cursorq]: [ActiveQueue; 2],
+    ) -> Result<(), ActivateError> {
+        self.set_interrupt(Some(interrupt.clone()));
+        let handler = GpuQueues {
+            mem,
+            interrupt,
+            controlq: controlq.queue,
+            cursorq: cursorq.queue,
+            shared: self.shared.clone(),
+            controlq_poller: Poller::new(CONTROLQ_POLL),
+        };
+        match Worker::spawn("virtio-gpu", vec![controlq.notify, cursorq.notify], handler) {
+            Ok(worker) => {
+                self.worker = Some(worker);
+                Ok(())
+            }
+            Err(e) => {
+                self.set_interrupt(None);
+                Err(ActivateError::Worker(e))
+            }
+        }
+    }
+
     fn set_interrupt(&self, interrupt: Option<Arc<dyn Interrupt>>) {
         *self
             .shared
@@ -287,27 +322,9 @@ impl VirtioDevice for Gpu {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let [controlq, cursorq] = super::exact_queues::<2>(queues)?;
+        let queues = exact_queues::<2>(queues)?;
         self.shared.gpu().ack_features(acked_features);
-        self.set_interrupt(Some(interrupt.clone()));
-        let handler = GpuQueues {
-            mem,
-            interrupt,
-            controlq: controlq.queue,
-            cursorq: cursorq.queue,
-            shared: self.shared.clone(),
-            controlq_poller: Poller::new(CONTROLQ_POLL),
-        };
-        match Worker::spawn("virtio-gpu", vec![controlq.notify, cursorq.notify], handler) {
-            Ok(worker) => {
-                self.worker = Some(worker);
-                Ok(())
-            }
-            Err(e) => {
-                self.set_interrupt(None);
-                Err(ActivateError::Worker(e))
-            }
-        }
+        self.start_worker(mem, interrupt, queues)
     }
 
     fn reset(&mut self) {
@@ -318,12 +335,51 @@ impl VirtioDevice for Gpu {
         self.shared.gpu().reset();
     }
 
-    fn save(
+    /// The worker stops between two requests; the device model keeps what it shows
+    /// (clients still see the screen) and its copy goes into the state.
+    fn save(&mut self) -> Result<DeviceState, SaveError> {
+        let handler = self.worker.take().and_then(Worker::stop);
+        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        self.set_interrupt(None);
+        let state = self.shared.gpu().save();
+        let device = serde_json::to_value(&state)
+            .map_err(|e| SaveError::Device(format!("virtio-gpu: {e}")))?;
+        Ok(DeviceState {
+            queues: vec![
+                QueuePosition::of(CONTROLQ, &handler.controlq),
+                QueuePosition::of(CURSORQ, &handler.cursorq),
+            ],
+            device,
+        })
+    }
+
+    /// Rebuilds the model from the state (checked field by field: it comes from a
+    /// file), then serves the queues from where they were saved.
+    fn restore(
         &mut self,
-    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
-        Err(crate::devices::virtio::SaveError::Device(
-            "saving a VM with a GPU is not supported yet".into(),
-        ))
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let queues = exact_queues::<2>(queues)?;
+        let bad = |e: &dyn std::fmt::Display| ActivateError::BadState(format!("virtio-gpu: {e}"));
+        let state = GpuState::deserialize(state).map_err(|e| bad(&e))?;
+        {
+            let mut gpu = self.shared.gpu();
+            gpu.restore(&state, &mem).map_err(|e| bad(&e))?;
+            // The transport's word on features is the one the driver negotiated.
+            gpu.ack_features(acked_features);
+        }
+        let started = self.start_worker(mem, interrupt, queues);
+        if started.is_err() {
+            self.shared.gpu().reset();
+        }
+        started
     }
 }
 
@@ -356,59 +412,35 @@ mod tests {
         bytes
     }
 
-    /// Posts each command as a chain (request readable, 64-byte response writable),
-    /// kicks controlq and returns the response types, in order.
-    fn run_commands(commands: &[Vec<u8>]) -> (Vec<u32>, GpuHandle, Arc<CountingInterrupt>, Gpu) {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let mock = MockSplitQueue::new(&mem, 16);
-        for (i, cmd) in commands.iter().enumerate() {
-            let req = REQ + i as u64 * 0x100;
-            let resp = RESP + i as u64 * 0x100;
-            mem.write_slice(cmd, GuestAddress(req)).unwrap();
-            let descs = [
-                RawDescriptor::from(SplitDescriptor::new(
-                    req,
-                    cmd.len() as u32,
-                    VRING_DESC_F_NEXT as u16,
-                    (i * 2 + 1) as u16,
-                )),
-                RawDescriptor::from(SplitDescriptor::new(resp, 64, VRING_DESC_F_WRITE as u16, 0)),
-            ];
-            mock.add_desc_chains(&descs, (i * 2) as u16).unwrap();
-        }
-        let mut controlq: Queue = mock.create_queue().unwrap();
-        controlq.set_ready(true);
-        let cursor_mock = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
-        let mut cursorq: Queue = cursor_mock.create_queue().unwrap();
-        cursorq.set_ready(true);
-        let mut gpu = Gpu::new(4, 2).unwrap();
-        let handle = gpu.handle();
-        let interrupt = Arc::new(CountingInterrupt::default());
-        let notify = EventFd::new(0).unwrap();
-        let kick = notify.try_clone().unwrap();
-        gpu.activate(
-            mem.clone(),
-            interrupt.clone(),
-            vec![
-                ActiveQueue {
-                    index: 0,
-                    queue: controlq,
-                    notify,
-                },
-                ActiveQueue {
-                    index: 1,
-                    queue: cursorq,
-                    notify: EventFd::new(0).unwrap(),
-                },
-            ],
-            gpu.device_features(),
-        )
-        .unwrap();
-        kick.write(1).unwrap();
+    /// Posts command number `i` as a chain (request readable, 64-byte response
+    /// writable) on the queue `mock` drives, in descriptors `2i` and `2i + 1`.
+    fn post(mem: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>, i: usize, cmd: &[u8]) {
+        let req = REQ + i as u64 * 0x100;
+        let resp = RESP + i as u64 * 0x100;
+        mem.write_slice(cmd, GuestAddress(req)).unwrap();
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(
+                req,
+                cmd.len() as u32,
+                VRING_DESC_F_NEXT as u16,
+                (i * 2 + 1) as u16,
+            )),
+            RawDescriptor::from(SplitDescriptor::new(resp, 64, VRING_DESC_F_WRITE as u16, 0)),
+        ];
+        mock.add_desc_chains(&descs, (i * 2) as u16).unwrap();
+    }
+
+    /// Waits until the device has used `n` chains of `mock`'s queue; returns the
+    /// response types of the first `n` commands.
+    fn wait_used(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<GuestMemoryMmap>,
+        n: usize,
+    ) -> Vec<u32> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let used_idx: u16 = mem.read_obj(GuestAddress(mock.used_addr().0 + 2)).unwrap();
-            if usize::from(used_idx) == commands.len() {
+            if usize::from(used_idx) == n {
                 break;
             }
             assert!(
@@ -417,9 +449,59 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let types = (0..commands.len())
+        (0..n)
             .map(|i| mem.read_obj(GuestAddress(RESP + i as u64 * 0x100)).unwrap())
-            .collect();
+            .collect()
+    }
+
+    /// The two queues, as the transport hands them over: controlq from `mock`, an
+    /// empty cursorq at 0x8000; `positions` where a save left them.
+    fn transport_queues(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<GuestMemoryMmap>,
+        positions: &[QueuePosition],
+    ) -> (Vec<ActiveQueue>, EventFd) {
+        let cursor_mock = MockSplitQueue::create(mem, GuestAddress(0x8000), 16);
+        let mut controlq: Queue = mock.create_queue().unwrap();
+        let mut cursorq: Queue = cursor_mock.create_queue().unwrap();
+        for (queue, at) in [&mut controlq, &mut cursorq].into_iter().zip(positions) {
+            queue.set_next_avail(at.next_avail);
+            queue.set_next_used(at.next_used);
+        }
+        let notify = EventFd::new(0).unwrap();
+        let kick = notify.try_clone().unwrap();
+        let active = vec![
+            ActiveQueue {
+                index: 0,
+                queue: controlq,
+                notify,
+            },
+            ActiveQueue {
+                index: 1,
+                queue: cursorq,
+                notify: EventFd::new(0).unwrap(),
+            },
+        ];
+        (active, kick)
+    }
+
+    /// Posts each command, kicks controlq of a new 4x2 GPU and returns the response
+    /// types, in order.
+    fn run_commands(commands: &[Vec<u8>]) -> (Vec<u32>, GpuHandle, Arc<CountingInterrupt>, Gpu) {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        for (i, cmd) in commands.iter().enumerate() {
+            post(&mem, &mock, i, cmd);
+        }
+        let mut gpu = Gpu::new(4, 2).unwrap();
+        let handle = gpu.handle();
+        let interrupt = Arc::new(CountingInterrupt::default());
+        let (queues, kick) = transport_queues(&mem, &mock, &[]);
+        let features = gpu.device_features();
+        gpu.activate(mem.clone(), interrupt.clone(), queues, features)
+            .unwrap();
+        kick.write(1).unwrap();
+        let types = wait_used(&mem, &mock, commands.len());
         (types, handle, interrupt, gpu)
     }
 
@@ -514,5 +596,131 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let bad = handle.screenshot(Path::new("/nonexistent-dir/shot.png"));
         assert!(matches!(bad, Err(GpuError::Screenshot { .. })));
+    }
+
+    /// A 4x2 frame of distinct pixels, on screen.
+    fn show_frame(mem: &GuestMemoryMmap, mock: &MockSplitQueue<GuestMemoryMmap>) {
+        let pixels: Vec<u8> = (1..=32).collect();
+        mem.write_slice(&pixels, GuestAddress(PIXELS)).unwrap();
+        let format = b::virtio_gpu_formats_VIRTIO_GPU_FORMAT_B8G8R8A8_UNORM;
+        let commands = [
+            command(
+                b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_2D,
+                &[1, format, 4, 2],
+            ),
+            command(
+                b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING,
+                &[1, 1, PIXELS as u32, 0, 32, 0],
+            ),
+            command(
+                b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT,
+                &[0, 0, 4, 2, 0, 1],
+            ),
+            command(
+                b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D,
+                &[0, 0, 4, 2, 0, 0, 1, 0],
+            ),
+        ];
+        for (i, cmd) in commands.iter().enumerate() {
+            post(mem, mock, i, cmd);
+        }
+    }
+
+    #[test]
+    fn a_saved_gpu_restores_into_a_new_one_with_the_same_screen() {
+        let ok = b::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_NODATA;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        show_frame(&mem, &mock);
+        let mut gpu = Gpu::new(4, 2).unwrap();
+        let (queues, kick) = transport_queues(&mem, &mock, &[]);
+        let features = gpu.device_features();
+        let interrupt = Arc::new(CountingInterrupt::default());
+        gpu.activate(mem.clone(), interrupt, queues, features)
+            .unwrap();
+        kick.write(1).unwrap();
+        assert_eq!(wait_used(&mem, &mock, 4), vec![ok; 4]);
+        let before = gpu.handle().capture().unwrap();
+        assert_eq!(&before.rgba[..4], &[3, 2, 1, 4], "B8G8R8A8 as RGBA");
+
+        let saved = gpu.save().unwrap();
+        let positions = [
+            QueuePosition {
+                index: 0,
+                next_avail: 4,
+                next_used: 4,
+            },
+            QueuePosition {
+                index: 1,
+                next_avail: 0,
+                next_used: 0,
+            },
+        ];
+        assert_eq!(saved.queues, positions);
+        // Through a file, as a real save goes.
+        let saved: DeviceState =
+            serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+
+        let mut restored = Gpu::new(4, 2).unwrap();
+        let handle = restored.handle();
+        let (queues, kick) = transport_queues(&mem, &mock, &saved.queues);
+        let interrupt = Arc::new(CountingInterrupt::default());
+        restored
+            .restore(
+                mem.clone(),
+                interrupt.clone(),
+                queues,
+                features,
+                &saved.device,
+            )
+            .unwrap();
+        let after = handle.capture().unwrap();
+        assert_eq!((after.width, after.height), (4, 2));
+        assert_eq!(after.rgba, before.rgba);
+        // A client attaching now gets the screen's mode and memfd.
+        let (_, mode, fd, _) = handle.events().subscribe();
+        assert!(mode.enabled && fd.is_some());
+
+        // The driver goes on where it was: its next request is served and answered.
+        let flush = command(
+            b::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_FLUSH,
+            &[0, 0, 4, 2, 1, 0],
+        );
+        post(&mem, &mock, 4, &flush);
+        kick.write(1).unwrap();
+        assert_eq!(wait_used(&mem, &mock, 5), vec![ok; 5]);
+        assert!(interrupt.used_on(0) > 0);
+        handle.resize(8, 6).unwrap();
+        assert_eq!(interrupt.config(), 1);
+        restored.reset();
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_is_refused() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mock = MockSplitQueue::new(&mem, 16);
+        let mut gpu = Gpu::new(4, 2).unwrap();
+        let features = gpu.device_features();
+        let interrupt: Arc<dyn Interrupt> = Arc::new(CountingInterrupt::default());
+        let mut state = gpu.shared.gpu().save();
+        state.scanouts[0].resource_id = 3;
+        let bad_states = [
+            serde_json::Value::Null,
+            serde_json::json!({"version": 1}),
+            serde_json::to_value(&state).unwrap(),
+        ];
+        for bad in &bad_states {
+            let (queues, _) = transport_queues(&mem, &mock, &[]);
+            let err = gpu
+                .restore(mem.clone(), interrupt.clone(), queues, features, bad)
+                .unwrap_err();
+            assert!(matches!(err, ActivateError::BadState(_)), "{err}");
+            assert!(gpu.worker.is_none());
+        }
+        // The device is still whole: a driver can activate it.
+        let (queues, _) = transport_queues(&mem, &mock, &[]);
+        gpu.activate(mem.clone(), interrupt, queues, features)
+            .unwrap();
+        gpu.reset();
     }
 }
