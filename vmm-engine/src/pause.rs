@@ -62,6 +62,12 @@ impl Pauser {
         self.lock().threads = threads;
     }
 
+    /// The KVM clock as it was when the vCPUs stopped, while paused: what a snapshot
+    /// keeps (the clock itself ran on meanwhile).
+    pub fn held_clock(&self) -> Option<kvm_clock_data> {
+        self.lock().clock
+    }
+
     pub fn is_paused(&self) -> bool {
         self.lock().paused
     }

@@ -135,6 +135,21 @@ fn where_it_stopped(vcpu: &mut VcpuFd) -> String {
     text
 }
 
+/// Finishes the I/O a stopped vCPU was in the middle of (`x86_64::snapshot::
+/// complete_pending_io`), serving any further exits it makes on the buses, so that a
+/// capture sees the instruction done. An exit that would end the VM (the guest powering
+/// off in that instant) is sent on as usual.
+pub fn complete_pending_io(
+    fd: &mut VcpuFd,
+    ctx: &VcpuContext,
+) -> Result<(), crate::x86_64::snapshot::SnapshotError> {
+    crate::x86_64::snapshot::complete_pending_io(fd, |exit| {
+        if let Outcome::Stop(reason) = handle_exit(exit, ctx) {
+            ctx.exit.send(reason);
+        }
+    })
+}
+
 enum Outcome {
     Continue,
     Stop(ExitReason),

@@ -227,6 +227,7 @@ fn boot_once(
         exit: exit_tx.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         threads: Vec::new(),
+        held_clock: None,
     };
     machine.start_vcpus(fds, config.start_paused)?;
     tracing::debug!("vCPUs started");
@@ -275,6 +276,8 @@ struct Machine<'a> {
     exit: ExitSender,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<VcpuFd>>,
+    /// The KVM clock at the pause a save began with.
+    held_clock: Option<kvm_bindings::kvm_clock_data>,
 }
 
 impl Machine<'_> {
@@ -309,6 +312,7 @@ impl Machine<'_> {
         if !was_paused {
             self.pauser.pause(&self.vm).map_err(|e| e.to_string())?;
         }
+        self.held_clock = self.pauser.held_clock();
         let fds = self.stop_vcpus();
         let Some(mut fds) = fds.into_iter().collect::<Option<Vec<VcpuFd>>>() else {
             // A vCPU thread died: its exit reason is on the way; nothing to resume.
@@ -334,12 +338,23 @@ impl Machine<'_> {
         fds: &mut [VcpuFd],
     ) -> Result<(MachineState, crate::pci::root::BusState), String> {
         let msrs = cpu_state::msrs_to_save(self.kvm);
+        let ctx = vcpu::VcpuContext {
+            pio: self.pio.clone(),
+            mmio: self.pci.clone(),
+            exit: self.exit.clone(),
+            stop: self.stop.clone(),
+            pauser: self.pauser.clone(),
+        };
         let mut vcpus = Vec::with_capacity(fds.len());
-        for fd in fds.iter_mut() {
-            cpu_state::complete_pending_io(fd);
-            vcpus.push(VcpuState::capture(fd, &msrs).map_err(|e| e.to_string())?);
+        for (index, fd) in fds.iter_mut().enumerate() {
+            vcpu::complete_pending_io(fd, &ctx).map_err(|e| format!("vCPU {index}: {e}"))?;
+            vcpus.push(VcpuState::capture(fd, &msrs).map_err(|e| format!("vCPU {index}: {e}"))?);
         }
-        let vm = VmState::capture(&self.vm).map_err(|e| e.to_string())?;
+        let mut vm = VmState::capture(&self.vm).map_err(|e| e.to_string())?;
+        // The clock of the moment the guest stopped, not of now.
+        if let Some(held) = self.held_clock {
+            vm.clock.clock = held.clock;
+        }
         let bus = lock(&self.pci.0).save().map_err(|e| e.to_string())?;
         let disks = self
             .config
