@@ -20,7 +20,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{Worker, WorkerHandler};
+use super::worker::{kick_each, Worker, WorkerHandler};
 use super::{
     ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -416,6 +416,7 @@ impl VirtioDevice for Input {
     ) -> Result<(), ActivateError> {
         let state = InputState::parse(state, &self.shared.profile)
             .map_err(|e| ActivateError::BadState(format!("virtio-input: {e}")))?;
+        kick_each(&queues).map_err(ActivateError::Worker)?;
         self.activate(mem, interrupt, queues, acked_features)?;
         self.config.write(0, &[state.select, state.subsel]);
         {

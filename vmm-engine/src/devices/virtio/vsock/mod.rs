@@ -28,7 +28,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::Worker;
+use super::worker::{kick_each, Worker};
 use super::{
     ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -254,6 +254,7 @@ impl VirtioDevice for Vsock {
                 saved.guest_cid
             );
         }
+        kick_each(&queues).map_err(ActivateError::Worker)?;
         self.activate(mem, interrupt, queues, acked_features)?;
         self.shared
             .reset_request
