@@ -334,6 +334,66 @@ impl Balloon {
         }
     }
 
+    /// `activate`, and for a restore (`retake_stats`) taking the statsq buffer the save
+    /// left available (`BalloonWorker::positions`) again before the worker starts.
+    fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        retake_stats: bool,
+    ) -> Result<(), ActivateError> {
+        if matches!(self.state, State::Activated(_)) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let roles = queue_roles(acked_features);
+        let mut notifiers = Vec::with_capacity(queues.len());
+        let mut served = Vec::with_capacity(queues.len());
+        for q in queues {
+            let Some(&role) = roles.get(usize::from(q.index)) else {
+                // A queue no negotiated feature gives a role: nothing will be served
+                // there; the driver's kicks on it are not listened to.
+                tracing::warn!(
+                    "virtio-balloon: the driver enabled queue {}, which its features do not give",
+                    q.index
+                );
+                continue;
+            };
+            notifiers.push(q.notify);
+            served.push(BalloonQueue {
+                role,
+                index: q.index,
+                queue: q.queue,
+            });
+        }
+        for required in [QueueRole::Inflate, QueueRole::Deflate] {
+            if !served.iter().any(|q| q.role == required) {
+                return Err(ActivateError::QueueCount {
+                    got: served.len(),
+                    needed: 2,
+                });
+            }
+        }
+        let has_stats_queue = served.iter().any(|q| q.role == QueueRole::Stats);
+        // Discard stale requests from the host made while the device was inactive.
+        let _ = self.shared.stats_request.read();
+        let mut handler = BalloonWorker::new(mem, interrupt.clone(), served, &self.handle());
+        if retake_stats {
+            // Before the worker runs, so that the handle's first refresh after a
+            // restore returns this buffer and waits for fresh figures.
+            if let Err(e) = handler.take_held_stats() {
+                tracing::warn!("virtio-balloon: {e}");
+            }
+        }
+        let worker =
+            Worker::spawn("virtio-balloon", notifiers, handler).map_err(ActivateError::Worker)?;
+        self.shared.lock_stats().has_queue = has_stats_queue;
+        *self.shared.lock_interrupt() = Some(interrupt);
+        self.state = State::Activated(worker);
+        Ok(())
+    }
+
     /// No driver runs the device any more: the handle stops interrupting and waiting.
     fn detach_driver(&self) {
         *self.shared.lock_interrupt() = None;
@@ -423,47 +483,7 @@ impl VirtioDevice for Balloon {
         queues: Vec<ActiveQueue>,
         acked_features: u64,
     ) -> Result<(), ActivateError> {
-        if matches!(self.state, State::Activated(_)) {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let roles = queue_roles(acked_features);
-        let mut notifiers = Vec::with_capacity(queues.len());
-        let mut served = Vec::with_capacity(queues.len());
-        for q in queues {
-            let Some(&role) = roles.get(usize::from(q.index)) else {
-                // A queue no negotiated feature gives a role: nothing will be served
-                // there; the driver's kicks on it are not listened to.
-                tracing::warn!(
-                    "virtio-balloon: the driver enabled queue {}, which its features do not give",
-                    q.index
-                );
-                continue;
-            };
-            notifiers.push(q.notify);
-            served.push(BalloonQueue {
-                role,
-                index: q.index,
-                queue: q.queue,
-            });
-        }
-        for required in [QueueRole::Inflate, QueueRole::Deflate] {
-            if !served.iter().any(|q| q.role == required) {
-                return Err(ActivateError::QueueCount {
-                    got: served.len(),
-                    needed: 2,
-                });
-            }
-        }
-        let has_stats_queue = served.iter().any(|q| q.role == QueueRole::Stats);
-        // Discard stale requests from the host made while the device was inactive.
-        let _ = self.shared.stats_request.read();
-        let handler = BalloonWorker::new(mem, interrupt.clone(), served, &self.handle());
-        let worker =
-            Worker::spawn("virtio-balloon", notifiers, handler).map_err(ActivateError::Worker)?;
-        self.shared.lock_stats().has_queue = has_stats_queue;
-        *self.shared.lock_interrupt() = Some(interrupt);
-        self.state = State::Activated(worker);
-        Ok(())
+        self.start(mem, interrupt, queues, acked_features, false)
     }
 
     fn reset(&mut self) {
@@ -501,8 +521,8 @@ impl VirtioDevice for Balloon {
         })
     }
 
-    /// Puts the configuration, statistics and counters back, then activates; the
-    /// statsq buffer the save rewound is taken again at once (`kick_each`).
+    /// Puts the configuration, statistics and counters back, then activates, taking
+    /// the statsq buffer the save rewound again.
     fn restore(
         &mut self,
         mem: GuestMemoryMmap,
@@ -528,7 +548,7 @@ impl VirtioDevice for Balloon {
         s.invalid_requests
             .store(c.invalid_requests, Ordering::Relaxed);
         kick_each(&queues).map_err(ActivateError::Worker)?;
-        self.activate(mem, interrupt, queues, acked_features)
+        self.start(mem, interrupt, queues, acked_features, true)
     }
 }
 

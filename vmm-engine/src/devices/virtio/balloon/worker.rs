@@ -199,6 +199,15 @@ impl BalloonWorker {
             })
             .collect()
     }
+
+    /// Drains the statsq once: after a restore, that takes the buffer the save left
+    /// available (its figures, unchanged in guest memory, are published again).
+    pub fn take_held_stats(&mut self) -> Result<(), WorkerError> {
+        match self.queues.iter().position(|q| q.role == QueueRole::Stats) {
+            Some(position) => self.serve(position),
+            None => Ok(()),
+        }
+    }
 }
 
 impl WorkerHandler for BalloonWorker {

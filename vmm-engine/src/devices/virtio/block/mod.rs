@@ -726,6 +726,22 @@ mod tests {
         }
     }
 
+    /// A device on an image another device just closed. A child another test (or this
+    /// one: qemu-img) forks meanwhile holds a copy of the closed descriptor, and so its
+    /// OFD lock, until it execs: retry for a moment.
+    fn reopen(config: &DiskConfig) -> Block {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Block::new(config) {
+                Ok(block) => return block,
+                Err(BlockError::Disk(DiskError::Lock { .. })) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("reopening the image: {e}"),
+            }
+        }
+    }
+
     /// The image's guest-visible bytes at `offset`, read by qemu-img (sharing the lock
     /// the device holds), so only what is on disk counts.
     fn image_bytes(img: &vmm_sys_util::tempfile::TempFile, offset: usize, len: usize) -> Vec<u8> {
@@ -787,7 +803,7 @@ mod tests {
             );
             drop(block);
 
-            let mut block = Block::new(&disk_config(&img)).unwrap();
+            let mut block = reopen(&disk_config(&img));
             let mut queue = driver.queue();
             queue.set_next_avail(saved.queues[0].next_avail);
             queue.set_next_used(saved.queues[0].next_used);
