@@ -36,6 +36,15 @@ pub trait WorkerHandler: Send + 'static {
     }
 }
 
+/// Notifies each of `queues` once, as the driver does after posting buffers. For a
+/// restore: a kick the driver made just before the save was pending in the old
+/// process's eventfd and is gone, and with EVENT_IDX the driver will not kick again for
+/// buffers it has already announced; so a restored device looks at every queue once
+/// when its worker starts (a kick with nothing new costs one empty drain).
+pub fn kick_each(queues: &[super::ActiveQueue]) -> io::Result<()> {
+    queues.iter().try_for_each(|q| q.notify.write(1))
+}
+
 /// Epoll tokens at and above this are the handler's own (`FdRegistry`), below it the
 /// worker's: kill, queues, fixed backends.
 const REGISTERED_TOKEN_BASE: u64 = 1 << 32;

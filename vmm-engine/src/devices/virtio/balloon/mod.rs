@@ -17,6 +17,7 @@
 //! VIRTIO_BALLOON_F_REPORTING. So `activate` maps queue indexes to roles by the acked
 //! features. free_page_vq (free page hinting, for migration) is not offered.
 
+pub mod persist;
 pub mod stats;
 pub mod worker;
 
@@ -30,11 +31,12 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::Worker;
+use super::worker::{kick_each, Worker};
 use super::{
-    ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
+use persist::BalloonState;
 pub use stats::BalloonStats;
 use worker::{BalloonQueue, BalloonWorker, QueueRole};
 
@@ -332,6 +334,75 @@ impl Balloon {
         }
     }
 
+    /// `activate`, and for a restore (`retake_stats`) taking the statsq buffer the save
+    /// left available (`BalloonWorker::positions`) again before the worker starts.
+    fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        retake_stats: bool,
+    ) -> Result<(), ActivateError> {
+        if matches!(self.state, State::Activated(_)) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let roles = queue_roles(acked_features);
+        let mut notifiers = Vec::with_capacity(queues.len());
+        let mut served = Vec::with_capacity(queues.len());
+        for q in queues {
+            let Some(&role) = roles.get(usize::from(q.index)) else {
+                // A queue no negotiated feature gives a role: nothing will be served
+                // there; the driver's kicks on it are not listened to.
+                tracing::warn!(
+                    "virtio-balloon: the driver enabled queue {}, which its features do not give",
+                    q.index
+                );
+                continue;
+            };
+            notifiers.push(q.notify);
+            served.push(BalloonQueue {
+                role,
+                index: q.index,
+                queue: q.queue,
+            });
+        }
+        for required in [QueueRole::Inflate, QueueRole::Deflate] {
+            if !served.iter().any(|q| q.role == required) {
+                return Err(ActivateError::QueueCount {
+                    got: served.len(),
+                    needed: 2,
+                });
+            }
+        }
+        let has_stats_queue = served.iter().any(|q| q.role == QueueRole::Stats);
+        // Discard stale requests from the host made while the device was inactive.
+        let _ = self.shared.stats_request.read();
+        let mut handler = BalloonWorker::new(mem, interrupt.clone(), served, &self.handle());
+        if retake_stats {
+            // Before the worker runs, so that the handle's first refresh after a
+            // restore returns this buffer and waits for fresh figures.
+            if let Err(e) = handler.take_held_stats() {
+                tracing::warn!("virtio-balloon: {e}");
+            }
+        }
+        let worker =
+            Worker::spawn("virtio-balloon", notifiers, handler).map_err(ActivateError::Worker)?;
+        self.shared.lock_stats().has_queue = has_stats_queue;
+        *self.shared.lock_interrupt() = Some(interrupt);
+        self.state = State::Activated(worker);
+        Ok(())
+    }
+
+    /// No driver runs the device any more: the handle stops interrupting and waiting.
+    fn detach_driver(&self) {
+        *self.shared.lock_interrupt() = None;
+        let mut slot = self.shared.lock_stats();
+        slot.has_queue = false;
+        // Wake waiters: they find the queue gone.
+        self.shared.stats_arrived.notify_all();
+    }
+
     fn config_bytes(&self) -> [u8; config::SIZE as usize] {
         let s = &self.shared;
         let mut bytes = [0u8; config::SIZE as usize];
@@ -412,72 +483,72 @@ impl VirtioDevice for Balloon {
         queues: Vec<ActiveQueue>,
         acked_features: u64,
     ) -> Result<(), ActivateError> {
-        if matches!(self.state, State::Activated(_)) {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let roles = queue_roles(acked_features);
-        let mut notifiers = Vec::with_capacity(queues.len());
-        let mut served = Vec::with_capacity(queues.len());
-        for q in queues {
-            let Some(&role) = roles.get(usize::from(q.index)) else {
-                // A queue no negotiated feature gives a role: nothing will be served
-                // there; the driver's kicks on it are not listened to.
-                tracing::warn!(
-                    "virtio-balloon: the driver enabled queue {}, which its features do not give",
-                    q.index
-                );
-                continue;
-            };
-            notifiers.push(q.notify);
-            served.push(BalloonQueue {
-                role,
-                index: q.index,
-                queue: q.queue,
-            });
-        }
-        for required in [QueueRole::Inflate, QueueRole::Deflate] {
-            if !served.iter().any(|q| q.role == required) {
-                return Err(ActivateError::QueueCount {
-                    got: served.len(),
-                    needed: 2,
-                });
-            }
-        }
-        let has_stats_queue = served.iter().any(|q| q.role == QueueRole::Stats);
-        // Discard stale requests from the host made while the device was inactive.
-        let _ = self.shared.stats_request.read();
-        let handler = BalloonWorker::new(mem, interrupt.clone(), served, &self.handle());
-        let worker =
-            Worker::spawn("virtio-balloon", notifiers, handler).map_err(ActivateError::Worker)?;
-        self.shared.lock_stats().has_queue = has_stats_queue;
-        *self.shared.lock_interrupt() = Some(interrupt);
-        self.state = State::Activated(worker);
-        Ok(())
+        self.start(mem, interrupt, queues, acked_features, false)
     }
 
     fn reset(&mut self) {
         if let State::Activated(worker) = std::mem::replace(&mut self.state, State::Inactive) {
             worker.stop();
         }
-        *self.shared.lock_interrupt() = None;
-        {
-            let mut slot = self.shared.lock_stats();
-            slot.has_queue = false;
-            // Wake waiters: they find the queue gone.
-            self.shared.stats_arrived.notify_all();
-        }
+        self.detach_driver();
         // A new driver starts with an empty balloon (a rebooted guest knows nothing of
         // the old one); the host's target stays.
         self.shared.actual.store(0, Ordering::SeqCst);
         self.shared.poison_val.store(0, Ordering::SeqCst);
     }
 
-    fn save(
+    /// Inflate, deflate and reporting buffers are served whole on each kick; the one
+    /// buffer the device keeps is the statsq's (`BalloonWorker::positions`).
+    fn save(&mut self) -> Result<DeviceState, SaveError> {
+        let State::Activated(worker) = std::mem::replace(&mut self.state, State::Inactive) else {
+            return Err(SaveError::WorkerLost);
+        };
+        let handler = worker.stop();
+        self.detach_driver();
+        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let s = &self.shared;
+        let state = BalloonState {
+            num_pages: s.num_pages.load(Ordering::SeqCst),
+            actual: s.actual.load(Ordering::SeqCst),
+            poison_val: s.poison_val.load(Ordering::SeqCst),
+            last_stats: s.lock_stats().last,
+            counters: self.handle().counters(),
+        };
+        Ok(DeviceState {
+            queues: handler.positions(),
+            device: serde_json::to_value(state)
+                .map_err(|e| SaveError::Device(format!("virtio-balloon state: {e}")))?,
+        })
+    }
+
+    /// Puts the configuration, statistics and counters back, then activates, taking
+    /// the statsq buffer the save rewound again.
+    fn restore(
         &mut self,
-    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
-        Err(crate::devices::virtio::SaveError::Device(
-            "saving a VM with a balloon is not supported yet".into(),
-        ))
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), ActivateError> {
+        if matches!(self.state, State::Activated(_)) {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let state = BalloonState::parse(state)
+            .map_err(|e| ActivateError::BadState(format!("virtio-balloon: {e}")))?;
+        let s = &self.shared;
+        s.num_pages.store(state.num_pages, Ordering::SeqCst);
+        s.actual.store(state.actual, Ordering::SeqCst);
+        s.poison_val.store(state.poison_val, Ordering::SeqCst);
+        s.lock_stats().last = state.last_stats;
+        let c = state.counters;
+        s.inflated_pages.store(c.inflated_pages, Ordering::Relaxed);
+        s.deflated_pages.store(c.deflated_pages, Ordering::Relaxed);
+        s.reported_bytes.store(c.reported_bytes, Ordering::Relaxed);
+        s.invalid_requests
+            .store(c.invalid_requests, Ordering::Relaxed);
+        kick_each(&queues).map_err(ActivateError::Worker)?;
+        self.start(mem, interrupt, queues, acked_features, true)
     }
 }
 
@@ -485,6 +556,7 @@ impl VirtioDevice for Balloon {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::CountingInterrupt;
+    use crate::devices::virtio::QueuePosition;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::{Queue, QueueT};
@@ -669,6 +741,193 @@ mod tests {
         dev.reset();
         let _d = activate(&mut dev, 4, FEATURES);
         assert!(dev.handle().is_active());
+        dev.reset();
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The driver's four queues (at 0, 0x1000, ...), kept across a save and restore.
+    struct Rings<'m> {
+        mem: &'m GuestMemoryMmap,
+        mocks: Vec<MockSplitQueue<'m, GuestMemoryMmap>>,
+    }
+
+    impl<'m> Rings<'m> {
+        fn new(mem: &'m GuestMemoryMmap) -> Self {
+            let mocks = (0..4u64)
+                .map(|i| MockSplitQueue::create(mem, GuestAddress(i * 0x1000), 16))
+                .collect();
+            Rings { mem, mocks }
+        }
+
+        /// Queues for the device, positioned at `at` (`None`: from the start), and the
+        /// kicks that go with them.
+        fn queues(&self, at: Option<&[QueuePosition]>) -> (Vec<ActiveQueue>, Vec<EventFd>) {
+            let mut kicks = Vec::new();
+            let queues = self
+                .mocks
+                .iter()
+                .enumerate()
+                .map(|(i, mock)| {
+                    let mut queue: Queue = mock.create_queue().unwrap();
+                    if let Some(at) = at {
+                        queue.set_next_avail(at[i].next_avail);
+                        queue.set_next_used(at[i].next_used);
+                    }
+                    let notify = EventFd::new(0).unwrap();
+                    kicks.push(notify.try_clone().unwrap());
+                    ActiveQueue {
+                        index: i as u16,
+                        queue,
+                        notify,
+                    }
+                })
+                .collect();
+            (queues, kicks)
+        }
+
+        /// Posts one readable buffer at `addr` holding `bytes` as descriptor `desc` of
+        /// queue `queue`.
+        fn post(&self, queue: usize, desc: u16, addr: u64, bytes: &[u8]) {
+            self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, bytes.len() as u32, 0, 0));
+            self.mocks[queue].add_desc_chains(&[d], desc).unwrap();
+        }
+
+        fn used_idx(&self, queue: usize) -> u16 {
+            self.mocks[queue].used().idx().load()
+        }
+    }
+
+    fn pfns(list: &[u32]) -> Vec<u8> {
+        list.iter().flat_map(|p| p.to_le_bytes()).collect()
+    }
+
+    fn memtot(bytes: u64) -> Vec<u8> {
+        stats::encode_entry(stats::VIRTIO_BALLOON_S_MEMTOT, bytes).to_vec()
+    }
+
+    /// Inflation, a target, `actual` and a statistics buffer held by the device; save,
+    /// the state through JSON, a new device restored: the handle reads the same
+    /// target, actual, statistics and counters, the held statistics buffer is held
+    /// again (a refresh returns it, and only it), and the inflateq carries on without
+    /// serving anything twice.
+    #[test]
+    fn a_restored_balloon_keeps_its_target_actual_stats_and_held_buffer() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let rings = Rings::new(&mem);
+        let mut dev = Balloon::new(0).unwrap();
+        let h = dev.handle();
+        let (queues, kicks) = rings.queues(None);
+        dev.activate(
+            mem.clone(),
+            Arc::new(CountingInterrupt::default()),
+            queues,
+            FEATURES,
+        )
+        .unwrap();
+        h.set_target_pages(64).unwrap();
+        dev.write_config(config::ACTUAL, &32u32.to_le_bytes());
+        rings.post(0, 0, 0x10000, &pfns(&[100, 101, 102]));
+        kicks[0].write(1).unwrap();
+        rings.post(2, 0, 0x11000, &memtot(1 << 30));
+        kicks[2].write(1).unwrap();
+        wait_for("inflation", || rings.used_idx(0) == 1);
+        wait_for("statistics", || h.stats().is_some());
+        assert_eq!(rings.used_idx(2), 0, "the stats buffer is held");
+
+        let saved = dev.save().unwrap();
+        assert!(!h.is_active());
+        let saved: DeviceState =
+            serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+        let at: Vec<(u16, u16)> = saved
+            .queues
+            .iter()
+            .map(|q| (q.next_avail, q.next_used))
+            .collect();
+        assert_eq!(at, [(1, 1), (0, 0), (0, 0), (0, 0)], "statsq rewound");
+
+        let mut dev = Balloon::new(0).unwrap();
+        let h = dev.handle();
+        let (queues, kicks) = rings.queues(Some(&saved.queues));
+        let interrupt = Arc::new(CountingInterrupt::default());
+        dev.restore(mem.clone(), interrupt, queues, FEATURES, &saved.device)
+            .unwrap();
+        assert_eq!((h.target_pages(), h.actual_pages()), (64, 32));
+        assert_eq!(read_u32(&dev, config::NUM_PAGES), 64);
+        assert_eq!(read_u32(&dev, config::ACTUAL), 32);
+        assert_eq!(h.stats().unwrap().total_memory, Some(1 << 30));
+        assert_eq!(h.counters().inflated_pages, 3);
+
+        // The host asks: the buffer held before the save comes back (head 0), the
+        // driver posts a fresh one.
+        let fresh = std::thread::scope(|s| {
+            let waiter = s.spawn(|| h.refresh_stats(Duration::from_secs(5)));
+            wait_for("the held buffer", || rings.used_idx(2) == 1);
+            let used = rings.mocks[2].used().ring().ref_at(0).unwrap().load();
+            assert_eq!(used.id(), 0);
+            rings.post(2, 1, 0x12000, &memtot(2 << 30));
+            kicks[2].write(1).unwrap();
+            waiter.join().unwrap()
+        });
+        assert_eq!(fresh.unwrap().total_memory, Some(2 << 30));
+        assert_eq!(rings.used_idx(2), 1);
+
+        rings.post(0, 1, 0x13000, &pfns(&[110]));
+        kicks[0].write(1).unwrap();
+        wait_for("the next inflation", || rings.used_idx(0) == 2);
+        assert_eq!(h.counters().inflated_pages, 4);
+        dev.reset();
+    }
+
+    #[test]
+    fn a_malformed_saved_state_is_an_error() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let rings = Rings::new(&mem);
+        let good = serde_json::json!({
+            "num_pages": 1, "actual": 0, "poison_val": 0, "last_stats": null,
+            "counters": {"inflated_pages": 0, "deflated_pages": 0,
+                         "reported_bytes": 0, "invalid_requests": 0},
+        });
+        let mut negative = good.clone();
+        negative["actual"] = serde_json::json!(-1);
+        let mut too_big = good.clone();
+        too_big["num_pages"] = serde_json::json!(1u64 << 32);
+        let mut extra = good.clone();
+        extra["held"] = serde_json::json!(true);
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("counters");
+        for bad in [serde_json::Value::Null, negative, too_big, extra, missing] {
+            let mut dev = Balloon::new(0).unwrap();
+            let (queues, _) = rings.queues(None);
+            let result = dev.restore(
+                mem.clone(),
+                Arc::new(CountingInterrupt::default()),
+                queues,
+                FEATURES,
+                &bad,
+            );
+            assert!(matches!(result, Err(ActivateError::BadState(_))), "{bad}");
+            assert!(!dev.handle().is_active());
+            assert_eq!(dev.handle().target_pages(), 0);
+        }
+        let mut dev = Balloon::new(0).unwrap();
+        let (queues, _) = rings.queues(None);
+        dev.restore(
+            mem.clone(),
+            Arc::new(CountingInterrupt::default()),
+            queues,
+            FEATURES,
+            &good,
+        )
+        .unwrap();
+        assert_eq!(dev.handle().target_pages(), 1);
         dev.reset();
     }
 

@@ -28,7 +28,7 @@ use vm_memory::{
 use super::stats::{BalloonStats, MAX_STATS_BYTES};
 use super::{BalloonHandle, Shared, BALLOON_PAGE_BYTES, VIRTIO_BALLOON_PFN_SHIFT};
 use crate::devices::virtio::worker::WorkerHandler;
-use crate::devices::virtio::{drain_queue, Interrupt};
+use crate::devices::virtio::{drain_queue, Interrupt, QueuePosition};
 
 /// Host page size. The engine runs on x86_64, whose base pages are 4 KiB, the balloon's
 /// unit too. (On a larger-page host, madvise would refuse the unaligned ranges: pages
@@ -173,6 +173,40 @@ impl BalloonWorker {
                 .map_err(WorkerError::Interrupt)?;
         }
         Ok(())
+    }
+}
+
+impl BalloonWorker {
+    /// Where each queue stands, for a save. The statsq buffer the device holds is
+    /// always the last one it popped (`take_stats` swaps each new buffer in for the
+    /// old, which it returns; `release_stats` returns the held one without popping),
+    /// so rewinding that queue's next_avail by one gives the buffer back to the
+    /// available ring as the driver left it: the restored device pops it again and
+    /// holds it, exactly as the driver expects. Returning it instead would ask the
+    /// driver for statistics nobody wants, and forgetting it would leave the driver
+    /// waiting forever for a buffer it never gets back, so no statistics again.
+    /// The driver cannot have reused that avail ring slot meanwhile: it gets a slot
+    /// back only after a queue's worth of newer buffers, and it has one stats buffer.
+    pub fn positions(&self) -> Vec<QueuePosition> {
+        self.queues
+            .iter()
+            .map(|q| {
+                let mut at = QueuePosition::of(q.index, &q.queue);
+                if q.role == QueueRole::Stats && self.held_stats.is_some() {
+                    at.next_avail = at.next_avail.wrapping_sub(1);
+                }
+                at
+            })
+            .collect()
+    }
+
+    /// Drains the statsq once: after a restore, that takes the buffer the save left
+    /// available (its figures, unchanged in guest memory, are published again).
+    pub fn take_held_stats(&mut self) -> Result<(), WorkerError> {
+        match self.queues.iter().position(|q| q.role == QueueRole::Stats) {
+            Some(position) => self.serve(position),
+            None => Ok(()),
+        }
     }
 }
 

@@ -76,6 +76,11 @@ impl BlockWorker {
     pub fn queue(&self) -> &Queue {
         &self.queue
     }
+
+    /// The queue's index in the device, as the transport numbered it.
+    pub fn queue_index(&self) -> u16 {
+        self.queue_index
+    }
 }
 
 impl WorkerHandler for BlockWorker {

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod event;
+pub mod persist;
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,13 +20,14 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{Worker, WorkerHandler};
+use super::worker::{kick_each, Worker, WorkerHandler};
 use super::{
-    ActivateError, ActiveQueue, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use config::InputConfig;
 use event::{InputEvent, InputKind, InputProfile, EV_LED};
+use persist::InputState;
 
 /// eventq and statusq (5.8.2).
 const QUEUE_SIZES: &[u16] = &[64, 64];
@@ -378,12 +380,51 @@ impl VirtioDevice for Input {
         pending.leds = 0;
     }
 
-    fn save(
+    fn save(&mut self) -> Result<DeviceState, SaveError> {
+        let handler = self.worker.take().and_then(Worker::stop);
+        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let mut pending = self.shared.lock();
+        pending.active = false;
+        let mut question = [0u8; 2];
+        self.config.read(0, &mut question);
+        let state = InputState {
+            select: question[0],
+            subsel: question[1],
+            leds: pending.leds,
+            events: pending
+                .events
+                .drain(..)
+                .map(|e| (e.kind, e.code, e.value))
+                .collect(),
+        };
+        let mut saved =
+            DeviceState::queues_only([(EVENTQ, &handler.eventq), (STATUSQ, &handler.statusq)]);
+        saved.device = serde_json::to_value(state)
+            .map_err(|e| SaveError::Device(format!("virtio-input state: {e}")))?;
+        Ok(saved)
+    }
+
+    /// Activates, then puts back what the save kept; the waiting events go to the
+    /// driver's buffers at once (those it posted before the save are still available).
+    fn restore(
         &mut self,
-    ) -> Result<crate::devices::virtio::DeviceState, crate::devices::virtio::SaveError> {
-        Err(crate::devices::virtio::SaveError::Device(
-            "saving a VM with a input device is not supported yet".into(),
-        ))
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+        acked_features: u64,
+        state: &serde_json::Value,
+    ) -> Result<(), ActivateError> {
+        let state = InputState::parse(state, &self.shared.profile)
+            .map_err(|e| ActivateError::BadState(format!("virtio-input: {e}")))?;
+        kick_each(&queues).map_err(ActivateError::Worker)?;
+        self.activate(mem, interrupt, queues, acked_features)?;
+        self.config.write(0, &[state.select, state.subsel]);
+        {
+            let mut pending = self.shared.lock();
+            pending.leds = state.leds;
+            pending.events.extend(state.events());
+        }
+        self.shared.wake.write(1).map_err(ActivateError::Worker)
     }
 }
 
@@ -393,6 +434,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::CountingInterrupt;
     use std::time::{Duration, Instant};
+    use virtio_bindings::virtio_input::virtio_input_config_select_VIRTIO_INPUT_CFG_EV_BITS as CFG_EV_BITS;
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -651,6 +693,174 @@ mod tests {
             handle.send(&[InputEvent::new(EV_KEY, BTN_LEFT, 0)]),
             Err(InputError::NotReady)
         );
+    }
+
+    /// A new keyboard restored from `saved` over the driver's two queues (the event
+    /// queue `mock`, the status queue at 0x40000), each where the save left it.
+    fn restored(
+        mem: &GuestMemoryMmap,
+        mock: &MockSplitQueue<'_, GuestMemoryMmap>,
+        saved: &DeviceState,
+    ) -> (Input, EventFd, Arc<CountingInterrupt>) {
+        let saved: DeviceState =
+            serde_json::from_str(&serde_json::to_string(saved).unwrap()).unwrap();
+        let status_mock = MockSplitQueue::create(mem, GuestAddress(0x40000), 16);
+        let queues = [mock, &status_mock]
+            .into_iter()
+            .zip(&saved.queues)
+            .map(|(m, at)| {
+                let mut queue: Queue = m.create_queue().unwrap();
+                queue.set_ready(true);
+                queue.set_next_avail(at.next_avail);
+                queue.set_next_used(at.next_used);
+                ActiveQueue {
+                    index: at.index,
+                    queue,
+                    notify: EventFd::new(0).unwrap(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let kick = queues[0].notify.try_clone().unwrap();
+        let mut device = Input::new(InputKind::Keyboard).unwrap();
+        let interrupt = Arc::new(CountingInterrupt::default());
+        device
+            .restore(
+                mem.clone(),
+                interrupt.clone(),
+                queues,
+                VIRTIO_F_VERSION_1,
+                &saved.device,
+            )
+            .unwrap();
+        (device, kick, interrupt)
+    }
+
+    fn wait_used(mem: &GuestMemoryMmap, mock: &MockSplitQueue<'_, GuestMemoryMmap>, idx: u16) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while used_idx(mem, mock) < idx {
+            assert!(Instant::now() < deadline, "the worker did not deliver");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Buffers the driver posted before a save take events after the restore; events
+    /// waiting for buffers at a save reach the driver after the restore; the LEDs and
+    /// the configuration space's question are the same; nothing is delivered twice.
+    #[test]
+    fn a_restored_keyboard_keeps_its_buffers_events_leds_and_question() {
+        let mem = memory();
+        let (mock, eventq) = eventq_with_buffers(&mem, 4, 8);
+        let status_mock = MockSplitQueue::create(&mem, GuestAddress(0x40000), 16);
+        let mut statusq: Queue = status_mock.create_queue().unwrap();
+        statusq.set_ready(true);
+        let mut device = Input::new(InputKind::Keyboard).unwrap();
+        let queues = vec![
+            ActiveQueue {
+                index: 0,
+                queue: eventq,
+                notify: EventFd::new(0).unwrap(),
+            },
+            ActiveQueue {
+                index: 1,
+                queue: statusq,
+                notify: EventFd::new(0).unwrap(),
+            },
+        ];
+        let interrupt = Arc::new(CountingInterrupt::default());
+        device
+            .activate(mem.clone(), interrupt, queues, VIRTIO_F_VERSION_1)
+            .unwrap();
+        device
+            .handle()
+            .send(&[InputEvent::new(EV_KEY, 30, 1)])
+            .unwrap();
+        wait_used(&mem, &mock, 2);
+        device.write_config(0, &[CFG_EV_BITS as u8, EV_KEY as u8]);
+        device.shared.lock().leds = 1 << LED_CAPSL;
+
+        // Two buffers posted and not yet used.
+        let saved = device.save().unwrap();
+        assert!(!device.handle().is_active());
+        let (mut device, _kick, _) = restored(&mem, &mock, &saved);
+        let handle = device.handle();
+        assert_eq!(handle.leds(), 1 << LED_CAPSL);
+        let mut question = [0u8; 3];
+        device.read_config(0, &mut question);
+        assert_eq!(question[..2], [CFG_EV_BITS as u8, EV_KEY as u8]);
+        assert_ne!(question[2], 0, "the answer's size");
+        handle.send(&[InputEvent::new(EV_KEY, 30, 0)]).unwrap();
+        wait_used(&mem, &mock, 4);
+        assert_eq!(event_at(&mem, 0), InputEvent::new(EV_KEY, 30, 1));
+        assert_eq!(event_at(&mem, 2), InputEvent::new(EV_KEY, 30, 0));
+        assert_eq!(event_at(&mem, 3), InputEvent::syn());
+
+        // No buffer left: a group waits, is saved, and is delivered after the restore
+        // once the driver posts buffers.
+        handle.send(&[InputEvent::new(EV_KEY, 48, 1)]).unwrap();
+        let saved = device.save().unwrap();
+        let (mut device, kick, interrupt) = restored(&mem, &mock, &saved);
+        assert_eq!(device.handle().backlog(), 2);
+        for i in 4..6 {
+            let desc = RawDescriptor::from(SplitDescriptor::new(
+                0x10000 + 16 * u64::from(i),
+                8,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            mock.add_desc_chains(&[desc], i).unwrap();
+        }
+        kick.write(1).unwrap();
+        wait_used(&mem, &mock, 6);
+        assert_eq!(event_at(&mem, 4), InputEvent::new(EV_KEY, 48, 1));
+        assert_eq!(event_at(&mem, 5), InputEvent::syn());
+        assert_eq!(used_idx(&mem, &mock), 6);
+        assert_eq!(device.handle().backlog(), 0);
+        assert!(interrupt.used_on(0) > 0);
+        device.reset();
+    }
+
+    #[test]
+    fn a_malformed_saved_state_is_an_error() {
+        let mem = memory();
+        let syn = [EV_SYN, SYN_REPORT, 0];
+        for bad in [
+            serde_json::Value::Null,
+            serde_json::json!({"select": 1, "subsel": 0, "leds": 0}),
+            serde_json::json!({"select": 300, "subsel": 0, "leds": 0, "events": []}),
+            // A relative axis the keyboard never announced.
+            serde_json::json!({"select": 0, "subsel": 0, "leds": 0,
+                "events": [[EV_REL, 0, 1], syn]}),
+            // A group cut in half.
+            serde_json::json!({"select": 0, "subsel": 0, "leds": 0,
+                "events": [[EV_KEY, 30, 1]]}),
+            serde_json::json!({"select": 0, "subsel": 0, "leds": 0,
+                "events": vec![syn; MAX_BACKLOG + 1]}),
+        ] {
+            let (_mock, eventq) = eventq_with_buffers(&mem, 1, 8);
+            let (_, statusq) = eventq_with_buffers(&mem, 0, 8);
+            let queues = vec![
+                ActiveQueue {
+                    index: 0,
+                    queue: eventq,
+                    notify: EventFd::new(0).unwrap(),
+                },
+                ActiveQueue {
+                    index: 1,
+                    queue: statusq,
+                    notify: EventFd::new(0).unwrap(),
+                },
+            ];
+            let mut device = Input::new(InputKind::Keyboard).unwrap();
+            let result = device.restore(
+                mem.clone(),
+                Arc::new(CountingInterrupt::default()),
+                queues,
+                VIRTIO_F_VERSION_1,
+                &bad,
+            );
+            assert!(matches!(result, Err(ActivateError::BadState(_))), "{bad}");
+            assert!(!device.handle().is_active());
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::backend::{Backend, BackendError, ETH_HLEN, MAX_FRAME_LEN};
 use crate::devices::virtio::io_counters::IoCounters;
 use crate::devices::virtio::worker::WorkerHandler;
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{Interrupt, QueuePosition};
 
 /// `virtio_net_hdr_v1`: with VIRTIO_F_VERSION_1 the header always has `num_buffers`.
 pub const NET_HDR_LEN: usize = 12;
@@ -124,6 +124,14 @@ impl NetWorker {
     pub fn counting(mut self, io: Arc<IoCounters>) -> Self {
         self.io = io;
         self
+    }
+
+    /// Where the receiveq and the transmitq stand.
+    pub fn positions(&self) -> [QueuePosition; 2] {
+        [
+            QueuePosition::of(RX_QUEUE, &self.rx),
+            QueuePosition::of(TX_QUEUE, &self.tx),
+        ]
     }
 
     /// Gives the backend back (the device keeps it across a reset).
