@@ -174,12 +174,26 @@ impl LiveGuest {
                 self.seen.push(line);
             }
             if let Some(status) = self.child.try_wait().expect("wait works") {
+                self.read_to_end();
                 return Some(status);
             }
             if Instant::now() >= end {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Takes the lines the guest printed before its engine ended: the reader may not
+    /// have passed them on yet when the exit is seen. Bounded, since a child of the
+    /// engine (passt) may still hold the pipe open.
+    fn read_to_end(&mut self) {
+        let end = Instant::now() + Duration::from_secs(2);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok((_, line)) => self.seen.push(line),
+                Err(_) => break,
+            }
         }
     }
 

@@ -488,12 +488,16 @@ fn fifty_save_restore_cycles_leak_nothing() {
     eprintln!("50 cycles in {:?}", started.elapsed());
     let all: Vec<&[String]> = runs.iter().map(Vec::as_slice).collect();
     assert_consecutive(&counts(&all));
-    let ((fds0, rss0), blocks0) = prints[1];
-    for (i, &((fds, rss), blocks)) in prints.iter().enumerate().skip(2) {
-        assert_eq!(
-            fds, fds0,
-            "cycle {i}: the engine has {fds} fds, {fds0} before"
-        );
+    eprintln!("(fds, RSS KiB), snapshot blocks per cycle: {prints:?}");
+    // A thread or a connection may hold an fd for an instant when the figure is taken:
+    // what must not happen is a climb, so the last ten never exceed the first ten.
+    let most_fds = |cycles: &[((usize, u64), u64)]| cycles.iter().map(|c| c.0 .0).max().unwrap();
+    assert!(
+        most_fds(&prints[40..]) <= most_fds(&prints[..10]),
+        "the engine's fds climbed over the cycles"
+    );
+    let ((_, rss0), blocks0) = prints[1];
+    for (i, &((_, rss), blocks)) in prints.iter().enumerate().skip(2) {
         assert!(
             rss <= rss0 + 8 * 1024,
             "cycle {i}: RSS {rss} KiB, {rss0} KiB before"
