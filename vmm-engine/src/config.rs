@@ -43,6 +43,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Start from this snapshot instead of booting (`--restore`).
     pub restore: Option<PathBuf>,
+    /// Wait for a live migration from another engine here instead of booting.
+    pub incoming: Option<crate::snapshot::migrate::Endpoint>,
     /// Start with the vCPUs paused (`--paused`): `resume` on the control socket runs them.
     pub start_paused: bool,
 }
@@ -65,6 +67,7 @@ impl VmConfig {
             vsock: None,
             restore: None,
             start_paused: false,
+            incoming: None,
         }
     }
 }

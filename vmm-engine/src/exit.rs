@@ -16,6 +16,8 @@ pub mod code {
     pub const CRASH: i32 = 4;
     /// The VM was saved to a snapshot file (`save` on the control socket).
     pub const SAVED: i32 = 5;
+    /// The VM moved to another engine (`migrate` on the control socket).
+    pub const MIGRATED: i32 = 6;
 }
 
 /// Why the VM stopped.
@@ -34,6 +36,11 @@ pub enum ExitReason {
     SaveRequested(std::path::PathBuf),
     /// The VM's state is in this file and the VM has stopped.
     Saved(std::path::PathBuf),
+    /// The control socket asked for a live migration to this endpoint (as the
+    /// request wrote it); the VM goes on if it fails.
+    MigrateRequested(String),
+    /// The VM runs in another engine now.
+    Migrated(String),
 }
 
 impl ExitReason {
@@ -43,7 +50,8 @@ impl ExitReason {
             ExitReason::Reboot => code::REBOOT,
             ExitReason::Crash(_) => code::CRASH,
             ExitReason::Saved(_) => code::SAVED,
-            ExitReason::SaveRequested(_) => code::ERROR,
+            ExitReason::Migrated(_) => code::MIGRATED,
+            ExitReason::SaveRequested(_) | ExitReason::MigrateRequested(_) => code::ERROR,
         }
     }
 }
@@ -57,6 +65,8 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Stopped => f.write_str("stopped by the user"),
             ExitReason::SaveRequested(p) => write!(f, "asked to save to {}", p.display()),
             ExitReason::Saved(p) => write!(f, "saved to {}", p.display()),
+            ExitReason::MigrateRequested(to) => write!(f, "asked to migrate to {to}"),
+            ExitReason::Migrated(to) => write!(f, "migrated to {to}"),
         }
     }
 }

@@ -18,7 +18,8 @@ const AFTER_HELP: &str = concat!(
     "Exit status: 0 the guest powered off (or Ctrl-A x), 1 the VM could not start, ",
     "2 bad command line, 3 the guest rebooted (with --reboot=exit), ",
     "4 the guest crashed (triple fault, KVM internal error), ",
-    "5 the VM was saved (`save` on the control socket); --restore PATH starts it again.\n",
+    "5 the VM was saved (`save` on the control socket; --restore PATH starts it again), ",
+    "6 the VM moved to another engine (`migrate`).\n",
     "The console is the guest's ttyS0 on stdin/stdout; on a terminal, Ctrl-A x quits ",
     "and Ctrl-A Ctrl-A sends Ctrl-A."
 );
@@ -93,6 +94,12 @@ struct Cli {
     /// other flags must describe the same VM (CPUs, memory, disks, devices).
     #[arg(long, value_name = "PATH")]
     restore: Option<PathBuf>,
+
+    /// Wait for a live migration (`migrate` on another engine's control socket) on
+    /// unix:PATH or tcp:HOST:PORT instead of booting. The other flags must describe the
+    /// same VM; its control and vsock sockets must be other paths than the source's.
+    #[arg(long, value_name = "ENDPOINT", conflicts_with = "restore")]
+    incoming: Option<vireo_vmm::snapshot::migrate::Endpoint>,
 
     /// Start with the vCPUs paused; `resume` on the control socket runs them (with
     /// --restore: the guest's screen and state can be looked at before it runs on).
@@ -200,6 +207,7 @@ fn run_vm(cli: Cli) -> ExitCode {
         vsock: cli.vsock,
         restore: cli.restore,
         start_paused: cli.paused,
+        incoming: cli.incoming,
     };
     if window && config.display.is_none() {
         config.display = Some(config::DisplayConfig {

@@ -22,7 +22,7 @@ use crate::devices::cmos::{self, Cmos};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
 use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
-use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::block::{Block, BlockError, Disk};
 use crate::devices::virtio::gpu::{Gpu, GpuError, GpuHandle};
 use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind};
 use crate::devices::virtio::input::{Input, InputHandle};
@@ -39,7 +39,7 @@ use crate::pci::irq::GsiRouter;
 use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::pci::virtio_pci::VirtioPciDevice;
 use crate::pci::PciMmio;
-use crate::snapshot::{self, file::Snapshot, DiskStamp, Hardware, LegacyState, MachineState};
+use crate::snapshot::{self, migrate, DiskStamp, Hardware, LegacyState, MachineState};
 use crate::x86_64::snapshot::{self as cpu_state, VcpuState, VmState};
 use crate::x86_64::{cpuid, layout, regs};
 use crate::{acpi, boot, console, vcpu};
@@ -125,16 +125,39 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
         }
         None => None,
     };
+    // Listening before anything else, so the source can be told to start at once.
+    let incoming = match &config.incoming {
+        Some(endpoint) => Some(endpoint.listen().map_err(|e| Error::Restore {
+            path: format!("{endpoint:?}"),
+            why: format!("cannot listen for the migration: {e}"),
+        })?),
+        None => None,
+    };
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
     vcpu::install_kick_handler().map_err(Error::Thread)?;
+    let mut origin = match (&config.restore, &incoming) {
+        (Some(path), _) => Origin::File(path),
+        (None, Some(listener)) => Origin::Incoming(listener),
+        (None, None) => Origin::Boot,
+    };
     loop {
-        let reason = boot_once(&kvm, config, console, vsock.as_ref())?;
+        let reason = boot_once(&kvm, config, console, vsock.as_ref(), origin)?;
         if reason != ExitReason::Reboot || config.reboot != RebootPolicy::Restart {
             return Ok(reason);
         }
         tracing::info!("guest rebooted: starting it again");
+        // A rebooted guest starts afresh, whatever it was restored from.
+        origin = Origin::Boot;
     }
+}
+
+/// Where a run's guest comes from.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    Boot,
+    File(&'a Path),
+    Incoming(&'a migrate::Incoming),
 }
 
 /// One boot of the guest (or one run from a snapshot), from a fresh VM to its teardown.
@@ -143,15 +166,16 @@ fn boot_once(
     config: &VmConfig,
     console: &Console,
     vsock: Option<&VsockListener>,
+    origin: Origin<'_>,
 ) -> Result<ExitReason, Error> {
     // A snapshot that cannot be used is refused before anything is built.
-    let snapshot = match &config.restore {
-        Some(path) => {
+    let snapshot = match origin {
+        Origin::File(path) => {
             let snapshot = snapshot::file::read(path)?;
             snapshot.state.check_fits(config)?;
             Some(snapshot)
         }
-        None => None,
+        _ => None,
     };
     let vm = Arc::new(create_vm(kvm)?);
     // Guest memory before the irqchip: on PVM the first memory slot added after the
@@ -160,10 +184,22 @@ fn boot_once(
         Some(s) => snapshot::map_memory(s, config.memory)?,
         None => allocate_memory(config.memory)?,
     };
-    register_memory(&vm, &mem)?;
+    register_memory(&vm, &mem, false)?;
     create_irqchip(&vm)?;
     tracing::debug!("VM created");
-    let entry = match &snapshot {
+    // A migration's memory and state arrive before the devices are built: the source
+    // lets go of the disk images only once it has stopped the guest.
+    let mut incoming = None;
+    let state = match (origin, snapshot) {
+        (Origin::Incoming(listener), _) => {
+            let (stream, state) = receive_migration(listener, &mem, config)?;
+            incoming = Some(stream);
+            Some(state)
+        }
+        (_, Some(snapshot)) => Some(snapshot.state),
+        _ => None,
+    };
+    let entry = match &state {
         Some(_) => None,
         None => {
             acpi::create_tables(&mem, config.vcpus)?;
@@ -174,7 +210,8 @@ fn boot_once(
 
     let (exit_tx, exit_rx) = ExitSender::channel();
     let (mut pio, legacy) = legacy_devices(&vm, config, console, &exit_tx)?;
-    let (pci, handles) = pci_devices(&vm, &mem, config, vsock)?;
+    let (pci, mut handles) = pci_devices(&vm, &mem, config, vsock)?;
+    let images = std::mem::take(&mut handles.images);
     pio.insert(
         PCI_CONFIG_PORT,
         PCI_CONFIG_PORT_LEN,
@@ -183,6 +220,26 @@ fn boot_once(
     let pio = Arc::new(pio);
     let pauser = Arc::new(Pauser::default());
     let saves = Arc::new(SaveReplies::default());
+    tracing::debug!("devices created");
+
+    let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
+    if let Some(state) = &state {
+        let from = match origin {
+            Origin::File(path) => path.display().to_string(),
+            _ => "the migration".to_string(),
+        };
+        let restored = restore_machine(state, &vm, &fds, &legacy, &pci);
+        if let (Err(why), Some(stream)) = (&restored, incoming.as_mut()) {
+            migrate::answer(&mut **stream, &Err(why.clone()));
+        }
+        restored.map_err(|why| Error::Restore {
+            path: from.clone(),
+            why,
+        })?;
+        tracing::info!("restored from {from}");
+    }
+    // The control socket opens once the machine is whole: a request (a screenshot, a
+    // key) must not reach a device before its restored state is in.
     let _control = match &config.control_socket {
         Some(path) => Some(ControlServer::start(
             path,
@@ -196,24 +253,6 @@ fn boot_once(
         )?),
         None => None,
     };
-    tracing::debug!("devices created");
-
-    let fds = create_vcpus(kvm, &vm, &mem, config.vcpus, entry)?;
-    if let Some(s) = &snapshot {
-        restore_machine(s, &vm, &fds, &legacy, &pci).map_err(|why| Error::Restore {
-            path: config
-                .restore
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display()
-                .to_string(),
-            why,
-        })?;
-        tracing::info!(
-            "restored from {}",
-            config.restore.as_deref().unwrap_or(Path::new("")).display()
-        );
-    }
     tracing::debug!("vCPUs created");
     let mut machine = Machine {
         kvm,
@@ -228,8 +267,12 @@ fn boot_once(
         stop: Arc::new(AtomicBool::new(false)),
         threads: Vec::new(),
         held_clock: None,
+        images,
     };
     machine.start_vcpus(fds, config.start_paused)?;
+    if let Some(mut stream) = incoming {
+        migrate::answer(&mut *stream, &Ok(()));
+    }
     tracing::debug!("vCPUs started");
     let input = console::spawn_input(
         &console.input,
@@ -243,14 +286,15 @@ fn boot_once(
         let reason = exit_rx
             .recv()
             .unwrap_or_else(|_| ExitReason::Crash("every vCPU stopped".into()));
-        let ExitReason::SaveRequested(path) = reason else {
-            break reason;
+        let (result, done) = match reason {
+            ExitReason::SaveRequested(path) => (machine.save(&path), ExitReason::Saved(path)),
+            ExitReason::MigrateRequested(to) => (machine.migrate(&to), ExitReason::Migrated(to)),
+            other => break other,
         };
-        let result = machine.save(&path);
-        let saved = result.is_ok();
+        let finished = result.is_ok();
         saves.answer(result);
-        if saved {
-            break ExitReason::Saved(path);
+        if finished {
+            break done;
         }
     };
     saves.close();
@@ -278,6 +322,8 @@ struct Machine<'a> {
     threads: Vec<JoinHandle<VcpuFd>>,
     /// The KVM clock at the pause a save began with.
     held_clock: Option<kvm_bindings::kvm_clock_data>,
+    /// The disks' images, whose locks a migration hands over.
+    images: Vec<Arc<Mutex<Disk>>>,
 }
 
 impl Machine<'_> {
@@ -330,6 +376,113 @@ impl Machine<'_> {
             }
             Err(why) => self.carry_on(fds, Some((&state.vm, &bus)), was_paused, why),
         }
+    }
+
+    /// Moves the VM to the engine listening at `to` (`--incoming`): memory while the
+    /// guest runs, then the rest with it stopped. Returns once the destination runs the
+    /// guest; on any failure the VM runs on here.
+    fn migrate(&mut self, to: &str) -> Result<(), String> {
+        let endpoint: migrate::Endpoint = to.parse()?;
+        let started = std::time::Instant::now();
+        let mut sender = migrate::Sender::start(&endpoint, &self.mem)
+            .map_err(|e| format!("cannot reach the destination {to}: {e}"))?;
+        self.log_dirty(true)?;
+        let precopy = self.precopy(&mut sender);
+        if let Err(why) = precopy {
+            let _ = self.log_dirty(false);
+            return Err(why);
+        }
+        let was_paused = self.pauser.is_paused();
+        if !was_paused {
+            if let Err(e) = self.pauser.pause(&self.vm) {
+                let _ = self.log_dirty(false);
+                return Err(e.to_string());
+            }
+        }
+        let stopped_at = std::time::Instant::now();
+        self.held_clock = self.pauser.held_clock();
+        let fds = self.stop_vcpus();
+        let Some(mut fds) = fds.into_iter().collect::<Option<Vec<VcpuFd>>>() else {
+            return Err("a vCPU thread had ended; the VM is stopping".into());
+        };
+        let (state, bus) = match self.capture(&mut fds) {
+            Ok(captured) => captured,
+            Err(why) => {
+                let _ = self.log_dirty(false);
+                return self.carry_on(fds, None, was_paused, why);
+            }
+        };
+        for image in &self.images {
+            lock(image).release_lock();
+        }
+        let finished = self.stop_and_copy(sender, &state);
+        match finished {
+            Ok(bytes) => {
+                tracing::info!(
+                    "migrated to {to}: {} MiB sent in {:?}, guest stopped for {:?}",
+                    bytes >> 20,
+                    started.elapsed(),
+                    stopped_at.elapsed()
+                );
+                Ok(())
+            }
+            Err(why) => {
+                for image in &self.images {
+                    if let Err(e) = lock(image).take_lock_again() {
+                        tracing::error!("after a failed migration: {e}");
+                    }
+                }
+                let _ = self.log_dirty(false);
+                self.carry_on(fds, Some((&state.vm, &bus)), was_paused, why)
+            }
+        }
+    }
+
+    /// Pre-copy: everything once, then what the guest dirtied, round after round,
+    /// until little is left.
+    fn precopy(&self, sender: &mut migrate::Sender) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("the migration stream broke: {e}");
+        let mut sent = sender.send_all().map_err(io)?;
+        let mut round = 1;
+        loop {
+            let dirty = sender.send_dirty(&self.dirty_bitmaps()?).map_err(io)?;
+            tracing::debug!("migration round {round}: {dirty} dirty pages ({sent} before)");
+            if migrate::converged(round, dirty) {
+                return Ok(());
+            }
+            sent = dirty;
+            round += 1;
+        }
+    }
+
+    /// With the guest stopped: the last dirty pages, the pages devices wrote, the state.
+    fn stop_and_copy(
+        &self,
+        mut sender: migrate::Sender,
+        state: &MachineState,
+    ) -> Result<u64, String> {
+        let io = |e: std::io::Error| format!("the migration stream broke: {e}");
+        sender.send_dirty(&self.dirty_bitmaps()?).map_err(io)?;
+        sender.send_changed().map_err(io)?;
+        sender.finish(state)
+    }
+
+    /// Turns KVM's dirty-page log on or off for every memory slot.
+    fn log_dirty(&self, on: bool) -> Result<(), String> {
+        register_memory(&self.vm, &self.mem, on).map_err(|e| e.to_string())
+    }
+
+    /// Each slot's dirty bitmap since the last call (KVM clears it as it reports).
+    fn dirty_bitmaps(&self) -> Result<Vec<Vec<u64>>, String> {
+        self.mem
+            .iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                self.vm
+                    .get_dirty_log(slot as u32, region.len() as usize)
+                    .map_err(|e| format!("KVM cannot report dirty pages: {e}"))
+            })
+            .collect()
     }
 
     /// Everything but memory, with the vCPUs stopped; the devices' workers stop too.
@@ -398,7 +551,7 @@ impl Machine<'_> {
         was_paused: bool,
         why: String,
     ) -> Result<(), String> {
-        tracing::warn!("save failed, the VM carries on: {why}");
+        tracing::warn!("the VM carries on here: {why}");
         if let Some((vm_state, bus)) = stopped {
             if let Err(e) = lock(&self.pci.0).restore(bus) {
                 self.exit.send(ExitReason::Crash(format!(
@@ -422,13 +575,12 @@ impl Machine<'_> {
 /// Puts a snapshot's state into a VM built from the same configuration, before any
 /// vCPU runs.
 fn restore_machine(
-    snapshot: &Snapshot,
+    state: &MachineState,
     vm: &VmFd,
     fds: &[VcpuFd],
     legacy: &Legacy,
     pci: &PciMmio,
 ) -> Result<(), String> {
-    let state = &snapshot.state;
     state.vm.restore(vm).map_err(|e| e.to_string())?;
     for (index, (fd, saved)) in fds.iter().zip(&state.vcpus).enumerate() {
         saved
@@ -454,7 +606,8 @@ const SAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl SaveReplies {
     /// Asks the owner to save to `path` and waits for the outcome.
-    fn request(&self, exit: &ExitSender, path: std::path::PathBuf) -> Result<(), String> {
+    /// Asks the owner for `what` (a save or a migration) and waits for the outcome.
+    fn request(&self, exit: &ExitSender, what: ExitReason) -> Result<(), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         {
             let mut waiting = lock(&self.waiting);
@@ -466,7 +619,7 @@ impl SaveReplies {
             }
             waiting.0 = Some(tx);
         }
-        exit.send(ExitReason::SaveRequested(path));
+        exit.send(what);
         let outcome = rx
             .recv_timeout(SAVE_WAIT)
             .unwrap_or_else(|_| Err("the VM ended before the save finished".into()));
@@ -550,6 +703,8 @@ struct DeviceHandles {
     /// Traffic counters of the disks and network cards, in command-line order.
     disks: Vec<Arc<IoCounters>>,
     nets: Vec<Arc<IoCounters>>,
+    /// The disks' open images (a migration hands their locks over).
+    images: Vec<Arc<Mutex<Disk>>>,
 }
 
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
@@ -562,9 +717,10 @@ fn pci_devices(
     let router = Arc::new(GsiRouter::new(vm.clone()));
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    let (mut disks, mut nets) = (Vec::new(), Vec::new());
+    let (mut disks, mut nets, mut images) = (Vec::new(), Vec::new(), Vec::new());
     for disk in &config.disks {
         let block = Block::new(disk)?;
+        images.push(block.disk());
         disks.push(block.counters());
         devices.push(Box::new(block));
     }
@@ -605,6 +761,7 @@ fn pci_devices(
         gpu,
         disks,
         nets,
+        images,
     };
     Ok((PciMmio(Arc::new(Mutex::new(root))), handles))
 }
@@ -643,15 +800,47 @@ fn allocate_memory(size: u64) -> Result<GuestMemoryMmap, Error> {
     })
 }
 
-/// Registers guest RAM with KVM, one slot per range.
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
+/// The incoming side of a live migration: the source's guest memory into `mem`, then
+/// its machine state, checked against this VM; the source hears why if it does not fit.
+fn receive_migration(
+    listener: &migrate::Incoming,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+) -> Result<(Box<dyn migrate::Stream>, MachineState), Error> {
+    let fail = |why: String| Error::Restore {
+        path: "the migration".into(),
+        why,
+    };
+    let mut stream = listener
+        .accept()
+        .map_err(|e| fail(format!("cannot accept the source: {e}")))?;
+    let received = migrate::receive(&mut *stream, mem).and_then(|state| {
+        state.check_fits(config).map_err(|e| e.to_string())?;
+        Ok(state)
+    });
+    match received {
+        Ok(state) => Ok((stream, state)),
+        Err(why) => {
+            migrate::answer(&mut *stream, &Err(why.clone()));
+            Err(fail(why))
+        }
+    }
+}
+
+/// Registers guest RAM with KVM, one slot per range, with KVM's dirty-page log when
+/// `log_dirty` (a live migration's pre-copy) and without it otherwise.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, log_dirty: bool) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
-            flags: 0,
+            flags: if log_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
         };
         // Transparent huge pages, as QEMU asks for too: fewer TLB misses for the guest
         // (its SHA-256 runs ~45% faster over a 256 MiB buffer here) and fewer faults.
@@ -957,7 +1146,19 @@ impl control::Handler for VmControl {
                         ),
                     };
                 }
-                done(self.saves.request(&self.exit, path))
+                done(
+                    self.saves
+                        .request(&self.exit, ExitReason::SaveRequested(path)),
+                )
+            }
+            Request::Migrate { to } => {
+                if let Err(e) = to.parse::<migrate::Endpoint>() {
+                    return Response::Error { message: e };
+                }
+                done(
+                    self.saves
+                        .request(&self.exit, ExitReason::MigrateRequested(to)),
+                )
             }
             Request::BalloonSet { target_mib } => {
                 if target_mib > self.memory >> 20 {

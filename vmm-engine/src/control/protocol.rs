@@ -55,6 +55,10 @@ pub enum Request {
     /// Saves the VM's whole state to `path` (atomically) and stops it; restore with
     /// `vireo-vmm --restore PATH` and the same devices. On failure the VM runs on.
     Save { path: String },
+    /// Moves the running VM to another engine started with `--incoming ENDPOINT` (and
+    /// the same devices): `unix:PATH` or `tcp:HOST:PORT`. Answers once the destination
+    /// runs the guest; this engine then stops. On failure the VM runs on here.
+    Migrate { to: String },
     /// A key goes down or up on the keyboard (`code`: a Linux evdev key code, e.g. 30
     /// for A). Needs a display.
     InputKey { code: u16, pressed: bool },

@@ -9,6 +9,7 @@
 //! guest's caches would no longer match it).
 
 pub mod file;
+pub mod migrate;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -116,7 +116,7 @@ pub struct Disk {
     backend: Box<dyn DiskBackend>,
     format: DiskFormat,
     read_only: bool,
-    _lock: Option<ImageLock>,
+    lock: Option<ImageLock>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -196,7 +196,7 @@ impl Disk {
             backend,
             format: found,
             read_only: config.readonly,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -210,7 +210,22 @@ impl Disk {
             backend,
             format,
             read_only,
-            _lock: None,
+            lock: None,
+        }
+    }
+
+    /// Lets another engine open and lock the image (see `ImageLock::release`).
+    pub fn release_lock(&mut self) {
+        if let Some(lock) = &mut self.lock {
+            lock.release();
+        }
+    }
+
+    /// Takes the image's lock again after `release_lock`.
+    pub fn take_lock_again(&mut self) -> Result<(), super::lock::LockError> {
+        match &mut self.lock {
+            Some(lock) => lock.take_again(),
+            None => Ok(()),
         }
     }
 

@@ -62,7 +62,9 @@ impl Permission {
 /// A held image lock; dropping it (with every other fd of the same open file) releases it.
 #[derive(Debug)]
 pub struct ImageLock {
-    _file: File,
+    file: File,
+    writable: bool,
+    held: bool,
 }
 
 /// Why an image could not be locked.
@@ -137,8 +139,57 @@ impl ImageLock {
             release(&file, &bytes);
             return Err(e);
         }
-        Ok(Some(ImageLock { _file: file }))
+        Ok(Some(ImageLock {
+            file,
+            writable,
+            held: true,
+        }))
     }
+
+    /// Lets another program take the image (a live migration's destination opening it
+    /// once this engine has stopped using it); `take_again` undoes it.
+    pub fn release(&mut self) {
+        if self.held {
+            release(&self.file, &lock_bytes(self.writable));
+            self.held = false;
+        }
+    }
+
+    /// Takes the lock again after `release` (a migration that failed: this engine runs
+    /// the guest on); fails if someone else took the image meanwhile.
+    pub fn take_again(&mut self) -> Result<(), LockError> {
+        if self.held {
+            return Ok(());
+        }
+        if let Some(again) = ImageLock::acquire(&self.file, self.writable)? {
+            // Its locks are on the same open file description as ours; closing our
+            // duplicate fd (dropping the old value) releases nothing.
+            *self = again;
+        }
+        self.held = true;
+        Ok(())
+    }
+}
+
+/// The lock bytes an opener takes (its permissions, and those it does not share).
+fn lock_bytes(writable: bool) -> Vec<i64> {
+    let used: &[Permission] = if writable {
+        &[
+            Permission::ConsistentRead,
+            Permission::Write,
+            Permission::Resize,
+        ]
+    } else {
+        &[Permission::ConsistentRead]
+    };
+    used.iter()
+        .map(|&p| RAW_LOCK_PERM_BASE + p as i64)
+        .chain(
+            [Permission::Write, Permission::Resize]
+                .iter()
+                .map(|&p| RAW_LOCK_SHARED_BASE + p as i64),
+        )
+        .collect()
 }
 
 /// Whether another program holds any of QEMU's lock bytes on `file`, without taking

@@ -119,6 +119,11 @@ impl Block {
     }
 
     /// The device's traffic counters (shared: they keep counting).
+    /// The open image, for handing its lock over in a live migration.
+    pub fn disk(&self) -> Arc<Mutex<Disk>> {
+        Arc::clone(&self.disk)
+    }
+
     pub fn counters(&self) -> Arc<IoCounters> {
         Arc::clone(&self.counters)
     }
