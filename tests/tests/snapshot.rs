@@ -642,3 +642,71 @@ fn a_migration_that_fails_leaves_the_vm_running_where_it_was() {
     );
     source.wait_exit(Duration::from_secs(10)).unwrap();
 }
+
+/// `vireo.run` for the demo Linux: a shell counting `tick N` every 50 ms, for ever.
+const LINUX_TICKS: &str =
+    "vireo.run=i%3D0%3B+while+true%3B+do+i%3D%24((i%2B1))%3B+echo+tick+%24i%3B+sleep+0.05%3B+done";
+
+fn ticks(runs: &[&[String]]) -> Vec<u64> {
+    runs.iter()
+        .flat_map(|run| run.iter())
+        .filter_map(|l| l.trim().strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_linux_guest_counts_on_across_save_and_restore() {
+    const TEST: &str = "snapshot::a_linux_guest_counts_on_across_save_and_restore";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let image = vireo_e2e::demo_linux::demo_image();
+    let dir = TempDir::new("snap-linux");
+    let args: Vec<String> = [
+        "--kernel",
+        s(&image.vmlinuz),
+        "--initrd",
+        s(&image.initramfs),
+        "--cpus",
+        "2",
+        "--memory",
+        "512M",
+        "--control-socket",
+        s(&dir.0.join("control.sock")),
+        "--cmdline",
+        LINUX_TICKS,
+    ]
+    .map(String::from)
+    .to_vec();
+    let snap = dir.0.join("vm.snap");
+    let mut first = spawn(&args, &[]);
+    assert!(
+        first
+            .wait_for("tick 20", Duration::from_secs(120))
+            .is_some(),
+        "{:#?}",
+        tail(&first.seen)
+    );
+    save(&mut first, &dir, &snap);
+    let last = *ticks(&[&first.seen]).last().unwrap();
+    let mut second = spawn(&args, &["--restore", s(&snap)]);
+    assert!(
+        second
+            .wait_for(&format!("tick {}", last + 40), Duration::from_secs(60))
+            .is_some(),
+        "{:#?}",
+        tail(&second.seen)
+    );
+    let all = ticks(&[&first.seen, &second.seen]);
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "the guest's count jumped: {pair:?}");
+    }
+    // The kernel never booted again.
+    assert!(!second.seen.iter().any(|l| l.contains("Linux version")));
+    assert_eq!(
+        control(&dir).ask(&Request::PowerOff {}).unwrap(),
+        Response::Ok
+    );
+    second.wait_exit(Duration::from_secs(10)).unwrap();
+}
