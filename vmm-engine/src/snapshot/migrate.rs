@@ -317,8 +317,12 @@ pub fn receive(stream: &mut dyn Stream, mem: &GuestMemoryMmap) -> Result<Machine
                 if len > 512 << 20 {
                     return Err(format!("a machine state of {len} bytes"));
                 }
-                let mut json = vec![0u8; len as usize];
-                input.read_exact(&mut json).map_err(io)?;
+                // Grown as bytes arrive: a lying length costs nothing up front.
+                let mut json = Vec::new();
+                (&mut input).take(len).read_to_end(&mut json).map_err(io)?;
+                if json.len() as u64 != len {
+                    return Err("the stream ended inside the machine state".into());
+                }
                 return serde_json::from_slice(&json)
                     .map_err(|e| format!("the machine state does not parse: {e}"));
             }
