@@ -222,6 +222,38 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_restores_what_the_guest_wrote_and_refuses_another_device() {
+        let mut saved = cs();
+        saved.add_bar64(0, 0x10000);
+        saved.write(reg::BAR0, &0xc000_0000u32.to_le_bytes());
+        saved.write(reg::COMMAND, &0x0006u16.to_le_bytes());
+        let bytes = saved.bytes().to_vec();
+        let mut fresh = cs();
+        fresh.add_bar64(0, 0x10000);
+        fresh.restore(&bytes).unwrap();
+        assert_eq!(fresh.bytes(), saved.bytes());
+        assert!(fresh.memory_enabled());
+        // Another device (its IDs are read-only) refuses the bytes.
+        let mut other = ConfigSpace::new(Identity {
+            device_id: 0x1041,
+            ..Identity {
+                vendor_id: 0x1af4,
+                device_id: 0,
+                revision: 1,
+                class: (0x02, 0x00, 0x00),
+                subsystem_vendor_id: 0x1af4,
+                subsystem_id: 0x40,
+            }
+        });
+        other.add_bar64(0, 0x10000);
+        assert!(other
+            .restore(&bytes)
+            .unwrap_err()
+            .contains("not the same device"));
+        assert!(fresh.restore(&bytes[..10]).is_err());
+    }
+
+    #[test]
     fn ids_are_read_only_and_bars_size_themselves() {
         let mut c = cs();
         c.add_bar64(0, 0x10000);

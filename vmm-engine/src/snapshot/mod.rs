@@ -217,3 +217,53 @@ pub fn map_memory(snapshot: &file::Snapshot, memory: u64) -> Result<GuestMemoryM
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Memory(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::BootSource;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            vcpus: 2,
+            memory: 256 << 20,
+            ..VmConfig::new(BootSource {
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: String::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn hardware_differences_are_named() {
+        let saved = Hardware::of(&config());
+        assert!(saved.differences(&Hardware::of(&config())).is_empty());
+        let now = Hardware::of(&VmConfig {
+            vcpus: 4,
+            memory: 512 << 20,
+            ..config()
+        });
+        let diffs = saved.differences(&now).join("; ");
+        assert!(diffs.contains("vCPUs: saved with 2, now 4"), "{diffs}");
+        assert!(
+            diffs.contains("memory: saved with 256 MiB, now 512 MiB"),
+            "{diffs}"
+        );
+    }
+
+    #[test]
+    fn a_disk_stamp_changes_with_the_disk() {
+        let dir = std::env::temp_dir().join(format!("vireo-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("d.img");
+        std::fs::write(&disk, [0u8; 512]).unwrap();
+        let before = DiskStamp::of(&disk).unwrap();
+        assert_eq!(DiskStamp::of(&disk).unwrap(), before);
+        let file = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3))
+            .unwrap();
+        assert_ne!(DiskStamp::of(&disk).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -568,16 +568,26 @@ mod tests {
     }
 
     fn qemu_io(args: &[&str], path: &Path) {
-        let out = Command::new("qemu-io")
-            .args(args)
-            .arg(path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.is_empty(),
-            "qemu-io {args:?}: {stderr}"
-        );
+        // Another test of this process forking (qemu-img) may briefly hold a copy of a
+        // descriptor we just closed, and with it the image's lock: wait that out.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let out = Command::new("qemu-io")
+                .args(args)
+                .arg(path)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("Failed to get") && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            assert!(
+                out.status.success() && stderr.is_empty(),
+                "qemu-io {args:?}: {stderr}"
+            );
+            return;
+        }
     }
 
     fn convert_to_raw(path: &Path) -> Vec<u8> {
