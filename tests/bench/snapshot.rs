@@ -288,20 +288,19 @@ fn control(b: &Bench) -> Control {
 }
 
 /// Saves the running engine `vm`; returns the measure and when the request went out.
-fn vireo_save(b: &Bench, vm: &mut Vm) -> (Save, Instant) {
-    let snap = b.snap("vireo");
+fn vireo_save(b: &Bench, vm: &mut Vm, snap: &Path) -> (Save, Instant) {
     let mut control = control(b);
     let start = Instant::now();
     let answer = control
         .ask(&Request::Save {
-            path: s(&snap).into(),
+            path: s(snap).into(),
         })
         .unwrap();
     let file = start.elapsed();
     assert_eq!(answer, Response::Ok, "save");
     let (exited, status) = vm.wait_exit();
     assert_eq!(status.code(), Some(code::SAVED), "{:#?}", vm.tail());
-    let (apparent, stored) = file_sizes(&snap);
+    let (apparent, stored) = file_sizes(snap);
     let save = Save {
         file,
         exit: exited - start,
@@ -331,7 +330,7 @@ fn vireo_counter(b: &Bench, out: &mut Sample) {
         l.contains("counter_ready blk_written=1")
     });
     vm.wait_count_above(5);
-    let (save, asked) = vireo_save(b, &mut vm);
+    let (save, asked) = vireo_save(b, &mut vm, &b.snap("vireo"));
     let last = vm.last_count();
     let (start, counting) = vireo_restore(b, last);
     out.save.push(save);
@@ -345,7 +344,7 @@ fn vireo_counter(b: &Bench, out: &mut Sample) {
 fn vireo_dirty(b: &Bench, out: &mut Sample) {
     let mut vm = Vm::spawn(Command::new(vmm_binary()).args(vireo_args(b, DIRTY)));
     wait_dirty(&mut vm, b.mem_mib);
-    let save = vireo_save(b, &mut vm).0;
+    let save = vireo_save(b, &mut vm, &b.snap("vireo")).0;
     check_dirty(&save, b.mem_mib, "vireo");
     out.save.push(save);
 }
@@ -393,13 +392,16 @@ impl Qmp {
 
     /// Runs `command`; returns its `return` value, panics on an error reply.
     fn ask(&mut self, command: &str, arguments: Value) -> Value {
+        self.try_ask(command, arguments)
+            .unwrap_or_else(|reply| panic!("QMP {command}: {reply}"))
+    }
+
+    /// Runs `command`: its `return` value, or the whole reply if it is an error.
+    fn try_ask(&mut self, command: &str, arguments: Value) -> Result<Value, Value> {
         let request = json!({ "execute": command, "arguments": arguments });
         writeln!(self.writer, "{request}").unwrap();
         let reply = self.read();
-        match reply.get("return") {
-            Some(value) => value.clone(),
-            None => panic!("QMP {command}: {reply}"),
-        }
+        reply.get("return").cloned().ok_or(reply)
     }
 
     /// Polls `query` until its `status` is not `while_status`; returns that status.
@@ -417,15 +419,9 @@ impl Qmp {
     }
 }
 
-fn qemu_command(b: &Bench, cmdline: &str) -> Command {
+/// The probe guest under QEMU with a QMP socket.
+fn qemu_base(b: &Bench, cmdline: &str) -> Command {
     let mut cmd = qemu_probe_command(&probe_guest_elf(), cmdline, 1, b.mem_mib);
-    cmd.args(virtio_blk_args(
-        0,
-        &b.disk("qemu"),
-        DiskFormat::Raw,
-        false,
-        None,
-    ));
     let qmp = b.dir.join("qmp.sock");
     let _ = std::fs::remove_file(&qmp);
     cmd.arg("-qmp")
@@ -433,9 +429,21 @@ fn qemu_command(b: &Bench, cmdline: &str) -> Command {
     cmd
 }
 
+/// With the disk, as Vireo's counter guest has it.
+fn qemu_command(b: &Bench, cmdline: &str) -> Command {
+    let mut cmd = qemu_base(b, cmdline);
+    cmd.args(virtio_blk_args(
+        0,
+        &b.disk("qemu"),
+        DiskFormat::Raw,
+        false,
+        None,
+    ));
+    cmd
+}
+
 /// `stop`, `migrate` to the file, `quit`, as `virsh save` does.
-fn qemu_save(b: &Bench, vm: &mut Vm, qmp: &mut Qmp) -> (Save, Instant) {
-    let snap = b.snap("qemu");
+fn qemu_save(vm: &mut Vm, qmp: &mut Qmp, snap: &Path) -> (Save, Instant) {
     let done = snap.with_extension("done");
     let _ = std::fs::remove_file(&done);
     let uri = format!(
@@ -460,7 +468,7 @@ fn qemu_save(b: &Bench, vm: &mut Vm, qmp: &mut Qmp) -> (Save, Instant) {
     let file = start.elapsed();
     qmp.ask("quit", json!({}));
     let (exited, _) = vm.wait_exit();
-    let (apparent, stored) = file_sizes(&snap);
+    let (apparent, stored) = file_sizes(snap);
     let save = Save {
         file,
         exit: exited - start,
@@ -494,7 +502,7 @@ fn qemu_counter(b: &Bench, out: &mut Sample) {
         l.contains("counter_ready blk_written=1")
     });
     vm.wait_count_above(5);
-    let (save, asked) = qemu_save(b, &mut vm, &mut qmp);
+    let (save, asked) = qemu_save(&mut vm, &mut qmp, &b.snap("qemu"));
     let last = vm.last_count();
     let (start, counting) = qemu_restore(b, last);
     out.save.push(save);
@@ -509,9 +517,135 @@ fn qemu_dirty(b: &Bench, out: &mut Sample) {
     let mut vm = Vm::spawn(&mut qemu_command(b, DIRTY));
     let mut qmp = Qmp::connect(&b.dir.join("qmp.sock"));
     wait_dirty(&mut vm, b.mem_mib);
-    let save = qemu_save(b, &mut vm, &mut qmp).0;
+    let save = qemu_save(&mut vm, &mut qmp, &b.snap("qemu")).0;
     check_dirty(&save, b.mem_mib, "qemu");
     out.save.push(save);
+}
+
+// ---- a restore with a display: start -> the first screenshot of the guest's picture ----
+
+const SCREEN: &str = "1024x768";
+/// Draws its test picture once, then idles.
+const DRAW: &str = "probe.run=gpu-draw";
+
+/// Whether `rgb` (pixels of `samples` bytes, colour first) has a pixel that is not black.
+fn drawn(rgb: &[u8], samples: usize) -> bool {
+    rgb.chunks(samples)
+        .any(|px| px[..samples.min(3)].iter().any(|&c| c != 0))
+}
+
+/// A PNG screenshot that shows something.
+fn png_drawn(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(mut reader) = png::Decoder::new(BufReader::new(file)).read_info() else {
+        return false;
+    };
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let Ok(info) = reader.next_frame(&mut buf) else {
+        return false;
+    };
+    drawn(&buf[..info.buffer_size()], info.color_type.samples())
+}
+
+/// A binary PPM (`P6\nW H\n255\n`, what QEMU's `screendump` writes) that shows something.
+fn ppm_drawn(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let pixels = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .nth(2)
+        .map(|(i, _)| &bytes[i + 1..]);
+    pixels.is_some_and(|p| drawn(p, 3))
+}
+
+fn vireo_display_args(b: &Bench) -> Vec<String> {
+    [
+        "--kernel",
+        s(&probe_guest_elf()),
+        "--cpus",
+        "1",
+        "--memory",
+        &format!("{}M", b.mem_mib),
+        "--display",
+        SCREEN,
+        "--control-socket",
+        s(&b.dir.join("control.sock")),
+        "--cmdline",
+        DRAW,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn vireo_display(b: &Bench, out: &mut Vec<Duration>) {
+    let snap = b.snap("vireo-display");
+    let mut vm = Vm::spawn(Command::new(vmm_binary()).args(vireo_display_args(b)));
+    vm.wait_line("IDLE", |l| l.contains("VIREO-PROBE IDLE"));
+    vireo_save(b, &mut vm, &snap);
+    let shot = b.dir.join("vireo-shot.png");
+    let _ = std::fs::remove_file(&shot);
+    let start = Instant::now();
+    let mut vm = Vm::spawn(
+        Command::new(vmm_binary())
+            .args(vireo_display_args(b))
+            .args(["--restore", s(&snap)]),
+    );
+    let mut control = control(b);
+    loop {
+        let answer = control.ask(&Request::Screenshot {
+            path: s(&shot).into(),
+        });
+        if matches!(answer, Ok(Response::Screenshot { .. })) && png_drawn(&shot) {
+            break;
+        }
+        assert!(start.elapsed() < STEP, "no screenshot: {answer:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out.push(start.elapsed());
+    assert_eq!(control.ask(&Request::PowerOff {}).unwrap(), Response::Ok);
+    vm.wait_exit();
+}
+
+fn qemu_display_command(b: &Bench) -> Command {
+    let (width, height) = SCREEN.split_once('x').expect("WxH");
+    let mut cmd = qemu_base(b, DRAW);
+    cmd.arg("-device")
+        .arg(format!("virtio-gpu-pci,xres={width},yres={height}"));
+    cmd
+}
+
+fn qemu_display(b: &Bench, out: &mut Vec<Duration>) {
+    let snap = b.snap("qemu-display");
+    let mut vm = Vm::spawn(&mut qemu_display_command(b));
+    let mut qmp = Qmp::connect(&b.dir.join("qmp.sock"));
+    vm.wait_line("IDLE", |l| l.contains("VIREO-PROBE IDLE"));
+    qemu_save(&mut vm, &mut qmp, &snap);
+    let shot = b.dir.join("qemu-shot.ppm");
+    let _ = std::fs::remove_file(&shot);
+    let start = Instant::now();
+    let mut cmd = qemu_display_command(b);
+    cmd.arg("-incoming")
+        .arg(format!("exec:cat {}", snap.display()));
+    let mut vm = Vm::spawn(&mut cmd);
+    let mut qmp = Qmp::connect(&b.dir.join("qmp.sock"));
+    qmp.wait_status("query-status", &["inmigrate"]);
+    qmp.ask("cont", json!({}));
+    loop {
+        let answer = qmp.try_ask("screendump", json!({ "filename": s(&shot) }));
+        if answer.is_ok() && ppm_drawn(&shot) {
+            break;
+        }
+        assert!(start.elapsed() < STEP, "no screendump: {answer:?}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    out.push(start.elapsed());
+    qmp.ask("quit", json!({}));
+    vm.wait_exit();
 }
 
 // ---- the table ----
@@ -597,6 +731,7 @@ fn main() {
         };
         std::fs::create_dir_all(&b.dir).unwrap();
         let (mut vc, mut qc, mut vd, mut qd) = Default::default();
+        let (mut vs, mut qs) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             // Interleaved, so drift on this shared machine hits both alike.
             vireo_counter(&b, &mut vc);
@@ -607,20 +742,24 @@ fn main() {
             if has_qemu {
                 qemu_dirty(&b, &mut qd);
             }
+            vireo_display(&b, &mut vs);
+            if has_qemu {
+                qemu_display(&b, &mut qs);
+            }
         }
-        results.push((mem_mib, vc, qc, vd, qd));
+        results.push((mem_mib, vc, qc, vd, qd, vs, qs));
     }
 
     println!();
     println!(
-        "Save/restore benchmark: probe guest, 1 vCPU, {DISK_MIB} MiB virtio-blk disk, {rounds} rounds, median (min-max); {:.0} s",
+        "Save/restore benchmark: probe guest, 1 vCPU, {DISK_MIB} MiB virtio-blk disk (screenshot: gpu-draw guest, {SCREEN} display), {rounds} rounds, median (min-max); {:.0} s",
         began.elapsed().as_secs_f64()
     );
     println!(
         "  {:<34} {:<24} {:<24} {:>8}",
         "", "vireo", "qemu (stop+migrate)", "vireo/qemu"
     );
-    for (mem_mib, vc, qc, vd, qd) in results {
+    for (mem_mib, vc, qc, vd, qd, vs, qs) in results {
         println!("{mem_mib} MiB, counter guest (touched little):");
         save_rows(&vc, &qc);
         row(
@@ -638,6 +777,7 @@ fn main() {
             ms(&vc.round_trip),
             ms(&qc.round_trip),
         );
+        row("restore: start -> screenshot (ms)", ms(&vs), ms(&qs));
         println!("{mem_mib} MiB, SHA-256 loop guest (half of RAM dirty):");
         save_rows(&vd, &qd);
     }
