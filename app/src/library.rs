@@ -441,7 +441,10 @@ mod tests {
 
         std::fs::write(b.snapshot_path(), b"saved state").unwrap();
         let kept = lib.delete(&b, DiskChoice::Keep).unwrap().unwrap();
-        assert!(!b.snapshot_path().exists(), "the saved state goes with the VM");
+        assert!(
+            !b.snapshot_path().exists(),
+            "the saved state goes with the VM"
+        );
         assert_eq!(std::fs::metadata(&kept).unwrap().len(), 2 << 30);
         assert!(!b.dir.exists());
         assert_eq!(lib.delete(&a, DiskChoice::Delete).unwrap(), None);

@@ -347,7 +347,17 @@ impl Supervisor {
         self.ensure_stopped(entry)?;
         let path = entry.snapshot_path();
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Since the save, only restores ran: a failure on record is one of
+                // them, and it is moot now.
+                let exit = entry.last_exit_path();
+                if LastExit::load(&exit)
+                    .is_some_and(|e| e.code == Some(vireo_vmm::exit::code::ERROR))
+                {
+                    let _ = std::fs::remove_file(exit);
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotSaved),
             Err(source) => Err(Error::Discard { path, source }),
         }
