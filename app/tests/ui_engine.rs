@@ -364,3 +364,93 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
         harness.get_by_label(title);
     }
 }
+
+#[test]
+fn the_library_saves_restores_and_saves_on_quit() {
+    const TEST: &str = "app::ui_engine::the_library_saves_restores_and_saves_on_quit";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let home = Home::new("app-ui-save");
+    home.vireo(&["create", "screen", "--memory", "128M"]);
+    home.vireo(&["set", "screen", "--on-close", "save"]);
+    home.vireo(&["start", "screen"]);
+    let snap = home.dirs().data.join("vms/screen/saved-state.snap");
+    let dirs = home.dirs();
+    let app = env!("CARGO_BIN_EXE_vireo");
+    let mut harness = Harness::new_eframe(move |cc| {
+        VireoApp::new(
+            &cc.egui_ctx,
+            dirs,
+            Programs::beside(app.into()),
+            HostInfo::detect(),
+        )
+    });
+    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    let state = |h: &mut Harness<'_, VireoApp>| {
+        h.state()
+            .rows()
+            .first()
+            .map(|r| r.state.word())
+            .unwrap_or_default()
+    };
+    let agent_up = |h: &mut Harness<'_, VireoApp>| {
+        h.state()
+            .agent_status("screen")
+            .is_some_and(|s| s.connected)
+    };
+    let limit = Duration::from_secs(60);
+    until(&mut harness, "the running VM", limit, |h| {
+        state(h) == "running"
+    });
+    until(&mut harness, "the guest's agent", limit, agent_up);
+
+    // Save from the library: the row says saved and offers Start and Discard.
+    harness.get_by_label("Save").click();
+    until(&mut harness, "the VM to be saved", limit, |h| {
+        state(h) == "saved"
+    });
+    harness.step();
+    assert!(snap.is_file());
+    harness.get_by_label("saved");
+    harness.get_by_label("Discard saved state");
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("screen: save: done".to_owned()))
+    );
+
+    // Start restores it; the snapshot is consumed and the agent link comes back.
+    harness.get_by_label("Start").click();
+    until(&mut harness, "the restored VM", limit, |h| {
+        state(h) == "running"
+    });
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("screen restored".to_owned()))
+    );
+    assert!(!snap.exists(), "the restored snapshot is removed");
+    until(&mut harness, "the agent after the restore", limit, agent_up);
+    assert!(
+        !home.log("screen").contains("screen_ready"),
+        "the guest ran on, it did not boot again: {}",
+        home.log("screen")
+    );
+
+    // Quitting the app saves a VM whose choice is "save", and only then may it close.
+    assert!(!harness.state_mut().quit_requested());
+    assert!(harness.state().saving_before_quit());
+    harness.step();
+    harness.get_by_label("Saving 1 VM(s) before quitting…");
+    until(&mut harness, "the save before quitting", limit, |h| {
+        !h.state().saving_before_quit()
+    });
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("saved 1 VM(s)".to_owned()))
+    );
+    assert!(harness.state_mut().quit_requested());
+    assert!(snap.is_file());
+    until(&mut harness, "the saved row", limit, |h| {
+        state(h) == "saved"
+    });
+}

@@ -550,13 +550,15 @@ impl Worker {
     }
 
     fn start(&self, entry: &VmEntry) -> Update {
+        let saved = self.supervisor.state(entry).is_saved();
         match self.supervisor.start(entry) {
             Ok(()) => {
                 self.send(Update::Started {
                     id: entry.id.clone(),
                     name: entry.name().to_owned(),
                 });
-                Update::Done(Ok(format!("{} started", entry.name())))
+                let word = if saved { "restored" } else { "started" };
+                Update::Done(Ok(format!("{} {word}", entry.name())))
             }
             Err(e) => Update::Done(Err(format!("{}: {e}", entry.name()))),
         }
