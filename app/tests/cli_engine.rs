@@ -224,6 +224,16 @@ fn save_then_start_restores_and_a_refused_restore_can_be_discarded() {
     home.ok(&["screenshot", "keeper", before.to_str().unwrap()]);
     let pid = std::fs::read_to_string(&engine_pid).unwrap();
 
+    // A save that fails (a directory where the file goes): the message, and the VM runs on.
+    std::fs::create_dir(&snap).unwrap();
+    let err = home.fails(&["save", "keeper"]);
+    assert!(
+        err.contains("the VM did not save") && err.contains("it runs on"),
+        "{err}"
+    );
+    assert_eq!(home.state("keeper"), "running");
+    std::fs::remove_dir(&snap).unwrap();
+
     // Save: the engine writes the machine and ends; the VM is saved.
     let saved = home.json(&["save", "keeper", "--json"]);
     assert_eq!(saved["result"], "saved", "{saved}");

@@ -436,6 +436,23 @@ fn the_library_saves_restores_and_saves_on_quit() {
         home.log("screen")
     );
 
+    // Closing its window saves it (its choice); Start restores it again.
+    assert!(harness
+        .state()
+        .displays()
+        .iter()
+        .any(|d| d.vm_id == "screen"));
+    harness.state_mut().close_display("screen");
+    until(&mut harness, "the save on close", limit, |h| {
+        state(h) == "saved"
+    });
+    assert!(harness.state().displays().is_empty());
+    assert!(snap.is_file());
+    harness.get_by_label("Start").click();
+    until(&mut harness, "the VM restored again", limit, |h| {
+        state(h) == "running" && !snap.exists()
+    });
+
     // Quitting the app saves a VM whose choice is "save", and only then may it close.
     assert!(!harness.state_mut().quit_requested());
     assert!(harness.state().saving_before_quit());

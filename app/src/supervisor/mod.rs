@@ -284,7 +284,7 @@ impl Supervisor {
         }
         let mut args = launch::engine_args(config, &entry.dir, &runtime, &self.programs)?;
         let snapshot = entry.snapshot_path();
-        let restoring = snapshot.exists();
+        let restoring = snapshot.is_file();
         if restoring {
             args.push("--restore".into());
             args.push(snapshot.clone().into());
@@ -491,7 +491,10 @@ impl Supervisor {
 
 /// When the snapshot at `path` was written, if there is one.
 fn saved_time(path: &Path) -> Option<u64> {
-    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?;
+    let modified = meta.modified().ok()?;
     Some(
         modified
             .duration_since(std::time::UNIX_EPOCH)

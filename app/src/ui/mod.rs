@@ -21,7 +21,7 @@ use crate::guest_link::AgentStatus;
 use crate::host::HostInfo;
 use crate::library::Library;
 use crate::paths::Dirs;
-use crate::supervisor::{Programs, Supervisor};
+use crate::supervisor::{Action, Programs, Supervisor};
 use crate::vm_config::OnClose;
 use backend::{Backend, Command, DropState, Update, VmRow};
 use display_view::{DisplayView, ViewRequest};
@@ -255,7 +255,7 @@ impl VireoApp {
         match command {
             LibraryCommand::NewVm => self.wizard = Some(Wizard::new(self.host.clone())),
             LibraryCommand::Start(id) => self.backend.send(Command::Start(id)),
-            LibraryCommand::Act(id, action) => self.backend.send(Command::Act(id, action)),
+            LibraryCommand::Act(id, action) => self.act(id, action),
             LibraryCommand::OpenDisplay(id) => {
                 let name = self
                     .rows
@@ -438,7 +438,7 @@ impl VireoApp {
             }
         }
         for (id, action) in actions {
-            self.backend.send(Command::Act(id, action));
+            self.act(id, action);
         }
         for (id, request) in requests {
             match request {
@@ -449,15 +449,29 @@ impl VireoApp {
             }
         }
         for i in closed.into_iter().rev() {
-            // Closing the window leaves the VM running (it is in the library), or saves
-            // it if that is its choice.
-            let display = self.displays.remove(i);
-            if self.on_close(&display.vm_id) == Some(OnClose::Save) {
-                self.status = Some(Ok("saving…".to_owned()));
-                self.backend
-                    .send(Command::Act(display.vm_id, crate::supervisor::Action::Save));
-            }
+            let id = self.displays[i].vm_id.clone();
+            self.close_display(&id);
         }
+    }
+
+    /// Closes a VM's window, as its close button does: the VM runs on (it is in the
+    /// library), or is saved if that is its `[window] on_close` choice.
+    pub fn close_display(&mut self, vm_id: &str) {
+        self.displays.retain(|d| d.vm_id != vm_id);
+        if self.on_close(vm_id) == Some(OnClose::Save) {
+            self.act(vm_id.to_owned(), Action::Save);
+        }
+    }
+
+    /// Sends an action to the backend; a save (which writes all of guest memory) says
+    /// so while it runs.
+    fn act(&mut self, id: String, action: Action) {
+        if action == Action::Save {
+            let name = self.rows.iter().find(|r| r.entry_id == id);
+            let name = name.map_or(id.as_str(), |r| r.name.as_str());
+            self.status = Some(Ok(format!("saving {name}…")));
+        }
+        self.backend.send(Command::Act(id, action));
     }
 
     /// A running VM's `[window] on_close` choice (`None`: not running or broken).
