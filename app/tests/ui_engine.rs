@@ -376,17 +376,21 @@ fn the_library_saves_restores_and_saves_on_quit() {
     home.vireo(&["set", "screen", "--on-close", "save"]);
     home.vireo(&["start", "screen"]);
     let snap = home.dirs().data.join("vms/screen/saved-state.snap");
-    let dirs = home.dirs();
-    let app = env!("CARGO_BIN_EXE_vireo");
-    let mut harness = Harness::new_eframe(move |cc| {
-        VireoApp::new(
-            &cc.egui_ctx,
-            dirs,
-            Programs::beside(app.into()),
-            HostInfo::detect(),
-        )
-    });
-    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    let open_app = || {
+        let dirs = home.dirs();
+        let app = env!("CARGO_BIN_EXE_vireo");
+        let mut harness = Harness::new_eframe(move |cc| {
+            VireoApp::new(
+                &cc.egui_ctx,
+                dirs,
+                Programs::beside(app.into()),
+                HostInfo::detect(),
+            )
+        });
+        harness.set_size(eframe::egui::vec2(900.0, 700.0));
+        harness
+    };
+    let mut harness = open_app();
     let state = |h: &mut Harness<'_, VireoApp>| {
         h.state()
             .rows()
@@ -453,7 +457,33 @@ fn the_library_saves_restores_and_saves_on_quit() {
         state(h) == "running" && !snap.exists()
     });
 
+    // A save before quitting that fails (a directory where the file goes) is shown, the
+    // VM runs on, and the next quit goes through.
+    std::fs::create_dir(&snap).unwrap();
+    assert!(!harness.state_mut().quit_requested());
+    until(
+        &mut harness,
+        "the failed save before quitting",
+        limit,
+        |h| !h.state().saving_before_quit(),
+    );
+    let shown = harness.state().status().cloned();
+    assert!(
+        shown.as_ref().is_some_and(|s| s
+            .as_ref()
+            .is_err_and(|e| e.contains("the VM did not save") && e.contains("quit again"))),
+        "{shown:?}"
+    );
+    assert!(harness.state_mut().quit_requested());
+    assert_eq!(state(&mut harness), "running");
+    std::fs::remove_dir(&snap).unwrap();
+    drop(harness);
+
     // Quitting the app saves a VM whose choice is "save", and only then may it close.
+    let mut harness = open_app();
+    until(&mut harness, "the running VM again", limit, |h| {
+        state(h) == "running"
+    });
     assert!(!harness.state_mut().quit_requested());
     assert!(harness.state().saving_before_quit());
     harness.step();
