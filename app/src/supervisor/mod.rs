@@ -546,3 +546,44 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engines_reason_is_its_own_last_line() {
+        let tail: Vec<String> = [
+            "VIREO-PROBE something",
+            "vireo-vmm: the disk /vms/a/disk.img changed since the VM was saved",
+            "vireo monitor: engine ended: the engine could not start the VM",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            engine_reason(&tail),
+            "the disk /vms/a/disk.img changed since the VM was saved"
+        );
+        assert_eq!(engine_reason(&tail[..1]), "VIREO-PROBE something");
+        assert_eq!(engine_reason(&[]), "the engine gave no reason");
+    }
+
+    #[test]
+    fn a_save_is_a_clean_end() {
+        let saved = LastExit {
+            code: Some(vireo_vmm::exit::code::SAVED),
+            signal: None,
+            ended_unix: 1,
+        };
+        assert!(saved.clean());
+        assert_eq!(saved.reason(), "saved");
+        assert_eq!(
+            VmState::Saved {
+                saved_unix: 1,
+                refused: None
+            }
+            .word(),
+            "saved"
+        );
+    }
+}
