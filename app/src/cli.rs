@@ -15,7 +15,7 @@ use crate::paths::Dirs;
 use crate::settings::{self, Settings};
 use crate::supervisor::monitor::{self, MonitorArgs};
 use crate::supervisor::{Action, Programs, Supervisor, VmState};
-use crate::vm_config::{self, DiskConfig, DisplaySize, OsSource, VmConfig};
+use crate::vm_config::{self, DiskConfig, DisplaySize, OnClose, OsSource, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +34,8 @@ pub enum CliCommand {
     List(JsonFlag),
     /// Makes a new VM (and starts it with --start).
     Create(CreateArgs),
-    /// Starts a VM; it keeps running after this command (and the app) ends.
+    /// Starts a VM (a saved one from its saved state); it keeps running after this
+    /// command (and the app) ends.
     Start(VmArg),
     /// Powers a VM off at once (as pulling the plug); --graceful asks the guest instead.
     Stop {
@@ -52,10 +53,11 @@ pub enum CliCommand {
     Pause(VmArg),
     /// Resumes a paused VM.
     Resume(VmArg),
-    /// Saves a running VM's state to disk and stops it.
+    /// Saves a running VM's state to disk and stops it; `start` restores it.
     Save(VmArg),
-    /// Starts a saved VM from its state.
-    Restore(VmArg),
+    /// Deletes a saved VM's saved state, so its next start boots afresh (what was not
+    /// written to its disk is lost).
+    Discard(VmArg),
     /// Deletes a stopped VM. Its disk is kept (moved to kept-disks/) unless --delete-disk.
     Delete {
         #[command(flatten)]
@@ -65,7 +67,8 @@ pub enum CliCommand {
         delete_disk: bool,
     },
     /// Copies a stopped VM under a new name: its disk (blocks shared where the
-    /// filesystem can), a fresh MAC address.
+    /// filesystem can), a fresh MAC address. A saved VM's state is not copied: the copy
+    /// boots afresh.
     Clone {
         #[command(flatten)]
         vm: VmArg,
@@ -139,6 +142,9 @@ pub struct SetArgs {
     /// Display size, WIDTHxHEIGHT.
     #[arg(long)]
     pub display: Option<String>,
+    /// What closing the VM's window (or quitting the app) does to it.
+    #[arg(long, value_enum)]
+    pub on_close: Option<OnClose>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,8 +254,13 @@ impl Context {
             CliCommand::Create(args) => self.create(args),
             CliCommand::Start(vm) => {
                 let entry = self.library.find(&vm.vm)?;
+                let saved = self.supervisor.state(&entry).is_saved();
                 self.supervisor.start(&entry)?;
-                done(vm.out.json, &entry, "started")
+                done(
+                    vm.out.json,
+                    &entry,
+                    if saved { "restored" } else { "started" },
+                )
             }
             CliCommand::Stop {
                 vm,
@@ -270,7 +281,11 @@ impl Context {
             CliCommand::Pause(vm) => self.act(vm, Action::Pause, "paused"),
             CliCommand::Resume(vm) => self.act(vm, Action::Resume, "resumed"),
             CliCommand::Save(vm) => self.act(vm, Action::Save, "saved"),
-            CliCommand::Restore(vm) => self.act(vm, Action::Restore, "restored"),
+            CliCommand::Discard(vm) => {
+                let entry = self.library.find(&vm.vm)?;
+                self.supervisor.discard(&entry)?;
+                done(vm.out.json, &entry, "saved state discarded")
+            }
             CliCommand::Delete { vm, delete_disk } => self.delete(vm, delete_disk),
             CliCommand::Clone { vm, name } => {
                 let entry = self.library.find(&vm.vm)?;
@@ -370,8 +385,6 @@ impl Context {
     }
 
     fn act(&self, vm: VmArg, action: Action, word: &str) -> Outcome {
-        // Refused before the VM is even looked up: the engine cannot do it at all.
-        action.request()?;
         let entry = self.library.find(&vm.vm)?;
         self.supervisor.act(&entry, action)?;
         done(vm.out.json, &entry, word)
@@ -423,6 +436,9 @@ impl Context {
                 height: d.height,
             };
         }
+        if let Some(on_close) = args.on_close {
+            settings.on_close = on_close;
+        }
         let written = settings::apply(&entry, &settings, &HostInfo::detect())?;
         if args.vm.out.json {
             print_json(&json!({"id": entry.id, "result": "set", "config": written}));
@@ -458,6 +474,16 @@ impl Context {
                     json!({"reason": exit.reason(), "code": exit.code, "signal": exit.signal});
                 info["log_tail"] = json!(log_tail);
             }
+            VmState::Saved {
+                saved_unix,
+                refused,
+            } => {
+                info["saved_unix"] = json!(saved_unix);
+                info["saved_state"] = json!(entry.snapshot_path());
+                if let Some(why) = refused {
+                    info["restore_refused"] = json!(why);
+                }
+            }
             VmState::Stopped => {}
         }
         if vm.out.json {
@@ -471,6 +497,15 @@ impl Context {
         println!("cpus:    {}", config.cpus);
         println!("memory:  {} MiB", config.memory_mib);
         println!("files:   {}", entry.dir.display());
+        if let VmState::Saved { refused, .. } = &state {
+            println!("saved:   {}", entry.snapshot_path().display());
+            if let Some(why) = refused {
+                println!(
+                    "restore refused: {why} (vireo discard {} boots it afresh)",
+                    entry.id
+                );
+            }
+        }
         if let VmState::Failed { exit, log_tail } = &state {
             println!("ended:   {}", exit.reason());
             for line in log_tail {
@@ -509,6 +544,7 @@ fn config_from_args(args: &CreateArgs) -> anyhow::Result<VmConfig> {
         network: args.net,
         display,
         link: Default::default(),
+        window: Default::default(),
         mac: None,
     })
 }

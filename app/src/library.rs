@@ -79,6 +79,13 @@ impl VmEntry {
         self.dir.join(vm_config::DISK_FILE)
     }
 
+    /// The saved state (`vm_config::SNAPSHOT_FILE`), absolute: the engine is told it.
+    /// While it exists the VM is saved; a clone does not copy it, a delete removes it.
+    pub fn snapshot_path(&self) -> PathBuf {
+        let path = self.dir.join(vm_config::SNAPSHOT_FILE);
+        std::path::absolute(&path).unwrap_or(path)
+    }
+
     /// The engine's console and messages of the last run.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("logs").join("console.log")
@@ -193,6 +200,7 @@ impl Library {
 
     /// A copy of the (stopped: the caller checked) VM `source` named `name`: its disk
     /// copied (sharing blocks where the filesystem can, holes kept), a fresh MAC address.
+    /// A saved VM's state is not copied: the copy boots afresh from the disk as it is.
     pub fn clone_vm(&self, source: &VmEntry, name: &str) -> Result<VmEntry, Error> {
         let mut config = source.config()?.clone();
         config.name = name.trim().to_owned();
@@ -393,6 +401,7 @@ mod tests {
             network: false,
             display: DisplaySize::default(),
             link: Default::default(),
+            window: Default::default(),
             mac: None,
         }
     }
@@ -430,7 +439,12 @@ mod tests {
         assert_eq!(lib.find("zed-2").unwrap().id, "zed-2");
         assert!(matches!(lib.find("nope"), Err(Error::NotFound(_))));
 
+        std::fs::write(b.snapshot_path(), b"saved state").unwrap();
         let kept = lib.delete(&b, DiskChoice::Keep).unwrap().unwrap();
+        assert!(
+            !b.snapshot_path().exists(),
+            "the saved state goes with the VM"
+        );
         assert_eq!(std::fs::metadata(&kept).unwrap().len(), 2 << 30);
         assert!(!b.dir.exists());
         assert_eq!(lib.delete(&a, DiskChoice::Delete).unwrap(), None);
@@ -457,6 +471,8 @@ mod tests {
         disk.seek(SeekFrom::Start(300 << 20)).unwrap();
         disk.write_all(b"guest data").unwrap();
         drop(disk);
+        // A saved source: the copy boots afresh, without its saved state.
+        std::fs::write(source.snapshot_path(), b"saved state").unwrap();
         let err = lib.clone_vm(&source, "source").unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
         let copy = lib.clone_vm(&source, "Copy").unwrap();
@@ -465,6 +481,8 @@ mod tests {
             copy.config().unwrap().clone(),
         );
         assert_eq!(b.name, "Copy");
+        assert!(!copy.snapshot_path().exists());
+        assert!(source.snapshot_path().is_absolute());
         assert!(a.mac.is_some() && b.mac.is_some() && a.mac != b.mac);
         assert_eq!(
             VmConfig {

@@ -2,11 +2,12 @@
 //! checked against the host and the VM as it is, and written atomically to `vm.toml`.
 //! A disk only grows (shrinking would cut off the guest's data). The file is read again
 //! just before it is replaced: if it changed or broke since the dialog opened, nothing is
-//! written.
+//! written. A saved VM keeps its hardware (CPUs, memory, disk, network, display): its
+//! saved state would no longer fit.
 
 use crate::host::HostInfo;
 use crate::library::{Error as LibraryError, VmEntry};
-use crate::vm_config::{self, DiskConfig, DisplaySize, VmConfig};
+use crate::vm_config::{self, DiskConfig, DisplaySize, OnClose, VmConfig, WindowSettings};
 
 /// Smallest and largest display side: what the engine's `--display` takes.
 pub use vireo_vmm::config::{DISPLAY_MAX, DISPLAY_MIN};
@@ -22,6 +23,8 @@ pub struct Settings {
     pub disk_gib: Option<u64>,
     pub network: bool,
     pub display: DisplaySize,
+    /// What closing its window does (`[window] on_close`).
+    pub on_close: OnClose,
 }
 
 impl Settings {
@@ -32,7 +35,14 @@ impl Settings {
             disk_gib: config.disk.map(|d| d.size_gib),
             network: config.network,
             display: config.display,
+            on_close: config.window.on_close,
         }
+    }
+
+    /// Whether these differ from `config` in what the engine's snapshot must match.
+    pub fn changes_hardware(&self, config: &VmConfig) -> bool {
+        let hardware = |s: &Settings| (s.cpus, s.memory_mib, s.disk_gib, s.network, s.display);
+        hardware(self) != hardware(&Settings::of(config))
     }
 
     /// `config` with these settings.
@@ -43,6 +53,9 @@ impl Settings {
             disk: self.disk_gib.map(|size_gib| DiskConfig { size_gib }),
             network: self.network,
             display: self.display,
+            window: WindowSettings {
+                on_close: self.on_close,
+            },
             ..config.clone()
         }
     }
@@ -61,6 +74,11 @@ pub enum Problem {
     DiskRemoved,
     #[error("each side of the display must be {DISPLAY_MIN} to {DISPLAY_MAX} pixels")]
     DisplaySize,
+    #[error(
+        "the VM is saved: its CPUs, memory, disk, network and display stay as they are \
+         until you start it or discard its saved state"
+    )]
+    Saved,
 }
 
 /// Which part of the dialog a problem belongs to.
@@ -86,14 +104,15 @@ impl Problem {
                 Field::Disk
             }
             Problem::DisplaySize => Field::Display,
+            Problem::Saved => Field::Other,
         }
     }
 }
 
-/// Everything wrong with changing `current` to `new` on `host`. Only the settings are
-/// checked: the name and OS are not the dialog's (a kernel that went missing is reported
-/// by Start, not here).
-pub fn check(current: &VmConfig, new: &Settings, host: &HostInfo) -> Vec<Problem> {
+/// Everything wrong with changing `current` to `new` on `host`; `saved`: the VM has a
+/// saved state. Only the settings are checked: the name and OS are not the dialog's (a
+/// kernel that went missing is reported by Start, not here).
+pub fn check(current: &VmConfig, new: &Settings, host: &HostInfo, saved: bool) -> Vec<Problem> {
     let candidate = new.applied_to(current);
     let mut problems: Vec<Problem> = vm_config::check(&candidate, host, &[])
         .into_iter()
@@ -121,6 +140,9 @@ pub fn check(current: &VmConfig, new: &Settings, host: &HostInfo) -> Vec<Problem
         .all(|side| (DISPLAY_MIN..=DISPLAY_MAX).contains(side))
     {
         problems.push(Problem::DisplaySize);
+    }
+    if saved && new.changes_hardware(current) {
+        problems.push(Problem::Saved);
     }
     problems
 }
@@ -154,7 +176,9 @@ fn join(problems: &[Problem]) -> String {
 /// growing or making its disk first. Returns the config written.
 pub fn apply(entry: &VmEntry, new: &Settings, host: &HostInfo) -> Result<VmConfig, ApplyError> {
     let current = entry.config()?;
-    let problems = check(current, new, host);
+    // The file itself, not what a list said a moment ago: a save may just have landed.
+    let saved = entry.snapshot_path().exists();
+    let problems = check(current, new, host, saved);
     if !problems.is_empty() {
         return Err(ApplyError::Invalid(problems));
     }
@@ -222,6 +246,7 @@ mod tests {
             display: DisplaySize::default(),
             mac: None,
             link: Default::default(),
+            window: Default::default(),
         }
     }
 
@@ -237,8 +262,9 @@ mod tests {
                 width: 1920,
                 height: 1080,
             },
+            on_close: OnClose::KeepRunning,
         };
-        assert_eq!(check(&current, &ok, &host()), vec![]);
+        assert_eq!(check(&current, &ok, &host(), false), vec![]);
         let bad = Settings {
             cpus: 3,
             memory_mib: 9000,
@@ -249,7 +275,7 @@ mod tests {
             },
             ..ok
         };
-        let fields: Vec<Field> = check(&current, &bad, &host())
+        let fields: Vec<Field> = check(&current, &bad, &host(), false)
             .iter()
             .map(Problem::field)
             .collect();
@@ -262,7 +288,7 @@ mod tests {
             ..ok
         };
         assert_eq!(
-            check(&current, &dropped, &host()),
+            check(&current, &dropped, &host(), false),
             vec![Problem::DiskRemoved]
         );
     }
@@ -307,6 +333,64 @@ mod tests {
             std::fs::read_to_string(entry.config_path()).unwrap(),
             "cpus = ["
         );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn a_saved_vm_keeps_its_hardware_but_not_its_window_choice() {
+        let base =
+            std::env::temp_dir().join(format!("vireo-settings-saved-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let lib = Library::new(&Dirs {
+            data: base.join("data"),
+            runtime: base.join("run"),
+        });
+        let entry = lib.create(&config()).unwrap();
+        std::fs::write(entry.snapshot_path(), b"a saved state").unwrap();
+        let before = std::fs::read_to_string(entry.config_path()).unwrap();
+        for change in [
+            Settings {
+                cpus: 2,
+                ..Settings::of(&config())
+            },
+            Settings {
+                memory_mib: 512,
+                ..Settings::of(&config())
+            },
+            Settings {
+                disk_gib: Some(3),
+                ..Settings::of(&config())
+            },
+            Settings {
+                network: true,
+                ..Settings::of(&config())
+            },
+            Settings {
+                display: DisplaySize {
+                    width: 800,
+                    height: 600,
+                },
+                ..Settings::of(&config())
+            },
+        ] {
+            let err = apply(&entry, &change, &host()).unwrap_err().to_string();
+            assert!(err.contains("start it or discard its saved state"), "{err}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(entry.config_path()).unwrap(),
+            before
+        );
+        assert_eq!(std::fs::metadata(entry.disk_path()).unwrap().len(), 2 << 30);
+        let written = apply(
+            &entry,
+            &Settings {
+                on_close: OnClose::Save,
+                ..Settings::of(&config())
+            },
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(written.window.on_close, OnClose::Save);
         std::fs::remove_dir_all(base).unwrap();
     }
 }

@@ -14,6 +14,9 @@ use crate::host::HostInfo;
 pub const FILE_NAME: &str = "vm.toml";
 /// The name of a VM's disk file inside its directory.
 pub const DISK_FILE: &str = "disk.img";
+/// A saved VM's state (the engine's snapshot file) inside its directory: while it
+/// exists the VM is saved and its next start restores it.
+pub const SNAPSHOT_FILE: &str = "saved-state.snap";
 /// Longest VM name: it is shown in lists and window titles.
 pub const MAX_NAME: usize = 64;
 
@@ -41,6 +44,46 @@ pub struct VmConfig {
     /// Absent from older files: the defaults.
     #[serde(default, skip_serializing_if = "LinkSettings::is_default")]
     pub link: LinkSettings,
+    /// What the app does with the running VM when its window closes or the app quits
+    /// (`[window]`; absent from older files: keep it running).
+    #[serde(default, skip_serializing_if = "WindowSettings::is_default")]
+    pub window: WindowSettings,
+}
+
+/// `[window]` in vm.toml.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSettings {
+    #[serde(default)]
+    pub on_close: OnClose,
+}
+
+impl WindowSettings {
+    pub fn is_default(&self) -> bool {
+        *self == WindowSettings::default()
+    }
+}
+
+/// What closing a VM's window (or quitting the app) does to the running VM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnClose {
+    /// It runs on (it is in the library).
+    #[default]
+    KeepRunning,
+    /// Its state is saved; the next start restores it.
+    Save,
+}
+
+impl OnClose {
+    pub const ALL: [OnClose; 2] = [OnClose::KeepRunning, OnClose::Save];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            OnClose::KeepRunning => "keep it running",
+            OnClose::Save => "save its state",
+        }
+    }
 }
 
 // ---- Guest link settings (the `link` branch): kept together to keep merges easy. ----
@@ -402,6 +445,7 @@ mod tests {
             network: false,
             display: DisplaySize::default(),
             link: LinkSettings::default(),
+            window: WindowSettings::default(),
             mac: None,
         }
     }
@@ -469,6 +513,35 @@ mod tests {
         assert!(
             VmConfig::load(&path).is_err(),
             "unknown link keys are refused"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn window_on_close_defaults_to_keep_running_and_round_trips() {
+        let dir = temp("window");
+        let path = dir.join(FILE_NAME);
+        let old = self_test("Old");
+        old.save(&path).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("[window]"));
+        assert_eq!(
+            VmConfig::load(&path).unwrap().window.on_close,
+            OnClose::KeepRunning
+        );
+        let saving = VmConfig {
+            window: WindowSettings {
+                on_close: OnClose::Save,
+            },
+            ..self_test("Saving")
+        };
+        saving.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[window]\non_close = \"save\""), "{text}");
+        assert_eq!(VmConfig::load(&path).unwrap(), saving);
+        std::fs::write(&path, text.replace("\"save\"", "\"hibernate\"")).unwrap();
+        assert!(
+            VmConfig::load(&path).is_err(),
+            "unknown choices are refused"
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

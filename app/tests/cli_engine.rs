@@ -1,7 +1,7 @@
 //! The `vireo` command line against the real engine and the probe guest: a self-test VM
 //! is created, started (its engine outlives each `vireo` process, so every later command
 //! re-attaches from scratch), listed as running with what its engine reports, refused
-//! a second start, pause and resume, save (which the engine cannot do yet), screenshotted,
+//! a second start, pause and resume, screenshotted,
 //! powered off, started again and shut down through the power button; an engine killed under it shows up as failed with the reason and its
 //! log; broken configs are listed and left alone.
 
@@ -125,11 +125,6 @@ fn self_test_vm_lifecycle_through_the_cli() {
     assert_eq!(home.state("self-test"), "running");
     let err = home.fails(&["resume", "self-test"]);
     assert!(err.contains("not paused"), "{err}");
-    let err = home.fails(&["save", "self-test"]);
-    assert!(
-        err.contains("save is not supported by this engine yet"),
-        "{err}"
-    );
     let err = home.fails(&["delete", "self-test"]);
     assert!(err.contains("power it off first"), "{err}");
     assert_eq!(home.state("self-test"), "running");
@@ -174,6 +169,170 @@ fn png_size(path: &Path) -> (u32, u32) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
     let info = decoder.read_info().expect("a PNG").info().clone();
     (info.width, info.height)
+}
+
+/// A PNG's pixels.
+fn png_pixels(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).expect("PNG pixels");
+    buf.truncate(frame.buffer_size());
+    buf
+}
+
+/// The share of bytes two equal-sized images have in common.
+fn same_share(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
+/// Waits for the probe's agent on the VM's vsock socket and has it answer a ping.
+fn agent_answers(home: &Home, vm: &str) {
+    use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+    let endpoint = Endpoint::HybridVsock {
+        path: home.dir.0.join("run/vireo").join(vm).join("vsock.sock"),
+        port: vireo_guest_agent::protocol::AGENT_VSOCK_PORT,
+    };
+    let client = AgentClient::start(endpoint, ClientConfig::default());
+    client
+        .wait_connected(Duration::from_secs(60))
+        .expect("the guest's agent connects");
+    client.ping().expect("the guest's agent answers a ping");
+}
+
+#[test]
+fn save_then_start_restores_and_a_refused_restore_can_be_discarded() {
+    const TEST: &str =
+        "app::cli_engine::save_then_start_restores_and_a_refused_restore_can_be_discarded";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let home = Home::new("app-cli-save");
+    home.ok(&["create", "keeper", "--memory", "128M", "--disk-gib", "1"]);
+    let vm_dir = home.data().join("vireo/vms/keeper");
+    let snap = vm_dir.join("saved-state.snap");
+    let log = vm_dir.join("logs/console.log");
+    let engine_pid = home.dir.0.join("run/vireo/keeper/engine.pid");
+    home.ok(&["start", "keeper"]);
+    let _guard = PowerOffOnDrop(&home, "keeper");
+    wait_for("the self-test screen", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("VIREO-PROBE screen_ready"))
+    });
+    agent_answers(&home, "keeper");
+    let before = home.dir.0.join("before.png");
+    home.ok(&["screenshot", "keeper", before.to_str().unwrap()]);
+    let pid = std::fs::read_to_string(&engine_pid).unwrap();
+
+    // A save that fails (a directory where the file goes): the message, and the VM runs on.
+    std::fs::create_dir(&snap).unwrap();
+    let err = home.fails(&["save", "keeper"]);
+    assert!(
+        err.contains("the VM did not save") && err.contains("it runs on"),
+        "{err}"
+    );
+    assert_eq!(home.state("keeper"), "running");
+    std::fs::remove_dir(&snap).unwrap();
+
+    // Save: the engine writes the machine and ends; the VM is saved.
+    let saved = home.json(&["save", "keeper", "--json"]);
+    assert_eq!(saved["result"], "saved", "{saved}");
+    assert!(snap.is_file(), "the snapshot is written");
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the engine is gone"
+    );
+    let info = home.json(&["info", "keeper", "--json"]);
+    assert_eq!(info["state"], "saved", "{info}");
+    assert!(info["saved_unix"].as_u64().unwrap() > 0, "{info}");
+    assert_eq!(home.json(&["list", "--json"])[0]["state"], "saved");
+    let text = home.ok(&["list"]);
+    assert!(text.contains("saved"), "{text}");
+    // Its hardware is fixed while saved; what its window does is not.
+    let err = home.fails(&["set", "keeper", "--cpus", "2"]);
+    assert!(err.contains("start it or discard its saved state"), "{err}");
+    let set = home.json(&["set", "keeper", "--on-close", "save", "--json"]);
+    assert_eq!(set["config"]["window"]["on_close"], "save", "{set}");
+    // A clone of a saved VM boots afresh: no saved state comes with it.
+    home.ok(&["clone", "keeper", "fresh copy"]);
+    assert!(!home
+        .data()
+        .join("vireo/vms/fresh-copy/saved-state.snap")
+        .exists());
+    assert_eq!(home.state("fresh-copy"), "stopped");
+
+    // Start restores it: no new boot, the same screen, the agent answers again, and the
+    // snapshot is consumed.
+    let restored = home.json(&["start", "keeper", "--json"]);
+    assert_eq!(restored["result"], "restored", "{restored}");
+    assert!(!snap.exists(), "a restored snapshot is removed");
+    assert_eq!(home.state("keeper"), "running");
+    agent_answers(&home, "keeper");
+    let after = home.dir.0.join("after.png");
+    home.ok(&["screenshot", "keeper", after.to_str().unwrap()]);
+    let same = same_share(&png_pixels(&before), &png_pixels(&after));
+    assert!(
+        same > 0.95,
+        "the restored screen differs: {same:.3} in common"
+    );
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !console.contains("screen_ready"),
+        "the guest booted again instead of running on: {console}"
+    );
+    home.ok(&["stop", "keeper"]);
+    assert_eq!(home.state("keeper"), "stopped");
+
+    // A restore the engine refuses: the disk changed since the save.
+    home.ok(&["start", "keeper"]);
+    home.ok(&["save", "keeper"]);
+    let disk = std::fs::OpenOptions::new()
+        .write(true)
+        .open(vm_dir.join("disk.img"))
+        .unwrap();
+    disk.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(disk);
+    let snap_bytes = std::fs::read(&snap).unwrap();
+    let err = home.fails(&["start", "keeper"]);
+    assert!(err.contains("the saved state cannot be restored"), "{err}");
+    assert!(err.contains("disk"), "the engine's reason: {err}");
+    assert_eq!(
+        std::fs::read(&snap).unwrap(),
+        snap_bytes,
+        "never deleted on a failure"
+    );
+    let info = home.json(&["info", "keeper", "--json"]);
+    assert_eq!(info["state"], "saved", "{info}");
+    assert!(
+        info["restore_refused"].as_str().unwrap().contains("disk"),
+        "{info}"
+    );
+    // Discard: the next start boots afresh.
+    let discarded = home.json(&["discard", "keeper", "--json"]);
+    assert_eq!(discarded["result"], "saved state discarded");
+    assert!(!snap.exists());
+    let err = home.fails(&["discard", "keeper"]);
+    assert!(err.contains("no saved state"), "{err}");
+    assert_eq!(home.state("keeper"), "stopped");
+    home.ok(&["start", "keeper"]);
+    wait_for("a fresh boot", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("VIREO-PROBE screen_ready"))
+    });
+    home.ok(&["stop", "keeper"]);
+    // A damaged snapshot is refused too, and deleting the VM takes its saved state.
+    home.ok(&["start", "keeper"]);
+    home.ok(&["save", "keeper"]);
+    // A byte of the machine state (JSON after the 4 KiB header; guest memory has no
+    // checksum by design).
+    let mut bytes = std::fs::read(&snap).unwrap();
+    bytes[4096 + 16] ^= 0x20;
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = home.fails(&["start", "keeper"]);
+    assert!(err.contains("the saved state cannot be restored"), "{err}");
+    assert_eq!(home.state("keeper"), "saved");
+    home.ok(&["delete", "keeper", "--delete-disk"]);
+    assert!(!vm_dir.exists());
 }
 
 #[test]

@@ -364,3 +364,140 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
         harness.get_by_label(title);
     }
 }
+
+#[test]
+fn the_library_saves_restores_and_saves_on_quit() {
+    const TEST: &str = "app::ui_engine::the_library_saves_restores_and_saves_on_quit";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let home = Home::new("app-ui-save");
+    home.vireo(&["create", "screen", "--memory", "128M"]);
+    home.vireo(&["set", "screen", "--on-close", "save"]);
+    home.vireo(&["start", "screen"]);
+    let snap = home.dirs().data.join("vms/screen/saved-state.snap");
+    let open_app = || {
+        let dirs = home.dirs();
+        let app = env!("CARGO_BIN_EXE_vireo");
+        let mut harness = Harness::new_eframe(move |cc| {
+            VireoApp::new(
+                &cc.egui_ctx,
+                dirs,
+                Programs::beside(app.into()),
+                HostInfo::detect(),
+            )
+        });
+        harness.set_size(eframe::egui::vec2(900.0, 700.0));
+        harness
+    };
+    let mut harness = open_app();
+    let state = |h: &mut Harness<'_, VireoApp>| {
+        h.state()
+            .rows()
+            .first()
+            .map(|r| r.state.word())
+            .unwrap_or_default()
+    };
+    let agent_up = |h: &mut Harness<'_, VireoApp>| {
+        h.state()
+            .agent_status("screen")
+            .is_some_and(|s| s.connected)
+    };
+    let limit = Duration::from_secs(60);
+    until(&mut harness, "the running VM", limit, |h| {
+        state(h) == "running"
+    });
+    until(&mut harness, "the guest's agent", limit, agent_up);
+
+    // Save from the library: the row says saved and offers Start and Discard.
+    harness.get_by_label("Save").click();
+    until(&mut harness, "the VM to be saved", limit, |h| {
+        state(h) == "saved"
+    });
+    harness.step();
+    assert!(snap.is_file());
+    harness.get_by_label("saved");
+    harness.get_by_label("Discard saved state");
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("screen: save: done".to_owned()))
+    );
+
+    // Start restores it; the snapshot is consumed and the agent link comes back.
+    harness.get_by_label("Start").click();
+    until(&mut harness, "the restored VM", limit, |h| {
+        state(h) == "running"
+    });
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("screen restored".to_owned()))
+    );
+    assert!(!snap.exists(), "the restored snapshot is removed");
+    until(&mut harness, "the agent after the restore", limit, agent_up);
+    assert!(
+        !home.log("screen").contains("screen_ready"),
+        "the guest ran on, it did not boot again: {}",
+        home.log("screen")
+    );
+
+    // Closing its window saves it (its choice); Start restores it again.
+    assert!(harness
+        .state()
+        .displays()
+        .iter()
+        .any(|d| d.vm_id == "screen"));
+    harness.state_mut().close_display("screen");
+    until(&mut harness, "the save on close", limit, |h| {
+        state(h) == "saved"
+    });
+    assert!(harness.state().displays().is_empty());
+    assert!(snap.is_file());
+    harness.get_by_label("Start").click();
+    until(&mut harness, "the VM restored again", limit, |h| {
+        state(h) == "running" && !snap.exists()
+    });
+
+    // A save before quitting that fails (a directory where the file goes) is shown, the
+    // VM runs on, and the next quit goes through.
+    std::fs::create_dir(&snap).unwrap();
+    assert!(!harness.state_mut().quit_requested());
+    until(
+        &mut harness,
+        "the failed save before quitting",
+        limit,
+        |h| !h.state().saving_before_quit(),
+    );
+    let shown = harness.state().status().cloned();
+    assert!(
+        shown.as_ref().is_some_and(|s| s
+            .as_ref()
+            .is_err_and(|e| e.contains("the VM did not save") && e.contains("quit again"))),
+        "{shown:?}"
+    );
+    assert!(harness.state_mut().quit_requested());
+    assert_eq!(state(&mut harness), "running");
+    std::fs::remove_dir(&snap).unwrap();
+    drop(harness);
+
+    // Quitting the app saves a VM whose choice is "save", and only then may it close.
+    let mut harness = open_app();
+    until(&mut harness, "the running VM again", limit, |h| {
+        state(h) == "running"
+    });
+    assert!(!harness.state_mut().quit_requested());
+    assert!(harness.state().saving_before_quit());
+    harness.step();
+    harness.get_by_label("Saving 1 VM(s) before quitting…");
+    until(&mut harness, "the save before quitting", limit, |h| {
+        !h.state().saving_before_quit()
+    });
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("saved 1 VM(s)".to_owned()))
+    );
+    assert!(harness.state_mut().quit_requested());
+    assert!(snap.is_file());
+    until(&mut harness, "the saved row", limit, |h| {
+        state(h) == "saved"
+    });
+}

@@ -333,3 +333,72 @@ fn keyboard_shortcuts_switch_views_and_open_the_wizard() {
     harness.run();
     harness.get_by_label("Operating system");
 }
+
+#[test]
+fn a_saved_vm_shows_saved_keeps_its_hardware_and_discard_asks_first() {
+    let base = TempDir::new("app-ui-saved");
+    let dir = vm_with_disk(&base, "work", "Work");
+    let snap = dir.join("saved-state.snap");
+    std::fs::write(&snap, b"the engine's snapshot").unwrap();
+    // The last start tried to restore it and the engine refused, as the monitor and the
+    // engine record it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(
+        dir.join("last-exit.json"),
+        format!(r#"{{"code":1,"signal":null,"ended_unix":{}}}"#, now + 1),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    std::fs::write(
+        dir.join("logs/console.log"),
+        "vireo-vmm: the disk disk.img changed since the VM was saved\n\
+         vireo monitor: engine ended: the engine could not start the VM\n",
+    )
+    .unwrap();
+    let mut harness = app(&base);
+    harness.get_by_label("saved");
+    harness.get_by_label("Saved just now.");
+    harness.get_by_label(
+        "Its saved state cannot be restored: the disk disk.img changed since the VM was saved",
+    );
+    harness.get_by_label("Start");
+
+    // Its hardware cannot change while saved; what its window does can.
+    harness.get_by_label("Settings").click();
+    harness.run();
+    harness.get_by_label("When its window closes");
+    let save_enabled =
+        |h: &Harness<'static, VireoApp>| !h.get_by_label("Save").accesskit_node().is_disabled();
+    assert!(save_enabled(&harness));
+    retype(&mut harness, "Memory (MiB)", "512");
+    harness.get_by_label_contains("the VM is saved: its CPUs, memory, disk, network and display");
+    assert!(!save_enabled(&harness));
+    harness.get_by_label("Cancel").click();
+    harness.run();
+    assert_eq!(load(&dir).memory_mib, 256);
+
+    harness.get_by_label("Discard saved state").click();
+    harness.run();
+    harness.get_by_label("Discard the saved state of \"Work\"?");
+    harness.get_by_label("Keep it").click();
+    harness.run();
+    assert!(snap.exists(), "kept when the user says so");
+    harness.get_by_label("Discard saved state").click();
+    harness.run();
+    harness.get_by_label("Discard").click();
+    settle(&mut harness, "the saved state to go", |app| {
+        app.rows()[0].state == vireo_app::supervisor::VmState::Stopped
+    });
+    assert!(!snap.exists());
+    harness.get_by_label("stopped");
+    assert!(harness.query_by_label("Discard saved state").is_none());
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok(
+            "Work: saved state discarded: the next start boots afresh".to_owned()
+        ))
+    );
+}

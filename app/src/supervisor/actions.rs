@@ -1,6 +1,7 @@
-//! What a user can do to a running VM, and the control request each becomes. The engine
-//! answers some of these today; the others are refused with a message saying so, never
-//! pretended. When the engine learns one (issue 8: save, restore), its arm in `Action::request` is all that changes.
+//! What a user can do to a running VM, and the control request each becomes. Starting a
+//! saved VM is not one of these: `Supervisor::start` restores it.
+
+use std::path::Path;
 
 use vireo_vmm::control::protocol::Request;
 
@@ -13,26 +14,22 @@ pub enum Action {
     Shutdown,
     Pause,
     Resume,
-    /// Saves the VM's state to disk and stops it.
+    /// Saves the VM's state to disk and stops it (the next start restores it).
     Save,
-    /// Starts a saved VM from its state.
-    Restore,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{} is not supported by this engine yet (vireo-vmm's control socket has no such request)", .0.verb())]
-pub struct Unsupported(pub Action);
-
 impl Action {
-    /// The request that performs this action on the engine.
-    pub fn request(self) -> Result<Request, Unsupported> {
+    /// The request that performs this action on the engine; `snapshot` is where a save
+    /// goes (`VmEntry::snapshot_path`, absolute: the engine does not share our cwd).
+    pub fn request(self, snapshot: &Path) -> Request {
         match self {
-            Action::PowerOff => Ok(Request::PowerOff {}),
-            Action::Shutdown => Ok(Request::Shutdown {}),
-            Action::Pause => Ok(Request::Pause {}),
-            Action::Resume => Ok(Request::Resume {}),
-            Action::Save => Err(Unsupported(self)),
-            Action::Restore => Err(Unsupported(self)),
+            Action::PowerOff => Request::PowerOff {},
+            Action::Shutdown => Request::Shutdown {},
+            Action::Pause => Request::Pause {},
+            Action::Resume => Request::Resume {},
+            Action::Save => Request::Save {
+                path: snapshot.to_string_lossy().into_owned(),
+            },
         }
     }
 
@@ -44,7 +41,6 @@ impl Action {
             Action::Pause => "pause",
             Action::Resume => "resume",
             Action::Save => "save",
-            Action::Restore => "restore",
         }
     }
 
@@ -56,13 +52,12 @@ impl Action {
             Action::Pause => "Pause",
             Action::Resume => "Resume",
             Action::Save => "Save",
-            Action::Restore => "Restore",
         }
     }
 
-    /// Whether the engine supports it, for greying out buttons.
-    pub fn supported(self) -> bool {
-        self.request().is_ok()
+    /// Whether the engine is gone once the action is done (the caller waits for it).
+    pub fn ends_the_vm(self) -> bool {
+        matches!(self, Action::PowerOff | Action::Save)
     }
 }
 
@@ -71,17 +66,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unsupported_actions_say_so() {
-        assert_eq!(Action::PowerOff.request(), Ok(Request::PowerOff {}));
-        assert_eq!(Action::Pause.request(), Ok(Request::Pause {}));
-        assert_eq!(Action::Resume.request(), Ok(Request::Resume {}));
-        assert_eq!(Action::Shutdown.request(), Ok(Request::Shutdown {}));
-        for a in [Action::Save, Action::Restore] {
-            let err = a.request().unwrap_err().to_string();
-            assert!(
-                err.starts_with(a.verb()) && err.contains("not supported by this engine yet"),
-                "{err}"
-            );
-        }
+    fn actions_become_requests() {
+        let snap = Path::new("/vms/a/saved-state.snap");
+        assert_eq!(Action::PowerOff.request(snap), Request::PowerOff {});
+        assert_eq!(Action::Pause.request(snap), Request::Pause {});
+        assert_eq!(Action::Resume.request(snap), Request::Resume {});
+        assert_eq!(Action::Shutdown.request(snap), Request::Shutdown {});
+        assert_eq!(
+            Action::Save.request(snap),
+            Request::Save {
+                path: "/vms/a/saved-state.snap".into()
+            }
+        );
     }
 }

@@ -220,6 +220,7 @@ mod tests {
                 height: 600,
             },
             link: Default::default(),
+            window: Default::default(),
             mac: Some("52:54:00:00:00:07".into()),
         };
         let runtime = RuntimeFiles {

@@ -20,7 +20,7 @@ use vireo_vmm::control::protocol::{Request, Response};
 
 use crate::library::VmEntry;
 use crate::paths::Dirs;
-pub use actions::{Action, Unsupported};
+pub use actions::Action;
 pub use launch::{LaunchError, Programs, RuntimeFiles};
 pub use monitor::LastExit;
 
@@ -30,6 +30,8 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long `power_off` waits for the engine to be gone.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a save may take to answer (it writes all of guest memory and syncs it).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Log lines shown for an engine that died.
 pub const LOG_TAIL: usize = 12;
 
@@ -43,12 +45,25 @@ pub enum Error {
     Launch(#[from] LaunchError),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
-    #[error(transparent)]
-    Unsupported(#[from] Unsupported),
     #[error("the VM is not running")]
     NotRunning,
     #[error("the VM is running: power it off first")]
     Running,
+    #[error("the VM has no saved state")]
+    NotSaved,
+    #[error("cannot delete the saved state {path}: {source}")]
+    Discard {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the saved state cannot be restored: {reason} (the VM stays saved; discard its \
+         saved state to start it afresh)"
+    )]
+    RestoreRefused { reason: String },
+    #[error("the VM did not save: {0} (it runs on)")]
+    SaveFailed(String),
     #[error("cannot start the VM's monitor {path}: {source}")]
     Spawn {
         path: PathBuf,
@@ -108,6 +123,14 @@ pub enum VmState {
     Running {
         status: Result<EngineStatus, String>,
     },
+    /// Not running, its state saved (`VmEntry::snapshot_path`): the next start restores
+    /// it.
+    Saved {
+        /// When it was saved, seconds since the epoch (the file's time).
+        saved_unix: u64,
+        /// Why the last start could not restore it, if one tried and the engine refused.
+        refused: Option<String>,
+    },
     /// Not running; the last run ended badly.
     Failed {
         exit: LastExit,
@@ -123,8 +146,13 @@ impl VmState {
             VmState::Running { status: Ok(s) } if s.state == "paused" => "paused",
             VmState::Running { status: Ok(_) } => "running",
             VmState::Running { status: Err(_) } => "unresponsive",
+            VmState::Saved { .. } => "saved",
             VmState::Failed { .. } => "failed",
         }
+    }
+
+    pub fn is_saved(&self) -> bool {
+        matches!(self, VmState::Saved { .. })
     }
 
     pub fn is_running(&self) -> bool {
@@ -185,7 +213,19 @@ impl Supervisor {
             let status = self.status(&runtime).map_err(|e| e.to_string());
             return VmState::Running { status };
         }
-        match LastExit::load(&entry.last_exit_path()) {
+        let exit = LastExit::load(&entry.last_exit_path());
+        if let Some(saved_unix) = saved_time(&entry.snapshot_path()) {
+            // A start that tried to restore it and was refused ended after the save.
+            let refused = exit
+                .filter(|e| e.code == Some(vireo_vmm::exit::code::ERROR))
+                .filter(|e| e.ended_unix >= saved_unix)
+                .map(|_| engine_reason(&log_tail(&entry.log_path(), LOG_TAIL)));
+            return VmState::Saved {
+                saved_unix,
+                refused,
+            };
+        }
+        match exit {
             Some(exit) if !exit.clean() => VmState::Failed {
                 exit,
                 log_tail: log_tail(&entry.log_path(), LOG_TAIL),
@@ -211,15 +251,22 @@ impl Supervisor {
 
     /// One request to the VM's engine.
     pub fn ask(&self, runtime: &RuntimeFiles, request: &Request) -> Result<Response, Error> {
+        self.ask_with(runtime, request, CONTROL_TIMEOUT)
+    }
+
+    fn ask_with(
+        &self,
+        runtime: &RuntimeFiles,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, Error> {
         let path = runtime.control_socket();
         let control_err = |source| Error::Control {
             path: path.clone(),
             source,
         };
         let mut control = Control::connect(&path).map_err(control_err)?;
-        control
-            .set_timeout(Some(CONTROL_TIMEOUT))
-            .map_err(control_err)?;
+        control.set_timeout(Some(timeout)).map_err(control_err)?;
         match control.ask(request).map_err(control_err)? {
             Response::Error { message } => Err(Error::Refused(message)),
             answer => Ok(answer),
@@ -235,7 +282,13 @@ impl Supervisor {
         if lock::is_held(&runtime.lock()) {
             return Err(lock::LockError::Held.into());
         }
-        let args = launch::engine_args(config, &entry.dir, &runtime, &self.programs)?;
+        let mut args = launch::engine_args(config, &entry.dir, &runtime, &self.programs)?;
+        let snapshot = entry.snapshot_path();
+        let restoring = snapshot.is_file();
+        if restoring {
+            args.push("--restore".into());
+            args.push(snapshot.clone().into());
+        }
         // A socket left by an engine that was killed would make `connect` below fail in
         // a misleading way (refused instead of absent).
         let _ = std::fs::remove_file(runtime.control_socket());
@@ -265,7 +318,49 @@ impl Supervisor {
             path: self.programs.app.clone(),
             source,
         })?;
-        self.wait_ready(entry, &runtime, child)
+        match self.wait_ready(entry, &runtime, child) {
+            Ok(()) if restoring => {
+                // Consumed: the guest runs on and its disk moves away from the snapshot
+                // (the engine would refuse it again anyway).
+                std::fs::remove_file(&snapshot).map_err(|source| Error::Discard {
+                    path: snapshot,
+                    source,
+                })
+            }
+            // The engine refused the snapshot (it exits 1 with its reason): the VM
+            // stays saved, the file untouched.
+            Err(Error::StartFailed { log_tail, .. })
+                if restoring
+                    && LastExit::load(&entry.last_exit_path())
+                        .is_some_and(|e| e.code == Some(vireo_vmm::exit::code::ERROR)) =>
+            {
+                Err(Error::RestoreRefused {
+                    reason: engine_reason(&log_tail),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes a saved VM's state, so its next start boots afresh.
+    pub fn discard(&self, entry: &VmEntry) -> Result<(), Error> {
+        self.ensure_stopped(entry)?;
+        let path = entry.snapshot_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                // Since the save, only restores ran: a failure on record is one of
+                // them, and it is moot now.
+                let exit = entry.last_exit_path();
+                if LastExit::load(&exit)
+                    .is_some_and(|e| e.code == Some(vireo_vmm::exit::code::ERROR))
+                {
+                    let _ = std::fs::remove_file(exit);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotSaved),
+            Err(source) => Err(Error::Discard { path, source }),
+        }
     }
 
     fn wait_ready(
@@ -305,18 +400,36 @@ impl Supervisor {
     }
 
     /// Does `action` to the running VM.
+    /// Does `action` to the running VM. A save returns once the engine has gone and
+    /// the VM is saved; a failed save returns the engine's reason (the VM runs on).
     pub fn act(&self, entry: &VmEntry, action: Action) -> Result<(), Error> {
-        let request = action.request()?;
+        let request = action.request(&entry.snapshot_path());
         let runtime = self.runtime(entry)?;
         if !lock::is_held(&runtime.lock()) {
             return Err(Error::NotRunning);
         }
-        match self.ask(&runtime, &request)? {
-            Response::Ok => {}
-            other => return Err(unexpected(other)),
+        let answer = match action {
+            // Writing all of guest memory takes longer than an ordinary request.
+            Action::Save => self.ask_with(&runtime, &request, SAVE_TIMEOUT),
+            _ => self.ask(&runtime, &request),
+        };
+        match answer {
+            Ok(Response::Ok) => {}
+            Err(Error::Refused(why)) if action == Action::Save => {
+                return Err(Error::SaveFailed(why))
+            }
+            Ok(other) => return Err(unexpected(other)),
+            Err(e) => return Err(e),
         }
-        if action == Action::PowerOff && !self.wait_stopped(&runtime, STOP_TIMEOUT) {
+        if action.ends_the_vm() && !self.wait_stopped(&runtime, STOP_TIMEOUT) {
             return Err(Error::StopTimeout);
+        }
+        if action == Action::Save && !self.state(entry).is_saved() {
+            let how = LastExit::load(&entry.last_exit_path())
+                .map_or_else(|| "the engine ended".to_owned(), |e| e.reason());
+            return Err(Error::SaveFailed(format!(
+                "the engine ended without a saved state ({how})"
+            )));
         }
         Ok(())
     }
@@ -376,6 +489,37 @@ impl Supervisor {
     }
 }
 
+/// When the snapshot at `path` was written, if there is one.
+fn saved_time(path: &Path) -> Option<u64> {
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?;
+    let modified = meta.modified().ok()?;
+    Some(
+        modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// The engine's own one-line reason from the end of its log (`vireo-vmm: ...`), or the
+/// last line if it wrote none.
+fn engine_reason(log_tail: &[String]) -> String {
+    log_tail
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("vireo-vmm: "))
+        .or_else(|| {
+            log_tail
+                .iter()
+                .rev()
+                .find(|l| !l.is_empty())
+                .map(String::as_str)
+        })
+        .unwrap_or("the engine gave no reason")
+        .to_owned()
+}
+
 fn unexpected(answer: Response) -> Error {
     Error::Unexpected(format!("{answer:?}"))
 }
@@ -401,4 +545,45 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
         .map(|l| String::from_utf8_lossy(&l).trim_end().to_owned())
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engines_reason_is_its_own_last_line() {
+        let tail: Vec<String> = [
+            "VIREO-PROBE something",
+            "vireo-vmm: the disk /vms/a/disk.img changed since the VM was saved",
+            "vireo monitor: engine ended: the engine could not start the VM",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            engine_reason(&tail),
+            "the disk /vms/a/disk.img changed since the VM was saved"
+        );
+        assert_eq!(engine_reason(&tail[..1]), "VIREO-PROBE something");
+        assert_eq!(engine_reason(&[]), "the engine gave no reason");
+    }
+
+    #[test]
+    fn a_save_is_a_clean_end() {
+        let saved = LastExit {
+            code: Some(vireo_vmm::exit::code::SAVED),
+            signal: None,
+            ended_unix: 1,
+        };
+        assert!(saved.clean());
+        assert_eq!(saved.reason(), "saved");
+        assert_eq!(
+            VmState::Saved {
+                saved_unix: 1,
+                refused: None
+            }
+            .word(),
+            "saved"
+        );
+    }
 }

@@ -47,9 +47,10 @@ impl LastExit {
         }
     }
 
-    /// Whether the guest powered off (or was powered off): nothing to report.
+    /// Whether the guest powered off (or was powered off, or saved): nothing to report.
     pub fn clean(&self) -> bool {
-        self.code == Some(vireo_vmm::exit::code::POWER_OFF)
+        use vireo_vmm::exit::code;
+        matches!(self.code, Some(code::POWER_OFF | code::SAVED))
     }
 
     /// The engine's exit status in words (`vireo-vmm --help` documents them).
@@ -60,6 +61,7 @@ impl LastExit {
             (Some(code::ERROR), _) => "the engine could not start the VM".into(),
             (Some(code::REBOOT), _) => "the guest rebooted".into(),
             (Some(code::CRASH), _) => "the guest crashed".into(),
+            (Some(code::SAVED), _) => "saved".into(),
             (Some(c), _) => format!("the engine exited with status {c}"),
             (None, Some(s)) => format!(
                 "the engine was killed by signal {s} ({})",

@@ -71,6 +71,10 @@ pub enum Command {
         settings: Settings,
     },
     Refresh,
+    /// Deletes a saved VM's saved state.
+    Discard(String),
+    /// Saves these running VMs before the app quits; answered by `Update::QuitSaves`.
+    SaveBeforeQuit(Vec<String>),
     /// Saved in the VM's `[link]` settings and applied to its running link.
     SetClipboard {
         id: String,
@@ -114,6 +118,9 @@ pub enum Update {
         id: String,
         state: DropState,
     },
+    /// The saves `Command::SaveBeforeQuit` asked for are done: `Err` lists the ones that
+    /// failed and why (those VMs run on).
+    QuitSaves(Result<String, String>),
     /// A new thumbnail of a running VM's screen.
     Thumbnail {
         id: String,
@@ -489,6 +496,11 @@ impl Worker {
                     Err(e) => Err(e.to_string()),
                 }
             }),
+            Command::Discard(id) => self.with_entry(&id, |s, entry| {
+                s.supervisor.discard(entry).map_err(|e| e.to_string())?;
+                Ok("saved state discarded: the next start boots afresh".to_owned())
+            }),
+            Command::SaveBeforeQuit(ids) => return Some(self.save_before_quit(&ids)),
             Command::SetClipboard { id, direction } => {
                 self.with_entry(&id, |s, entry| s.set_clipboard(entry, direction))
             }
@@ -516,14 +528,37 @@ impl Worker {
         Some(Update::Done(result))
     }
 
+    /// Saves each VM in turn (each save waits for its engine to be gone).
+    fn save_before_quit(&self, ids: &[String]) -> Update {
+        let failures: Vec<String> = ids
+            .iter()
+            .filter_map(|id| {
+                self.with_entry(id, |s, entry| {
+                    s.supervisor
+                        .act(entry, Action::Save)
+                        .map(|()| "saved".to_owned())
+                        .map_err(|e| e.to_string())
+                })
+                .err()
+            })
+            .collect();
+        Update::QuitSaves(if failures.is_empty() {
+            Ok(format!("saved {} VM(s)", ids.len()))
+        } else {
+            Err(failures.join("; "))
+        })
+    }
+
     fn start(&self, entry: &VmEntry) -> Update {
+        let saved = self.supervisor.state(entry).is_saved();
         match self.supervisor.start(entry) {
             Ok(()) => {
                 self.send(Update::Started {
                     id: entry.id.clone(),
                     name: entry.name().to_owned(),
                 });
-                Update::Done(Ok(format!("{} started", entry.name())))
+                let word = if saved { "restored" } else { "started" };
+                Update::Done(Ok(format!("{} {word}", entry.name())))
             }
             Err(e) => Update::Done(Err(format!("{}: {e}", entry.name()))),
         }

@@ -502,12 +502,7 @@ impl DisplayView {
                 Action::Shutdown,
                 Action::PowerOff,
             ] {
-                let button = ui.add_enabled(action.supported(), egui::Button::new(action.label()));
-                let button = match action.request() {
-                    Ok(_) => button,
-                    Err(why) => button.on_disabled_hover_text(why.to_string()),
-                };
-                if button.clicked() {
+                if ui.button(action.label()).clicked() {
                     asked = Some(action);
                 }
             }

@@ -3,7 +3,9 @@
 //! engine died shows how it ended and the end of its log. Deleting asks first, and
 //! deleting the disk is a separate, unticked choice. A running VM shows a live
 //! thumbnail of its screen and what it costs (CPU, memory); a stopped one can be cloned
-//! (asking for the copy's name) and have its settings changed.
+//! (asking for the copy's name) and have its settings changed. A saved VM says when it
+//! was saved (and why its last restore was refused, if it was); Start restores it, and
+//! "Discard saved state" (asking first) lets it boot afresh.
 
 use std::collections::HashMap;
 
@@ -23,9 +25,17 @@ pub enum LibraryCommand {
     Start(String),
     Act(String, Action),
     OpenDisplay(String),
-    Delete { id: String, disk: DiskChoice },
-    Clone { id: String, name: String },
+    Delete {
+        id: String,
+        disk: DiskChoice,
+    },
+    Clone {
+        id: String,
+        name: String,
+    },
     OpenSettings(String),
+    /// Deletes a saved VM's saved state (confirmed).
+    Discard(String),
 }
 
 /// What the rows show besides the configs: thumbnails and recent usage.
@@ -50,16 +60,22 @@ struct PendingDelete {
     delete_disk: bool,
 }
 
+/// A discard of saved state waiting for the user's confirmation: (id, name).
+type PendingDiscard = (String, String);
+
 #[derive(Default)]
 pub struct LibraryView {
     pending_delete: Option<PendingDelete>,
     pending_clone: Option<PendingClone>,
+    pending_discard: Option<PendingDiscard>,
 }
 
 impl LibraryView {
     /// Whether a dialog of the list is open (keyboard shortcuts wait).
     pub fn dialog_open(&self) -> bool {
-        self.pending_delete.is_some() || self.pending_clone.is_some()
+        self.pending_delete.is_some()
+            || self.pending_clone.is_some()
+            || self.pending_discard.is_some()
     }
 
     pub fn ui(
@@ -97,6 +113,7 @@ impl LibraryView {
             });
         }
         self.confirm_delete(ui, &mut commands);
+        self.confirm_discard(ui, &mut commands);
         self.ask_clone_name(ui, rows, &mut commands);
         commands
     }
@@ -151,6 +168,19 @@ impl LibraryView {
                 self.actions_ui(ui, row, config, commands);
             });
         });
+        if let VmState::Saved {
+            saved_unix,
+            refused,
+        } = &row.state
+        {
+            ui.label(RichText::new(format!("Saved {}.", ago(*saved_unix))).weak());
+            if let Some(why) = refused {
+                ui.label(
+                    RichText::new(format!("Its saved state cannot be restored: {why}"))
+                        .color(Color32::from_rgb(0xe0, 0x40, 0x40)),
+                );
+            }
+        }
         if let VmState::Failed { exit, log_tail } = &row.state {
             egui::CollapsingHeader::new(format!("Why it stopped: {}", exit.reason()))
                 .id_salt(("log", &row.entry_id))
@@ -182,6 +212,9 @@ impl LibraryView {
             } else {
                 if ui.button("Start").clicked() {
                     commands.push(LibraryCommand::Start(id.clone()));
+                }
+                if row.state.is_saved() && ui.button("Discard saved state").clicked() {
+                    self.pending_discard = Some((id.clone(), config.name.clone()));
                 }
                 if ui.button("Settings").clicked() {
                     commands.push(LibraryCommand::OpenSettings(id.clone()));
@@ -224,6 +257,7 @@ impl LibraryView {
             display: vm_config::DisplaySize::default(),
             mac: None,
             link: Default::default(),
+            window: Default::default(),
         };
         let unlimited = HostInfo {
             cpus: u32::MAX,
@@ -276,6 +310,39 @@ impl LibraryView {
         }
     }
 
+    fn confirm_discard(&mut self, ui: &mut egui::Ui, commands: &mut Vec<LibraryCommand>) {
+        let Some((id, name)) = &self.pending_discard else {
+            return;
+        };
+        let mut close = false;
+        egui::Window::new("Discard saved state")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ui.ctx(), |ui| {
+                ui.label(format!("Discard the saved state of \"{name}\"?"));
+                ui.label(
+                    RichText::new(
+                        "Its next start boots afresh; what its programs had not written \
+                         to its disk is lost.",
+                    )
+                    .weak(),
+                );
+                ui.horizontal(|ui| {
+                    if ui.button("Discard").clicked() {
+                        commands.push(LibraryCommand::Discard(id.clone()));
+                        close = true;
+                    }
+                    if ui.button("Keep it").clicked() {
+                        close = true;
+                    }
+                });
+            });
+        if close || ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+            self.pending_discard = None;
+        }
+    }
+
     fn confirm_delete(&mut self, ui: &mut egui::Ui, commands: &mut Vec<LibraryCommand>) {
         let Some(pending) = &mut self.pending_delete else {
             return;
@@ -317,13 +384,21 @@ impl LibraryView {
 }
 
 fn action_button(ui: &mut egui::Ui, id: &str, action: Action, commands: &mut Vec<LibraryCommand>) {
-    let button = ui.add_enabled(action.supported(), egui::Button::new(action.label()));
-    let button = match action.request() {
-        Ok(_) => button,
-        Err(why) => button.on_disabled_hover_text(why.to_string()),
-    };
-    if button.clicked() {
+    if ui.button(action.label()).clicked() {
         commands.push(LibraryCommand::Act(id.to_owned(), action));
+    }
+}
+
+/// "3 minutes ago" for a time in seconds since the epoch.
+pub fn ago(unix: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match now.saturating_sub(unix) {
+        s if s < 60 => "just now".to_owned(),
+        s if s < 3600 => format!("{} minute(s) ago", s / 60),
+        s if s < 86400 => format!("{} hour(s) ago", s / 3600),
+        s => format!("{} day(s) ago", s / 86400),
     }
 }
 

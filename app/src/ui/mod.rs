@@ -21,7 +21,8 @@ use crate::guest_link::AgentStatus;
 use crate::host::HostInfo;
 use crate::library::Library;
 use crate::paths::Dirs;
-use crate::supervisor::{Programs, Supervisor};
+use crate::supervisor::{Action, Programs, Supervisor};
+use crate::vm_config::OnClose;
 use backend::{Backend, Command, DropState, Update, VmRow};
 use display_view::{DisplayView, ViewRequest};
 use library_view::{Glance, LibraryCommand, LibraryView};
@@ -57,6 +58,19 @@ pub struct VireoApp {
     tab: Tab,
     thumbnails: HashMap<String, TextureHandle>,
     settings: Option<SettingsDialog>,
+    /// Where a quit stands (VMs whose choice is "save" are saved first).
+    quit: Quit,
+}
+
+/// The app's quit, which may wait for saves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quit {
+    /// No quit asked yet.
+    Idle,
+    /// Saves run on the backend; closing waits.
+    Saving,
+    /// The saves are done (or failed and were shown): a close goes through.
+    Allowed,
 }
 
 /// What the main window shows.
@@ -91,6 +105,7 @@ impl VireoApp {
             tab: Tab::Library,
             thumbnails: HashMap::new(),
             settings: None,
+            quit: Quit::Idle,
         }
     }
 
@@ -173,6 +188,17 @@ impl VireoApp {
                     self.drops.insert(id, state);
                 }
                 Update::Thumbnail { id, image } => self.set_thumbnail(id, image),
+                Update::QuitSaves(result) => {
+                    // Saved: quit now. A failure is shown and the app stays; the next
+                    // quit leaves the VMs that did not save running.
+                    if result.is_ok() {
+                        self.ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                    }
+                    self.status = Some(result.map_err(|e| {
+                        format!("{e} — these VMs run on; quit again to leave them running")
+                    }));
+                    self.quit = Quit::Allowed;
+                }
             }
         }
     }
@@ -229,7 +255,7 @@ impl VireoApp {
         match command {
             LibraryCommand::NewVm => self.wizard = Some(Wizard::new(self.host.clone())),
             LibraryCommand::Start(id) => self.backend.send(Command::Start(id)),
-            LibraryCommand::Act(id, action) => self.backend.send(Command::Act(id, action)),
+            LibraryCommand::Act(id, action) => self.act(id, action),
             LibraryCommand::OpenDisplay(id) => {
                 let name = self
                     .rows
@@ -239,14 +265,18 @@ impl VireoApp {
                 self.open_display(&id, &name);
             }
             LibraryCommand::Delete { id, disk } => self.backend.send(Command::Delete { id, disk }),
+            LibraryCommand::Discard(id) => self.backend.send(Command::Discard(id)),
             LibraryCommand::Clone { id, name } => {
                 self.status = Some(Ok(format!("copying to {name}…")));
                 self.backend.send(Command::Clone { id, name });
             }
             LibraryCommand::OpenSettings(id) => {
-                let config = self.rows.iter().find(|r| r.entry_id == id);
-                if let Some(Ok(config)) = config.map(|r| r.config.clone()) {
-                    self.settings = Some(SettingsDialog::new(id, config, self.host.clone()));
+                let row = self.rows.iter().find(|r| r.entry_id == id);
+                if let Some((Ok(config), saved)) =
+                    row.map(|r| (r.config.clone(), r.state.is_saved()))
+                {
+                    let host = self.host.clone();
+                    self.settings = Some(SettingsDialog::new(id, config, host, saved));
                 }
             }
         }
@@ -285,6 +315,10 @@ impl VireoApp {
     /// The whole window's content (the eframe `App::ui`, and what kittest drives).
     pub fn show(&mut self, ui: &mut egui::Ui) {
         self.drain();
+        if ui.input(|i| i.viewport().close_requested()) && !self.quit_requested() {
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::CancelClose);
+        }
         self.shortcuts(ui);
         self.backend
             .set_graphs_visible(self.loaded && self.wizard.is_none() && self.tab == Tab::Activity);
@@ -404,7 +438,7 @@ impl VireoApp {
             }
         }
         for (id, action) in actions {
-            self.backend.send(Command::Act(id, action));
+            self.act(id, action);
         }
         for (id, request) in requests {
             match request {
@@ -415,9 +449,69 @@ impl VireoApp {
             }
         }
         for i in closed.into_iter().rev() {
-            // Closing the window leaves the VM running (it is in the library).
-            self.displays.remove(i);
+            let id = self.displays[i].vm_id.clone();
+            self.close_display(&id);
         }
+    }
+
+    /// Closes a VM's window, as its close button does: the VM runs on (it is in the
+    /// library), or is saved if that is its `[window] on_close` choice.
+    pub fn close_display(&mut self, vm_id: &str) {
+        self.displays.retain(|d| d.vm_id != vm_id);
+        if self.on_close(vm_id) == Some(OnClose::Save) {
+            self.act(vm_id.to_owned(), Action::Save);
+        }
+    }
+
+    /// Sends an action to the backend; a save (which writes all of guest memory) says
+    /// so while it runs.
+    fn act(&mut self, id: String, action: Action) {
+        if action == Action::Save {
+            let name = self.rows.iter().find(|r| r.entry_id == id);
+            let name = name.map_or(id.as_str(), |r| r.name.as_str());
+            self.status = Some(Ok(format!("saving {name}…")));
+        }
+        self.backend.send(Command::Act(id, action));
+    }
+
+    /// A running VM's `[window] on_close` choice (`None`: not running or broken).
+    fn on_close(&self, id: &str) -> Option<OnClose> {
+        let row = self.rows.iter().find(|r| r.entry_id == id)?;
+        match (&row.config, row.state.is_running()) {
+            (Ok(config), true) => Some(config.window.on_close),
+            _ => None,
+        }
+    }
+
+    /// Whether the app may close now. The first request with running VMs whose choice
+    /// is "save" starts their saves on the backend and says no; the app closes itself
+    /// once they are saved (or stays to show why one was not). Tests call this as the
+    /// window's close button would.
+    pub fn quit_requested(&mut self) -> bool {
+        match self.quit {
+            Quit::Allowed => true,
+            Quit::Saving => false,
+            Quit::Idle => {
+                let ids: Vec<String> = self
+                    .rows
+                    .iter()
+                    .filter(|r| self.on_close(&r.entry_id) == Some(OnClose::Save))
+                    .map(|r| r.entry_id.clone())
+                    .collect();
+                if ids.is_empty() {
+                    return true;
+                }
+                self.status = Some(Ok(format!("Saving {} VM(s) before quitting…", ids.len())));
+                self.quit = Quit::Saving;
+                self.backend.send(Command::SaveBeforeQuit(ids));
+                false
+            }
+        }
+    }
+
+    /// Whether a quit waits for saves (the library shows "Saving…").
+    pub fn saving_before_quit(&self) -> bool {
+        self.quit == Quit::Saving
     }
 }
 

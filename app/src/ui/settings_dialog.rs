@@ -1,13 +1,15 @@
 //! The Settings dialog of a stopped VM: CPUs and memory bounded by the host as in the
 //! wizard, the disk's size (grow only), network on/off and the display size, each field
-//! with its problems beside it. Save stays disabled while anything is wrong; the backend
-//! writes the file (`settings::apply`, which checks again).
+//! with its problems beside it, and what closing its window does. Save stays disabled
+//! while anything is wrong (a saved VM's hardware is fixed until it is started or its
+//! saved state discarded); the backend writes the file (`settings::apply`, which checks
+//! again).
 
 use eframe::egui::{self, Color32, RichText};
 
 use crate::host::HostInfo;
 use crate::settings::{self, Field, Settings};
-use crate::vm_config::{self, VmConfig};
+use crate::vm_config::{self, OnClose, VmConfig};
 
 const ERROR: Color32 = Color32::from_rgb(0xe0, 0x40, 0x40);
 
@@ -28,10 +30,13 @@ pub struct SettingsDialog {
     network: bool,
     width: String,
     height: String,
+    on_close: OnClose,
+    /// The VM has a saved state: its hardware cannot change.
+    saved: bool,
 }
 
 impl SettingsDialog {
-    pub fn new(vm_id: String, current: VmConfig, host: HostInfo) -> SettingsDialog {
+    pub fn new(vm_id: String, current: VmConfig, host: HostInfo, saved: bool) -> SettingsDialog {
         let s = Settings::of(&current);
         SettingsDialog {
             vm_id,
@@ -43,6 +48,8 @@ impl SettingsDialog {
             network: s.network,
             width: s.display.width.to_string(),
             height: s.display.height.to_string(),
+            on_close: s.on_close,
+            saved,
             current,
         }
     }
@@ -73,13 +80,14 @@ impl SettingsDialog {
                 width: side(&self.width)?,
                 height: side(&self.height)?,
             },
+            on_close: self.on_close,
         })
     }
 
     /// Every problem as (field, text).
     fn problems(&self) -> Vec<(Field, String)> {
         match self.settings() {
-            Ok(s) => settings::check(&self.current, &s, &self.host)
+            Ok(s) => settings::check(&self.current, &s, &self.host, self.saved)
                 .iter()
                 .map(|p| (p.field(), p.to_string()))
                 .collect(),
@@ -131,6 +139,7 @@ impl SettingsDialog {
             text_field(ui, "height", &mut self.height);
         });
         show(ui, Field::Display);
+        self.on_close_field(ui);
         show(ui, Field::Other);
         ui.separator();
         let mut outcome = None;
@@ -146,6 +155,21 @@ impl SettingsDialog {
             }
         });
         outcome
+    }
+
+    fn on_close_field(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            let label = ui.label("When its window closes");
+            egui::ComboBox::from_id_salt("on_close")
+                .selected_text(self.on_close.label())
+                .show_ui(ui, |ui| {
+                    for choice in OnClose::ALL {
+                        ui.selectable_value(&mut self.on_close, choice, choice.label());
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+        });
     }
 
     fn memory_field(&mut self, ui: &mut egui::Ui) {

@@ -105,6 +105,7 @@ impl Wizard {
             network: self.network,
             display: DisplaySize::default(),
             link: Default::default(),
+            window: Default::default(),
             mac: None,
         })
     }
