@@ -18,6 +18,10 @@
 //! (`POSIX_FADV_DONTNEED` on the file alone): Vireo maps guest RAM from the file lazily,
 //! QEMU reads the whole stream before the guest runs.
 //!
+//! Live migration of the counter guest to a second VMM on this host over a Unix socket
+//! (QEMU: `-incoming unix:`, `migrate` with no bandwidth limit): the request → done, and
+//! how long the guest's 20 ms count stood still across the move.
+//!
 //! `cargo bench -p vireo-e2e --bench snapshot` (VIREO_BENCH_RUNS=N rounds, default 3).
 //! The files go to `$TMPDIR`: on a disk, the saves of a dirty guest are the disk's speed
 //! (both VMMs sync); `TMPDIR=/dev/shm` measures the VMMs alone.
@@ -55,6 +59,8 @@ struct Vm {
     child: Child,
     lines: mpsc::Receiver<(Instant, String)>,
     seen: Vec<String>,
+    /// When the highest count so far came, and that count.
+    last_at: Option<(Instant, u64)>,
 }
 
 impl Vm {
@@ -78,7 +84,17 @@ impl Vm {
             child,
             lines,
             seen: Vec::new(),
+            last_at: None,
         }
+    }
+
+    fn take(&mut self, at: Instant, line: String) {
+        if let Some(n) = count_of(&line) {
+            if self.last_at.is_none_or(|(_, last)| n > last) {
+                self.last_at = Some((at, n));
+            }
+        }
+        self.seen.push(line);
     }
 
     /// When the first line (from now on) matching `hit` came.
@@ -89,7 +105,7 @@ impl Vm {
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) => {
                     let matched = hit(&line);
-                    self.seen.push(line);
+                    self.take(at, line);
                     if matched {
                         return at;
                     }
@@ -105,8 +121,8 @@ impl Vm {
     }
 
     fn last_count(&mut self) -> u64 {
-        while let Ok((_, line)) = self.lines.try_recv() {
-            self.seen.push(line);
+        while let Ok((at, line)) = self.lines.try_recv() {
+            self.take(at, line);
         }
         self.seen
             .iter()
@@ -523,6 +539,122 @@ fn qemu_dirty(b: &Bench, out: &mut Sample) {
     out.save.push(save);
 }
 
+// ---- live migration: source -> destination on this host, over a Unix socket ----
+
+/// One live migration as measured from outside.
+#[derive(Clone, Copy)]
+struct Migration {
+    /// The request → the source VMM done (Vireo: answered; QEMU: `completed`).
+    total: Duration,
+    /// The longest silence of the guest's 20 ms count across the move, less one
+    /// period: how long the guest stood still, as the user sees it.
+    blackout: Duration,
+}
+
+/// Takes the source's last count and its time, then waits for the destination's next.
+fn blackout(source: &mut Vm, destination: &mut Vm) -> Duration {
+    source.wait_exit();
+    source.last_count();
+    let (left, last) = source.last_at.expect("the source counted");
+    let arrived = destination.wait_count_above(last);
+    (arrived - left).saturating_sub(Duration::from_millis(20))
+}
+
+fn vireo_migration(b: &Bench, cmdline: &str, out: &mut Vec<Migration>) {
+    let mig = b.dir.join("mig.sock");
+    let mut source = Vm::spawn(Command::new(vmm_binary()).args(vireo_args(b, cmdline)));
+    let mut dest_args = vireo_args(b, cmdline);
+    let at = dest_args
+        .iter()
+        .position(|a| a == "--control-socket")
+        .unwrap();
+    dest_args[at + 1] = s(&b.dir.join("dest.sock")).into();
+    dest_args.extend(["--incoming".into(), format!("unix:{}", mig.display())]);
+    let mut destination = Vm::spawn(Command::new(vmm_binary()).args(dest_args));
+    if cmdline == COUNTER {
+        source.wait_line("counter_ready", |l| {
+            l.contains("counter_ready blk_written=1")
+        });
+    } else {
+        wait_dirty(&mut source, b.mem_mib);
+    }
+    source.wait_count_above(5);
+    let start = Instant::now();
+    let answer = control(b)
+        .ask(&Request::Migrate {
+            to: format!("unix:{}", mig.display()),
+        })
+        .unwrap();
+    let total = start.elapsed();
+    assert_eq!(answer, Response::Ok, "vireo migrate");
+    let blackout = blackout(&mut source, &mut destination);
+    out.push(Migration { total, blackout });
+    let mut dest_control = Control::connect(&b.dir.join("dest.sock")).unwrap();
+    let _ = dest_control.ask(&Request::PowerOff {});
+    destination.wait_exit();
+}
+
+fn qemu_migration(b: &Bench, cmdline: &str, out: &mut Vec<Migration>) {
+    let mig = b.dir.join("qemu-mig.sock");
+    let _ = std::fs::remove_file(&mig);
+    let mut source = Vm::spawn(&mut qemu_command(b, cmdline));
+    let mut qmp = Qmp::connect(&b.dir.join("qmp.sock"));
+    // The destination: the same VM (the same disk, which QEMU keeps inactive until the
+    // migration ends), its own QMP socket, waiting on the Unix socket.
+    let mut cmd = qemu_command(b, cmdline);
+    let dest_qmp = b.dir.join("dest-qmp.sock");
+    let _ = std::fs::remove_file(&dest_qmp);
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", dest_qmp.display()))
+        .arg("-incoming")
+        .arg(format!("unix:{}", mig.display()));
+    let mut destination = Vm::spawn(&mut cmd);
+    let mut dest = Qmp::connect(&dest_qmp);
+    if cmdline == COUNTER {
+        source.wait_line("counter_ready", |l| {
+            l.contains("counter_ready blk_written=1")
+        });
+    } else {
+        wait_dirty(&mut source, b.mem_mib);
+    }
+    source.wait_count_above(5);
+    qmp.ask(
+        "migrate-set-parameters",
+        json!({ "max-bandwidth": UNLIMITED_BYTES_PER_S }),
+    );
+    let start = Instant::now();
+    qmp.ask(
+        "migrate",
+        json!({ "uri": format!("unix:{}", mig.display()) }),
+    );
+    let status = qmp.wait_status("query-migrate", &["setup", "active", "device"]);
+    let total = start.elapsed();
+    assert_eq!(status, "completed", "QEMU's live migration");
+    qmp.ask("quit", json!({}));
+    let blackout = blackout(&mut source, &mut destination);
+    out.push(Migration { total, blackout });
+    dest.ask("quit", json!({}));
+    destination.wait_exit();
+}
+
+fn migration_rows(v: &[Migration], q: &[Migration]) {
+    let f = |m: &[Migration], get: fn(&Migration) -> Duration| {
+        m.iter()
+            .map(|x| get(x).as_secs_f64() * 1e3)
+            .collect::<Vec<_>>()
+    };
+    row(
+        "migrate: request -> done (ms)",
+        f(v, |m| m.total),
+        f(q, |m| m.total),
+    );
+    row(
+        "migrate: guest stood still (ms)",
+        f(v, |m| m.blackout),
+        f(q, |m| m.blackout),
+    );
+}
+
 // ---- a restore with a display: start -> the first screenshot of the guest's picture ----
 
 const SCREEN: &str = "1024x768";
@@ -737,7 +869,12 @@ fn main() {
         std::fs::create_dir_all(&b.dir).unwrap();
         let (mut vc, mut qc, mut vd, mut qd) = Default::default();
         let (mut vs, mut qs) = (Vec::new(), Vec::new());
+        let (mut vm, mut qm) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
+            vireo_migration(&b, COUNTER, &mut vm);
+            if has_qemu {
+                qemu_migration(&b, COUNTER, &mut qm);
+            }
             // Interleaved, so drift on this shared machine hits both alike.
             vireo_counter(&b, &mut vc);
             if has_qemu {
@@ -752,7 +889,7 @@ fn main() {
                 qemu_display(&b, &mut qs);
             }
         }
-        results.push((mem_mib, vc, qc, vd, qd, vs, qs));
+        results.push((mem_mib, vc, qc, vd, qd, vs, qs, vm, qm));
     }
 
     println!();
@@ -764,7 +901,7 @@ fn main() {
         "  {:<34} {:<24} {:<24} {:>8}",
         "", "vireo", "qemu (stop+migrate)", "vireo/qemu"
     );
-    for (mem_mib, vc, qc, vd, qd, vs, qs) in results {
+    for (mem_mib, vc, qc, vd, qd, vs, qs, vm, qm) in results {
         println!("{mem_mib} MiB, counter guest (touched little):");
         save_rows(&vc, &qc);
         row(
@@ -783,6 +920,7 @@ fn main() {
             ms(&qc.round_trip),
         );
         row("restore: start -> screenshot (ms)", ms(&vs), ms(&qs));
+        migration_rows(&vm, &qm);
         println!("{mem_mib} MiB, SHA-256 loop guest (half of RAM dirty):");
         save_rows(&vd, &qd);
     }

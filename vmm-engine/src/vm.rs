@@ -384,7 +384,9 @@ impl Machine<'_> {
     fn migrate(&mut self, to: &str) -> Result<(), String> {
         let endpoint: migrate::Endpoint = to.parse()?;
         let started = std::time::Instant::now();
-        let mut sender = migrate::Sender::start(&endpoint, &self.mem)
+        // Memory mapped from a snapshot file is not zero where it is not resident.
+        let anonymous = self.config.restore.is_none();
+        let mut sender = migrate::Sender::start(&endpoint, &self.mem, anonymous)
             .map_err(|e| format!("cannot reach the destination {to}: {e}"))?;
         self.log_dirty(true)?;
         let precopy = self.precopy(&mut sender);

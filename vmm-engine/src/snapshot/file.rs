@@ -227,7 +227,7 @@ fn write_nonzero_runs(file: &File, offset: u64, bytes: &[u8]) -> std::io::Result
     Ok(())
 }
 
-fn is_zero(page: &[u8]) -> bool {
+pub(super) fn is_zero(page: &[u8]) -> bool {
     // SAFETY: every bit pattern is a valid u64; align_to only regroups the bytes.
     let (head, words, tail) = unsafe { page.align_to::<u64>() };
     head.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
