@@ -29,8 +29,7 @@ fn dirs() -> &'static Dirs {
         let outside = base.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("secret"), "host secret").unwrap();
-        std::fs::set_permissions(outside.join("secret"), PermissionsExt::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(outside.join("secret"), PermissionsExt::from_mode(0o644)).unwrap();
         Dirs {
             share: base.join("share"),
             outside,
@@ -53,7 +52,10 @@ fn outside_is_untouched(outside: &Path) {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["secret"], "something appeared outside the share");
-    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"host secret");
+    assert_eq!(
+        std::fs::read(outside.join("secret")).unwrap(),
+        b"host secret"
+    );
     let meta = std::fs::metadata(outside.join("secret")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
 }

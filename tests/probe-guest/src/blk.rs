@@ -512,7 +512,15 @@ pub fn counter(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
             end: bytes,
         };
         let data = Data::Pattern(options.seed);
-        let mut pipe = Pipe::new(blk, write, data, order, req_len(options), options.qd, tsc_khz);
+        let mut pipe = Pipe::new(
+            blk,
+            write,
+            data,
+            order,
+            req_len(options),
+            options.qd,
+            tsc_khz,
+        );
         pipe.run();
         pipe.ok(bytes)
     };

@@ -21,18 +21,37 @@ fuzz_target!(|input: &[u8]| {
     let (exit, exits) = ExitSender::channel();
     let mut bus = PioBus::default();
     let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
-    let serial = Arc::new(Mutex::new(SerialDevice::new(irq, Arc::new(Mutex::new(std::io::sink())))));
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        irq,
+        Arc::new(Mutex::new(std::io::sink())),
+    )));
     bus.insert(COM1_PORT, SERIAL_PORT_LEN, serial.clone());
-    bus.insert(i8042::I8042_PORT, i8042::I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(exit.clone()))));
-    bus.insert(cmos::CMOS_PORT, cmos::CMOS_PORT_LEN, Arc::new(Mutex::new(Cmos::new(256 << 20))));
+    bus.insert(
+        i8042::I8042_PORT,
+        i8042::I8042_PORT_LEN,
+        Arc::new(Mutex::new(I8042::new(exit.clone()))),
+    );
+    bus.insert(
+        cmos::CMOS_PORT,
+        cmos::CMOS_PORT_LEN,
+        Arc::new(Mutex::new(Cmos::new(256 << 20))),
+    );
     let button = PowerButton::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
     // Pressed before the guest's I/O: its status register has something to give once.
     let _ = button.press();
-    bus.insert(acpi_pm::SLEEP_CONTROL_PORT, acpi_pm::PORT_RANGE_LEN, Arc::new(Mutex::new(AcpiPmDevice::new(exit, button))));
+    bus.insert(
+        acpi_pm::SLEEP_CONTROL_PORT,
+        acpi_pm::PORT_RANGE_LEN,
+        Arc::new(Mutex::new(AcpiPmDevice::new(exit, button))),
+    );
 
     let mut rest = input;
     while rest.len() >= 4 {
-        let (kind, port, len) = (rest[0], u16::from_le_bytes([rest[1], rest[2]]), usize::from(rest[3] % 8) + 1);
+        let (kind, port, len) = (
+            rest[0],
+            u16::from_le_bytes([rest[1], rest[2]]),
+            usize::from(rest[3] % 8) + 1,
+        );
         rest = &rest[4..];
         if kind % 2 == 0 {
             let n = len.min(rest.len());

@@ -41,7 +41,9 @@ impl migrate::Stream for Replay {
 
 fn snapshot_path() -> &'static std::path::Path {
     static PATH: OnceLock<std::path::PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| std::env::temp_dir().join(format!("vireo-fuzz-{}.snap", std::process::id())))
+    PATH.get_or_init(|| {
+        std::env::temp_dir().join(format!("vireo-fuzz-{}.snap", std::process::id()))
+    })
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -61,7 +61,13 @@ fn files() -> &'static Mutex<Files> {
     FILES.get_or_init(|| {
         let dir = std::env::temp_dir();
         let raw_path = dir.join(format!("vireo-fuzz-blk-{}.raw", std::process::id()));
-        let raw = File::options().read(true).write(true).create(true).truncate(true).open(&raw_path).unwrap();
+        let raw = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&raw_path)
+            .unwrap();
         let _ = std::fs::remove_file(&raw_path);
         // A qcow2 template made by qemu-img (skipped when it is not installed).
         let q_path = dir.join(format!("vireo-fuzz-blk-{}.qcow2", std::process::id()));
@@ -76,7 +82,11 @@ fn files() -> &'static Mutex<Files> {
             .is_ok_and(|s| s.success());
         let qcow2 = made.then(|| {
             let template = std::fs::read(&q_path).unwrap();
-            let file = File::options().read(true).write(true).open(&q_path).unwrap();
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .open(&q_path)
+                .unwrap();
             (file, q_path, template)
         });
         Mutex::new(Files { raw, qcow2 })
@@ -136,10 +146,16 @@ fuzz_target!(|input: &[u8]| {
         } else {
             // Anywhere, including past guest memory and near the top of the address
             // space.
-            u64::from(raw_addr).wrapping_mul(0x1_0000_0001).rotate_left(raw_addr & 63)
+            u64::from(raw_addr)
+                .wrapping_mul(0x1_0000_0001)
+                .rotate_left(raw_addr & 63)
         };
         let raw_len = u32_at(descs, at + 4);
-        let len = if raw_len & 1 << 31 != 0 { raw_len } else { raw_len % (1 << 20) };
+        let len = if raw_len & 1 << 31 != 0 {
+            raw_len
+        } else {
+            raw_len % (1 << 20)
+        };
         let desc_flags = u16::from(descs.get(at + 8).copied().unwrap_or(0));
         let next = u16::from(descs.get(at + 9).copied().unwrap_or(0));
         let entry = DESC_TABLE + 16 * i as u64;
@@ -151,19 +167,30 @@ fuzz_target!(|input: &[u8]| {
     let heads = take(&mut input, usize::from(QUEUE_SIZE));
     for i in 0..QUEUE_SIZE {
         let head_index = u16::from(heads.get(usize::from(i)).copied().unwrap_or(0));
-        mem.write_obj(head_index, GuestAddress(AVAIL_RING + 4 + 2 * u64::from(i))).unwrap();
+        mem.write_obj(head_index, GuestAddress(AVAIL_RING + 4 + 2 * u64::from(i)))
+            .unwrap();
     }
-    mem.write_obj(avail_count, GuestAddress(AVAIL_RING + 2)).unwrap();
-    mem.write_obj(used_event, GuestAddress(AVAIL_RING + 4 + 2 * u64::from(QUEUE_SIZE)))
+    mem.write_obj(avail_count, GuestAddress(AVAIL_RING + 2))
         .unwrap();
+    mem.write_obj(
+        used_event,
+        GuestAddress(AVAIL_RING + 4 + 2 * u64::from(QUEUE_SIZE)),
+    )
+    .unwrap();
     let data = take(&mut input, (MEM_SIZE - DATA_AREA) as usize);
     mem.write_slice(data, GuestAddress(DATA_AREA)).unwrap();
 
     let mut queue = Queue::new(QUEUE_SIZE).unwrap();
     queue.set_size(QUEUE_SIZE);
-    queue.try_set_desc_table_address(GuestAddress(DESC_TABLE)).unwrap();
-    queue.try_set_avail_ring_address(GuestAddress(AVAIL_RING)).unwrap();
-    queue.try_set_used_ring_address(GuestAddress(USED_RING)).unwrap();
+    queue
+        .try_set_desc_table_address(GuestAddress(DESC_TABLE))
+        .unwrap();
+    queue
+        .try_set_avail_ring_address(GuestAddress(AVAIL_RING))
+        .unwrap();
+    queue
+        .try_set_used_ring_address(GuestAddress(USED_RING))
+        .unwrap();
     queue.set_ready(true);
     queue.set_event_idx(event_idx);
 
@@ -186,6 +213,9 @@ fuzz_target!(|input: &[u8]| {
     }
     // Never more used entries than the driver made available.
     let used_idx: u16 = mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
-    assert!(used_idx <= avail_count, "used {used_idx} > avail {avail_count}");
+    assert!(
+        used_idx <= avail_count,
+        "used {used_idx} > avail {avail_count}"
+    );
     assert!(interrupt.0.load(Ordering::Relaxed) <= 2);
 });

@@ -73,7 +73,11 @@ impl DriverQueue {
                 DATA_AREA + u64::from(raw_addr) % (MEM_SIZE - DATA_AREA)
             };
             let raw_len = u32::from_le_bytes([d[4], d[5], d[6], d[7]]);
-            let len = if raw_len & 0x8000_0000 != 0 { raw_len } else { raw_len % 4096 };
+            let len = if raw_len & 0x8000_0000 != 0 {
+                raw_len
+            } else {
+                raw_len % 4096
+            };
             let slot = self.base + 16 * u64::from(self.next_desc % QUEUE_SIZE);
             let _ = mem.write_obj(addr, GuestAddress(slot));
             let _ = mem.write_obj(len, GuestAddress(slot + 8));
@@ -109,12 +113,24 @@ fuzz_target!(|input: &[u8]| {
     let Some(&[device]) = take(&mut input, 1) else {
         return;
     };
-    let kind = if device & 1 == 0 { InputKind::Keyboard } else { InputKind::Tablet };
+    let kind = if device & 1 == 0 {
+        InputKind::Keyboard
+    } else {
+        InputKind::Tablet
+    };
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
     let mut input_device = Input::new(kind).unwrap();
     let handle = input_device.handle();
-    let mut eventq = DriverQueue { base: EVENTQ_BASE, avail_idx: 0, next_desc: 0 };
-    let mut statusq = DriverQueue { base: STATUSQ_BASE, avail_idx: 0, next_desc: 0 };
+    let mut eventq = DriverQueue {
+        base: EVENTQ_BASE,
+        avail_idx: 0,
+        next_desc: 0,
+    };
+    let mut statusq = DriverQueue {
+        base: STATUSQ_BASE,
+        avail_idx: 0,
+        next_desc: 0,
+    };
     let mut queues = InputQueues::new(
         mem.clone(),
         Arc::new(NoInterrupt),
@@ -129,14 +145,20 @@ fuzz_target!(|input: &[u8]| {
     while let Some(&[op]) = take(&mut input, 1) {
         match op % 4 {
             0 => {
-                let Some(&[offset, len]) = take(&mut input, 2) else { return };
-                let Some(data) = take(&mut input, usize::from(len % 16)) else { return };
+                let Some(&[offset, len]) = take(&mut input, 2) else {
+                    return;
+                };
+                let Some(data) = take(&mut input, usize::from(len % 16)) else {
+                    return;
+                };
                 input_device.write_config(u64::from(offset), data);
                 let mut out = [0u8; 16];
                 input_device.read_config(u64::from(offset), &mut out);
             }
             1 | 2 => {
-                let Some(descs) = descriptors(&mut input) else { return };
+                let Some(descs) = descriptors(&mut input) else {
+                    return;
+                };
                 if op % 4 == 1 {
                     eventq.post(&mem, &descs);
                     let _ = queues.deliver();
