@@ -534,7 +534,7 @@ pub fn counter(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
             count += 1;
             next += period;
             probe!("count {count}");
-            if count % VERIFY_EVERY == 0 {
+            if count.is_multiple_of(VERIFY_EVERY) {
                 let ok = pass(&mut blk, false);
                 probe!("blk_verified n={count} ok={}", u8::from(ok));
             }

@@ -413,7 +413,8 @@ mod tests {
     #[test]
     fn untouched_anonymous_memory_is_not_resident_and_touched_is() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 * PAGE)]).unwrap();
-        mem.write_slice(&[1u8], GuestAddress(5 * PAGE as u64)).unwrap();
+        mem.write_slice(&[1u8], GuestAddress(5 * PAGE as u64))
+            .unwrap();
         let region = mem.iter().next().unwrap();
         // SAFETY: the region's own mapping, alive for the test.
         let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), 64 * PAGE) };
