@@ -501,3 +501,85 @@ fn the_library_saves_restores_and_saves_on_quit() {
         state(h) == "saved"
     });
 }
+
+/// A guest that ignores the power button (and has no agent): Shut down waits, then the
+/// app asks; "Keep waiting" asks again after the wait, "Power off" ends it.
+#[test]
+fn a_guest_that_does_not_shut_down_gets_the_user_asked() {
+    if !report::require_kvm("app::ui_engine::a_guest_that_does_not_shut_down_gets_the_user_asked") {
+        return;
+    }
+    // The backend reads it when the shutdown is asked, in this process.
+    std::env::set_var("VIREO_SHUTDOWN_WAIT_SECS", "2");
+    let home = Home::new("app-ui-shutdown-wait");
+    let probe = home.probe.display().to_string();
+    home.vireo(&[
+        "create",
+        "deaf",
+        "--os",
+        "kernel",
+        "--kernel",
+        &probe,
+        "--cmdline",
+        "probe.run=idle",
+        "--memory",
+        "128M",
+        "--start",
+    ]);
+    let dirs = home.dirs();
+    let app = env!("CARGO_BIN_EXE_vireo");
+    let mut harness = Harness::new_eframe(move |cc| {
+        VireoApp::new(
+            &cc.egui_ctx,
+            dirs,
+            Programs::beside(app.into()),
+            HostInfo::detect(),
+        )
+    });
+    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    fn running(h: &mut Harness<'_, VireoApp>) -> bool {
+        h.state()
+            .rows()
+            .first()
+            .is_some_and(|r| matches!(r.state, VmState::Running { status: Ok(_) }))
+    }
+    until(
+        &mut harness,
+        "the running VM",
+        Duration::from_secs(20),
+        running,
+    );
+    harness.step();
+    harness.get_by_label("Shut down").click();
+    fn asked(h: &mut Harness<'_, VireoApp>) -> bool {
+        h.query_by_label("Keep waiting").is_some()
+    }
+    until(&mut harness, "the question", Duration::from_secs(20), asked);
+    assert!(running(&mut harness), "the deaf guest stopped by itself");
+    harness.get_by_label("Keep waiting").click();
+    // The click lands in the next frame; the one after shows no question.
+    harness.step();
+    harness.step();
+    assert!(harness.query_by_label("Keep waiting").is_none());
+    until(
+        &mut harness,
+        "the question again",
+        Duration::from_secs(20),
+        asked,
+    );
+    harness.get_by_label("Power it off").click();
+    until(
+        &mut harness,
+        "the VM to stop",
+        Duration::from_secs(20),
+        |h| {
+            h.state()
+                .rows()
+                .first()
+                .is_some_and(|r| r.state == VmState::Stopped)
+        },
+    );
+    harness.step();
+    harness.step();
+    assert!(harness.query_by_label("Keep waiting").is_none());
+}

@@ -54,6 +54,9 @@ enum Input {
     /// The VM was resumed: its clock stood still while paused, so set it right now
     /// rather than at the agent's next periodic sync.
     Resumed,
+    /// The user asked the guest to shut down: the agent asks too (a guest that does not
+    /// listen to the ACPI button still shuts down).
+    Shutdown,
     Stop,
 }
 
@@ -81,6 +84,10 @@ impl GuestLink {
 
     pub fn resumed(&self) {
         let _ = self.inputs.send(Input::Resumed);
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.inputs.send(Input::Shutdown);
     }
 }
 
@@ -152,10 +159,22 @@ impl Link {
                         self.publish(status);
                     }
                     Ok(Input::Resumed) => self.sync_time(),
+                    Ok(Input::Shutdown) => self.ask_shutdown(),
                     Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
                     Err(TryRecvError::Empty) => break,
                 }
             }
+        }
+    }
+
+    /// Asks the agent to shut the guest down, where one is connected: the second way in
+    /// beside the ACPI power button.
+    fn ask_shutdown(&self) {
+        if self.client.peer().is_none() {
+            return;
+        }
+        if let Err(e) = self.client.shutdown() {
+            eprintln!("vireo: {}: the agent's shutdown: {e}", self.spec.vm_id);
         }
     }
 

@@ -37,6 +37,16 @@ const DROP_REPORT: Duration = Duration::from_millis(100);
 /// How often the library is looked at again (VMs started or stopped elsewhere, engines
 /// that died).
 const REFRESH: Duration = Duration::from_secs(1);
+/// How long a guest asked to shut down gets before the user is asked what to do
+/// (`VIREO_SHUTDOWN_WAIT_SECS` sets it: for tests, and for guests known to be slow).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
+
+fn shutdown_wait() -> Duration {
+    std::env::var("VIREO_SHUTDOWN_WAIT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SHUTDOWN_WAIT, Duration::from_secs)
+}
 
 /// One VM as the library window shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +83,8 @@ pub enum Command {
     Refresh,
     /// Deletes a saved VM's saved state.
     Discard(String),
+    /// The user chose to give a guest that has not shut down more time.
+    KeepWaiting(String),
     /// Saves these running VMs before the app quits; answered by `Update::QuitSaves`.
     SaveBeforeQuit(Vec<String>),
     /// Saved in the VM's `[link]` settings and applied to its running link.
@@ -121,6 +133,12 @@ pub enum Update {
     /// The saves `Command::SaveBeforeQuit` asked for are done: `Err` lists the ones that
     /// failed and why (those VMs run on).
     QuitSaves(Result<String, String>),
+    /// A guest asked to shut down is still running after the wait: ask the user.
+    ShutdownTimedOut {
+        id: String,
+        name: String,
+        waited: Duration,
+    },
     /// A new thumbnail of a running VM's screen.
     Thumbnail {
         id: String,
@@ -156,6 +174,7 @@ impl Backend {
             activity: activity.clone(),
             graphs_visible: graphs_visible.clone(),
             last_glance: HashMap::new(),
+            shutdowns: HashMap::new(),
             library,
             supervisor,
             host,
@@ -216,6 +235,8 @@ struct Worker {
     activity: Arc<Mutex<Activity>>,
     /// What each row showed after the last sample that woke the UI.
     last_glance: HashMap<String, (u32, u64)>,
+    /// Guests asked to shut down, by VM id: when the user hears they have not.
+    shutdowns: HashMap<String, Instant>,
 }
 
 impl Worker {
@@ -233,9 +254,38 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {
                     self.snapshot();
                     self.sample();
+                    self.check_shutdowns();
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+
+    /// Tells the UI about guests that were asked to shut down and still run after the
+    /// wait; forgets those that stopped.
+    fn check_shutdowns(&mut self) {
+        let Some(rows) = &self.last else { return };
+        let now = Instant::now();
+        let mut due = Vec::new();
+        self.shutdowns.retain(|id, deadline| {
+            let Some(row) = rows.iter().find(|r| r.entry_id == *id) else {
+                return false;
+            };
+            if !row.state.is_running() {
+                return false;
+            }
+            if now >= *deadline {
+                due.push((id.clone(), row.name.clone()));
+                return false;
+            }
+            true
+        });
+        for (id, name) in due {
+            self.send(Update::ShutdownTimedOut {
+                id,
+                name,
+                waited: shutdown_wait(),
+            });
         }
     }
 
@@ -477,13 +527,30 @@ impl Worker {
                 Ok(entry) => return Some(self.start(&entry)),
                 Err(e) => Err(e.to_string()),
             },
-            Command::Act(id, action) => self.with_entry(&id, |s, entry| {
-                s.supervisor.act(entry, action).map_err(|e| e.to_string())?;
-                if let (Action::Resume, Some(link)) = (action, s.links.get(&entry.id)) {
-                    link.resumed();
+            Command::Act(id, action) => {
+                let result = self.with_entry(&id, |s, entry| {
+                    s.supervisor.act(entry, action).map_err(|e| e.to_string())?;
+                    match (action, s.links.get(&entry.id)) {
+                        (Action::Resume, Some(link)) => link.resumed(),
+                        (Action::Shutdown, link) => {
+                            if let Some(link) = link {
+                                link.shutdown();
+                            }
+                            return Ok(format!("{}: asked to shut down", entry.name()));
+                        }
+                        _ => {}
+                    }
+                    Ok(format!("{}: done", action.verb()))
+                });
+                if action == Action::Shutdown && result.is_ok() {
+                    self.shutdowns.insert(id, Instant::now() + shutdown_wait());
                 }
-                Ok(format!("{}: done", action.verb()))
-            }),
+                result
+            }
+            Command::KeepWaiting(id) => {
+                self.shutdowns.insert(id, Instant::now() + shutdown_wait());
+                Ok("waiting for the guest to shut down".into())
+            }
             Command::Delete { id, disk } => self.with_entry(&id, |s, entry| {
                 s.supervisor
                     .ensure_stopped(entry)

@@ -60,6 +60,9 @@ pub struct VireoApp {
     settings: Option<SettingsDialog>,
     /// Where a quit stands (VMs whose choice is "save" are saved first).
     quit: Quit,
+    /// Guests that were asked to shut down and did not within the wait: (id, name,
+    /// the wait), each asking the user to power it off or wait more.
+    shutdown_prompts: Vec<(String, String, std::time::Duration)>,
 }
 
 /// The app's quit, which may wait for saves.
@@ -106,6 +109,7 @@ impl VireoApp {
             thumbnails: HashMap::new(),
             settings: None,
             quit: Quit::Idle,
+            shutdown_prompts: Vec::new(),
         }
     }
 
@@ -188,6 +192,10 @@ impl VireoApp {
                     self.drops.insert(id, state);
                 }
                 Update::Thumbnail { id, image } => self.set_thumbnail(id, image),
+                Update::ShutdownTimedOut { id, name, waited } => {
+                    self.shutdown_prompts.retain(|(other, _, _)| *other != id);
+                    self.shutdown_prompts.push((id, name, waited));
+                }
                 Update::QuitSaves(result) => {
                     // Saved: quit now. A failure is shown and the app stays; the next
                     // quit leaves the VMs that did not save running.
@@ -200,6 +208,53 @@ impl VireoApp {
                     self.quit = Quit::Allowed;
                 }
             }
+        }
+    }
+
+    /// A guest did not shut down in time: power it off, or wait more (graceful shutdown
+    /// as in VirtualBox: the guest had its chance through the ACPI button and the agent).
+    fn shutdown_prompt(&mut self, ui: &mut egui::Ui) {
+        let Some((id, name, waited)) = self.shutdown_prompts.first().cloned() else {
+            return;
+        };
+        // A guest that shut down meanwhile needs no answer.
+        if !self
+            .rows
+            .iter()
+            .any(|r| r.entry_id == id && r.state.is_running())
+        {
+            self.shutdown_prompts.remove(0);
+            return;
+        }
+        let mut answer = None;
+        egui::Window::new("The guest has not shut down")
+            .collapsible(false)
+            .resizable(false)
+            .anchor(egui::Align2::CENTER_CENTER, egui::Vec2::ZERO)
+            .show(ui.ctx(), |ui| {
+                ui.label(format!(
+                    "\"{name}\" was asked to shut down {} s ago and is still running.",
+                    waited.as_secs()
+                ));
+                ui.label(
+                    RichText::new(
+                        "Its system may be busy, or may ignore the power button. Powering it \
+                         off now loses what its programs have not saved.",
+                    )
+                    .weak(),
+                );
+                ui.horizontal(|ui| {
+                    if ui.button("Power it off").clicked() {
+                        answer = Some(Command::Act(id.clone(), Action::PowerOff));
+                    }
+                    if ui.button("Keep waiting").clicked() {
+                        answer = Some(Command::KeepWaiting(id.clone()));
+                    }
+                });
+            });
+        if let Some(command) = answer {
+            self.shutdown_prompts.remove(0);
+            self.backend.send(command);
         }
     }
 
@@ -320,6 +375,7 @@ impl VireoApp {
                 .send_viewport_cmd(egui::ViewportCommand::CancelClose);
         }
         self.shortcuts(ui);
+        self.shutdown_prompt(ui);
         self.backend
             .set_graphs_visible(self.loaded && self.wizard.is_none() && self.tab == Tab::Activity);
         egui::Panel::bottom("status").show(ui, |ui| match &self.status {
