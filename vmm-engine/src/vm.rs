@@ -817,7 +817,14 @@ fn receive_migration(
         .accept()
         .map_err(|e| fail(format!("cannot accept the source: {e}")))?;
     let received = migrate::receive(&mut *stream, mem).and_then(|state| {
-        state.check_fits(config).map_err(|e| e.to_string())?;
+        state.check_fits(config).map_err(|e| match e {
+            // A snapshot file's advice (discard it) does not fit a migration.
+            snapshot::Error::Mismatch(what) => format!(
+                "the VM does not fit this engine: {what}; start the destination with the \
+                 source's hardware"
+            ),
+            other => other.to_string(),
+        })?;
         Ok(state)
     });
     match received {
