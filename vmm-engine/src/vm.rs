@@ -354,6 +354,19 @@ impl Machine<'_> {
     /// Saves the whole machine to `path` and leaves it stopped; if anything fails, the
     /// VM carries on where it was (paused if it was paused before).
     fn save(&mut self, path: &Path) -> Result<(), String> {
+        let stopped = self.stop_and_capture()?;
+        match snapshot::file::write(path, &stopped.state, &self.mem) {
+            Ok(()) => {
+                tracing::info!("saved to {}", path.display());
+                Ok(())
+            }
+            Err(e) => self.carry_on(stopped, e.to_string()),
+        }
+    }
+
+    /// Pauses the guest (if it runs), ends the vCPU threads and captures everything but
+    /// memory; the devices' workers stop too. If the capture fails the VM runs on.
+    fn stop_and_capture(&mut self) -> Result<Stopped, String> {
         let was_paused = self.pauser.is_paused();
         if !was_paused {
             self.pauser.pause(&self.vm).map_err(|e| e.to_string())?;
@@ -364,17 +377,17 @@ impl Machine<'_> {
             // A vCPU thread died: its exit reason is on the way; nothing to resume.
             return Err("a vCPU thread had ended; the VM is stopping".into());
         };
-        let (state, bus) = match self.capture(&mut fds) {
-            Ok(captured) => captured,
-            Err(why) => return self.carry_on(fds, None, was_paused, why),
-        };
-        let result = snapshot::file::write(path, &state, &self.mem).map_err(|e| e.to_string());
-        match result {
-            Ok(()) => {
-                tracing::info!("saved to {}", path.display());
-                Ok(())
+        match self.capture(&mut fds) {
+            Ok(state) => Ok(Stopped {
+                fds,
+                state,
+                was_paused,
+            }),
+            Err(why) => {
+                tracing::warn!("the VM carries on here: {why}");
+                self.restart_vcpus(fds, was_paused);
+                Err(why)
             }
-            Err(why) => self.carry_on(fds, Some((&state.vm, &bus)), was_paused, why),
         }
     }
 
@@ -394,30 +407,18 @@ impl Machine<'_> {
             let _ = self.log_dirty(false);
             return Err(why);
         }
-        let was_paused = self.pauser.is_paused();
-        if !was_paused {
-            if let Err(e) = self.pauser.pause(&self.vm) {
-                let _ = self.log_dirty(false);
-                return Err(e.to_string());
-            }
-        }
         let stopped_at = std::time::Instant::now();
-        self.held_clock = self.pauser.held_clock();
-        let fds = self.stop_vcpus();
-        let Some(mut fds) = fds.into_iter().collect::<Option<Vec<VcpuFd>>>() else {
-            return Err("a vCPU thread had ended; the VM is stopping".into());
-        };
-        let (state, bus) = match self.capture(&mut fds) {
-            Ok(captured) => captured,
+        let stopped = match self.stop_and_capture() {
+            Ok(stopped) => stopped,
             Err(why) => {
                 let _ = self.log_dirty(false);
-                return self.carry_on(fds, None, was_paused, why);
+                return Err(why);
             }
         };
         for image in &self.images {
             lock(image).release_lock();
         }
-        let finished = self.stop_and_copy(sender, &state);
+        let finished = self.stop_and_copy(sender, &stopped.state);
         match finished {
             Ok(bytes) => {
                 tracing::info!(
@@ -435,7 +436,7 @@ impl Machine<'_> {
                     }
                 }
                 let _ = self.log_dirty(false);
-                self.carry_on(fds, Some((&state.vm, &bus)), was_paused, why)
+                self.carry_on(stopped, why)
             }
         }
     }
@@ -488,10 +489,7 @@ impl Machine<'_> {
     }
 
     /// Everything but memory, with the vCPUs stopped; the devices' workers stop too.
-    fn capture(
-        &self,
-        fds: &mut [VcpuFd],
-    ) -> Result<(MachineState, crate::pci::root::BusState), String> {
+    fn capture(&self, fds: &mut [VcpuFd]) -> Result<MachineState, String> {
         let msrs = cpu_state::msrs_to_save(self.kvm);
         let ctx = vcpu::VcpuContext {
             pio: self.pio.clone(),
@@ -535,43 +533,46 @@ impl Machine<'_> {
                 serial: lock(&self.legacy.serial).save(),
                 cmos: lock(&self.legacy.cmos).save(),
             },
-            bus: bus.clone(),
+            bus,
             saved_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
-        Ok((state, bus))
+        Ok(state)
     }
 
-    /// A save failed after the vCPUs stopped: restart the devices it stopped and the
-    /// vCPUs, and report why.
-    fn carry_on(
-        &mut self,
-        fds: Vec<VcpuFd>,
-        stopped: Option<(&VmState, &crate::pci::root::BusState)>,
-        was_paused: bool,
-        why: String,
-    ) -> Result<(), String> {
+    /// A save or migration failed after the capture: restart the devices it stopped
+    /// and the vCPUs, and report why.
+    fn carry_on(&mut self, stopped: Stopped, why: String) -> Result<(), String> {
         tracing::warn!("the VM carries on here: {why}");
-        if let Some((vm_state, bus)) = stopped {
-            if let Err(e) = lock(&self.pci.0).restore(bus) {
-                self.exit.send(ExitReason::Crash(format!(
-                    "after a failed save the devices did not restart: {e}"
-                )));
-            }
-            // The guest's clock stood still meanwhile.
-            if let Err(e) = vm_state.restore(&self.vm) {
-                tracing::warn!("after a failed save: {e}");
-            }
+        if let Err(e) = lock(&self.pci.0).restore(&stopped.state.bus) {
+            self.exit.send(ExitReason::Crash(format!(
+                "after a failed save the devices did not restart: {e}"
+            )));
         }
-        if let Err(e) = self.start_vcpus(fds, was_paused) {
+        // The guest's clock stood still meanwhile.
+        if let Err(e) = stopped.state.vm.restore(&self.vm) {
+            tracing::warn!("after a failed save: {e}");
+        }
+        self.restart_vcpus(stopped.fds, stopped.was_paused);
+        Err(why)
+    }
+
+    fn restart_vcpus(&mut self, fds: Vec<VcpuFd>, paused: bool) {
+        if let Err(e) = self.start_vcpus(fds, paused) {
             self.exit.send(ExitReason::Crash(format!(
                 "after a failed save the vCPUs did not restart: {e}"
             )));
         }
-        Err(why)
     }
+}
+
+/// A guest stopped for a save or a migration: its vCPUs and everything but memory.
+struct Stopped {
+    fds: Vec<VcpuFd>,
+    state: MachineState,
+    was_paused: bool,
 }
 
 /// Puts a snapshot's state into a VM built from the same configuration, before any
