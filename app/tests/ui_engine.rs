@@ -62,6 +62,22 @@ impl Home {
         }
     }
 
+    /// The app over this home's library, in a 900x700 window.
+    fn app(&self) -> Harness<'static, VireoApp> {
+        let dirs = self.dirs();
+        let app = env!("CARGO_BIN_EXE_vireo");
+        let mut harness = Harness::new_eframe(move |cc| {
+            VireoApp::new(
+                &cc.egui_ctx,
+                dirs,
+                Programs::beside(app.into()),
+                HostInfo::detect(),
+            )
+        });
+        harness.set_size(eframe::egui::vec2(900.0, 700.0));
+        harness
+    }
+
     fn vireo(&self, args: &[&str]) {
         let out = Command::new(env!("CARGO_BIN_EXE_vireo"))
             .args(args)
@@ -102,17 +118,7 @@ fn the_library_reattaches_pauses_resumes_and_powers_off() {
     }
     let home = Home::new("app-ui-reattach");
     home.vireo(&["create", "screen", "--memory", "128M", "--start"]);
-    let dirs = home.dirs();
-    let app = env!("CARGO_BIN_EXE_vireo");
-    let mut harness = Harness::new_eframe(move |cc| {
-        VireoApp::new(
-            &cc.egui_ctx,
-            dirs,
-            Programs::beside(app.into()),
-            HostInfo::detect(),
-        )
-    });
-    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    let mut harness = home.app();
     until(
         &mut harness,
         "the running VM",
@@ -303,17 +309,7 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
         "1",
         "--start",
     ]);
-    let dirs = home.dirs();
-    let app = env!("CARGO_BIN_EXE_vireo");
-    let mut harness = Harness::new_eframe(move |cc| {
-        VireoApp::new(
-            &cc.egui_ctx,
-            dirs,
-            Programs::beside(app.into()),
-            HostInfo::detect(),
-        )
-    });
-    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    let mut harness = home.app();
     until(
         &mut harness,
         "the thumbnail",
@@ -376,21 +372,7 @@ fn the_library_saves_restores_and_saves_on_quit() {
     home.vireo(&["set", "screen", "--on-close", "save"]);
     home.vireo(&["start", "screen"]);
     let snap = home.dirs().data.join("vms/screen/saved-state.snap");
-    let open_app = || {
-        let dirs = home.dirs();
-        let app = env!("CARGO_BIN_EXE_vireo");
-        let mut harness = Harness::new_eframe(move |cc| {
-            VireoApp::new(
-                &cc.egui_ctx,
-                dirs,
-                Programs::beside(app.into()),
-                HostInfo::detect(),
-            )
-        });
-        harness.set_size(eframe::egui::vec2(900.0, 700.0));
-        harness
-    };
-    let mut harness = open_app();
+    let mut harness = home.app();
     let state = |h: &mut Harness<'_, VireoApp>| {
         h.state()
             .rows()
@@ -480,7 +462,7 @@ fn the_library_saves_restores_and_saves_on_quit() {
     drop(harness);
 
     // Quitting the app saves a VM whose choice is "save", and only then may it close.
-    let mut harness = open_app();
+    let mut harness = home.app();
     until(&mut harness, "the running VM again", limit, |h| {
         state(h) == "running"
     });
@@ -526,17 +508,7 @@ fn a_guest_that_does_not_shut_down_gets_the_user_asked() {
         "128M",
         "--start",
     ]);
-    let dirs = home.dirs();
-    let app = env!("CARGO_BIN_EXE_vireo");
-    let mut harness = Harness::new_eframe(move |cc| {
-        VireoApp::new(
-            &cc.egui_ctx,
-            dirs,
-            Programs::beside(app.into()),
-            HostInfo::detect(),
-        )
-    });
-    harness.set_size(eframe::egui::vec2(900.0, 700.0));
+    let mut harness = home.app();
     fn running(h: &mut Harness<'_, VireoApp>) -> bool {
         h.state()
             .rows()

@@ -36,7 +36,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vireo_e2e::engine::{s, vmm_binary};
+use vireo_e2e::engine::{connect_control, s, vmm_binary};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::qemu::{qemu_available, qemu_probe_command, virtio_blk_args, DiskFormat};
 use vireo_e2e::temp::TempDir;
@@ -291,17 +291,7 @@ fn vireo_args(b: &Bench, cmdline: &str) -> Vec<String> {
 }
 
 fn control(b: &Bench) -> Control {
-    let path = b.dir.join("control.sock");
-    let end = Instant::now() + BOOT;
-    let control = loop {
-        match Control::connect(&path) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > end => panic!("control socket: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
-        }
-    };
-    control.set_timeout(Some(STEP)).unwrap();
-    control
+    connect_control(&b.dir.join("control.sock"), BOOT, STEP)
 }
 
 /// Saves the running engine `vm`; returns the measure and when the request went out.

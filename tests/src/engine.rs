@@ -278,3 +278,23 @@ pub fn host_runs_linux() -> bool {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("paths here are UTF-8")
 }
+
+/// Connects to an engine's control socket, waiting up to `wait` for the engine to open
+/// it (it does once the VM is built); answers may then take up to `answer`.
+pub fn connect_control(
+    path: &Path,
+    wait: Duration,
+    answer: Duration,
+) -> vireo_vmm::control::client::Control {
+    use vireo_vmm::control::client::Control;
+    let end = Instant::now() + wait;
+    let control = loop {
+        match Control::connect(path) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > end => panic!("control socket {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    };
+    control.set_timeout(Some(answer)).unwrap();
+    control
+}

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
+use vireo_e2e::engine::{connect_control, s, vmm_binary, LiveGuest};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
@@ -57,16 +57,7 @@ fn control(dir: &TempDir) -> Control {
 }
 
 fn control_at(path: &Path) -> Control {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let control = loop {
-        match Control::connect(path) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("control socket: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    control.set_timeout(Some(Duration::from_secs(120))).unwrap();
-    control
+    connect_control(path, Duration::from_secs(20), Duration::from_secs(120))
 }
 
 /// Asks for a save to `path` and checks the engine ends with the saved status.
@@ -105,6 +96,19 @@ fn counts(runs: &[&[String]]) -> Vec<u64> {
         .filter_map(|l| l.strip_prefix("VIREO-PROBE count "))
         .filter_map(|n| n.trim().parse().ok())
         .collect()
+}
+
+/// The guest read its disk pattern back at least once, and right every time.
+fn assert_disk_read_back(lines: &[String]) {
+    let verified: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("blk_verified"))
+        .collect();
+    assert!(!verified.is_empty(), "{:#?}", tail(lines));
+    assert!(
+        verified.iter().all(|l| l.ends_with("ok=1")),
+        "{verified:#?}"
+    );
 }
 
 fn assert_consecutive(counts: &[u64]) {
@@ -170,16 +174,7 @@ fn a_saved_vm_carries_on_counting_and_its_disk_reads_back() {
     // The restored guest never started again: no second disk write, no count 1.
     assert!(!second.seen.iter().any(|l| l.contains("counter_ready")));
     // The disk pattern written before the save reads back through the same queue.
-    let verified: Vec<&String> = second
-        .seen
-        .iter()
-        .filter(|l| l.contains("blk_verified"))
-        .collect();
-    assert!(!verified.is_empty(), "{:#?}", tail(&second.seen));
-    assert!(
-        verified.iter().all(|l| l.ends_with("ok=1")),
-        "{verified:#?}"
-    );
+    assert_disk_read_back(&second.seen);
     assert_eq!(
         control(&dir).ask(&Request::PowerOff {}).unwrap(),
         Response::Ok
@@ -575,16 +570,7 @@ fn a_running_vm_moves_to_another_engine_and_counts_on() {
     assert_consecutive(&counts(&[&source.seen, &destination.seen]));
     assert!(!destination.seen.iter().any(|l| l.contains("counter_ready")));
     // The disk moved with it: the pattern written on the source reads back here.
-    let verified: Vec<&String> = destination
-        .seen
-        .iter()
-        .filter(|l| l.contains("blk_verified"))
-        .collect();
-    assert!(!verified.is_empty(), "{:#?}", tail(&destination.seen));
-    assert!(
-        verified.iter().all(|l| l.ends_with("ok=1")),
-        "{verified:#?}"
-    );
+    assert_disk_read_back(&destination.seen);
     let dest = control_at(&dir.0.join("dest.sock")).ask(&Request::PowerOff {});
     assert_eq!(dest.unwrap(), Response::Ok);
     destination.wait_exit(Duration::from_secs(10)).unwrap();
@@ -623,19 +609,7 @@ fn a_migration_that_fails_leaves_the_vm_running_where_it_was() {
     let last = *counts(&[&source.seen]).last().unwrap();
     wait_count(&mut source, last + 30);
     assert_consecutive(&counts(&[&source.seen]));
-    let verified = source
-        .seen
-        .iter()
-        .filter(|l| l.contains("blk_verified"))
-        .count();
-    assert!(
-        verified > 0
-            && source
-                .seen
-                .iter()
-                .filter(|l| l.contains("blk_verified"))
-                .all(|l| l.ends_with("ok=1"))
-    );
+    assert_disk_read_back(&source.seen);
     assert_eq!(
         control(&dir).ask(&Request::PowerOff {}).unwrap(),
         Response::Ok
