@@ -183,6 +183,7 @@ pub trait VirtioDevice: Send {
                 "this device keeps no state beyond its queues".into(),
             ));
         }
+        worker::kick_each(&queues).map_err(ActivateError::Worker)?;
         self.activate(mem, interrupt, queues, acked_features)
     }
 }

@@ -154,8 +154,7 @@ impl VirtioDevice for Rng {
     }
 
     fn save(&mut self) -> Result<DeviceState, SaveError> {
-        let handler = self.worker.take().and_then(Worker::stop);
-        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let handler = super::worker::stop_for_save(&mut self.worker)?;
         Ok(DeviceState::queues_only([(0, &handler.queue)]))
     }
 }

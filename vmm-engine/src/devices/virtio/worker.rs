@@ -41,6 +41,16 @@ pub trait WorkerHandler: Send + 'static {
 /// process's eventfd and is gone, and with EVENT_IDX the driver will not kick again for
 /// buffers it has already announced; so a restored device looks at every queue once
 /// when its worker starts (a kick with nothing new costs one empty drain).
+/// Stops a device's worker for a save and hands its handler (with the queues) back.
+pub fn stop_for_save<H: WorkerHandler>(
+    worker: &mut Option<Worker<H>>,
+) -> Result<H, super::SaveError> {
+    worker
+        .take()
+        .and_then(Worker::stop)
+        .ok_or(super::SaveError::WorkerLost)
+}
+
 pub fn kick_each(queues: &[super::ActiveQueue]) -> io::Result<()> {
     queues.iter().try_for_each(|q| q.notify.write(1))
 }

@@ -186,13 +186,8 @@ impl VirtioPciDevice {
                 self.driver_features,
                 &saved.device,
             )
-            .map_err(|e| e.to_string())?;
-        // Kicks the driver made just before the save may be unserved: look once.
-        for q in &saved.queues {
-            if let Some(n) = self.notifiers.get(q.index as usize) {
-                let _ = n.write(1);
-            }
-        }
-        Ok(())
+            .map_err(|e| e.to_string())
+        // Every device's restore looks at each queue once (`worker::kick_each`): a
+        // kick made just before the save was lost with the old process.
     }
 }

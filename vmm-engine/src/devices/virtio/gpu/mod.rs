@@ -338,8 +338,7 @@ impl VirtioDevice for Gpu {
     /// The worker stops between two requests; the device model keeps what it shows
     /// (clients still see the screen) and its copy goes into the state.
     fn save(&mut self) -> Result<DeviceState, SaveError> {
-        let handler = self.worker.take().and_then(Worker::stop);
-        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let handler = super::worker::stop_for_save(&mut self.worker)?;
         self.set_interrupt(None);
         let state = self.shared.gpu().save();
         let device = serde_json::to_value(&state)
@@ -375,6 +374,7 @@ impl VirtioDevice for Gpu {
             // The transport's word on features is the one the driver negotiated.
             gpu.ack_features(acked_features);
         }
+        super::worker::kick_each(&queues).map_err(ActivateError::Worker)?;
         let started = self.start_worker(mem, interrupt, queues);
         if started.is_err() {
             self.shared.gpu().reset();

@@ -381,8 +381,7 @@ impl VirtioDevice for Input {
     }
 
     fn save(&mut self) -> Result<DeviceState, SaveError> {
-        let handler = self.worker.take().and_then(Worker::stop);
-        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let handler = super::worker::stop_for_save(&mut self.worker)?;
         let mut pending = self.shared.lock();
         pending.active = false;
         let mut question = [0u8; 2];

@@ -202,8 +202,7 @@ impl VirtioDevice for Net {
     /// its own (a new passt: connections through the old one are gone, as after a NAT
     /// box reboots, and the guest's TCP retries).
     fn save(&mut self) -> Result<DeviceState, SaveError> {
-        let handler = self.worker.take().and_then(Worker::stop);
-        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let handler = super::worker::stop_for_save(&mut self.worker)?;
         let queues = handler.positions().to_vec();
         self.backend = Some(handler.into_backend());
         let state = NetState {

@@ -217,8 +217,7 @@ impl VirtioDevice for Vsock {
     /// ends are this process's sockets.
     fn save(&mut self) -> Result<DeviceState, SaveError> {
         self.shared.active.store(false, Ordering::SeqCst);
-        let handler = self.worker.take().and_then(Worker::stop);
-        let handler = handler.ok_or(SaveError::WorkerLost)?;
+        let handler = super::worker::stop_for_save(&mut self.worker)?;
         let mut state = DeviceState::queues_only([
             (worker::RX_QUEUE, &handler.rxq),
             (worker::TX_QUEUE, &handler.txq),
