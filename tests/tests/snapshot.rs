@@ -112,9 +112,9 @@ fn assert_disk_read_back(lines: &[String]) {
 }
 
 /// The counts go on one by one. One exception, at a save or a move: the line being
-/// printed is cut, and where the restored engine's first line is not its rest (seen about
-/// once in a hundred 50-cycle runs under load; why is an open question in the closing
-/// note), the cut line reads as a decimal prefix of the count it was, and the count
+/// printed is cut, and where the restored engine's first line is not its rest (seen once
+/// in about twenty runs of the 50-cycle test under load; why is an open question in the
+/// closing note), the cut line reads as a decimal prefix of the count it was, and the count
 /// after it follows.
 fn assert_consecutive(counts: &[u64]) {
     assert!(!counts.is_empty());
