@@ -1,7 +1,7 @@
 //! The VM lifecycle through the control socket, with the probe guest serving the agent
 //! protocol over virtio-vsock. Pause and resume: while paused the guest answers nothing
-//! (its vCPUs are out of the guest), after resume it answers again, and a paused VM still
-//! powers off. Shutdown: the ACPI power button (a Generic Event Device the probe finds
+//! (its vCPUs are out of the guest) and its device workers are parked, after resume it
+//! answers again with its clock right, and a paused VM still powers off. Shutdown: the ACPI power button (a Generic Event Device the probe finds
 //! in the DSDT), which the guest answers by powering itself off. Reset.
 
 use std::process::Command;
@@ -59,6 +59,43 @@ fn spawn_agent(dir: &TempDir) -> LiveGuest {
     guest
 }
 
+/// `poll(2)`: where a device worker waits while the VM is paused (`epoll_wait` is its
+/// ordinary wait), as /proc/PID/task/TID/syscall shows.
+const SYS_POLL: u64 = 7;
+
+/// The syscall each of the engine's device worker threads is blocked in (None: running).
+fn device_workers(pid: u32) -> Vec<(String, Option<u64>)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let name = name.trim().to_string();
+            if !(name.starts_with("virtio-") || name == "vireo-blk") {
+                return None;
+            }
+            let syscall = std::fs::read_to_string(dir.join("syscall")).ok()?;
+            let number = syscall.split_whitespace().next()?.parse().ok();
+            Some((name, number))
+        })
+        .collect()
+}
+
+/// Waits up to 2 s for every device worker to be (`true`) or not be in `poll`.
+fn workers_parked(pid: u32, parked: bool) -> Vec<(String, Option<u64>)> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let workers = device_workers(pid);
+        let settled = workers
+            .iter()
+            .all(|(_, call)| (*call == Some(SYS_POLL)) == parked);
+        if settled || Instant::now() > deadline {
+            return workers;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn control(dir: &TempDir) -> Control {
     let control = Control::connect(&dir.0.join("control.sock")).unwrap();
     control.set_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -97,6 +134,20 @@ fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
     // vCPU runs the guest's side: no answer within the call's 2 s.
     assert!(client.ping().is_err(), "a paused guest answered");
     eprintln!("pause took {pause_latency:?}");
+    // The devices are quiesced: every worker (vsock's at least, which the agent uses)
+    // waits for the release, not for work.
+    let pid = guest.child.id();
+    let workers = workers_parked(pid, true);
+    assert!(
+        workers.iter().any(|(name, _)| name == "virtio-vsock"),
+        "{workers:?}"
+    );
+    assert!(
+        workers.iter().all(|(_, call)| *call == Some(SYS_POLL)),
+        "device workers not parked while paused: {workers:?}"
+    );
+    // Long enough that a clock counting the pause as lost time would be seen off.
+    std::thread::sleep(Duration::from_secs(1));
 
     assert_eq!(control.ask(&Request::Resume {}).unwrap(), Response::Ok);
     assert_eq!(state(&mut control), "running");
@@ -109,6 +160,23 @@ fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
         }
     };
     assert!(answered, "the resumed guest does not answer");
+    let workers = workers_parked(pid, false);
+    assert!(
+        workers.iter().all(|(_, call)| *call != Some(SYS_POLL)),
+        "device workers still parked after resume: {workers:?}"
+    );
+    // What the app does after a resume: the agent syncs its clock, and it is right.
+    let report = client.time_sync_now().expect("the agent syncs its clock");
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    eprintln!("time sync after resume: {report:?}");
+    assert!(
+        (host_now - report.guest_unix_ns).abs() < 250_000_000,
+        "the guest's clock is {} ms off after the resume",
+        (host_now - report.guest_unix_ns) / 1_000_000
+    );
 
     // Paused again, and powered off as it is: the parked vCPUs wake to stop.
     assert_eq!(control.ask(&Request::Pause {}).unwrap(), Response::Ok);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vireo_e2e::engine::{connect_control, s, vmm_binary, LiveGuest};
+use vireo_e2e::engine::{connect_control, s, vmm_binary, LiveGuest, ProbeLine};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
@@ -423,6 +423,10 @@ fn the_screen_comes_back_exactly_and_the_agent_answers_again() {
     assert_eq!(control(&dir).ask(&Request::Pause {}).unwrap(), Response::Ok);
     let before = screenshot(&dir, "before.png");
     save(&mut first, &dir, &snap);
+    // The guest's clock stands still from the save to the restore: this gap is what
+    // the agent must put right after it.
+    let gap = Duration::from_secs(2);
+    std::thread::sleep(gap);
 
     let started = Instant::now();
     let mut second = spawn(&args, &["--restore", s(&snap), "--paused"]);
@@ -455,11 +459,65 @@ fn the_screen_comes_back_exactly_and_the_agent_answers_again() {
     };
     eprintln!("resume → agent answers: {:?}", resumed.elapsed());
     assert!(answered, "the restored guest's agent does not answer");
+    assert_clock_put_right(&mut second, &client, gap);
     assert_eq!(
         control(&dir).ask(&Request::PowerOff {}).unwrap(),
         Response::Ok
     );
     second.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+/// After a restore the agent, reconnected, steps the guest's clock at once (by the time
+/// it stood still, at least `gap`, where the TSC was restored), and the clock is then
+/// the host's.
+fn assert_clock_put_right(
+    guest: &mut LiveGuest,
+    client: &vireo_guest_agent::host::AgentClient,
+    gap: Duration,
+) {
+    assert!(
+        guest
+            .wait_for("agent_time correction=Stepped", Duration::from_secs(20))
+            .is_some(),
+        "the restored guest's agent did not step its clock: {:#?}",
+        tail(&guest.seen)
+    );
+    // As `wait_for` found it: somewhere in a line (the console may put other bytes
+    // before it).
+    let line = guest
+        .seen
+        .iter()
+        .rev()
+        .find(|l| l.contains("agent_time correction=Stepped"))
+        .expect("the step's line");
+    let stepped = line
+        .find("VIREO-PROBE ")
+        .and_then(|at| ProbeLine::parse(&line[at..]))
+        .unwrap_or_else(|| panic!("cannot read the step's line {line:?}"));
+    let offset: i64 = stepped.get("offset_ns").unwrap().parse().unwrap();
+    eprintln!(
+        "restore: the agent stepped the clock by {} ms",
+        offset / 1_000_000
+    );
+    // The probe's clock counts the TSC. KVM restores the guest's TSC, so it stood still
+    // from the save on; but PVM lets a guest's user-mode RDTSC read the host's own
+    // TSC, so there the probe's clock ran on and the step is only what it was off by.
+    if vireo_e2e::engine::host_runs_linux() {
+        assert!(
+            offset >= gap.as_nanos() as i64,
+            "stepped by {offset} ns, less than the {gap:?} the clock stood still"
+        );
+    }
+    let report = client.time_sync_now().expect("the agent syncs on request");
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    assert!(
+        (host_now - report.guest_unix_ns).abs() < 250_000_000,
+        "the guest's clock is {} ms off after the correction ({report:?})",
+        (host_now - report.guest_unix_ns) / 1_000_000
+    );
 }
 
 /// The engine's open fds and resident memory.

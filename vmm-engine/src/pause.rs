@@ -5,13 +5,17 @@
 //! The owner asks ([`Pauser::pause`]); each vCPU thread parks itself at the top of its
 //! run loop ([`Pauser::park_if_paused`]) once a kick has taken it out of `KVM_RUN`.
 //! `pause` returns when every live vCPU is parked, so a paused guest runs no instruction.
+//! Then the devices are quiesced (`devices::virtio::quiesce`): their workers park too, so
+//! nothing a backend receives reaches guest memory until `resume`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_clock_data;
 use kvm_ioctls::VmFd;
+
+use crate::devices::virtio::quiesce::DeviceGate;
 
 /// How long a pause waits for the vCPUs to leave the guest before giving up (they
 /// answer a kick within microseconds; this bounds a wedged one).
@@ -29,6 +33,8 @@ pub enum PauseError {
     Stopping,
     #[error("the vCPUs did not stop within {0:?}; the VM keeps running")]
     Timeout(Duration),
+    #[error("the devices did not stop ({0}); the VM keeps running")]
+    Devices(String),
 }
 
 #[derive(Default)]
@@ -50,9 +56,35 @@ pub struct Pauser {
     requested: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
+    /// The devices' workers, held while paused (none: only the vCPUs stop).
+    devices: Option<Arc<DeviceGate>>,
 }
 
 impl Pauser {
+    /// A pauser that also quiesces the devices behind `devices`.
+    pub fn with_devices(devices: Option<Arc<DeviceGate>>) -> Self {
+        Self {
+            devices,
+            ..Self::default()
+        }
+    }
+
+    /// Holds the devices (workers started later park at once); a failure releases them.
+    fn hold_devices(&self) -> Result<(), PauseError> {
+        match &self.devices {
+            Some(gate) => gate
+                .hold(PARK_TIMEOUT)
+                .map_err(|e| PauseError::Devices(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn release_devices(&self) {
+        if let Some(gate) = &self.devices {
+            gate.release();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -127,6 +159,13 @@ impl Pauser {
                 None
             }
         };
+        drop(state);
+        if let Err(e) = self.hold_devices() {
+            // The clock was only read, never set: it has run on all along.
+            self.lock().clock = None;
+            self.unpause();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -144,6 +183,8 @@ impl Pauser {
             }
         }
         drop(state);
+        // Devices first: a kick the guest makes as soon as it runs is served at once.
+        self.release_devices();
         self.unpause();
         Ok(())
     }
@@ -156,12 +197,11 @@ impl Pauser {
         self.changed.notify_all();
     }
 
-    /// Before the vCPU threads are joined: no kick may reach a joined thread, and a
-    /// parked vCPU must wake to see that it is to stop.
     /// After `close`: new vCPU threads run the same VM (a save that failed carries on
     /// with the vCPUs it stopped).
-    /// With `paused`, the new threads park before they first enter the guest, and
-    /// the KVM clock is held from now until `resume`; call it before they start.
+    /// With `paused`, the new threads park before they first enter the guest, the
+    /// devices are held, and the KVM clock is held from now until `resume`; call it
+    /// before they start.
     pub fn reopen(&self, vm: &VmFd, paused: bool) {
         let mut state = self.lock();
         *state = State {
@@ -170,8 +210,17 @@ impl Pauser {
             ..State::default()
         };
         self.requested.store(paused, Ordering::Release);
+        drop(state);
+        if !paused {
+            self.release_devices();
+        } else if let Err(e) = self.hold_devices() {
+            tracing::warn!("the VM starts paused but its devices run: {e}");
+        }
     }
 
+    /// Before the vCPU threads are joined: no kick may reach a joined thread, and a
+    /// parked vCPU must wake to see that it is to stop. The devices run again (whoever
+    /// stops the VM stops them; a save stops each at a request boundary).
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
@@ -179,6 +228,7 @@ impl Pauser {
         self.requested.store(false, Ordering::Release);
         drop(state);
         self.changed.notify_all();
+        self.release_devices();
     }
 }
 
@@ -196,7 +246,6 @@ fn kick(threads: &[libc::pthread_t]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn resume_without_pause_and_double_pause_are_refused() {

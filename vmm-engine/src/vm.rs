@@ -28,6 +28,7 @@ use crate::devices::virtio::input::event::{self as evdev, InputEvent, InputKind}
 use crate::devices::virtio::input::{Input, InputHandle};
 use crate::devices::virtio::io_counters::IoCounters;
 use crate::devices::virtio::net::{self, Net, NetError};
+use crate::devices::virtio::quiesce::DeviceGate;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockConfigError, VsockListener};
 use crate::devices::virtio::VirtioDevice;
@@ -218,7 +219,7 @@ fn boot_once(
         Arc::new(Mutex::new(PciConfigPorts::new(pci.0.clone()))),
     );
     let pio = Arc::new(pio);
-    let pauser = Arc::new(Pauser::default());
+    let pauser = Arc::new(Pauser::with_devices(DeviceGate::process()));
     let saves = Arc::new(SaveReplies::default());
     tracing::debug!("devices created");
 

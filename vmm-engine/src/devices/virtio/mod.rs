@@ -23,6 +23,7 @@ pub mod input;
 pub mod io_counters;
 pub mod net;
 pub mod poll;
+pub mod quiesce;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;

@@ -13,6 +13,8 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::quiesce::{DeviceGate, Wake};
+
 /// What a device's worker does when the driver or a backend needs it.
 pub trait WorkerHandler: Send + 'static {
     /// The driver notified queue `index` (its position among the notifiers handed to
@@ -98,12 +100,25 @@ pub struct Worker<H: WorkerHandler> {
     thread: Option<JoinHandle<H>>,
 }
 
-/// Epoll tokens: 0 is the kill event, then one per queue, then the backends.
+/// Epoll tokens: 0 is the kill event, then one per queue, then the backends; the
+/// device gate's "held" fd sits just below the handler's own.
 const TOKEN_KILL: u64 = 0;
+const TOKEN_HOLD: u64 = REGISTERED_TOKEN_BASE - 1;
 
 impl<H: WorkerHandler> Worker<H> {
-    /// Starts a thread named `name` serving `notifiers` (one eventfd per queue).
-    pub fn spawn(name: &str, notifiers: Vec<EventFd>, mut handler: H) -> io::Result<Self> {
+    /// Starts a thread named `name` serving `notifiers` (one eventfd per queue), held
+    /// by the process's device gate while the VM is paused.
+    pub fn spawn(name: &str, notifiers: Vec<EventFd>, handler: H) -> io::Result<Self> {
+        Self::spawn_gated(name, notifiers, handler, DeviceGate::process())
+    }
+
+    /// `spawn` with the gate given (tests use their own), or none.
+    pub fn spawn_gated(
+        name: &str,
+        notifiers: Vec<EventFd>,
+        mut handler: H,
+        gate: Option<Arc<DeviceGate>>,
+    ) -> io::Result<Self> {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Arc::new(Epoll::new()?);
         epoll.ctl(
@@ -126,14 +141,46 @@ impl<H: WorkerHandler> Worker<H> {
                 EpollEvent::new(EventSet::IN, backend_base + i as u64),
             )?;
         }
+        if let Some(gate) = &gate {
+            epoll.ctl(
+                ControlOperation::Add,
+                gate.held_fd(),
+                EpollEvent::new(EventSet::IN, TOKEN_HOLD),
+            )?;
+        }
         handler.attach(FdRegistry {
             epoll: epoll.clone(),
         });
         let kill_for_thread = kill.try_clone()?;
-        let thread = std::thread::Builder::new()
+        if let Some(gate) = &gate {
+            gate.worker_started();
+        }
+        let gate_for_thread = gate.clone();
+        let spawned = std::thread::Builder::new()
             .name(name.to_owned())
             .stack_size(512 << 10)
-            .spawn(move || run(epoll, kill_for_thread, notifiers, handler))?;
+            .spawn(move || {
+                let handler = run(
+                    epoll,
+                    &kill_for_thread,
+                    notifiers,
+                    handler,
+                    &gate_for_thread,
+                );
+                if let Some(gate) = gate_for_thread {
+                    gate.worker_ended();
+                }
+                handler
+            });
+        let thread = match spawned {
+            Ok(thread) => thread,
+            Err(e) => {
+                if let Some(gate) = gate {
+                    gate.worker_ended();
+                }
+                return Err(e);
+            }
+        };
         Ok(Self {
             kill,
             thread: Some(thread),
@@ -160,9 +207,10 @@ impl<H: WorkerHandler> Drop for Worker<H> {
 
 fn run<H: WorkerHandler>(
     epoll: Arc<Epoll>,
-    kill: EventFd,
+    kill: &EventFd,
     notifiers: Vec<EventFd>,
     mut handler: H,
+    gate: &Option<Arc<DeviceGate>>,
 ) -> H {
     let mut events = vec![EpollEvent::default(); notifiers.len() + 32];
     let backend_base = 1 + notifiers.len() as u64;
@@ -175,9 +223,20 @@ fn run<H: WorkerHandler>(
                 return handler;
             }
         };
+        // A hold parks the worker before it serves anything else of this batch; the
+        // rest is served after the release (edge-triggered fds are not re-reported).
+        let held = events[..n].iter().any(|e| e.data() == TOKEN_HOLD);
+        if let (true, Some(gate)) = (held, gate) {
+            if gate.park(kill) == Wake::Killed {
+                let _ = kill.read();
+                return handler;
+            }
+        }
         for event in &events[..n] {
             let token = event.data();
-            let result = if token == TOKEN_KILL {
+            let result = if token == TOKEN_HOLD {
+                Ok(())
+            } else if token == TOKEN_KILL {
                 let _ = kill.read();
                 return handler;
             } else if token < backend_base {
@@ -222,6 +281,30 @@ mod tests {
             1
         );
         assert!(worker.stop().is_some());
+    }
+
+    #[test]
+    fn a_held_worker_serves_nothing_until_released_and_can_still_be_stopped() {
+        use std::time::Duration;
+        let gate = Arc::new(DeviceGate::new().unwrap());
+        let (tx, rx) = mpsc::channel();
+        let notifiers = vec![EventFd::new(0).unwrap()];
+        let kick = notifiers[0].try_clone().unwrap();
+        let worker =
+            Worker::spawn_gated("test-held", notifiers, Recorder(tx), Some(gate.clone())).unwrap();
+        gate.hold(Duration::from_secs(5)).unwrap();
+        kick.write(1).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a held worker served a kick"
+        );
+        gate.release();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 0);
+
+        // Held again, then stopped as a save does: the parked worker ends.
+        gate.hold(Duration::from_secs(5)).unwrap();
+        assert!(worker.stop().is_some());
+        gate.release();
     }
 
     /// A handler that registers an fd of its own once attached, and records its events.
