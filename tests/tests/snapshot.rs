@@ -654,6 +654,72 @@ fn a_running_vm_moves_to_another_engine_and_counts_on() {
     destination.wait_exit(Duration::from_secs(10)).unwrap();
 }
 
+/// An engine upgrade: the VM runs on an engine binary that a package upgrade has since
+/// replaced, and moves to the new binary started with the very same flags (the same
+/// control and vsock socket paths, the same disk). The destination takes the paths
+/// over; the old engine leaves them to it when it exits.
+#[test]
+fn a_vm_moves_to_a_new_engine_build_with_the_same_flags_and_paths() {
+    if !report::require_kvm(
+        "snapshot::a_vm_moves_to_a_new_engine_build_with_the_same_flags_and_paths",
+    ) {
+        return;
+    }
+    let dir = TempDir::new("snap-upgrade");
+    let old_binary = dir.0.join("old-vireo-vmm");
+    std::fs::copy(vmm_binary(), &old_binary).unwrap();
+    let vsock = dir.0.join("v.sock");
+    let mut args = counter_args(&dir);
+    args.extend([
+        "--vsock".into(),
+        format!("cid=3,socket={}", vsock.display()),
+    ]);
+    let mut source = LiveGuest::spawn(Command::new(&old_binary).args(&args));
+    assert!(
+        source
+            .wait_for("counter_ready blk_written=1", BOOT)
+            .is_some(),
+        "{:#?}",
+        source.seen
+    );
+    // The upgrade replaces the binary the old engine runs.
+    std::fs::remove_file(&old_binary).unwrap();
+    let to = format!("unix:{}", dir.0.join("upgrade.sock").display());
+    let mut destination = spawn(&args, &["--incoming", &to]);
+    wait_count(&mut source, 20);
+    // Until the move the paths are the old engine's: `status` is answered there.
+    let old_pid = source.child.id();
+    assert_eq!(migrate(&dir, &to), Response::Ok);
+    let status = source
+        .wait_exit(Duration::from_secs(20))
+        .expect("the old engine ends");
+    assert_eq!(status.code(), Some(code::MIGRATED));
+    let last = *counts(&[&source.seen]).last().unwrap();
+    wait_count(&mut destination, last + 30);
+    assert_consecutive(&counts(&[&source.seen, &destination.seen]));
+    assert_disk_read_back(&destination.seen);
+
+    // The same control path now reaches the new engine, and the vsock path is served.
+    let mut control = control(&dir);
+    assert!(matches!(
+        control.ask(&Request::Status {}).unwrap(),
+        Response::Status { .. }
+    ));
+    assert!(
+        std::os::unix::net::UnixStream::connect(&vsock).is_ok(),
+        "nobody listens on the vsock path after the move"
+    );
+    assert!(!dir.0.join("control.sock.incoming").exists());
+    assert!(!dir.0.join("v.sock.incoming").exists());
+    let new_exe = std::fs::read_link(format!("/proc/{}/exe", destination.child.id())).unwrap();
+    assert_eq!(new_exe, std::fs::canonicalize(vmm_binary()).unwrap());
+    assert_ne!(destination.child.id(), old_pid);
+    assert_eq!(control.ask(&Request::PowerOff {}).unwrap(), Response::Ok);
+    destination.wait_exit(Duration::from_secs(10)).unwrap();
+    // Its sockets went with it.
+    assert!(!vsock.exists() && !dir.0.join("control.sock").exists());
+}
+
 #[test]
 fn a_migration_that_fails_leaves_the_vm_running_where_it_was() {
     if !report::require_kvm("snapshot::a_migration_that_fails_leaves_the_vm_running_where_it_was") {

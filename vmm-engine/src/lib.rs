@@ -12,6 +12,7 @@ pub mod exit;
 pub mod pause;
 pub mod pci;
 pub mod snapshot;
+pub mod socket_path;
 pub mod vcpu;
 pub mod vm;
 #[cfg(feature = "window")]

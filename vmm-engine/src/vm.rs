@@ -41,6 +41,7 @@ use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT
 use crate::pci::virtio_pci::VirtioPciDevice;
 use crate::pci::PciMmio;
 use crate::snapshot::{self, migrate, DiskStamp, Hardware, LegacyState, MachineState};
+use crate::socket_path::Live;
 use crate::x86_64::snapshot::{self as cpu_state, VcpuState, VmState};
 use crate::x86_64::{cpuid, layout, regs};
 use crate::{acpi, boot, console, vcpu};
@@ -122,7 +123,13 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
         Some(v) => {
             // The flag parser checked it; a config built otherwise may not have been.
             v.validate()?;
-            Some(VsockListener::bind(&v.socket)?)
+            // A destination on this host takes the source's socket over (`socket_path`).
+            let live = if config.incoming.is_some() {
+                Live::TakeOver
+            } else {
+                Live::Refuse
+            };
+            Some(VsockListener::bind_with(&v.socket, live)?)
         }
         None => None,
     };
@@ -242,8 +249,12 @@ fn boot_once(
     // The control socket opens once the machine is whole: a request (a screenshot, a
     // key) must not reach a device before its restored state is in.
     let _control = match &config.control_socket {
-        Some(path) => Some(ControlServer::start(
+        Some(path) => Some(ControlServer::start_with(
             path,
+            match origin {
+                Origin::Incoming(_) => Live::TakeOver,
+                _ => Live::Refuse,
+            },
             Arc::new(VmControl::new(
                 config,
                 exit_tx.clone(),
@@ -272,6 +283,11 @@ fn boot_once(
     };
     machine.start_vcpus(fds, config.start_paused)?;
     if let Some(mut stream) = incoming {
+        // Host programs reach the guest here from now on (a no-op unless the source,
+        // on this host, still held the vsock socket's path).
+        if let Some(Err(e)) = vsock.map(VsockListener::claim) {
+            tracing::warn!("cannot move the vsock socket over the source's: {e}");
+        }
         migrate::answer(&mut *stream, &Ok(()));
     }
     tracing::debug!("vCPUs started");

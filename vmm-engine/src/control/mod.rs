@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::socket_path::{BindError, Live, SocketPath};
 use events::EventHub;
 use protocol::{encode_event, encode_response, parse_request, Request, Response};
 
@@ -66,24 +67,34 @@ pub enum Error {
 pub struct ControlServer {
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
-    path: PathBuf,
+    /// Removed when the server stops, if still ours.
+    file: SocketPath,
 }
 
 impl ControlServer {
     /// Listens on `path` (a stale socket left by a dead engine is replaced; a live one
     /// is an error) and serves requests with `handler` until stopped.
     pub fn start(path: &Path, handler: Arc<dyn Handler>) -> Result<Self, Error> {
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(Error::InUse(path.to_owned()));
-            }
-            let _ = std::fs::remove_file(path);
-        }
+        Self::start_with(path, Live::Refuse, handler)
+    }
+
+    /// `start`, taking over a live socket at `path` if `live` says so (a migration's
+    /// destination on the same host: see `socket_path`); it moves there at once, as the
+    /// VM is whole by the time the control socket opens.
+    pub fn start_with(path: &Path, live: Live, handler: Arc<dyn Handler>) -> Result<Self, Error> {
         let bind_err = |source| Error::Bind {
             path: path.to_owned(),
             source,
         };
-        let listener = UnixListener::bind(path).map_err(bind_err)?;
+        let (listener, file) = SocketPath::bind(path, live).map_err(|e| match e {
+            BindError::InUse(p) => Error::InUse(p),
+            BindError::NotASocket(p) => Error::Bind {
+                path: p,
+                source: io::Error::new(io::ErrorKind::AlreadyExists, "not a socket"),
+            },
+            BindError::Io { path, source } => Error::Bind { path, source },
+        })?;
+        file.claim().map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Thread)?;
         let epoll = Epoll::new().map_err(Error::Thread)?;
@@ -119,12 +130,12 @@ impl ControlServer {
         Ok(Self {
             stop,
             thread: Some(thread),
-            path: path.to_owned(),
+            file,
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 }
 
@@ -134,7 +145,6 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -3,12 +3,13 @@
 //! PATH, bound before KVM is touched so that a socket in use is a clear error.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::socket_path::{BindError, Live, SocketPath};
 
 /// CIDs 0 (hypervisor), 1 (loopback) and 2 (host) are reserved (virtio 1.2, 5.10.4).
 pub const MIN_GUEST_CID: u64 = 3;
@@ -128,43 +129,30 @@ impl FromStr for VsockConfig {
 #[derive(Debug)]
 pub struct VsockListener {
     listener: UnixListener,
-    path: PathBuf,
-    /// (st_dev, st_ino) of the socket file we created: a file someone else put at the
-    /// path later is not removed.
-    identity: (u64, u64),
+    file: SocketPath,
 }
 
 impl VsockListener {
     /// Listens on `path`. A stale socket file (nobody accepts on it) is replaced; a live
-    /// listener or a file that is not a socket is an error naming the path.
+    /// listener or a file that is not a socket is an error naming the path, unless `live`
+    /// says to take a live one over (a migration's destination on the same host).
     pub fn bind(path: &Path) -> Result<Self, VsockConfigError> {
-        let listen_err = |source| VsockConfigError::Listen {
-            path: path.to_owned(),
-            source,
-        };
-        let listener = match UnixListener::bind(path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                let meta = std::fs::symlink_metadata(path).map_err(listen_err)?;
-                if !meta.file_type().is_socket() {
-                    return Err(VsockConfigError::NotASocket(path.to_owned()));
-                }
-                if UnixStream::connect(path).is_ok() {
-                    return Err(VsockConfigError::SocketInUse(path.to_owned()));
-                }
-                // A socket file nobody listens on: left by an engine that was killed.
-                std::fs::remove_file(path).map_err(listen_err)?;
-                UnixListener::bind(path).map_err(listen_err)?
-            }
-            Err(e) => return Err(listen_err(e)),
-        };
-        listener.set_nonblocking(true).map_err(listen_err)?;
-        let meta = std::fs::symlink_metadata(path).map_err(listen_err)?;
-        Ok(Self {
-            listener,
-            path: path.to_owned(),
-            identity: (meta.dev(), meta.ino()),
-        })
+        Self::bind_with(path, Live::Refuse)
+    }
+
+    pub fn bind_with(path: &Path, live: Live) -> Result<Self, VsockConfigError> {
+        let (listener, file) = SocketPath::bind(path, live).map_err(|e| match e {
+            BindError::InUse(p) => VsockConfigError::SocketInUse(p),
+            BindError::NotASocket(p) => VsockConfigError::NotASocket(p),
+            BindError::Io { path, source } => VsockConfigError::Listen { path, source },
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| VsockConfigError::Listen {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self { listener, file })
     }
 
     /// Another handle on the same listening socket, for a device.
@@ -173,17 +161,12 @@ impl VsockListener {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
-}
 
-impl Drop for VsockListener {
-    fn drop(&mut self) {
-        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
-            if (meta.dev(), meta.ino()) == self.identity {
-                let _ = std::fs::remove_file(&self.path);
-            }
-        }
+    /// A socket taken over from a live engine moves to its path now (see `socket_path`).
+    pub fn claim(&self) -> io::Result<()> {
+        self.file.claim()
     }
 }
 
