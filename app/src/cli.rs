@@ -58,6 +58,9 @@ pub enum CliCommand {
     /// Deletes a saved VM's saved state, so its next start boots afresh (what was not
     /// written to its disk is lost).
     Discard(VmArg),
+    /// Moves a running VM to the engine installed now (after a Vireo upgrade), without
+    /// stopping it: a live migration to a new engine process on this host.
+    Upgrade(VmArg),
     /// Deletes a stopped VM. Its disk is kept (moved to kept-disks/) unless --delete-disk.
     Delete {
         #[command(flatten)]
@@ -286,6 +289,11 @@ impl Context {
                 self.supervisor.discard(&entry)?;
                 done(vm.out.json, &entry, "saved state discarded")
             }
+            CliCommand::Upgrade(vm) => {
+                let entry = self.library.find(&vm.vm)?;
+                self.supervisor.upgrade(&entry)?;
+                done(vm.out.json, &entry, "moved to the installed engine")
+            }
             CliCommand::Delete { vm, delete_disk } => self.delete(vm, delete_disk),
             CliCommand::Clone { vm, name } => {
                 let entry = self.library.find(&vm.vm)?;
@@ -464,6 +472,8 @@ impl Context {
         match &state {
             VmState::Running { status } => {
                 info["runtime_dir"] = json!(self.supervisor.runtime(&entry)?.dir);
+                // Vireo was upgraded under it: `vireo upgrade` moves it to the new engine.
+                info["engine_outdated"] = json!(self.supervisor.engine_outdated(&entry));
                 match status {
                     Ok(s) => info["engine"] = json!(s),
                     Err(e) => info["engine_error"] = json!(e),

@@ -495,3 +495,88 @@ fn clone_and_set_refuse_a_running_vm_and_change_a_stopped_one() {
     assert_eq!(home.state("copy"), "running");
     home.ok(&["stop", "copy"]);
 }
+
+/// A Vireo upgrade under a running VM: the engine binary it runs is replaced, `info`
+/// says so, and `vireo upgrade` moves the VM to the new binary without stopping it
+/// (the monitor starts the new engine and migrates the VM there): same screen, the agent
+/// answers again, the guest did not boot again, and the VM powers off as usual.
+#[test]
+fn an_upgrade_moves_the_running_vm_to_the_new_engine() {
+    const TEST: &str = "app::cli_engine::an_upgrade_moves_the_running_vm_to_the_new_engine";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let mut home = Home::new("app-cli-upgrade");
+    let installed = home.dir.0.join("bin/vireo-vmm");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(vmm_binary(), &installed).unwrap();
+    home.vmm = installed.clone();
+    home.ok(&["create", "mover", "--memory", "128M", "--disk-gib", "1"]);
+    let log = home.data().join("vireo/vms/mover/logs/console.log");
+    let engine_pid = home.dir.0.join("run/vireo/mover/engine.pid");
+    home.ok(&["start", "mover"]);
+    let _guard = PowerOffOnDrop(&home, "mover");
+    wait_for("the self-test screen", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("VIREO-PROBE screen_ready"))
+    });
+    agent_answers(&home, "mover");
+    assert_eq!(
+        home.json(&["info", "mover", "--json"])["engine_outdated"],
+        false
+    );
+    let old_pid = std::fs::read_to_string(&engine_pid).unwrap();
+
+    // The upgrade puts a new file in place, as dpkg does (write beside, rename over).
+    let staged = home.dir.0.join("bin/vireo-vmm.dpkg-new");
+    std::fs::copy(vmm_binary(), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    assert_eq!(
+        home.json(&["info", "mover", "--json"])["engine_outdated"],
+        true
+    );
+    let before = home.dir.0.join("before.png");
+    home.ok(&["screenshot", "mover", before.to_str().unwrap()]);
+
+    let asked = Instant::now();
+    let moved = home.json(&["upgrade", "mover", "--json"]);
+    eprintln!("vireo upgrade took {:?}", asked.elapsed());
+    assert_eq!(moved["result"], "moved to the installed engine", "{moved}");
+    let new_pid = std::fs::read_to_string(&engine_pid).unwrap();
+    assert_ne!(new_pid, old_pid);
+    assert!(!Path::new(&format!("/proc/{}", old_pid.trim())).exists());
+    let info = home.json(&["info", "mover", "--json"]);
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["engine_outdated"], false, "{info}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", new_pid.trim())).unwrap();
+    assert_eq!(exe, installed);
+
+    let asked = Instant::now();
+    agent_answers(&home, "mover");
+    eprintln!("the agent answered {:?} after the move", asked.elapsed());
+    let after = home.dir.0.join("after.png");
+    home.ok(&["screenshot", "mover", after.to_str().unwrap()]);
+    let same = same_share(&png_pixels(&before), &png_pixels(&after));
+    assert!(
+        same > 0.95,
+        "the screen changed in the move: {same:.3} in common"
+    );
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        console.matches("screen_ready").count(),
+        1,
+        "the guest booted again instead of moving: {console}"
+    );
+    assert!(console.contains("the VM moved"), "{console}");
+    home.ok(&["stop", "mover"]);
+    assert_eq!(home.state("mover"), "stopped");
+
+    // Nothing to move to: the monitor gives up and the VM runs on where it is.
+    home.ok(&["start", "mover"]);
+    std::fs::remove_file(&installed).unwrap();
+    let asked = Instant::now();
+    let err = home.fails(&["upgrade", "mover"]);
+    eprintln!("a failed upgrade answered in {:?}", asked.elapsed());
+    assert!(err.contains("did not move"), "{err}");
+    assert_eq!(home.state("mover"), "running");
+    std::fs::copy(vmm_binary(), &installed).unwrap();
+}

@@ -32,6 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a save may take to answer (it writes all of guest memory and syncs it).
 const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long an engine upgrade may take (the migration copies all of guest memory).
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(150);
 /// Log lines shown for an engine that died.
 pub const LOG_TAIL: usize = 12;
 
@@ -62,6 +64,8 @@ pub enum Error {
          saved state to start it afresh)"
     )]
     RestoreRefused { reason: String },
+    #[error("the VM did not move to the new engine: {0} (it runs on the old one)")]
+    UpgradeFailed(String),
     #[error("the VM did not save: {0} (it runs on)")]
     SaveFailed(String),
     #[error("cannot start the VM's monitor {path}: {source}")]
@@ -474,6 +478,76 @@ impl Supervisor {
         }
     }
 
+    /// The running engine's pid, as its monitor wrote it.
+    fn engine_pid(runtime: &RuntimeFiles) -> Option<i32> {
+        std::fs::read_to_string(runtime.engine_pid())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether the running VM's engine is an older build than the one installed now: a
+    /// package upgrade replaced (or removed) the binary it runs. `upgrade` moves it.
+    pub fn engine_outdated(&self, entry: &VmEntry) -> bool {
+        let Ok(runtime) = self.runtime(entry) else {
+            return false;
+        };
+        let Some(pid) = Self::engine_pid(&runtime) else {
+            return false;
+        };
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return false;
+        };
+        // The kernel marks a running binary whose file was replaced or removed.
+        exe.to_string_lossy().ends_with(" (deleted)")
+    }
+
+    /// Moves a running VM to the engine binary installed now, without stopping it: its
+    /// monitor starts the new engine and migrates the VM there (see `monitor`). Returns
+    /// the new engine's pid once it answers.
+    pub fn upgrade(&self, entry: &VmEntry) -> Result<i32, Error> {
+        let runtime = self.runtime(entry)?;
+        if !lock::is_held(&runtime.lock()) {
+            return Err(Error::NotRunning);
+        }
+        let old = Self::engine_pid(&runtime).ok_or(Error::NotRunning)?;
+        let monitor = parent_pid(old).ok_or(Error::NotRunning)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(monitor),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|e| Error::UpgradeFailed(format!("cannot reach the VM's monitor: {e}")))?;
+        let deadline = Instant::now() + UPGRADE_TIMEOUT;
+        loop {
+            match Self::engine_pid(&runtime) {
+                Some(new) if new != old => {
+                    // The new engine owns the control socket once it has the VM.
+                    self.ask(&runtime, &Request::Status {})?;
+                    return Ok(new);
+                }
+                _ if !lock::is_held(&runtime.lock()) => return Err(Error::NotRunning),
+                // The monitor gave up: the old engine still runs the VM.
+                _ if parent_pid(old) == Some(monitor)
+                    && log_tail(&entry.log_path(), LOG_TAIL)
+                        .iter()
+                        .any(|l| l.contains("engine upgrade failed")) =>
+                {
+                    return Err(Error::UpgradeFailed(engine_reason_upgrade(&log_tail(
+                        &entry.log_path(),
+                        LOG_TAIL,
+                    ))))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(Error::UpgradeFailed(
+                        "the VM did not move in time (see its log)".into(),
+                    ))
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     /// Deletes a stopped VM (`library::Library::delete`), refusing a running one.
     pub fn ensure_stopped(&self, entry: &VmEntry) -> Result<(), Error> {
         if self.state(entry).is_running() {
@@ -487,6 +561,24 @@ impl Supervisor {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
     }
+}
+
+/// A process's parent, from /proc.
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The monitor's reason for a failed upgrade, from the log.
+fn engine_reason_upgrade(log_tail: &[String]) -> String {
+    log_tail
+        .iter()
+        .rev()
+        .find_map(|l| l.split_once("engine upgrade failed: ").map(|(_, why)| why))
+        .unwrap_or("see the VM's log")
+        .to_owned()
 }
 
 /// When the snapshot at `path` was written, if there is one.
