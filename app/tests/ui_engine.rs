@@ -555,3 +555,57 @@ fn a_guest_that_does_not_shut_down_gets_the_user_asked() {
     harness.step();
     assert!(harness.query_by_label("Keep waiting").is_none());
 }
+
+#[test]
+fn a_vm_on_a_replaced_engine_offers_the_move_and_moves() {
+    const TEST: &str = "app::ui_engine::a_vm_on_a_replaced_engine_offers_the_move_and_moves";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let mut home = Home::new("app-ui-upgrade");
+    let installed = home.dir.0.join("bin/vireo-vmm");
+    std::fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    std::fs::copy(vmm_binary(), &installed).unwrap();
+    home.vmm = installed.clone();
+    home.vireo(&["create", "screen", "--memory", "128M", "--start"]);
+    let pid_file = home.dir.0.join("run/vireo/screen/engine.pid");
+    let old_pid = std::fs::read_to_string(&pid_file).unwrap();
+    // A Vireo upgrade replaces the engine's file under the running VM.
+    let staged = home.dir.0.join("bin/vireo-vmm.new");
+    std::fs::copy(vmm_binary(), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+
+    let mut harness = home.app();
+    until(
+        &mut harness,
+        "the running VM marked as on the old engine",
+        Duration::from_secs(10),
+        |h| h.state().rows().first().is_some_and(|r| r.engine_outdated),
+    );
+    harness.step();
+    harness.get_by_label("Vireo was updated: this VM still runs on the old engine.");
+    harness.get_by_label("Move to the new engine").click();
+    until(
+        &mut harness,
+        "the VM on the new engine",
+        Duration::from_secs(60),
+        |h| {
+            h.state()
+                .rows()
+                .first()
+                .is_some_and(|r| r.state.is_running() && !r.engine_outdated)
+        },
+    );
+    harness.step();
+    assert!(harness.query_by_label("Move to the new engine").is_none());
+    assert_eq!(
+        harness.state().status(),
+        Some(&Ok("screen: moved to the new engine".to_owned()))
+    );
+    let new_pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", new_pid.trim())).unwrap(),
+        installed
+    );
+}

@@ -56,6 +56,8 @@ pub struct VmRow {
     /// `Err`: the config cannot be read; the text says why.
     pub config: Result<VmConfig, String>,
     pub state: VmState,
+    /// Running on an engine binary a Vireo upgrade has since replaced.
+    pub engine_outdated: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +68,8 @@ pub enum Command {
     },
     Start(String),
     Act(String, Action),
+    /// Moves a running VM to the engine installed now (`Supervisor::upgrade`).
+    Upgrade(String),
     Delete {
         id: String,
         disk: DiskChoice,
@@ -496,11 +500,13 @@ impl Worker {
             Ok(_) => self.supervisor.state(entry),
             Err(_) => VmState::Stopped,
         };
+        let engine_outdated = state.is_running() && self.supervisor.engine_outdated(entry);
         VmRow {
             entry_id: entry.id.clone(),
             name: entry.name().to_owned(),
             config: entry.config.clone(),
             state,
+            engine_outdated,
         }
     }
 
@@ -562,6 +568,10 @@ impl Worker {
                     Ok(None) => Ok("deleted".to_owned()),
                     Err(e) => Err(e.to_string()),
                 }
+            }),
+            Command::Upgrade(id) => self.with_entry(&id, |s, entry| {
+                s.supervisor.upgrade(entry).map_err(|e| e.to_string())?;
+                Ok("moved to the new engine".to_owned())
             }),
             Command::Discard(id) => self.with_entry(&id, |s, entry| {
                 s.supervisor.discard(entry).map_err(|e| e.to_string())?;

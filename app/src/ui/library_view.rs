@@ -36,6 +36,8 @@ pub enum LibraryCommand {
     OpenSettings(String),
     /// Deletes a saved VM's saved state (confirmed).
     Discard(String),
+    /// Moves a running VM to the engine installed now.
+    Upgrade(String),
 }
 
 /// What the rows show besides the configs: thumbnails and recent usage.
@@ -180,6 +182,23 @@ impl LibraryView {
                         .color(Color32::from_rgb(0xe0, 0x40, 0x40)),
                 );
             }
+        }
+        if row.engine_outdated {
+            ui.horizontal(|ui| {
+                ui.label(
+                    RichText::new("Vireo was updated: this VM still runs on the old engine.")
+                        .color(Color32::from_rgb(0xd0, 0x90, 0x20)),
+                );
+                if ui
+                    .button("Move to the new engine")
+                    .on_hover_text(
+                        "The VM moves without stopping (a live migration on this computer).",
+                    )
+                    .clicked()
+                {
+                    commands.push(LibraryCommand::Upgrade(row.entry_id.clone()));
+                }
+            });
         }
         if let VmState::Failed { exit, log_tail } = &row.state {
             egui::CollapsingHeader::new(format!("Why it stopped: {}", exit.reason()))

@@ -321,6 +321,10 @@ impl VireoApp {
             }
             LibraryCommand::Delete { id, disk } => self.backend.send(Command::Delete { id, disk }),
             LibraryCommand::Discard(id) => self.backend.send(Command::Discard(id)),
+            LibraryCommand::Upgrade(id) => {
+                self.status = Some(Ok("moving the VM to the new engine…".into()));
+                self.backend.send(Command::Upgrade(id));
+            }
             LibraryCommand::Clone { id, name } => {
                 self.status = Some(Ok(format!("copying to {name}…")));
                 self.backend.send(Command::Clone { id, name });
