@@ -28,3 +28,22 @@ pub fn demo_image() -> ImageReport {
 pub fn vmlinux() -> PathBuf {
     demo_image().vmlinux
 }
+
+/// The engine's arguments to boot the demo Linux (its bzImage and initramfs) with
+/// `vcpus`, `memory` and the kernel command line `cmdline`.
+pub fn boot_args(vcpus: u8, memory: &str, cmdline: &str) -> Vec<String> {
+    let image = demo_image();
+    let path = |p: &std::path::Path| p.to_str().expect("paths here are UTF-8").to_owned();
+    vec![
+        "--kernel".into(),
+        path(&image.vmlinuz),
+        "--initrd".into(),
+        path(&image.initramfs),
+        "--cpus".into(),
+        vcpus.to_string(),
+        "--memory".into(),
+        memory.into(),
+        "--cmdline".into(),
+        cmdline.into(),
+    ]
+}

@@ -765,6 +765,24 @@ fn a_migration_that_fails_leaves_the_vm_running_where_it_was() {
 const LINUX_TICKS: &str =
     "vireo.run=i%3D0%3B+while+true%3B+do+i%3D%24((i%2B1))%3B+echo+tick+%24i%3B+sleep+0.05%3B+done";
 
+/// The demo Linux counting ticks, with a control socket in `dir`.
+fn linux_ticks_args(dir: &TempDir) -> Vec<String> {
+    let mut args = vireo_e2e::demo_linux::boot_args(2, "512M", LINUX_TICKS);
+    args.extend([
+        "--control-socket".into(),
+        s(&dir.0.join("control.sock")).into(),
+    ]);
+    args
+}
+
+/// Asserts the ticks of `runs` go up by one each, with no gap and no repeat.
+fn assert_ticks_consecutive(runs: &[&[String]]) {
+    let all = ticks(runs);
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "the guest's count jumped: {pair:?}");
+    }
+}
+
 fn ticks(runs: &[&[String]]) -> Vec<u64> {
     runs.iter()
         .flat_map(|run| run.iter())
@@ -779,24 +797,8 @@ fn a_linux_guest_counts_on_across_save_and_restore() {
     if !report::require_hardware_kvm(TEST) {
         return;
     }
-    let image = vireo_e2e::demo_linux::demo_image();
     let dir = TempDir::new("snap-linux");
-    let args: Vec<String> = [
-        "--kernel",
-        s(&image.vmlinuz),
-        "--initrd",
-        s(&image.initramfs),
-        "--cpus",
-        "2",
-        "--memory",
-        "512M",
-        "--control-socket",
-        s(&dir.0.join("control.sock")),
-        "--cmdline",
-        LINUX_TICKS,
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = linux_ticks_args(&dir);
     let snap = dir.0.join("vm.snap");
     let mut first = spawn(&args, &[]);
     assert!(
@@ -816,10 +818,7 @@ fn a_linux_guest_counts_on_across_save_and_restore() {
         "{:#?}",
         tail(&second.seen)
     );
-    let all = ticks(&[&first.seen, &second.seen]);
-    for pair in all.windows(2) {
-        assert_eq!(pair[1], pair[0] + 1, "the guest's count jumped: {pair:?}");
-    }
+    assert_ticks_consecutive(&[&first.seen, &second.seen]);
     // The kernel never booted again.
     assert!(!second.seen.iter().any(|l| l.contains("Linux version")));
     assert_eq!(
@@ -827,4 +826,55 @@ fn a_linux_guest_counts_on_across_save_and_restore() {
         Response::Ok
     );
     second.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_linux_guest_moves_to_another_engine_and_counts_on() {
+    const TEST: &str = "snapshot::a_linux_guest_moves_to_another_engine_and_counts_on";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let dir = TempDir::new("snap-linux-migrate");
+    let args = linux_ticks_args(&dir);
+    let mut source = spawn(&args, &[]);
+    assert!(
+        source
+            .wait_for("tick 20", Duration::from_secs(120))
+            .is_some(),
+        "{:#?}",
+        tail(&source.seen)
+    );
+    // The destination: the same VM with its own control socket, waiting for it.
+    let to = format!("unix:{}", dir.0.join("mig.sock").display());
+    let mut dest_args = args.clone();
+    let at = dest_args
+        .iter()
+        .position(|a| a == "--control-socket")
+        .unwrap();
+    dest_args[at + 1] = s(&dir.0.join("dest.sock")).into();
+    let mut destination = spawn(&dest_args, &["--incoming", &to]);
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    assert_eq!(migrate(&dir, &to), Response::Ok);
+    eprintln!(
+        "migration of a 512 MiB Linux guest took {:?}",
+        asked.elapsed()
+    );
+    let status = source
+        .wait_exit(Duration::from_secs(20))
+        .expect("the source ends");
+    assert_eq!(status.code(), Some(code::MIGRATED));
+    let last = *ticks(&[&source.seen]).last().unwrap();
+    assert!(
+        destination
+            .wait_for(&format!("tick {}", last + 40), Duration::from_secs(60))
+            .is_some(),
+        "{:#?}",
+        tail(&destination.seen)
+    );
+    assert_ticks_consecutive(&[&source.seen, &destination.seen]);
+    assert!(!destination.seen.iter().any(|l| l.contains("Linux version")));
+    let dest = control_at(&dir.0.join("dest.sock")).ask(&Request::PowerOff {});
+    assert_eq!(dest.unwrap(), Response::Ok);
+    destination.wait_exit(Duration::from_secs(10)).unwrap();
 }
