@@ -34,6 +34,9 @@ pub struct BlkOptions {
     pub qd: usize,
     /// Random 4 KiB reads in the benchmark.
     pub rand: u64,
+    /// `counter`: MiB of memory written (non-zero) before counting, so a save has
+    /// that much to store.
+    pub dirty_mib: u64,
 }
 
 impl Default for BlkOptions {
@@ -45,6 +48,7 @@ impl Default for BlkOptions {
             req_kib: 256,
             qd: 8,
             rand: 4096,
+            dirty_mib: 0,
         }
     }
 }
@@ -525,7 +529,13 @@ pub fn counter(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
         pipe.ok(bytes)
     };
     let written = pass(&mut blk, true) && blk.flush().is_ok();
-    probe!("counter_ready blk_written={}", u8::from(written));
+    // Kept for ever: the loop below never returns.
+    let dirty = dirty_memory(options.dirty_mib);
+    probe!(
+        "counter_ready blk_written={} dirty_mib={}",
+        u8::from(written),
+        (dirty.len() * 8) >> 20
+    );
     let period = tsc_khz.max(1) * COUNT_PERIOD_MS;
     let mut next = arch::rdtsc() + period;
     let mut count = 0u64;
@@ -545,6 +555,19 @@ pub fn counter(pci: &mut Pci, options: &BlkOptions, tsc_khz: u64) {
         }
         core::hint::spin_loop();
     }
+}
+
+/// `mib` MiB of heap, every word written with a non-zero value (a zero page would not
+/// count as dirty: snapshots skip them); empty if the heap has not that much.
+fn dirty_memory(mib: u64) -> alloc::vec::Vec<u64> {
+    let words = (mib << 20) as usize / 8;
+    let mut buffer = alloc::vec::Vec::new();
+    if buffer.try_reserve_exact(words).is_err() {
+        probe!("error dirty_mib={mib} heap_too_small=1");
+        return buffer;
+    }
+    buffer.extend((0..words as u64).map(|i| (i | 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    buffer
 }
 
 /// `none` or the decimal offset.

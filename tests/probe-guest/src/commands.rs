@@ -17,7 +17,8 @@
 //!   `probe.blk_dev`, `probe.blk_req_kib`, `probe.blk_qd`, `probe.blk_rand`; PCI host
 //!   overrides `probe.ecam=ADDR` and `probe.pci_mmio32=FIRST-LAST`.
 //! - `probe.run=counter`: the save/restore subject ([`crate::blk::counter`]): a disk
-//!   pattern written, then `count N` every 20 ms and the pattern read back every 25.
+//!   pattern written, then `count N` every 20 ms and the pattern read back every 25;
+//!   `probe.dirty_mib=N` first writes N MiB of memory (what a save must store).
 //! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
 //!   about themselves, then every event until Escape.
 //! - `probe.run=gpu-draw|gpu-resize|gpu-cursor|gpu-hostile|gpu-bench`: virtio-gpu
@@ -205,6 +206,7 @@ impl<'a> Options<'a> {
                     }
                 }
                 "probe.blk_rand" => set(&mut options.blk.rand, value),
+                "probe.dirty_mib" => set(&mut options.blk.dirty_mib, value),
                 "probe.net_port" => {
                     if let Some(port) = parse_u64(value).and_then(|p| u16::try_from(p).ok()) {
                         options.net.port = port;
