@@ -170,6 +170,28 @@ fn a_saved_vm_carries_on_counting_and_its_disk_reads_back() {
         first.seen
     );
     wait_count(&mut first, 30);
+    // Paused, the guest counts nothing (its disk checks included); resumed, it counts on
+    // from where it stopped.
+    assert_eq!(control(&dir).ask(&Request::Pause {}).unwrap(), Response::Ok);
+    // What the guest printed before the pause, read in full; then half a second more.
+    let quiet = |guest: &mut LiveGuest, ms| {
+        let until = guest.started.elapsed() + Duration::from_millis(ms);
+        let _ = guest.wait_for("never printed", until);
+    };
+    quiet(&mut first, 200);
+    let at_pause = counts(&[&first.seen]).len();
+    quiet(&mut first, 500);
+    assert_eq!(
+        counts(&[&first.seen]).len(),
+        at_pause,
+        "the guest counted while paused"
+    );
+    assert_eq!(
+        control(&dir).ask(&Request::Resume {}).unwrap(),
+        Response::Ok
+    );
+    let resumed_from = *counts(&[&first.seen]).last().unwrap();
+    wait_count(&mut first, resumed_from + 10);
     save(&mut first, &dir, &snap);
     let before = counts(&[&first.seen]);
 
