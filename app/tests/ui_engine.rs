@@ -422,12 +422,32 @@ fn the_library_saves_restores_and_saves_on_quit() {
         home.log("screen")
     );
 
-    // Closing its window saves it (its choice); Start restores it again.
+    // The VM window's Screenshot: a new PNG of the screen in the VM's folder.
     assert!(harness
         .state()
         .displays()
         .iter()
         .any(|d| d.vm_id == "screen"));
+    harness.get_by_label("Screenshot").click();
+    until(&mut harness, "the screenshot", limit, |h| {
+        h.state()
+            .status()
+            .is_some_and(|s| s.as_ref().is_ok_and(|t| t.contains("screenshot saved to")))
+    });
+    let shots: Vec<_> = std::fs::read_dir(home.dir.0.join("data/vireo/vms/screen/screenshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(shots.len(), 1, "{shots:?}");
+    let png = std::fs::read(&shots[0]).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let (width, height) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((width, height), (1024, 768));
+
+    // Closing its window saves it (its choice); Start restores it again.
     harness.state_mut().close_display("screen");
     until(&mut harness, "the save on close", limit, |h| {
         state(h) == "saved"

@@ -11,7 +11,7 @@
 //! copy of files dropped on a VM window on a thread of its own (`Update::Drop`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -70,6 +70,8 @@ pub enum Command {
     Act(String, Action),
     /// Moves a running VM to the engine installed now (`Supervisor::upgrade`).
     Upgrade(String),
+    /// Saves a running VM's screen to a new PNG in `<vm dir>/screenshots`.
+    Screenshot(String),
     Delete {
         id: String,
         disk: DiskChoice,
@@ -569,6 +571,18 @@ impl Worker {
                     Err(e) => Err(e.to_string()),
                 }
             }),
+            Command::Screenshot(id) => self.with_entry(&id, |s, entry| {
+                let path = screenshot_path(&entry.dir.join("screenshots"))
+                    .map_err(|e| format!("cannot make the screenshots folder: {e}"))?;
+                let (width, height) = s
+                    .supervisor
+                    .screenshot(entry, &path)
+                    .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{width}x{height} screenshot saved to {}",
+                    path.display()
+                ))
+            }),
             Command::Upgrade(id) => self.with_entry(&id, |s, entry| {
                 s.supervisor.upgrade(entry).map_err(|e| e.to_string())?;
                 Ok("moved to the new engine".to_owned())
@@ -651,6 +665,22 @@ impl Worker {
             .map(|ok| format!("{}: {ok}", entry.name()))
             .map_err(|e| format!("{}: {e}", entry.name()))
     }
+}
+
+/// A new file name in `dir` (made if missing): `screenshot-<unix seconds>.png`, with
+/// `-2`, `-3`... if taken, so no screenshot overwrites another.
+fn screenshot_path(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut path = dir.join(format!("screenshot-{secs}.png"));
+    let mut n = 2;
+    while path.exists() {
+        path = dir.join(format!("screenshot-{secs}-{n}.png"));
+        n += 1;
+    }
+    Ok(path)
 }
 
 /// `3 files, 12 KiB in shared/notes.txt, shared/photos` for the status line.

@@ -95,6 +95,8 @@ pub struct DisplayView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewRequest {
     Clipboard(ClipboardDirection),
+    /// The toolbar's Screenshot: the screen to a PNG in the VM's folder.
+    Screenshot,
     /// Files and folders dropped on the window.
     Drop(Vec<PathBuf>),
 }
@@ -523,6 +525,13 @@ impl DisplayView {
             ui.separator();
             if ui.button("Send Ctrl+Alt+Del").clicked() {
                 self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
+            }
+            if ui
+                .button("Screenshot")
+                .on_hover_text("Saves the guest's screen as a PNG in the VM's screenshots folder")
+                .clicked()
+            {
+                self.requests.push(ViewRequest::Screenshot);
             }
             ui.separator();
             self.agent_status(ui);

@@ -506,6 +506,7 @@ impl VireoApp {
                     self.backend.send(Command::SetClipboard { id, direction })
                 }
                 ViewRequest::Drop(paths) => self.drop_files(&id, paths),
+                ViewRequest::Screenshot => self.backend.send(Command::Screenshot(id)),
             }
         }
         for i in closed.into_iter().rev() {
