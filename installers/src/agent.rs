@@ -45,6 +45,24 @@ pub enum AgentBuildError {
     Dynamic { path: PathBuf },
 }
 
+/// The static agent the `vireo` package installs beside `vireo-image`
+/// (`<prefix>/bin/vireo-image` → `<prefix>/lib/vireo/vireo-agent`), if this program runs
+/// from such an installation: there is no workspace to build it from there.
+pub fn installed_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let agent = exe.parent()?.parent()?.join("lib/vireo").join(AGENT_BIN);
+    agent.is_file().then_some(agent)
+}
+
+/// The installed agent ([`installed_agent`]), checked to be static, or else one built from
+/// the workspace ([`build_static_agent`]).
+pub fn static_agent(workspace: &Path) -> Result<PathBuf, AgentBuildError> {
+    match installed_agent() {
+        Some(path) => check_static(&path).map(|()| path),
+        None => build_static_agent(workspace),
+    }
+}
+
 /// Builds the static agent from the workspace at `workspace` into
 /// `<workspace>/target/agent-static` and returns the binary's path.
 pub fn build_static_agent(workspace: &Path) -> Result<PathBuf, AgentBuildError> {

@@ -10,6 +10,7 @@ use vireo_installers::{build_image, default_cache_dir, workspace_root, BuildOpti
 #[derive(Parser)]
 #[command(
     name = "vireo-image",
+    version,
     about = "Build the Vireo demo Linux: vmlinuz, vmlinux and initramfs.img from Debian packages"
 )]
 struct Cli {

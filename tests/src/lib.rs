@@ -6,6 +6,7 @@ pub mod demo_linux;
 pub mod display;
 pub mod engine;
 pub mod in_process;
+pub mod packaging;
 pub mod probe_guest;
 pub mod qemu;
 pub mod report;
