@@ -3,7 +3,7 @@
 #   vireo        the host: vireo, vireo-vmm, vireo-window, vireo-image (+ the static
 #                agent vireo-image puts into the demo Linux), menu entry, icons
 #   vireo-agent  the guest agent for Debian/Ubuntu guests: the static vireo-agent, its
-#                systemd unit and its desktop-session part
+#                systemd unit (and udev rule)
 # Usage: installers/build-debs.sh [host|agent|all] [OUT_DIR]   (default: all target/debian)
 # Prints the path of each package built, one per line, last.
 set -euo pipefail
@@ -130,10 +130,8 @@ build_agent() {
   strip --strip-unneeded --remove-section=.comment "$stage/usr/bin/vireo-agent"
   install -Dm644 "$deb_dir/vireo-agent/vireo-agent.service" \
     "$stage/lib/systemd/system/vireo-agent.service"
-  install -Dm644 "$deb_dir/vireo-agent/vireo-agent-session.service" \
-    "$stage/usr/lib/systemd/user/vireo-agent-session.service"
-  install -Dm644 "$deb_dir/vireo-agent/vireo-agent-session.desktop" \
-    "$stage/etc/xdg/autostart/vireo-agent-session.desktop"
+  install -Dm644 "$deb_dir/vireo-agent/60-vireo-agent.rules" \
+    "$stage/lib/udev/rules.d/60-vireo-agent.rules"
   install_docs "$stage" vireo-agent
   install -m644 "$deb_dir/vireo-agent/README.Debian" "$stage/usr/share/doc/vireo-agent/README.Debian"
   install_overrides "$stage" vireo-agent
@@ -141,9 +139,7 @@ build_agent() {
   for script in postinst prerm postrm; do
     install -m755 "$deb_dir/vireo-agent/$script" "$stage/DEBIAN/$script"
   done
-  # Conffiles: everything under /etc.
-  (cd "$stage" && find etc -type f -printf '/%p\n') >"$stage/DEBIAN/conffiles"
-  pack "$stage" vireo-agent "systemd | systemd-sysv | init-system-helpers" admin \
+  pack "$stage" vireo-agent "" admin \
     "guest agent for Vireo virtual machines" \
     "Runs inside a Linux guest of Vireo and talks to the host over vsock: guest info, graceful power off and reboot, time sync, the shared clipboard, display resize and shared folders (FUSE). Its systemd service starts only in a VM with a vsock device, so it is harmless on other machines." \
     "fuse3, x11-xserver-utils"

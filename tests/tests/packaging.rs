@@ -177,3 +177,74 @@ impl Drop for Remove {
         }
     }
 }
+
+#[test]
+fn agent_package_is_lintian_clean_and_its_unit_verifies() {
+    const TEST: &str = "packaging::agent_package_is_lintian_clean_and_its_unit_verifies";
+    let deb = build_deb("agent");
+    let found = lintian(&deb);
+    println!("lintian warnings ({}):", found.warnings.len());
+    for w in &found.warnings {
+        println!("  {w}");
+    }
+    assert!(
+        found.errors.is_empty(),
+        "lintian errors: {:#?}",
+        found.errors
+    );
+    // No dependencies at all: the binary is static, so one package fits every release.
+    assert_eq!(control_field(&deb, "Depends"), "");
+
+    let root = TempDir::new("agent-deb");
+    let (ok, text) = run(
+        "dpkg-deb",
+        &["-x", deb.to_str().unwrap(), root.0.to_str().unwrap()],
+    );
+    assert!(ok, "{text}");
+    let agent = root.0.join("usr/bin/vireo-agent");
+    vireo_installers::agent::check_static(&agent).expect("the packaged agent is static");
+    let (ok, text) = run(agent.to_str().unwrap(), &["--version"]);
+    assert!(ok && text.starts_with("vireo-agent "), "{text}");
+
+    // systemd's own check of the unit. Outside a root with systemd in it the one thing
+    // it may miss is the agent binary itself (the Debian 12 image test verifies the unit
+    // inside a real root).
+    let unit = root.0.join("lib/systemd/system/vireo-agent.service");
+    let (_, text) = run(
+        "systemd-analyze",
+        &["verify", "--man=no", unit.to_str().unwrap()],
+    );
+    let complaints: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("Command /usr/bin/vireo-agent is not executable"))
+        .collect();
+    assert!(complaints.is_empty(), "systemd-analyze verify: {text}");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    assert!(unit_text.contains("ConditionPathExists=/dev/vsock"));
+    assert!(unit_text.contains("WantedBy=multi-user.target"));
+
+    // Harmless on this machine: the unit's own condition, run here, says "skip" unless
+    // this machine is a VM with a virtio vsock device.
+    let condition = unit_text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecCondition=/bin/sh -c "))
+        .expect("the unit has its ExecCondition")
+        .trim_matches('\'');
+    let (runs_here, _) = run("/bin/sh", &["-c", condition]);
+    let has_virtio_vsock = std::fs::read_dir("/sys/bus/virtio/devices")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| {
+            std::fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == "0x0013")
+        });
+    assert_eq!(runs_here, has_virtio_vsock);
+
+    let rule =
+        std::fs::read_to_string(root.0.join("lib/udev/rules.d/60-vireo-agent.rules")).unwrap();
+    assert!(
+        rule.contains(r#"ENV{SYSTEMD_WANTS}+="vireo-agent.service""#),
+        "{rule}"
+    );
+    report::ran(TEST);
+}
