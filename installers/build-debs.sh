@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Vireo's Debian packages with dpkg-deb (no debian/ source tree needed):
 #   vireo        the host: vireo, vireo-vmm, vireo-window, vireo-image (+ the static
-#                agent vireo-image puts into the demo Linux), menu entry, icons
+#                agent vireo-image puts into the demo Linux, and the vireo-agent package
+#                it installs in the full Debian 12), menu entry, icons
 #   vireo-agent  the guest agent for Debian/Ubuntu guests: the static vireo-agent, its
 #                systemd unit (and udev rule)
 # Usage: installers/build-debs.sh [host|agent|all] [OUT_DIR]   (default: all target/debian)
@@ -85,6 +86,9 @@ pack() { # STAGE PACKAGE DEPENDS SECTION SUMMARY DESCRIPTION [RECOMMENDS]
 }
 
 build_host() {
+  # vireo-image installs this in the full Debian 12 guests it builds.
+  local agent_deb
+  agent_deb=$(build_agent)
   cargo build --release -q -p vireo-app -p vireo-vmm -p vireo-installers --bins >&2
   build_static_agent
   local stage=$work/vireo
@@ -97,6 +101,7 @@ build_host() {
   # Linux runs it.
   install -m755 "$static_agent" "$stage/usr/lib/vireo/vireo-agent"
   strip --strip-unneeded --remove-section=.comment "$stage/usr/lib/vireo/vireo-agent"
+  install -Dm644 "$agent_deb" "$stage/usr/share/vireo/vireo-agent.deb"
   install -Dm644 "$deb_dir/vireo/dev.vireo.Vireo.desktop" \
     "$stage/usr/share/applications/dev.vireo.Vireo.desktop"
   install -Dm644 assets/icons/vireo.svg \
@@ -148,6 +153,6 @@ build_agent() {
 case $what in
   host) build_host ;;
   agent) build_agent ;;
-  all) build_host; build_agent ;;
+  all) build_host; echo "$out/vireo-agent_${version}_${arch}.deb" ;;
   *) echo "usage: $0 [host|agent|all] [OUT_DIR]" >&2; exit 2 ;;
 esac

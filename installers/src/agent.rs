@@ -127,3 +127,43 @@ pub fn check_static(path: &Path) -> Result<(), AgentBuildError> {
         }),
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentDebError {
+    #[error("cannot run {}", script.display())]
+    Spawn {
+        script: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the vireo-agent package failed:\n{stderr}")]
+    Build { stderr: String },
+}
+
+/// The `vireo-agent` package for guests: the one the `vireo` package installs
+/// (`<prefix>/share/vireo/vireo-agent.deb`), else one built from the workspace with
+/// `installers/build-debs.sh agent` (into `target/debian`).
+pub fn agent_deb() -> Result<PathBuf, AgentDebError> {
+    let installed = std::env::current_exe().ok().and_then(|exe| {
+        let deb = exe.parent()?.parent()?.join("share/vireo/vireo-agent.deb");
+        deb.is_file().then_some(deb)
+    });
+    if let Some(deb) = installed {
+        return Ok(deb);
+    }
+    let script = crate::workspace_root().join("installers/build-debs.sh");
+    let out = Command::new(&script)
+        .arg("agent")
+        .output()
+        .map_err(|source| AgentDebError::Spawn {
+            script: script.clone(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(deb) if out.status.success() && Path::new(deb).is_file() => Ok(PathBuf::from(deb)),
+        _ => Err(AgentDebError::Build {
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+    }
+}

@@ -16,8 +16,10 @@ pub mod agent;
 pub mod apt;
 pub mod bzimage;
 pub mod cpio;
+pub mod debian12;
 pub mod elf;
 pub mod initramfs;
+pub mod mirror;
 pub mod modules;
 
 use std::fs;
