@@ -16,6 +16,7 @@ deb_dir=$root/installers/deb
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 maintainer="Vireo maintainers <maintainers@vireo.invalid>"
+epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 mkdir -p "$out"
 work=$(mktemp -d "$out/.build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -41,7 +42,7 @@ install_docs() { # STAGE PACKAGE
     echo
     echo "  * Built from the Vireo repository (installers/build-debs.sh)."
     echo
-    echo " -- $maintainer  $(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")"
+    echo " -- $maintainer  $(date -R -d "@$epoch")"
   } | gzip -9n >"$doc/changelog.gz"
 }
 
@@ -80,8 +81,11 @@ pack() { # STAGE PACKAGE DEPENDS SECTION SUMMARY DESCRIPTION [RECOMMENDS]
     echo "Description: $5"
     echo "$6" | fold -s -w 78 | sed 's/ *$//; s/^/ /'
   } >"$stage/DEBIAN/control"
+  # Reproducible: every file dated at the last commit (dpkg-deb dates the archive
+  # members from SOURCE_DATE_EPOCH), so the same sources give the same package.
+  find "$stage" -exec touch -h -d "@$epoch" {} +
   local deb=$out/${pkg}_${version}_${arch}.deb
-  dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >&2
+  SOURCE_DATE_EPOCH=$epoch dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >&2
   echo "$deb"
 }
 
@@ -89,7 +93,11 @@ build_host() {
   # vireo-image installs this in the full Debian 12 guests it builds.
   local agent_deb
   agent_deb=$(build_agent)
-  cargo build --release -q -p vireo-app -p vireo-vmm -p vireo-installers --bins >&2
+  # One package per cargo run, as the tests build them: building them together unifies
+  # features differently, and the next test build would compile them again.
+  cargo build --release -q -p vireo-vmm --bins >&2
+  cargo build --release -q -p vireo-app --bin vireo >&2
+  cargo build --release -q -p vireo-installers --bin vireo-image >&2
   build_static_agent
   local stage=$work/vireo
   install -d "$stage/usr/bin" "$stage/usr/lib/vireo"

@@ -401,11 +401,10 @@ fn configure(root: &Path, options: &Options) -> Result<(), Error> {
     // Every boot of a copy of this disk gets its own machine id.
     write("etc/machine-id", "")?;
     let _ = fs::remove_file(root.join("var/lib/dbus/machine-id"));
-    let rel = |p: &str| root.join(p);
-    for (link, target) in [("etc/localtime", "/usr/share/zoneinfo/Etc/UTC")] {
-        let _ = fs::remove_file(rel(link));
-        symlink(target, rel(link)).map_err(io_err("cannot link", &rel(link)))?;
-    }
+    let localtime = root.join("etc/localtime");
+    let _ = fs::remove_file(&localtime);
+    symlink("/usr/share/zoneinfo/Etc/UTC", &localtime)
+        .map_err(io_err("cannot link", &localtime))?;
     write("etc/timezone", "Etc/UTC\n")?;
 
     run(Command::new("systemctl")

@@ -160,9 +160,16 @@ fn debian12_image_offline_has_kernel_user_agent_network_and_serial_login() {
     let network = fs.cat("/etc/systemd/network/20-vireo-virtio.network");
     assert!(network.contains("Driver=virtio_net"), "{network}");
     assert!(network.contains("DHCP=yes"), "{network}");
-    for unit in ["systemd-networkd.service", "systemd-resolved.service"] {
-        let wants = format!("/etc/systemd/system/multi-user.target.wants/{unit}");
-        assert!(fs.link(&wants).is_some(), "{unit} is not enabled");
+    for (target, unit) in [
+        ("multi-user", "systemd-networkd.service"),
+        ("sysinit", "systemd-resolved.service"),
+    ] {
+        let wants = format!("/etc/systemd/system/{target}.target.wants/{unit}");
+        assert_eq!(
+            fs.link(&wants),
+            Some(format!("/lib/systemd/system/{unit}")),
+            "{unit} is not enabled"
+        );
     }
     assert_eq!(
         fs.link("/etc/resolv.conf").as_deref(),
@@ -191,7 +198,9 @@ fn debian12_kernel_early_boot() {
         return;
     }
     let image = debian12_image();
-    linux_early::check(&image.vmlinux, "Debian 12 image's vmlinux via PVH");
+    // The same checks as for the demo Linux's kernel (the same kernel family), without
+    // waiting for where PVM stops it: that is the demo Linux test's record.
+    linux_early::check(&image.vmlinux, "Debian 12 image's vmlinux via PVH", false);
 }
 
 /// Boots the image (its own kernel and initrd, the disk as /dev/vda, passt, vsock) to
