@@ -248,7 +248,7 @@ pub fn build(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Im
         .arg(&raw)
         .arg(&partial))?;
     fs::rename(&partial, &disk).map_err(io_err("cannot write", &disk))?;
-    report(100, "done", disk.display().to_string());
+    report(100, "qcow2", disk.display().to_string());
     Ok(Image {
         disk,
         vmlinuz,

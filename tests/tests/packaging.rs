@@ -44,6 +44,7 @@ fn host_package_is_lintian_clean_with_menu_entry_and_icons() {
         "/usr/bin/vireo-window".to_owned(),
         "/usr/bin/vireo-image".to_owned(),
         "/usr/lib/vireo/vireo-agent".to_owned(),
+        "/usr/share/vireo/vireo-agent.deb".to_owned(),
         format!("/usr/share/applications/{APP_ID}.desktop"),
         format!("/usr/share/icons/hicolor/48x48/apps/{APP_ID}.png"),
         format!("/usr/share/icons/hicolor/scalable/apps/{APP_ID}.svg"),
