@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -83,6 +83,8 @@ pub struct Image {
 pub enum Error {
     #[error("not a valid user name for Debian: {0:?} (lower-case letters, digits, '-' and '_', starting with a letter, at most 32)")]
     BadUser(String),
+    #[error("building a Debian 12 image needs root (debootstrap, files owned by the guest's users): run it with sudo")]
+    NeedsRoot,
     #[error("the password is empty or has a line break")]
     BadPassword,
     #[error("`{command}` failed: {detail}")]
@@ -156,6 +158,15 @@ pub fn check_user(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Checks the account before anything slow happens.
+pub fn check_account(user: &str, password: &str) -> Result<(), Error> {
+    check_user(user)?;
+    if password.is_empty() || password.contains(['\n', '\r']) {
+        return Err(Error::BadPassword);
+    }
+    Ok(())
+}
+
 /// The base root's cache key: everything debootstrap's result depends on.
 pub fn base_key(mirror: &str) -> String {
     let mut h = Sha256::new();
@@ -175,9 +186,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Builds the image into `options.out_dir`.
 pub fn build(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Image, Error> {
-    check_user(&options.user)?;
-    if options.password.is_empty() || options.password.contains(['\n', '\r']) {
-        return Err(Error::BadPassword);
+    check_account(&options.user, &options.password)?;
+    // /proc/self belongs to the effective user.
+    if fs::metadata("/proc/self").is_ok_and(|m| m.uid() != 0) {
+        return Err(Error::NeedsRoot);
     }
     let mut report = |percent: u8, stage: &'static str, message: String| {
         progress(Progress {

@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 (None, false) => bail!("give the password with --password-stdin (or --password)"),
             };
+            debian12::check_account(&user, &password)?;
             let agent_deb = match agent_deb {
                 Some(deb) => deb,
                 None => vireo_installers::agent::agent_deb()
