@@ -4,9 +4,18 @@
 //! from its progress reports; against the Vireo demo Linux's build in the same run and
 //! the 5-minute goal. Prints one table.
 //!
+//! Where the host has hardware virtualization, also the boot of the built image to
+//! multi-user.target under `vireo-vmm` and under QEMU (q35, KVM, the same kernel, initrd
+//! and a copy of the same disk), and to the agent's hello under `vireo-vmm`, same run.
+//!
 //! `cargo bench -p vireo-e2e --bench image_build`. Needs root (debootstrap).
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use vireo_e2e::engine::{host_runs_linux, s, vmm_binary, LiveGuest};
+use vireo_e2e::qemu::{virtio_blk_args, DiskFormat, QEMU};
 
 use vireo_e2e::debian12::{DISK_GIB, PASSWORD, USER};
 use vireo_e2e::packaging::build_deb;
@@ -96,6 +105,108 @@ fn main() {
     row(
         "Debian 12 with the base cached (est.)",
         total - stages[0].1.min(total),
+    );
+    println!();
+    boot_times(&image);
+}
+
+/// Where the guest says multi-user.target is reached (systemd's status line on ttyS0).
+const MULTI_USER: &str = "Multi-User System";
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+/// multi-user.target under vireo-vmm and QEMU, and the agent's hello under vireo-vmm.
+fn boot_times(image: &debian12::Image) {
+    use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
+    use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
+    if !(Path::new("/dev/kvm").exists() && host_runs_linux()) {
+        println!("image_build: boot times skipped: PVM host (a stock kernel needs hardware virtualization)");
+        return;
+    }
+    let dir = TempDir::new("bench-debian12-boot");
+    let disk = dir.0.join("disk.qcow2");
+
+    std::fs::copy(&image.disk, &disk).unwrap();
+    let socket = dir.0.join("vsock.sock");
+    let disk_arg = format!("path={},format=qcow2", disk.display());
+    let vsock_arg = format!("cid=3,socket={}", s(&socket));
+    let mut vireo = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&image.vmlinuz),
+        "--initrd",
+        s(&image.initrd),
+        "--cmdline",
+        &image.cmdline,
+        "--disk",
+        &disk_arg,
+        "--vsock",
+        &vsock_arg,
+        "--cpus",
+        "2",
+        "--memory",
+        "1G",
+    ]));
+    let client = AgentClient::start(
+        Endpoint::HybridVsock {
+            path: socket.clone(),
+            port: AGENT_VSOCK_PORT,
+        },
+        ClientConfig::default(),
+    );
+    let vireo_multi_user = vireo.wait_for(MULTI_USER, BOOT_LIMIT);
+    let vireo_hello = client
+        .wait_connected(BOOT_LIMIT)
+        .ok()
+        .map(|_| vireo.started.elapsed());
+    drop(client);
+    let _ = vireo.kill();
+
+    // QEMU on a fresh copy of the same disk.
+    std::fs::copy(&image.disk, &disk).unwrap();
+    let mut qemu = Command::new(QEMU);
+    qemu.args([
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-M",
+        "q35",
+        "-smp",
+        "2",
+        "-m",
+        "1G",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+    ])
+    .arg("-kernel")
+    .arg(&image.vmlinuz)
+    .arg("-initrd")
+    .arg(&image.initrd)
+    .arg("-append")
+    .arg(format!("console=ttyS0 panic=1 {}", image.cmdline))
+    .args(virtio_blk_args(0, &disk, DiskFormat::Qcow2, false, None))
+    .stdin(Stdio::null());
+    let mut qemu = LiveGuest::spawn(&mut qemu);
+    let qemu_multi_user = qemu.wait_for(MULTI_USER, BOOT_LIMIT);
+    let _ = qemu.kill();
+
+    let secs =
+        |d: Option<Duration>| d.map_or("never".to_owned(), |d| format!("{:.2}", d.as_secs_f64()));
+    println!("| Debian 12 boot (2 vCPUs, 1 GiB)  | vireo-vmm s | QEMU q35 s |");
+    println!("|----------------------------------|------------:|-----------:|");
+    println!(
+        "| to multi-user.target             | {:>11} | {:>10} |",
+        secs(vireo_multi_user),
+        secs(qemu_multi_user)
+    );
+    println!(
+        "| to the agent's hello             | {:>11} | {:>10} |",
+        secs(vireo_hello),
+        "n/a"
     );
     println!();
 }
