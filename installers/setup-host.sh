@@ -21,6 +21,12 @@ packages=(
   xvfb xauth xdotool imagemagick
   # The guest agent's clipboard and display tests: the other X client, and RandR.
   xclip x11-xserver-utils
+  # The Debian packages (installers/build-debs.sh) and their checks: dpkg-shlibdeps
+  # (dpkg-dev, with build-essential), the icon rendered from its SVG, lintian,
+  # desktop-file-validate, systemd-analyze for the agent's units.
+  librsvg2-bin lintian desktop-file-utils systemd
+  # The full Debian 12 guest image: debootstrap, mkfs.ext4 -d, the password hash.
+  debootstrap e2fsprogs openssl
   ca-certificates
 )
 

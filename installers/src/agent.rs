@@ -45,6 +45,24 @@ pub enum AgentBuildError {
     Dynamic { path: PathBuf },
 }
 
+/// The static agent the `vireo` package installs beside `vireo-image`
+/// (`<prefix>/bin/vireo-image` → `<prefix>/lib/vireo/vireo-agent`), if this program runs
+/// from such an installation: there is no workspace to build it from there.
+pub fn installed_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let agent = exe.parent()?.parent()?.join("lib/vireo").join(AGENT_BIN);
+    agent.is_file().then_some(agent)
+}
+
+/// The installed agent ([`installed_agent`]), checked to be static, or else one built from
+/// the workspace ([`build_static_agent`]).
+pub fn static_agent(workspace: &Path) -> Result<PathBuf, AgentBuildError> {
+    match installed_agent() {
+        Some(path) => check_static(&path).map(|()| path),
+        None => build_static_agent(workspace),
+    }
+}
+
 /// Builds the static agent from the workspace at `workspace` into
 /// `<workspace>/target/agent-static` and returns the binary's path.
 pub fn build_static_agent(workspace: &Path) -> Result<PathBuf, AgentBuildError> {
@@ -106,6 +124,46 @@ pub fn check_static(path: &Path) -> Result<(), AgentBuildError> {
         Err(source) => Err(AgentBuildError::NotElf {
             path: path.to_owned(),
             source,
+        }),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentDebError {
+    #[error("cannot run {}", script.display())]
+    Spawn {
+        script: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building the vireo-agent package failed:\n{stderr}")]
+    Build { stderr: String },
+}
+
+/// The `vireo-agent` package for guests: the one the `vireo` package installs
+/// (`<prefix>/share/vireo/vireo-agent.deb`), else one built from the workspace with
+/// `installers/build-debs.sh agent` (into `target/debian`).
+pub fn agent_deb() -> Result<PathBuf, AgentDebError> {
+    let installed = std::env::current_exe().ok().and_then(|exe| {
+        let deb = exe.parent()?.parent()?.join("share/vireo/vireo-agent.deb");
+        deb.is_file().then_some(deb)
+    });
+    if let Some(deb) = installed {
+        return Ok(deb);
+    }
+    let script = crate::workspace_root().join("installers/build-debs.sh");
+    let out = Command::new(&script)
+        .arg("agent")
+        .output()
+        .map_err(|source| AgentDebError::Spawn {
+            script: script.clone(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(deb) if out.status.success() && Path::new(deb).is_file() => Ok(PathBuf::from(deb)),
+        _ => Err(AgentDebError::Build {
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }),
     }
 }

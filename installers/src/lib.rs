@@ -16,8 +16,10 @@ pub mod agent;
 pub mod apt;
 pub mod bzimage;
 pub mod cpio;
+pub mod debian12;
 pub mod elf;
 pub mod initramfs;
+pub mod mirror;
 pub mod modules;
 
 use std::fs;
@@ -69,9 +71,19 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// The default package cache: `<workspace>/target/vireo-image-cache`.
+/// The default package cache: `<workspace>/target/vireo-image-cache`, or for an
+/// installed `vireo-image` (see [`agent::installed_agent`]) the user's
+/// `$XDG_CACHE_HOME/vireo/image-cache` (`~/.cache/...`).
 pub fn default_cache_dir() -> PathBuf {
-    workspace_root().join("target/vireo-image-cache")
+    if agent::installed_agent().is_none() {
+        return workspace_root().join("target/vireo-image-cache");
+    }
+    let cache_home = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| Path::new(d).is_absolute())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache_home.join("vireo/image-cache")
 }
 
 /// The stages of [`build_image`], reported in this order.
@@ -108,7 +120,8 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// The package cache (see [`default_cache_dir`]).
     pub cache_dir: PathBuf,
-    /// The workspace the static agent is built from (see [`workspace_root`]).
+    /// The workspace the static agent is built from (see [`workspace_root`]), unless
+    /// this is an installed `vireo-image` with the agent beside it.
     pub workspace: PathBuf,
 }
 
@@ -217,7 +230,7 @@ pub fn build_image(
     drop(vmlinux);
 
     // 6: agent.
-    let agent = agent::build_static_agent(&options.workspace)?;
+    let agent = agent::static_agent(&options.workspace)?;
     report(
         Stage::AgentBuilt,
         format!("static agent {}", agent.display()),

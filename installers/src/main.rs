@@ -1,32 +1,140 @@
-//! `vireo-image`: builds the Vireo demo Linux guest image (kernel + initramfs).
+//! `vireo-image`: builds guest images: the Vireo demo Linux (kernel + initramfs) by
+//! default, or with `debian12` a full Debian 12 disk.
 
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
-use clap::Parser;
-use vireo_installers::{build_image, default_cache_dir, workspace_root, BuildOptions, KERNEL};
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use vireo_installers::{
+    build_image, debian12, default_cache_dir, mirror, workspace_root, BuildOptions, KERNEL,
+};
 
 #[derive(Parser)]
 #[command(
     name = "vireo-image",
-    about = "Build the Vireo demo Linux: vmlinuz, vmlinux and initramfs.img from Debian packages"
+    version,
+    about = "Build guest images: the Vireo demo Linux (vmlinuz, vmlinux, initramfs.img from Debian packages), or `debian12`",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
     /// Directory to write vmlinuz, vmlinux and initramfs.img into.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
     /// Package cache (downloaded .debs and unpacked trees); reused across runs.
     #[arg(long)]
     cache: Option<PathBuf>,
+    #[command(subcommand)]
+    image: Option<Image>,
+}
+
+#[derive(Subcommand)]
+enum Image {
+    /// A full Debian 12: disk.qcow2 (boots with root=/dev/vda), vmlinuz, vmlinux,
+    /// initrd.img and cmdline in OUT. Needs root (debootstrap). Prints
+    /// `progress <percent> <stage> <message>` lines while it builds.
+    Debian12 {
+        #[arg(long)]
+        out: PathBuf,
+        /// The account to create (in sudo).
+        #[arg(long)]
+        user: String,
+        /// Read the account's password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The account's password (visible to other users in the process list: prefer
+        /// --password-stdin).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// The vireo-agent package to install (default: the one the vireo package
+        /// installs, else built from the workspace).
+        #[arg(long)]
+        agent_deb: Option<PathBuf>,
+        /// The Debian mirror (default: the host's apt configuration for bookworm).
+        #[arg(long)]
+        mirror: Option<String>,
+        /// The disk's size in GiB.
+        #[arg(long, default_value_t = 8)]
+        disk_gib: u64,
+        /// Cache of packages and debootstrapped base systems.
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match cli.image {
+        Some(Image::Debian12 {
+            out,
+            user,
+            password_stdin,
+            password,
+            agent_deb,
+            mirror,
+            disk_gib,
+            cache,
+        }) => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    line.trim_end_matches(['\n', '\r']).to_owned()
+                }
+                (None, false) => bail!("give the password with --password-stdin (or --password)"),
+            };
+            debian12::check_account(&user, &password)?;
+            let agent_deb = match agent_deb {
+                Some(deb) => deb,
+                None => vireo_installers::agent::agent_deb()
+                    .context("finding the vireo-agent package")?,
+            };
+            debian12_image(debian12::Options {
+                out_dir: out,
+                cache_dir: cache.unwrap_or_else(default_cache_dir),
+                mirror: mirror.unwrap_or_else(|| mirror::host_mirror(debian12::SUITE)),
+                user,
+                password,
+                agent_deb,
+                disk_gib,
+            })
+        }
+        None => demo_image(cli.out.context("--out is required")?, cli.cache),
+    }
+}
+
+fn debian12_image(options: debian12::Options) -> anyhow::Result<()> {
+    let start = Instant::now();
+    println!(
+        "vireo-image: Debian 12 from {}, cache {}",
+        options.mirror,
+        options.cache_dir.display()
+    );
+    let image = debian12::build(&options, &mut |p| println!("{}", p.line()))
+        .context("building the Debian 12 image")?;
+    println!(
+        "vireo-image: wrote {} (Linux {}, boot with {:?}) in {:.1} s{}",
+        image.disk.display(),
+        image.kernel_release,
+        image.cmdline,
+        start.elapsed().as_secs_f64(),
+        if image.base_cached {
+            " (base system from cache)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn demo_image(out: PathBuf, cache: Option<PathBuf>) -> anyhow::Result<()> {
     let start = Instant::now();
     let options = BuildOptions {
-        out_dir: cli.out,
-        cache_dir: cli.cache.unwrap_or_else(default_cache_dir),
+        out_dir: out,
+        cache_dir: cache.unwrap_or_else(default_cache_dir),
         workspace: workspace_root(),
     };
     println!(

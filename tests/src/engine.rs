@@ -122,9 +122,14 @@ pub struct LiveGuest {
 
 impl LiveGuest {
     pub fn spawn(cmd: &mut Command) -> LiveGuest {
+        LiveGuest::spawn_with_stdin(cmd.stdin(Stdio::null()))
+    }
+
+    /// As [`Self::spawn`] with the stdin `cmd` was given (a pipe: the guest's console
+    /// input, taken from `child.stdin`).
+    pub fn spawn_with_stdin(cmd: &mut Command) -> LiveGuest {
         let started = Instant::now();
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

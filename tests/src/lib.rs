@@ -2,10 +2,13 @@
 //! `vireo-vmm` (and QEMU for comparisons), parses what they print, and records which
 //! tests ran and which were skipped on this host (`.ci/run` reads that record).
 
+pub mod debian12;
 pub mod demo_linux;
 pub mod display;
 pub mod engine;
 pub mod in_process;
+pub mod linux_early;
+pub mod packaging;
 pub mod probe_guest;
 pub mod qemu;
 pub mod report;

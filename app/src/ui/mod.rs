@@ -29,8 +29,9 @@ use library_view::{Glance, LibraryCommand, LibraryView};
 use settings_dialog::{SettingsDialog, SettingsOutcome};
 use wizard::{Wizard, WizardOutcome};
 
-/// The app id: the window class on X11 and app id on Wayland, matching the .desktop file.
-pub const APP_ID: &str = "vireo";
+/// The app id: the window class on X11 and app id on Wayland; the .desktop file
+/// (`installers/deb/vireo/dev.vireo.Vireo.desktop`) and the icons have this name.
+pub const APP_ID: &str = "dev.vireo.Vireo";
 /// The VM window's toolbar, under the screen: the window is the screen's size plus this,
 /// so the screen shows 1:1.
 pub const TOOLBAR_HEIGHT: f32 = 36.0;
