@@ -158,6 +158,63 @@ pub struct SharedFolder {
     pub read_only: bool,
 }
 
+impl SharedFolder {
+    /// A share for `path` named after its last component (made a plain name: letters,
+    /// digits, `-`, `_`, `.`; `folder` if nothing is left).
+    pub fn for_path(path: PathBuf, read_only: bool) -> SharedFolder {
+        let base = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut name: String = base
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        name = name.trim_start_matches('.').chars().take(64).collect();
+        if name.is_empty() {
+            name = "folder".into();
+        }
+        SharedFolder {
+            name,
+            path,
+            read_only,
+        }
+    }
+}
+
+/// Why `folder` cannot be added beside `existing` (the drop folder's share is `vireo`),
+/// in words for the user.
+pub fn check_new_share(folder: &SharedFolder, existing: &[SharedFolder]) -> Result<(), String> {
+    let plain = !folder.name.is_empty()
+        && folder.name.len() <= 64
+        && !folder.name.starts_with('.')
+        && folder
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !plain {
+        return Err(format!(
+            "the share name {:?} must be letters, digits, '-', '_' or '.' (up to 64)",
+            folder.name
+        ));
+    }
+    if folder.name == crate::guest_link::DROP_SHARE
+        || existing.iter().any(|f| f.name == folder.name)
+    {
+        return Err(format!("a share named {:?} exists already", folder.name));
+    }
+    if !folder.path.is_dir() {
+        return Err(format!("{} is not a folder", folder.path.display()));
+    }
+    Ok(())
+}
+
 /// A fresh locally administered MAC address in QEMU's 52:54:00 range, for a new or
 /// cloned VM (two VMs on one bridge must not share one).
 pub fn fresh_mac() -> std::io::Result<String> {
@@ -424,6 +481,41 @@ pub fn check(config: &VmConfig, host: &HostInfo, taken: &[String]) -> Vec<Proble
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_picked_folder_gets_a_plain_share_name_and_bad_ones_are_refused() {
+        let dir = std::env::temp_dir().join(format!("vireo-share-name-{}", std::process::id()));
+        let photos = dir.join("My Photos (2024)");
+        std::fs::create_dir_all(&photos).unwrap();
+        let share = SharedFolder::for_path(photos.clone(), true);
+        assert_eq!(share.name, "My-Photos--2024-");
+        assert!(share.read_only);
+        assert_eq!(SharedFolder::for_path("/".into(), false).name, "folder");
+        assert_eq!(
+            SharedFolder::for_path(dir.join(".hidden"), false).name,
+            "hidden"
+        );
+        check_new_share(&share, &[]).unwrap();
+        let taken = check_new_share(&share, std::slice::from_ref(&share)).unwrap_err();
+        assert!(taken.contains("exists already"), "{taken}");
+        let drop_share = SharedFolder {
+            name: "vireo".into(),
+            ..share.clone()
+        };
+        assert!(check_new_share(&drop_share, &[]).is_err());
+        let path_name = SharedFolder {
+            name: "../etc".into(),
+            ..share.clone()
+        };
+        assert!(check_new_share(&path_name, &[])
+            .unwrap_err()
+            .contains("letters"));
+        let missing = SharedFolder::for_path(dir.join("gone"), false);
+        assert!(check_new_share(&missing, &[])
+            .unwrap_err()
+            .contains("not a folder"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
     use crate::host::KvmKind;
 

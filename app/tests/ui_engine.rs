@@ -629,3 +629,86 @@ fn a_vm_on_a_replaced_engine_offers_the_move_and_moves() {
         installed
     );
 }
+
+#[test]
+fn the_shared_folders_dialog_adds_and_removes_a_share() {
+    const TEST: &str = "app::ui_engine::the_shared_folders_dialog_adds_and_removes_a_share";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let home = Home::new("app-ui-shares");
+    home.vireo(&["create", "screen", "--memory", "128M", "--start"]);
+    let docs = home.dir.0.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let config_path = home.dir.0.join("data/vireo/vms/screen/vm.toml");
+    let mut harness = home.app();
+    let limit = Duration::from_secs(30);
+    until(&mut harness, "the running VM", limit, |h| {
+        h.state()
+            .rows()
+            .first()
+            .is_some_and(|r| r.state.is_running())
+    });
+    harness.step();
+    harness.get_by_label("Open display").click();
+    until(&mut harness, "the VM window", limit, |h| {
+        !h.state().displays().is_empty()
+    });
+    harness.step();
+    harness.get_by_label("Shared folders").click();
+    // A window sizes itself in its first frame and shows in the next.
+    harness.step();
+    harness.step();
+    harness.get_by_label("No other folders are shared.");
+
+    // What the folder picker hands back: the share is saved and offered to the guest,
+    // whose agent (the probe's, once connected) has no shared folders: the status says so.
+    until(&mut harness, "the guest's agent", limit, |h| {
+        h.state().displays().iter().any(|d| d.agent.connected)
+    });
+    harness
+        .state_mut()
+        .display_mut("screen")
+        .unwrap()
+        .share_folder(docs.clone(), true);
+    until(&mut harness, "the share's outcome", limit, |h| {
+        h.state().status().is_some_and(|s| {
+            s.as_ref()
+                .err()
+                .is_some_and(|e| e.contains("does not serve shared folders"))
+        })
+    });
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    assert!(
+        config.contains("name = \"docs\"") && config.contains("read_only = true"),
+        "{config}"
+    );
+    harness.step();
+    harness.get_by_label("/mnt/vireo/docs");
+    harness.get_by_label("read-only");
+
+    // The same folder name again is refused, and nothing changes.
+    harness
+        .state_mut()
+        .display_mut("screen")
+        .unwrap()
+        .share_folder(docs.clone(), false);
+    until(&mut harness, "the refusal", limit, |h| {
+        h.state().status().is_some_and(|s| {
+            s.as_ref()
+                .err()
+                .is_some_and(|e| e.contains("exists already"))
+        })
+    });
+    harness.get_by_label("Remove docs").click();
+    until(&mut harness, "the removal", limit, |h| {
+        h.state()
+            .status()
+            .is_some_and(|s| s.as_ref().is_ok_and(|t| t.contains("share docs removed")))
+    });
+    assert!(!std::fs::read_to_string(&config_path)
+        .unwrap()
+        .contains("docs"));
+    harness.step();
+    harness.get_by_label("No other folders are shared.");
+}

@@ -57,8 +57,14 @@ enum Input {
     /// The user asked the guest to shut down: the agent asks too (a guest that does not
     /// listen to the ACPI button still shuts down).
     Shutdown,
+    /// A folder to serve from now on; the answer is where the guest mounted it (`None`
+    /// while no agent is connected: it mounts it when one connects).
+    AddShare(ShareConfig, Sender<Result<Option<String>, String>>),
     Stop,
 }
+
+/// How long adding a share waits for the guest's mount.
+const ADD_SHARE_WAIT: Duration = Duration::from_secs(15);
 
 /// A running link; dropping it ends the thread (and the connection).
 pub struct GuestLink {
@@ -88,6 +94,18 @@ impl GuestLink {
 
     pub fn shutdown(&self) {
         let _ = self.inputs.send(Input::Shutdown);
+    }
+
+    /// Serves one more folder to the running guest; returns where it mounted it, or
+    /// `None` if no agent is connected now (it mounts it when one connects).
+    pub fn add_share(&self, config: ShareConfig) -> Result<Option<String>, String> {
+        let (reply, answer) = mpsc::channel();
+        self.inputs
+            .send(Input::AddShare(config, reply))
+            .map_err(|_| "the guest link has ended".to_owned())?;
+        answer
+            .recv_timeout(ADD_SHARE_WAIT)
+            .map_err(|_| "the guest did not answer in time".to_owned())?
     }
 }
 
@@ -160,11 +178,27 @@ impl Link {
                     }
                     Ok(Input::Resumed) => self.sync_time(),
                     Ok(Input::Shutdown) => self.ask_shutdown(),
+                    Ok(Input::AddShare(config, reply)) => {
+                        let _ = reply.send(self.add_share(config));
+                    }
                     Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
                     Err(TryRecvError::Empty) => break,
                 }
             }
         }
+    }
+
+    /// Serves `config` from now on, unless the connected agent has no shared folders
+    /// (then nothing is served: the user is told why).
+    fn add_share(&self, config: ShareConfig) -> Result<Option<String>, String> {
+        let offered = self
+            .client
+            .peer()
+            .map(|hello| hello.capabilities.contains(Capabilities::SHARED_FOLDERS));
+        if offered == Some(false) {
+            return Err("the guest's agent does not serve shared folders".into());
+        }
+        self.client.add_share(config).map_err(|e| e.to_string())
     }
 
     /// Asks the agent to shut the guest down, where one is connected: the second way in

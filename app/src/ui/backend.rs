@@ -28,7 +28,8 @@ use crate::library::{DiskChoice, Library, VmEntry};
 use crate::settings::{self, Settings};
 use crate::supervisor::{Action, Supervisor, VmState};
 use crate::usage::{io_totals, UsageSampler};
-use crate::vm_config::{ClipboardDirection, VmConfig};
+use crate::vm_config::{self, ClipboardDirection, SharedFolder, VmConfig};
+use vireo_guest_agent::host::ShareConfig;
 use vireo_vmm::control::protocol::{Request, Response};
 
 /// Drop progress is reported at most this often.
@@ -72,6 +73,16 @@ pub enum Command {
     Upgrade(String),
     /// Saves a running VM's screen to a new PNG in `<vm dir>/screenshots`.
     Screenshot(String),
+    /// Adds a shared folder to a VM's config and, if it runs, serves it at once.
+    AddShare {
+        id: String,
+        folder: SharedFolder,
+    },
+    /// Removes a shared folder from a VM's config.
+    RemoveShare {
+        id: String,
+        name: String,
+    },
     Delete {
         id: String,
         disk: DiskChoice,
@@ -379,6 +390,63 @@ impl Worker {
         Ok(format!("clipboard {}", direction.label()))
     }
 
+    /// Adds `folder` to the VM's shares (vm.toml), and serves it to the running guest.
+    fn add_share(&self, entry: &VmEntry, folder: SharedFolder) -> Result<String, String> {
+        let mut config = entry.config().map_err(|e| e.to_string())?.clone();
+        vm_config::check_new_share(&folder, &config.link.shared_folders)?;
+        config.link.shared_folders.push(folder.clone());
+        config
+            .save(&entry.config_path())
+            .map_err(|e| e.to_string())?;
+        let guest = format!("/mnt/vireo/{}", folder.name);
+        let Some(link) = self.links.get(&entry.id) else {
+            return Ok(format!(
+                "{} is shared as {guest} from the next start",
+                folder.path.display()
+            ));
+        };
+        let config = ShareConfig {
+            name: folder.name,
+            path: folder.path.clone(),
+            read_only: folder.read_only,
+        };
+        match link.add_share(config) {
+            Ok(Some(mounted)) => Ok(format!(
+                "{} is shared: the guest has it at {mounted}",
+                folder.path.display()
+            )),
+            Ok(None) => Ok(format!(
+                "{} is shared as {guest} once the guest's agent connects",
+                folder.path.display()
+            )),
+            Err(why) => Err(format!(
+                "{} is saved as a share but the guest did not mount it now: {why}",
+                folder.path.display()
+            )),
+        }
+    }
+
+    /// Removes the share `name` from the VM's config (a running guest keeps it mounted
+    /// until it restarts: the agent protocol has no unshare).
+    fn remove_share(&self, entry: &VmEntry, name: &str) -> Result<String, String> {
+        let mut config = entry.config().map_err(|e| e.to_string())?.clone();
+        let before = config.link.shared_folders.len();
+        config.link.shared_folders.retain(|f| f.name != name);
+        if config.link.shared_folders.len() == before {
+            return Err(format!("no share named {name:?}"));
+        }
+        config
+            .save(&entry.config_path())
+            .map_err(|e| e.to_string())?;
+        if self.links.contains_key(&entry.id) {
+            Ok(format!(
+                "share {name} removed: the running guest keeps it until the VM restarts"
+            ))
+        } else {
+            Ok(format!("share {name} removed"))
+        }
+    }
+
     /// Copies dropped files on a thread of its own, reporting progress as it goes.
     fn drop_files(&self, entry: &VmEntry, paths: Vec<PathBuf>) -> Result<String, String> {
         let dest = guest_link::drop_folder(&entry.dir);
@@ -571,6 +639,12 @@ impl Worker {
                     Err(e) => Err(e.to_string()),
                 }
             }),
+            Command::AddShare { id, folder } => {
+                self.with_entry(&id, |s, entry| s.add_share(entry, folder))
+            }
+            Command::RemoveShare { id, name } => {
+                self.with_entry(&id, |s, entry| s.remove_share(entry, &name))
+            }
             Command::Screenshot(id) => self.with_entry(&id, |s, entry| {
                 let path = screenshot_path(&entry.dir.join("screenshots"))
                     .map_err(|e| format!("cannot make the screenshots folder: {e}"))?;

@@ -25,9 +25,10 @@ use virtio_gpu::PixelFormat;
 
 use super::backend::DropState;
 use super::keymap::evdev_code;
+use super::shares_dialog::SharesDialog;
 use crate::guest_link::{AgentStatus, Feature};
 use crate::supervisor::Action;
-use crate::vm_config::ClipboardDirection;
+use crate::vm_config::{ClipboardDirection, SharedFolder};
 
 /// evdev code of Right Ctrl, the key that releases a captured pointer.
 const KEY_RIGHTCTRL: u16 = 97;
@@ -89,6 +90,9 @@ pub struct DisplayView {
     captured: bool,
     /// What the user asked of the app in this frame.
     requests: Vec<ViewRequest>,
+    /// The VM's shared folders (the app sets them each frame) and their dialog.
+    pub shares: Vec<SharedFolder>,
+    shares_dialog: SharesDialog,
 }
 
 /// What the VM window asks of the app (which passes it to the backend).
@@ -97,6 +101,10 @@ pub enum ViewRequest {
     Clipboard(ClipboardDirection),
     /// The toolbar's Screenshot: the screen to a PNG in the VM's folder.
     Screenshot,
+    /// Share one more host folder with the guest (it is mounted at once if it runs).
+    AddShare(SharedFolder),
+    /// Stop sharing the folder of this name.
+    RemoveShare(String),
     /// Files and folders dropped on the window.
     Drop(Vec<PathBuf>),
 }
@@ -140,6 +148,8 @@ impl DisplayView {
             resize: ResizeRequest::default(),
             uploaded_bytes: 0,
             agent: AgentStatus::no_agent(),
+            shares: Vec::new(),
+            shares_dialog: SharesDialog::default(),
             clipboard: ClipboardDirection::default(),
             paused: false,
             drop: None,
@@ -168,6 +178,21 @@ impl DisplayView {
     /// What the user asked for since the last call.
     pub fn take_requests(&mut self) -> Vec<ViewRequest> {
         std::mem::take(&mut self.requests)
+    }
+
+    /// The shared-folders dialog, in the VM window's viewport (while it is open).
+    pub fn shares_window(&mut self, ctx: &egui::Context) {
+        let asked = self.shares_dialog.show(ctx, &self.shares);
+        self.requests.extend(asked);
+    }
+
+    /// Shares `path` as the folder picker would have (tests cannot drive the desktop's
+    /// picker).
+    pub fn share_folder(&mut self, path: PathBuf, read_only: bool) {
+        self.requests
+            .push(ViewRequest::AddShare(SharedFolder::for_path(
+                path, read_only,
+            )));
     }
 
     /// Takes what the display thread received and uploads the damage.
@@ -525,6 +550,12 @@ impl DisplayView {
             ui.separator();
             if ui.button("Send Ctrl+Alt+Del").clicked() {
                 self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
+            }
+            if ui
+                .selectable_label(self.shares_dialog.open, "Shared folders")
+                .clicked()
+            {
+                self.shares_dialog.open = !self.shares_dialog.open;
             }
             if ui
                 .button("Screenshot")

@@ -9,6 +9,7 @@ pub mod display_view;
 pub mod keymap;
 pub mod library_view;
 pub mod settings_dialog;
+pub mod shares_dialog;
 pub mod thumbnail;
 pub mod wizard;
 
@@ -139,6 +140,11 @@ impl VireoApp {
 
     pub fn loaded(&self) -> bool {
         self.loaded
+    }
+
+    /// The open VM window of `vm_id` (tests hand it what a person would pick).
+    pub fn display_mut(&mut self, vm_id: &str) -> Option<&mut DisplayView> {
+        self.displays.iter_mut().find(|d| d.vm_id == vm_id)
     }
 
     pub fn displays(&self) -> &[DisplayView] {
@@ -470,6 +476,7 @@ impl VireoApp {
             if let Some(row) = self.rows.iter().find(|r| r.entry_id == display.vm_id) {
                 if let Ok(config) = &row.config {
                     display.clipboard = config.link.clipboard;
+                    display.shares.clone_from(&config.link.shared_folders);
                 }
                 display.paused = row.state.is_paused();
             }
@@ -489,6 +496,7 @@ impl VireoApp {
                 egui::CentralPanel::default()
                     .frame(egui::Frame::NONE)
                     .show(ui, |ui| display.ui(ui));
+                display.shares_window(ui.ctx());
                 if ui.input(|i| i.viewport().close_requested()) {
                     display.release_all();
                     closed.push(i);
@@ -508,6 +516,13 @@ impl VireoApp {
                 }
                 ViewRequest::Drop(paths) => self.drop_files(&id, paths),
                 ViewRequest::Screenshot => self.backend.send(Command::Screenshot(id)),
+                ViewRequest::AddShare(folder) => {
+                    self.status = Some(Ok(format!("sharing {}…", folder.path.display())));
+                    self.backend.send(Command::AddShare { id, folder });
+                }
+                ViewRequest::RemoveShare(name) => {
+                    self.backend.send(Command::RemoveShare { id, name })
+                }
             }
         }
         for i in closed.into_iter().rev() {
