@@ -11,6 +11,13 @@
 //! engine's, the engine without its vCPU threads (the probe guest spins in its idle
 //! loop, which is the guest's time, not the engine's).
 //!
+//! Last, latency: the guest toggles the 8x16 cursor cell every 50 ms
+//! (`probe.gpu_period_ms`), at 1024x768 so the window shows it 1:1; the bench, attached
+//! to the engine's display as a client like the app, timestamps each flush's damage
+//! event, and reads the window's pixels from the X server (GetImage of the cell's
+//! corner, every millisecond) to timestamp when each change is on the screen: flush ->
+//! on screen, for the app's VM window and for `vireo-vmm --window`.
+//!
 //! `cargo bench -p vireo-e2e --bench app_display` (VIREO_BENCH_SECS=N per run, default 5).
 
 use std::path::{Path, PathBuf};
@@ -388,6 +395,175 @@ fn idle_rows(x: &Xvfb, probe: &Path) {
     }
 }
 
+/// The latency guest's screen: small enough to be shown 1:1 in either window.
+const LATENCY_SCREEN: &str = "1024x768";
+/// The guest toggles the cell this often.
+const LATENCY_PERIOD_MS: u64 = 50;
+
+/// Flush -> on screen for the window titled `title` showing the VM behind `control`:
+/// the damage events' arrival (as a display client) against the pixels' change on
+/// the X server. Returns the latencies in ms.
+fn flush_to_screen(x: &Xvfb, control: &Path, title: &str) -> Vec<f64> {
+    use vireo_vmm::control::client::{DisplayClient, DisplayMessage};
+    use vireo_vmm::control::protocol::Event;
+    use x11rb::protocol::xproto::{ConnectionExt, ImageFormat};
+
+    let window: u32 = x
+        .find_window(title, Duration::from_secs(30))
+        .parse()
+        .expect("an X window id");
+    let (flushes_tx, flushes) = std::sync::mpsc::channel();
+    let (mut display, _mode) = DisplayClient::attach(control).expect("the engine's display");
+    std::thread::spawn(move || {
+        while let Ok(message) = display.next_message() {
+            if let DisplayMessage::Event(Event::Damage { .. }) = message {
+                if flushes_tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let (conn, _) = x11rb::connect(Some(&x.display)).expect("the X server");
+    // The cell is at (96, 96), 8x16: its top-left 8x8 corner.
+    let grab = || {
+        conn.get_image(ImageFormat::Z_PIXMAP, window, 96, 96, 8, 8, !0)
+            .ok()
+            .and_then(|c| c.reply().ok())
+            .map(|r| r.data)
+    };
+    let mut last = grab();
+    let mut changes = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs());
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+        let now = grab();
+        if now.is_some() && now != last {
+            changes.push(Instant::now());
+            last = now;
+        }
+    }
+    let flushes: Vec<Instant> = flushes.try_iter().collect();
+    // Each change on the screen belongs to the newest flush before it (flushes are
+    // 50 ms apart); a flush is counted once.
+    let mut used = None;
+    let mut latencies = Vec::new();
+    for change in changes {
+        let Some(flush) = flushes.iter().rev().find(|f| **f <= change) else {
+            continue;
+        };
+        if used == Some(*flush) {
+            continue;
+        }
+        used = Some(*flush);
+        latencies.push((change - *flush).as_secs_f64() * 1e3);
+    }
+    latencies
+}
+
+fn latency_cmdline() -> String {
+    format!(
+        "probe.run=gpu-blink probe.gpu_period_ms={LATENCY_PERIOD_MS} probe.gpu_secs={}",
+        secs() + 30
+    )
+}
+
+/// The app's VM window on the blinking guest.
+fn app_latency(x: &Xvfb, probe: &Path) -> Vec<f64> {
+    let home = TempDir::new("bench-app-latency");
+    let vireo = |cmd: &mut Command| {
+        cmd.env("XDG_DATA_HOME", home.0.join("data"))
+            .env("XDG_RUNTIME_DIR", home.0.join("run"))
+            .env("VIREO_VMM", vmm_binary())
+            .env("VIREO_PROBE_GUEST", probe);
+    };
+    let mut create = Command::new(vireo_binary());
+    vireo(&mut create);
+    let out = create
+        .args(["create", "lat", "--os", "kernel", "--kernel", s(probe)])
+        .args(["--memory", "256M", "--display", LATENCY_SCREEN])
+        .args(["--cmdline", &latency_cmdline(), "--start"])
+        .output()
+        .expect("vireo runs");
+    assert!(out.status.success(), "{out:?}");
+    let _power_off = OnDrop(|| {
+        let mut stop = Command::new(vireo_binary());
+        vireo(&mut stop);
+        let _ = stop.args(["stop", "lat"]).output();
+    });
+    let mut open = x.command(s(&vireo_binary()));
+    vireo(&mut open);
+    let mut app = open
+        .args(["open", "lat"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("the app");
+    let _close = OnDrop(|| {
+        let _ = app.kill();
+        let _ = app.wait();
+    });
+    let control = home.0.join("run/vireo/lat/control.sock");
+    flush_to_screen(x, &control, "^lat ")
+}
+
+/// `vireo-vmm --window` on the blinking guest.
+fn engine_latency(x: &Xvfb, probe: &Path) -> Vec<f64> {
+    let dir = TempDir::new("bench-engine-latency");
+    let control = dir.0.join("control.sock");
+    let cmdline = latency_cmdline();
+    let mut guest = LiveGuest::spawn(x.command(s(&vmm_binary())).args([
+        "--kernel",
+        s(probe),
+        "--memory",
+        "256M",
+        "--display",
+        LATENCY_SCREEN,
+        "--window",
+        "--control-socket",
+        s(&control),
+        "--cmdline",
+        &cmdline,
+    ]));
+    assert!(
+        guest
+            .wait_for("gpu_ready", Duration::from_secs(60))
+            .is_some(),
+        "the latency guest did not start"
+    );
+    let latencies = flush_to_screen(x, &control, "Vireo");
+    guest.kill();
+    latencies
+}
+
+/// Median, 95th percentile and worst of `ms`.
+fn spread(mut ms: Vec<f64>) -> String {
+    if ms.is_empty() {
+        return "no change seen on the screen".into();
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "median {:.1} ms, p95 {:.1} ms, worst {:.1} ms ({} flushes)",
+        at(0.5),
+        at(0.95),
+        ms[ms.len() - 1],
+        ms.len()
+    )
+}
+
+fn latency_rows(x: &Xvfb, probe: &Path) {
+    println!();
+    println!(
+        "flush -> on screen, {LATENCY_SCREEN}, 8x16 cell toggled every {LATENCY_PERIOD_MS} ms, {} s (goal: 16 ms)",
+        secs()
+    );
+    println!("  {:<22} {}", "vireo (app)", spread(app_latency(x, probe)));
+    println!(
+        "  {:<22} {}",
+        "vireo-vmm --window",
+        spread(engine_latency(x, probe))
+    );
+}
+
 fn main() {
     if !Path::new("/dev/kvm").exists() {
         println!("app_display: skipped, no /dev/kvm");
@@ -434,4 +610,5 @@ fn main() {
         }
     }
     idle_rows(&x, &probe);
+    latency_rows(&x, &probe);
 }

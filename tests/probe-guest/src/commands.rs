@@ -22,7 +22,8 @@
 //! - `probe.run=input`: the virtio-input devices ([`crate::input`]): what they say
 //!   about themselves, then every event until Escape.
 //! - `probe.run=gpu-draw|gpu-resize|gpu-cursor|gpu-hostile|gpu-bench`: virtio-gpu
-//!   ([`crate::gpu`]); `probe.gpu_secs=N` sets the benchmark's length.
+//!   ([`crate::gpu`]); `probe.gpu_secs=N` sets the benchmark's length,
+//!   `probe.gpu_period_ms=N` paces `gpu-blink` (one toggle per period).
 //! - `probe.run=selftest-screen`: a self-test screen on virtio-gpu, live from the
 //!   virtio-input devices until Escape ([`crate::screen`]).
 //!
@@ -244,6 +245,11 @@ impl<'a> Options<'a> {
                 "probe.gpu_secs" => {
                     if let Some(secs) = parse_u64(value) {
                         crate::gpu::set_bench_secs(secs);
+                    }
+                }
+                "probe.gpu_period_ms" => {
+                    if let Some(ms) = parse_u64(value) {
+                        crate::gpu::set_blink_period_ms(ms);
                     }
                 }
                 "probe.ecam" => options.host.ecam = parse_u64(value),

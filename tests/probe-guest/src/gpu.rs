@@ -38,6 +38,14 @@ pub fn set_bench_secs(secs: u64) {
     BENCH_SECS.store(secs.clamp(1, 600), Ordering::Relaxed);
 }
 
+/// `probe.gpu_period_ms`: `gpu-blink` toggles once per period instead of as fast as it
+/// can (0), so a host can tell each flush's arrival on its screen apart.
+static BLINK_PERIOD_MS: AtomicU64 = AtomicU64::new(0);
+
+pub fn set_blink_period_ms(ms: u64) {
+    BLINK_PERIOD_MS.store(ms.min(10_000), Ordering::Relaxed);
+}
+
 /// The test image, as B, G, R, A bytes (virtio-drivers' framebuffer is B8G8R8A8): a
 /// 64x64 checkerboard of 8-pixel squares at the top left (the self-test area), then
 /// gradients any pixel of which the host recomputes from its position alone.
@@ -347,7 +355,8 @@ const BLINK: [u32; 4] = [96, 96, 8, 16];
 
 /// `probe.run=gpu-blink`: the screen drawn and shown once, then for `probe.gpu_secs` the
 /// [`BLINK`] rectangle inverted, transferred and flushed, each time only that
-/// rectangle; reported as `gpu_bench` with `damage=8x16`.
+/// rectangle (as fast as it can, or once per `probe.gpu_period_ms`); reported as
+/// `gpu_bench` with `damage=8x16`.
 pub fn blink(pci: &mut Pci, _options: &BlkOptions, tsc_khz: u64) {
     let mut raw = match RawGpu::open(pci) {
         Ok(raw) => raw,
@@ -400,8 +409,12 @@ pub fn blink(pci: &mut Pci, _options: &BlkOptions, tsc_khz: u64) {
     let transfer = [x, y, w, h, offset as u32, (offset >> 32) as u32, 1, 0];
     let flush = [x, y, w, h, 1, 0];
     let mut frame = 0u64;
+    let period = BLINK_PERIOD_MS.load(Ordering::Relaxed) * ms;
     while arch::rdtsc() < end {
         frame += 1;
+        while arch::rdtsc() < start + frame * period {
+            core::hint::spin_loop();
+        }
         for row in y..y + h {
             let at = (row as usize * width as usize + x as usize) * 4;
             for byte in &mut fb[at..at + w as usize * 4] {
