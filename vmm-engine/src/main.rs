@@ -62,7 +62,8 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = RebootArg::Exit)]
     reboot: RebootArg,
 
-    /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME]. Repeatable.
+    /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME], with I/O
+    /// limits bw=20M (bytes/s), iops=N, bw_burst=, iops_burst=. Repeatable.
     #[arg(long, value_name = "SPEC")]
     disk: Vec<DiskConfig>,
 
@@ -71,7 +72,8 @@ struct Cli {
     #[arg(long, value_name = "WxH|none", default_value = "none")]
     display: config::DisplayArg,
     /// A virtio-net card: passt (user-mode networking, the default) or tap=NAME, and
-    /// mac=52:54:00:xx:xx:xx. `--net` alone means passt.
+    /// mac=52:54:00:xx:xx:xx, and I/O limits bw=, iops= as --disk. `--net` alone means
+    /// passt.
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "passt")]
     net: Option<NetConfig>,
 

@@ -39,6 +39,7 @@ use crate::pci::irq::GsiRouter;
 use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::pci::virtio_pci::VirtioPciDevice;
 use crate::pci::PciMmio;
+use crate::resources::Resources;
 use crate::snapshot::{self, migrate, DiskStamp, Hardware, LegacyState, MachineState};
 use crate::x86_64::snapshot::{self as cpu_state, VcpuState, VmState};
 use crate::x86_64::{cpuid, layout, regs};
@@ -708,6 +709,8 @@ struct DeviceHandles {
     nets: Vec<Arc<IoCounters>>,
     /// The disks' open images (a migration hands their locks over).
     images: Vec<Arc<Mutex<Disk>>>,
+    /// The devices' I/O limiters.
+    resources: Resources,
 }
 
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
@@ -721,15 +724,18 @@ fn pci_devices(
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let (mut disks, mut nets, mut images) = (Vec::new(), Vec::new(), Vec::new());
+    let mut resources = Resources::default();
     for disk in &config.disks {
         let block = Block::new(disk)?;
         images.push(block.disk());
         disks.push(block.counters());
+        resources.disks.extend(block.limiter());
         devices.push(Box::new(block));
     }
     if let Some(net) = &config.net {
         let card = Net::new(net)?;
         nets.push(card.counters());
+        resources.nets.extend(card.limiter());
         devices.push(Box::new(card));
     }
     devices.push(Box::new(Rng::new()));
@@ -765,6 +771,7 @@ fn pci_devices(
         disks,
         nets,
         images,
+        resources,
     };
     Ok((PciMmio(Arc::new(Mutex::new(root))), handles))
 }
@@ -953,6 +960,7 @@ struct VmControl {
     saves: Arc<SaveReplies>,
     disks: Vec<Arc<IoCounters>>,
     nets: Vec<Arc<IoCounters>>,
+    resources: Resources,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
@@ -980,6 +988,7 @@ impl VmControl {
             gpu: handles.gpu,
             disks: handles.disks,
             nets: handles.nets,
+            resources: handles.resources,
         }
     }
 
@@ -1194,6 +1203,7 @@ impl control::Handler for VmControl {
             request @ (Request::DisplayAttach {}
             | Request::Screenshot { .. }
             | Request::DisplayResize { .. }) => self.display_request(request),
+            request @ Request::SetLimits { .. } => self.resources.handle(request),
             Request::Stats {} => Response::Stats {
                 disks: self.disks.iter().map(|c| c.snapshot()).collect(),
                 nets: self.nets.iter().map(|c| c.snapshot()).collect(),

@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::virtio::io_counters::IoCountersSnapshot;
+use crate::devices::virtio::rate_limit::IoLimits;
 
 /// Everything a client can ask. Later issues add to this closed set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,16 @@ pub enum Request {
     /// The disks' and network cards' traffic since the VM started (bytes and requests
     /// each way), in `--disk` order.
     Stats {},
+    /// Replaces the I/O limits of disk `disk` (in `--disk` order) or network card `net`
+    /// (0) at once: `limits` holds `bw`, `bw_burst` (bytes/s, bytes), `iops`,
+    /// `iops_burst`; a key left out is unlimited. Answered with the limits in force.
+    SetLimits {
+        #[serde(default)]
+        disk: Option<usize>,
+        #[serde(default)]
+        net: Option<usize>,
+        limits: IoLimits,
+    },
 }
 
 /// The tablet's buttons.
@@ -127,6 +138,10 @@ pub enum Response {
     Stats {
         disks: Vec<IoCountersSnapshot>,
         nets: Vec<IoCountersSnapshot>,
+    },
+    /// A device's I/O limits now.
+    Limits {
+        limits: IoLimits,
     },
     Ok,
     Error {
