@@ -1,6 +1,7 @@
 //! Resource limits with a real engine and the probe guest: a disk's bandwidth and IOPS
 //! limits as the guest measures them, and a limit changed over the control socket while
-//! the guest reads and writes.
+//! the guest reads and writes; CPU weights, limits and pinning measured from the vCPU
+//! threads' CPU time.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use vireo_e2e::engine::{connect_control, run_vmm, s, vmm_binary, LiveGuest, Prob
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
+use vireo_vmm::control::client::Control;
 use vireo_vmm::control::protocol::{Request, Response};
 use vireo_vmm::devices::virtio::rate_limit::IoLimits;
 
@@ -178,4 +180,175 @@ fn a_limit_changed_while_running_takes_effect() {
     eprintln!("limit change: {before:.1} MiB/s at bw=4M, then {after:.1} MiB/s at bw=40M");
     assert!((3.4..=4.6).contains(&before), "{before:.2} MiB/s at bw=4M");
     assert!((34.0..=46.0).contains(&after), "{after:.2} MiB/s at bw=40M");
+}
+
+/// A running engine's vCPU 0 thread: its CPU time so far in ns (schedstat's first field).
+fn vcpu0_ns(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the engine runs");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "vcpu0" {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
+            return stat.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    }
+    panic!("engine {pid} has no vcpu0 thread");
+}
+
+/// Whether this host lets the engine set a CPU weight; if not, says why (loudly).
+fn cpu_cgroup_usable(test: &str) -> bool {
+    let elf = probe_guest_elf();
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&elf),
+            "--memory",
+            "64M",
+            "--cpu-weight",
+            "100",
+            "--cmdline",
+            "probe.run=poweroff",
+        ],
+        Duration::from_secs(60),
+    );
+    if run.code() == Some(0) {
+        return true;
+    }
+    assert!(
+        run.stderr.contains("need a cgroup"),
+        "the engine failed otherwise: {}",
+        run.stderr
+    );
+    report::skipped(
+        test,
+        run.stderr.lines().last().unwrap_or("no usable cgroup"),
+    );
+    false
+}
+
+/// A CPU-bound probe guest (`idle` spins) with `flags`, its control socket in `dir`.
+fn spinning_guest(dir: &TempDir, name: &str, flags: &[&str]) -> (LiveGuest, Control) {
+    let socket = dir.0.join(format!("{name}.sock"));
+    let elf = probe_guest_elf();
+    let mut cmd = Command::new(vmm_binary());
+    cmd.args(["--kernel", s(&elf), "--memory", "64M", "--control-socket"])
+        .arg(&socket)
+        .args(flags)
+        .args(["--cmdline", "probe.run=idle"]);
+    let mut guest = LiveGuest::spawn(&mut cmd);
+    assert!(guest
+        .wait_for("VIREO-PROBE IDLE", Duration::from_secs(60))
+        .is_some());
+    let control = connect_control(&socket, Duration::from_secs(10), Duration::from_secs(10));
+    (guest, control)
+}
+
+/// The cgroup the engine reports, and powers it off; checks the cgroup went with it.
+fn power_off(mut guest: LiveGuest, mut control: Control) {
+    let cgroup = match control.ask(&Request::SetCpu {
+        weight: None,
+        limit: None,
+        pin: None,
+    }) {
+        Ok(Response::Cpu { cgroup, .. }) => cgroup,
+        other => panic!("set-cpu answered {other:?}"),
+    };
+    let _ = control.ask(&Request::PowerOff {});
+    guest
+        .wait_exit(Duration::from_secs(30))
+        .expect("the engine ends");
+    if let Some(dir) = cgroup
+        .as_deref()
+        .and_then(|c| c.split_once(' '))
+        .map(|c| c.1)
+    {
+        let made = dir.contains("vireo-vmm-");
+        assert!(
+            !made || !std::path::Path::new(dir).exists(),
+            "{dir} left behind"
+        );
+    }
+}
+
+#[test]
+fn weights_70_and_30_split_one_core_and_a_50_percent_limit_holds() {
+    const TEST: &str = "resources::weights_70_and_30_split_one_core_and_a_50_percent_limit_holds";
+    if !report::require_kvm(TEST) || !cpu_cgroup_usable(TEST) {
+        return;
+    }
+    let dir = TempDir::new("res-cpu");
+    let pin = ["--cpu-pin", "0"];
+    let (a, ca) = spinning_guest(&dir, "a", &[&["--cpu-weight", "70"], &pin[..]].concat());
+    let (b, cb) = spinning_guest(&dir, "b", &[&["--cpu-weight", "30"], &pin[..]].concat());
+    let (pa, pb) = (a.child.id(), b.child.id());
+    // 20 s in four windows: the total is judged, each window is shown (this host is
+    // shared, so the windows say how steady the split is).
+    let mut windows = Vec::new();
+    let (start_a, start_b) = (vcpu0_ns(pa), vcpu0_ns(pb));
+    let (mut last_a, mut last_b) = (start_a, start_b);
+    let start = Instant::now();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(5));
+        let (na, nb) = (vcpu0_ns(pa), vcpu0_ns(pb));
+        windows.push(100.0 * (na - last_a) as f64 / ((na - last_a) + (nb - last_b)) as f64);
+        (last_a, last_b) = (na, nb);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let (da, db) = (last_a - start_a, last_b - start_b);
+    let share_a = 100.0 * da as f64 / (da + db) as f64;
+    let core_busy = (da + db) as f64 / 1e9 / wall * 100.0;
+    eprintln!(
+        "cpu weights 70/30 on CPU 0 over {wall:.1} s: {share_a:.1} % / {:.1} % \
+         (5 s windows: {}) ; the two had {core_busy:.0} % of the core",
+        100.0 - share_a,
+        windows
+            .iter()
+            .map(|w| format!("{w:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    power_off(b, cb);
+    assert!(
+        (65.0..=75.0).contains(&share_a),
+        "weight 70 got {share_a:.1} %"
+    );
+
+    // A limit: 50 % of a core, then 20 % set while it runs.
+    let busy = |pid: u32, secs: u64| {
+        let (t0, c0) = (Instant::now(), vcpu0_ns(pid));
+        std::thread::sleep(Duration::from_secs(secs));
+        100.0 * (vcpu0_ns(pid) - c0) as f64 / 1e9 / t0.elapsed().as_secs_f64()
+    };
+    let mut ca = ca;
+    let answer = ca
+        .ask(&Request::SetCpu {
+            weight: None,
+            limit: Some(50),
+            pin: Some(Vec::new()),
+        })
+        .unwrap();
+    assert!(
+        matches!(&answer, Response::Cpu { config, .. } if config.limit == Some(50)),
+        "{answer:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let half = busy(pa, 5);
+    ca.ask(&Request::SetCpu {
+        weight: None,
+        limit: Some(20),
+        pin: None,
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let fifth = busy(pa, 4);
+    eprintln!("cpu limit: {half:.1} % of a core at 50 %, {fifth:.1} % at 20 %");
+    power_off(a, ca);
+    assert!(
+        (45.0..=55.0).contains(&half),
+        "{half:.1} % under a 50 % limit"
+    );
+    assert!(
+        (15.0..=25.0).contains(&fifth),
+        "{fifth:.1} % under a 20 % limit"
+    );
 }

@@ -65,6 +65,8 @@ pub enum Error {
     },
     #[error("cannot allocate {size} MiB of guest memory: {detail}")]
     GuestMemory { size: u64, detail: String },
+    #[error(transparent)]
+    Cpu(#[from] crate::resources::cpu::CpuError),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("cannot create an eventfd: {0}")]
@@ -136,6 +138,8 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
     };
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
+    // Until the VM ends: a cgroup the engine made is left and removed with this.
+    let _cpu = crate::resources::cpu::start(&config.cpu)?;
     vcpu::install_kick_handler().map_err(Error::Thread)?;
     let mut origin = match (&config.restore, &incoming) {
         (Some(path), _) => Origin::File(path),
@@ -1203,7 +1207,9 @@ impl control::Handler for VmControl {
             request @ (Request::DisplayAttach {}
             | Request::Screenshot { .. }
             | Request::DisplayResize { .. }) => self.display_request(request),
-            request @ Request::SetLimits { .. } => self.resources.handle(request),
+            request @ (Request::SetLimits { .. } | Request::SetCpu { .. }) => {
+                self.resources.handle(request)
+            }
             Request::Stats {} => Response::Stats {
                 disks: self.disks.iter().map(|c| c.snapshot()).collect(),
                 nets: self.nets.iter().map(|c| c.snapshot()).collect(),

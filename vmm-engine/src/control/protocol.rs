@@ -97,6 +97,17 @@ pub enum Request {
         net: Option<usize>,
         limits: IoLimits,
     },
+    /// Changes the VM's CPU weight (1-10000), limit (percent of one host CPU; 0 lifts
+    /// it) or vCPU pinning (host CPUs; empty: anywhere); what is left out stays.
+    /// Answered with the settings in force and the cgroup holding the VM.
+    SetCpu {
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        pin: Option<Vec<usize>>,
+    },
 }
 
 /// The tablet's buttons.
@@ -138,6 +149,11 @@ pub enum Response {
     Stats {
         disks: Vec<IoCountersSnapshot>,
         nets: Vec<IoCountersSnapshot>,
+    },
+    /// The VM's CPU settings now, and its cgroup (none without weight or limit).
+    Cpu {
+        config: crate::resources::cpu::CpuConfig,
+        cgroup: Option<String>,
     },
     /// A device's I/O limits now.
     Limits {

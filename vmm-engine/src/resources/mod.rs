@@ -1,6 +1,8 @@
 //! What a VM may take of the host, changeable while it runs: the disks' and network
-//! card's I/O limits (`devices::virtio::rate_limit`). The control socket's requests for
-//! them land here.
+//! card's I/O limits (`devices::virtio::rate_limit`) and the CPU (`cpu`). The control
+//! socket's requests for them land here.
+
+pub mod cpu;
 
 use std::sync::Arc;
 
@@ -19,6 +21,9 @@ impl Resources {
     pub fn handle(&self, request: Request) -> Response {
         match request {
             Request::SetLimits { disk, net, limits } => self.set_limits(disk, net, limits),
+            Request::SetCpu { weight, limit, pin } => {
+                set_cpu(cpu::CpuConfig { weight, limit, pin })
+            }
             other => Response::Error {
                 message: format!("not a resource request: {other:?}"),
             },
@@ -43,6 +48,20 @@ impl Resources {
             },
             Err(e) => error(e.to_string()),
         }
+    }
+}
+
+/// Answers `set-cpu` (nothing given: just the settings in force).
+fn set_cpu(change: cpu::CpuConfig) -> Response {
+    let Some(control) = cpu::control() else {
+        return error("the VM's CPU control has not started".into());
+    };
+    match control.set(change) {
+        Ok(config) => Response::Cpu {
+            config,
+            cgroup: control.cgroup(),
+        },
+        Err(e) => error(e.to_string()),
     }
 }
 
