@@ -13,6 +13,7 @@ use vireo_e2e::temp::TempDir;
 use vireo_vmm::control::client::Control;
 use vireo_vmm::control::protocol::{Request, Response};
 use vireo_vmm::devices::virtio::rate_limit::IoLimits;
+use vireo_vmm::resources::VmUsage;
 
 const MIB: u64 = 1 << 20;
 
@@ -350,5 +351,190 @@ fn weights_70_and_30_split_one_core_and_a_50_percent_limit_holds() {
     assert!(
         (15.0..=25.0).contains(&fifth),
         "{fifth:.1} % under a 20 % limit"
+    );
+}
+
+/// The engine's `stats` answer's VM part.
+fn usage(control: &mut Control) -> VmUsage {
+    match control.ask(&Request::Stats {}).unwrap() {
+        Response::Stats { vm, .. } => vm,
+        other => panic!("stats answered {other:?}"),
+    }
+}
+
+/// A probe guest of `memory` running `cmdline` with `flags`, waited for until `ready`.
+fn guest_with(
+    dir: &TempDir,
+    name: &str,
+    memory: &str,
+    flags: &[&str],
+    cmdline: &str,
+    ready: &str,
+) -> (LiveGuest, Control) {
+    let socket = dir.0.join(format!("{name}.sock"));
+    let elf = probe_guest_elf();
+    let mut cmd = Command::new(vmm_binary());
+    cmd.args(["--kernel", s(&elf), "--memory", memory, "--control-socket"])
+        .arg(&socket)
+        .args(flags)
+        .args(["--cmdline", cmdline]);
+    let mut guest = LiveGuest::spawn(&mut cmd);
+    assert!(
+        guest.wait_for(ready, Duration::from_secs(60)).is_some(),
+        "{name} never said {ready}: {:?}",
+        guest.seen
+    );
+    let control = connect_control(&socket, Duration::from_secs(10), Duration::from_secs(10));
+    (guest, control)
+}
+
+#[test]
+fn a_2_gib_guest_that_touched_200_mib_costs_about_200_mib_and_stats_say_so() {
+    const TEST: &str =
+        "resources::a_2_gib_guest_that_touched_200_mib_costs_about_200_mib_and_stats_say_so";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let dir = TempDir::new("res-rss");
+    let (idle, mut ci) = guest_with(&dir, "idle", "2G", &[], "probe.run=idle", "IDLE");
+    let base = usage(&mut ci);
+    power_off(idle, ci);
+    let (touch, mut ct) = guest_with(
+        &dir,
+        "touch",
+        "2G",
+        &[],
+        "probe.run=touch probe.touch_mib=200",
+        "TOUCHED mib=200",
+    );
+    let first = usage(&mut ct);
+    std::thread::sleep(Duration::from_millis(500));
+    let used = usage(&mut ct);
+    // Cross-check the engine's own figure with /proc.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", touch.child.id())).unwrap();
+    let proc_rss: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    power_off(touch, ct);
+    let mib = |b: u64| b as f64 / MIB as f64;
+    let cost = mib(used.memory.resident_bytes) - mib(base.memory.resident_bytes);
+    eprintln!(
+        "memory: 2 GiB guest idle {:.1} MiB resident, after touching 200 MiB {:.1} MiB \
+         (/proc: {:.1}): {cost:.1} MiB for the 200; vCPU time {} ms, engine {} ms",
+        mib(base.memory.resident_bytes),
+        mib(used.memory.resident_bytes),
+        proc_rss as f64 / 1024.0,
+        used.vcpu_ns / 1_000_000,
+        used.cpu_ns / 1_000_000,
+    );
+    assert!(mib(base.memory.resident_bytes) < 64.0, "{base:?}");
+    assert!(
+        (195.0..=225.0).contains(&cost),
+        "{cost:.1} MiB for 200 MiB touched"
+    );
+    assert!(
+        (used.memory.resident_bytes / 1024).abs_diff(proc_rss) < 8 * 1024,
+        "{used:?} vs {proc_rss} kB"
+    );
+    // The guest spins: its vCPU time grows, and is part of the engine's.
+    assert!(used.vcpu_ns > first.vcpu_ns, "{first:?} then {used:?}");
+    assert!(
+        used.cpu_ns >= used.vcpu_ns / 2 && used.cpu_ns > 0,
+        "{used:?}"
+    );
+    assert_eq!(used.balloon_bytes, 0);
+}
+
+/// Host KSM switched on (and made quick) for a test; put back as it was when dropped.
+struct KsmOn(Vec<(&'static str, String)>);
+
+const KSM: &str = "/sys/kernel/mm/ksm";
+
+impl KsmOn {
+    fn start() -> Option<KsmOn> {
+        let mut saved = Vec::new();
+        for (file, value) in [
+            ("pages_to_scan", "10000"),
+            ("sleep_millisecs", "10"),
+            ("run", "1"),
+        ] {
+            let path = format!("{KSM}/{file}");
+            let old = std::fs::read_to_string(&path).ok()?;
+            saved.push((file, old.trim().to_owned()));
+            if std::fs::write(&path, value).is_err() {
+                drop(KsmOn(saved));
+                return None;
+            }
+        }
+        Some(KsmOn(saved))
+    }
+
+    fn read(file: &str) -> u64 {
+        std::fs::read_to_string(format!("{KSM}/{file}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for KsmOn {
+    fn drop(&mut self) {
+        // `run` first, so the scanner stops before its speed goes back.
+        for (file, value) in self.0.iter().rev() {
+            let _ = std::fs::write(format!("{KSM}/{file}"), value);
+        }
+    }
+}
+
+#[test]
+fn two_identical_guests_with_ksm_share_pages() {
+    const TEST: &str = "resources::two_identical_guests_with_ksm_share_pages";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let Some(ksm) = KsmOn::start() else {
+        report::skipped(
+            TEST,
+            "host KSM (/sys/kernel/mm/ksm) is missing or not writable",
+        );
+        return;
+    };
+    let dir = TempDir::new("res-ksm");
+    let sharing_before = KsmOn::read("pages_sharing");
+    let cmdline = "probe.run=touch probe.touch_mib=64";
+    let (a, mut ca) = guest_with(&dir, "a", "256M", &["--ksm"], cmdline, "TOUCHED mib=64");
+    let (b, mut cb) = guest_with(&dir, "b", "256M", &["--ksm"], cmdline, "TOUCHED mib=64");
+    let start = Instant::now();
+    let (ua, ub) = loop {
+        let (ua, ub) = (usage(&mut ca), usage(&mut cb));
+        let merged = |u: &VmUsage| u.memory.ksm_merging_bytes >= 60 * MIB;
+        if (merged(&ua) && merged(&ub)) || start.elapsed() > Duration::from_secs(60) {
+            break (ua, ub);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let sharing = KsmOn::read("pages_sharing");
+    let shared = KsmOn::read("pages_shared");
+    power_off(a, ca);
+    power_off(b, cb);
+    drop(ksm);
+    eprintln!(
+        "ksm: after {:.1} s each engine has {:.1} / {:.1} MiB merged (profit {:.1} / {:.1} \
+         MiB); host pages_sharing {sharing_before} -> {sharing}, pages_shared {shared}",
+        start.elapsed().as_secs_f64(),
+        ua.memory.ksm_merging_bytes as f64 / MIB as f64,
+        ub.memory.ksm_merging_bytes as f64 / MIB as f64,
+        ua.memory.ksm_profit_bytes as f64 / MIB as f64,
+        ub.memory.ksm_profit_bytes as f64 / MIB as f64,
+    );
+    // Each guest's 64 MiB of distinct pages exist once for the two.
+    for u in [ua, ub] {
+        assert!(u.memory.ksm_merging_bytes >= 60 * MIB, "{u:?}");
+    }
+    assert!(
+        sharing.saturating_sub(sharing_before) >= (60 * MIB / 4096),
+        "pages_sharing {sharing_before} -> {sharing}"
     );
 }

@@ -49,6 +49,8 @@ pub struct VmConfig {
     pub start_paused: bool,
     /// CPU weight, limit and pinning (`--cpu-weight`, `--cpu-limit`, `--cpu-pin`).
     pub cpu: crate::resources::cpu::CpuConfig,
+    /// Guest RAM offered to KSM (`--ksm`).
+    pub ksm: bool,
 }
 
 impl VmConfig {
@@ -71,6 +73,7 @@ impl VmConfig {
             start_paused: false,
             incoming: None,
             cpu: Default::default(),
+            ksm: false,
         }
     }
 }

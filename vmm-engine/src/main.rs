@@ -75,6 +75,11 @@ struct Cli {
     #[arg(long, value_name = "LIST")]
     cpu_pin: Option<CpuList>,
 
+    /// Offer guest RAM to KSM (MADV_MERGEABLE): identical pages of this and other VMs
+    /// share host memory while the host's KSM runs (/sys/kernel/mm/ksm/run).
+    #[arg(long)]
+    ksm: bool,
+
     /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME], with I/O
     /// limits bw=20M (bytes/s), iops=N, bw_burst=, iops_burst=. Repeatable.
     #[arg(long, value_name = "SPEC")]
@@ -228,6 +233,7 @@ fn run_vm(cli: Cli) -> ExitCode {
             limit: cli.cpu_limit,
             pin: cli.cpu_pin.map(|l| l.0),
         },
+        ksm: cli.ksm,
     };
     if window && config.display.is_none() {
         config.display = Some(config::DisplayConfig {

@@ -190,6 +190,12 @@ fn boot_once(
         None => allocate_memory(config.memory)?,
     };
     register_memory(&vm, &mem, false)?;
+    if config.ksm {
+        crate::resources::memory::offer_to_ksm(&mem).map_err(|e| Error::GuestMemory {
+            size: config.memory >> 20,
+            detail: format!("cannot offer it to KSM: {e}"),
+        })?;
+    }
     create_irqchip(&vm)?;
     tracing::debug!("VM created");
     // A migration's memory and state arrive before the devices are built: the source
@@ -1213,6 +1219,7 @@ impl control::Handler for VmControl {
             Request::Stats {} => Response::Stats {
                 disks: self.disks.iter().map(|c| c.snapshot()).collect(),
                 nets: self.nets.iter().map(|c| c.snapshot()).collect(),
+                vm: crate::resources::VmUsage::now(self.balloon.actual_bytes()),
             },
             Request::BalloonStats {} => {
                 // Fresh statistics if the driver answers in time, else its last report.

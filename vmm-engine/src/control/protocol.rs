@@ -85,7 +85,7 @@ pub enum Request {
     /// The host's window has a new size: offer it to the guest as its display's mode.
     DisplayResize { width: u32, height: u32 },
     /// The disks' and network cards' traffic since the VM started (bytes and requests
-    /// each way), in `--disk` order.
+    /// each way), in `--disk` order; the VM's CPU time and memory.
     Stats {},
     /// Replaces the I/O limits of disk `disk` (in `--disk` order) or network card `net`
     /// (0) at once: `limits` holds `bw`, `bw_burst` (bytes/s, bytes), `iops`,
@@ -149,6 +149,9 @@ pub enum Response {
     Stats {
         disks: Vec<IoCountersSnapshot>,
         nets: Vec<IoCountersSnapshot>,
+        /// CPU time and memory (resident, ballooned, merged by KSM).
+        #[serde(default)]
+        vm: crate::resources::VmUsage,
     },
     /// The VM's CPU settings now, and its cgroup (none without weight or limit).
     Cpu {

@@ -3,6 +3,7 @@
 //! socket's requests for them land here.
 
 pub mod cpu;
+pub mod memory;
 
 use std::sync::Arc;
 
@@ -62,6 +63,33 @@ fn set_cpu(change: cpu::CpuConfig) -> Response {
             cgroup: control.cgroup(),
         },
         Err(e) => error(e.to_string()),
+    }
+}
+
+/// The VM's cost to the host, for `stats`: CPU time and memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmUsage {
+    /// CPU time of the whole engine (user + system) since it started.
+    pub cpu_ns: u64,
+    /// CPU time of the vCPU threads of the running boot (the guest's own work and the
+    /// exits it caused).
+    pub vcpu_ns: u64,
+    /// What the guest's balloon has given back.
+    pub balloon_bytes: u64,
+    #[serde(flatten)]
+    pub memory: memory::MemoryUsage,
+}
+
+impl VmUsage {
+    /// Now, with the balloon holding `balloon_bytes`.
+    pub fn now(balloon_bytes: u64) -> VmUsage {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        VmUsage {
+            cpu_ns: cpu::stat_cpu_ticks(&stat).map_or(0, cpu::ticks_to_ns),
+            vcpu_ns: cpu::control().map_or(0, |c| c.vcpu_time_ns()),
+            balloon_bytes,
+            memory: memory::MemoryUsage::of_this_process(),
+        }
     }
 }
 
