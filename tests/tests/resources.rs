@@ -17,6 +17,16 @@ use vireo_vmm::resources::VmUsage;
 
 const MIB: u64 = 1 << 20;
 
+/// One test at a time: each measures CPU time or throughput, and the others' spinning
+/// guests would take the CPUs it measures.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A sparse raw image of `mib` MiB in `dir`.
 fn image(dir: &TempDir, mib: u64) -> std::path::PathBuf {
     let path = dir.0.join("disk.raw");
@@ -57,6 +67,7 @@ fn a_disk_limited_to_20_mib_s_measures_20_and_iops_hold_too() {
     if !report::require_kvm(TEST) {
         return;
     }
+    let _serial = serial();
     let dir = TempDir::new("res-blk-limit");
     let img = image(&dir, 64);
     let path = format!("path={},format=raw", s(&img));
@@ -99,6 +110,7 @@ fn a_limit_changed_while_running_takes_effect() {
     if !report::require_kvm(TEST) {
         return;
     }
+    let _serial = serial();
     let dir = TempDir::new("res-blk-change");
     let img = image(&dir, 64);
     let socket = dir.0.join("control.sock");
@@ -277,6 +289,7 @@ fn weights_70_and_30_split_one_core_and_a_50_percent_limit_holds() {
     if !report::require_kvm(TEST) || !cpu_cgroup_usable(TEST) {
         return;
     }
+    let _serial = serial();
     let dir = TempDir::new("res-cpu");
     let pin = ["--cpu-pin", "0"];
     let (a, ca) = spinning_guest(&dir, "a", &[&["--cpu-weight", "70"], &pin[..]].concat());
@@ -395,6 +408,7 @@ fn a_2_gib_guest_that_touched_200_mib_costs_about_200_mib_and_stats_say_so() {
     if !report::require_kvm(TEST) {
         return;
     }
+    let _serial = serial();
     let dir = TempDir::new("res-rss");
     let (idle, mut ci) = guest_with(&dir, "idle", "2G", &[], "probe.run=idle", "IDLE");
     let base = usage(&mut ci);
@@ -494,6 +508,7 @@ fn two_identical_guests_with_ksm_share_pages() {
     if !report::require_kvm(TEST) {
         return;
     }
+    let _serial = serial();
     let Some(ksm) = KsmOn::start() else {
         report::skipped(
             TEST,
