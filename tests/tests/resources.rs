@@ -1,4 +1,5 @@
 //! Resource limits with a real engine and the probe guest: a disk's bandwidth and IOPS
+//! limits and a network card's bandwidth
 //! limits as the guest measures them, and a limit changed over the control socket while
 //! the guest reads and writes; CPU weights, limits and pinning measured from the vCPU
 //! threads' CPU time.
@@ -551,5 +552,79 @@ fn two_identical_guests_with_ksm_share_pages() {
     assert!(
         sharing.saturating_sub(sharing_before) >= (60 * MIB / 4096),
         "pages_sharing {sharing_before} -> {sharing}"
+    );
+}
+
+/// The probe's TCP send to a sink on 127.0.0.1 through passt with `--net net`: MiB/s
+/// from the guest's own bytes and microseconds.
+fn net_send_mib_s(net: &str, mib: u64) -> f64 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let elf = probe_guest_elf();
+    let cmdline = format!("probe.run=net-bench probe.net_port={port} probe.net_mib={mib}");
+    let run = run_vmm(
+        &[
+            "--kernel",
+            s(&elf),
+            "--memory",
+            "128M",
+            "--net",
+            net,
+            "--cmdline",
+            &cmdline,
+        ],
+        Duration::from_secs(120),
+    );
+    let line = run
+        .probe("net_bench")
+        .unwrap_or_else(|| panic!("no net_bench line:\n{}\n{}", run.stdout, run.stderr));
+    assert_eq!(line.get("ok"), Some("1"), "{line:?}");
+    assert_eq!(sink.join().unwrap(), mib * MIB);
+    let (bytes, us) = (line.u64("bytes").unwrap(), line.u64("us").unwrap());
+    bytes as f64 / MIB as f64 / (us as f64 / 1e6)
+}
+
+#[test]
+fn a_network_card_limited_to_8_mib_s_sends_at_8() {
+    const TEST: &str = "resources::a_network_card_limited_to_8_mib_s_sends_at_8";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let _serial = serial();
+    if std::process::Command::new("passt")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        report::skipped(
+            TEST,
+            "passt is not installed (installers/setup-host.sh installs it)",
+        );
+        return;
+    }
+    let free = net_send_mib_s("passt", 16);
+    let limited = net_send_mib_s("passt,bw=8M", 16);
+    eprintln!("net limit: TCP send unlimited {free:.1} MiB/s, bw=8M {limited:.1} MiB/s");
+    assert!(
+        free > 16.0,
+        "unlimited sends too slow to show the limit: {free:.1}"
+    );
+    // The limit counts every frame both ways (headers and ACKs too): a little under 8.
+    assert!(
+        (7.2..=8.4).contains(&limited),
+        "{limited:.2} MiB/s at bw=8M"
     );
 }
