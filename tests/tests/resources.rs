@@ -1,8 +1,8 @@
 //! Resource limits with a real engine and the probe guest: a disk's bandwidth and IOPS
-//! limits and a network card's bandwidth
-//! limits as the guest measures them, and a limit changed over the control socket while
-//! the guest reads and writes; CPU weights, limits and pinning measured from the vCPU
-//! threads' CPU time.
+//! limits and a network card's bandwidth limit as the guest measures them, a limit
+//! changed over the control socket while the guest reads and writes; CPU weights,
+//! limits and pinning measured from the vCPU threads' CPU time; the host memory a
+//! guest's working set costs, and KSM sharing two guests' identical pages.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
