@@ -15,7 +15,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -356,9 +356,13 @@ struct State {
     vcpus: Vec<i32>,
 }
 
-/// The engine's one `CpuControl` (one VM per process), for the vCPU start and the
-/// control socket.
-static CONTROL: OnceLock<Arc<CpuControl>> = OnceLock::new();
+/// The running VM's `CpuControl` (one VM at a time per process), for the vCPU start
+/// and the control socket; replaced by each `start`, cleared when its guard drops.
+static CONTROL: Mutex<Option<Arc<CpuControl>>> = Mutex::new(None);
+
+fn current() -> std::sync::MutexGuard<'static, Option<Arc<CpuControl>>> {
+    CONTROL.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Applies `config` for this process's VM. The returned guard undoes it (leaves and
 /// removes a cgroup the engine made) when dropped.
@@ -377,13 +381,13 @@ pub fn start(config: &CpuConfig) -> Result<CpuGuard, CpuError> {
         }),
     });
     control.set(config.clone())?;
-    let _ = CONTROL.set(control.clone());
+    *current() = Some(control.clone());
     Ok(CpuGuard(control))
 }
 
 /// The process's control, once `start` has run.
 pub fn control() -> Option<Arc<CpuControl>> {
-    CONTROL.get().cloned()
+    current().clone()
 }
 
 /// Holds the VM's CPU settings; dropping it leaves the cgroup the engine made.
@@ -392,6 +396,10 @@ pub struct CpuGuard(Arc<CpuControl>);
 impl Drop for CpuGuard {
     fn drop(&mut self) {
         self.0.lock().cgroup.take();
+        let mut current = current();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &self.0)) {
+            *current = None;
+        }
     }
 }
 
