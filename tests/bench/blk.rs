@@ -4,7 +4,9 @@
 //! throughput on that file as the ceiling; and exits to the VMM's userspace per request
 //! for each (KVM's `kvm_userspace_exit` tracepoint counted by `perf`, less a boot-only
 //! baseline; the in-kernel exits a notify through an ioeventfd costs are not traced on
-//! PVM hosts). Prints one table.
+//! PVM hosts); and vireo with I/O limits that never bind (`bw=`, `iops=` far above what
+//! the disk does: every request still goes through the token buckets), for what the
+//! limiter costs. Prints one table.
 //!
 //! `cargo bench -p vireo-e2e --bench blk` (VIREO_BENCH_RUNS=N rounds, default 3).
 
@@ -75,6 +77,19 @@ fn run(cmd: Command) -> (ProbeLine, Option<u64>) {
 }
 
 fn vireo(image: &Path, cmdline: &str) -> Command {
+    vireo_disk(&format!("path={},format=raw", image.display()), cmdline)
+}
+
+/// Limits a thousand times above what this disk does: the buckets' cost alone.
+fn vireo_limited(image: &Path, cmdline: &str) -> Command {
+    let spec = format!(
+        "path={},format=raw,bw=1000G,iops=100000000",
+        image.display()
+    );
+    vireo_disk(&spec, cmdline)
+}
+
+fn vireo_disk(spec: &str, cmdline: &str) -> Command {
     let mut cmd = Command::new(vmm_binary());
     cmd.args([
         "--kernel",
@@ -82,7 +97,7 @@ fn vireo(image: &Path, cmdline: &str) -> Command {
         "--memory",
         "256M",
         "--disk",
-        &format!("path={},format=raw", image.display()),
+        spec,
         "--cmdline",
         cmdline,
     ]);
@@ -189,10 +204,11 @@ fn main() {
         f.sync_all().unwrap();
     }
     let has_qemu = qemu_available();
-    let (mut v, mut q, mut h) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut v, mut q, mut h, mut vl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         // Interleaved so that drift on this shared machine hits every column alike.
         v.push(measure(&vireo, &image));
+        vl.push(measure(&vireo_limited, &image));
         if has_qemu {
             q.push(measure(&qemu, &image));
         }
@@ -204,8 +220,8 @@ fn main() {
     println!();
     println!("Block benchmark: probe guest (virtio-drivers), {BENCH_MIB} MiB on a {IMAGE_MIB} MiB raw file, medians of {rounds} rounds");
     println!(
-        "{:<26} {:>10} {:>10} {:>12} {:>10} {:>12}",
-        "", "vireo", "qemu", "vireo/qemu", "host", "vireo/host"
+        "{:<26} {:>10} {:>10} {:>12} {:>10} {:>12} {:>12} {:>12}",
+        "", "vireo", "qemu", "vireo/qemu", "host", "vireo/host", "vireo+limit", "limit/free"
     );
     type Getter = fn(&Result) -> f64;
     let rows: [(&str, Getter); 4] = [
@@ -215,10 +231,11 @@ fn main() {
         ("rand read 4 KiB qd1 (IOPS)", |r| r.iops_qd1),
     ];
     for (name, get) in rows {
-        let (vv, qq, hh) = (
+        let (vv, qq, hh, ll) = (
             pick(&v, &get).unwrap(),
             pick(&q, &get),
             pick(&h, &get).unwrap(),
+            pick(&vl, &get).unwrap(),
         );
         let ratio = qq
             .map(|q| format!("{:.2}x", vv / q))
@@ -227,8 +244,9 @@ fn main() {
             .map(|q| format!("{q:.0}"))
             .unwrap_or_else(|| "n/a".into());
         println!(
-            "{name:<26} {vv:>10.0} {qs:>10} {ratio:>12} {hh:>10.0} {:>11.0}%",
-            100.0 * vv / hh
+            "{name:<26} {vv:>10.0} {qs:>10} {ratio:>12} {hh:>10.0} {:>11.0}% {ll:>12.0} {:>11.0}%",
+            100.0 * vv / hh,
+            100.0 * ll / vv
         );
     }
     let exits = |rs: &[Result]| pick(rs, &|r: &Result| r.exits.unwrap_or(f64::NAN));

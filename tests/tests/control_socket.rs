@@ -102,7 +102,7 @@ fn stats_until_gone(
     let mut seen = Vec::new();
     while let Ok(answer) = control.ask(&Request::Stats {}) {
         match answer {
-            Response::Stats { disks, nets } => seen.push((disks, nets)),
+            Response::Stats { disks, nets, .. } => seen.push((disks, nets)),
             other => panic!("stats answered {other:?}"),
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -229,7 +229,7 @@ fn stats_count_what_the_guest_sends_and_receives() {
         .expect("the guest sends its first MiB");
     let mut control = Control::connect(&socket).unwrap();
     control.set_timeout(Some(Duration::from_secs(10))).unwrap();
-    let Response::Stats { disks, nets } = control.ask(&Request::Stats {}).unwrap() else {
+    let Response::Stats { disks, nets, .. } = control.ask(&Request::Stats {}).unwrap() else {
         panic!("stats answered something else");
     };
     looked_tx.send(()).unwrap();

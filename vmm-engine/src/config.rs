@@ -47,6 +47,10 @@ pub struct VmConfig {
     pub incoming: Option<crate::snapshot::migrate::Endpoint>,
     /// Start with the vCPUs paused (`--paused`): `resume` on the control socket runs them.
     pub start_paused: bool,
+    /// CPU weight, limit and pinning (`--cpu-weight`, `--cpu-limit`, `--cpu-pin`).
+    pub cpu: crate::resources::cpu::CpuConfig,
+    /// Guest RAM offered to KSM (`--ksm`).
+    pub ksm: bool,
 }
 
 impl VmConfig {
@@ -68,6 +72,8 @@ impl VmConfig {
             restore: None,
             start_paused: false,
             incoming: None,
+            cpu: Default::default(),
+            ksm: false,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod exit;
 pub mod pause;
 pub mod pci;
+pub mod resources;
 pub mod snapshot;
 pub mod socket_path;
 pub mod vcpu;

@@ -12,6 +12,7 @@ use vireo_vmm::devices::virtio::net::config::NetConfig;
 use vireo_vmm::devices::virtio::vsock::VsockConfig;
 use vireo_vmm::doctor::{self, DEFAULT_KVM_DEVICE};
 use vireo_vmm::exit::code;
+use vireo_vmm::resources::cpu::{CpuConfig, CpuList};
 use vireo_vmm::{config, Console, RebootPolicy, VmConfig};
 
 const AFTER_HELP: &str = concat!(
@@ -62,7 +63,25 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = RebootArg::Exit)]
     reboot: RebootArg,
 
-    /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME]. Repeatable.
+    /// The VM's CPU weight against other VMs and processes, 1-10000 (100: a normal
+    /// process's share). Needs a cgroup (v2 delegated, or v1 as root).
+    #[arg(long, value_name = "N")]
+    cpu_weight: Option<u32>,
+    /// At most this many percent of one host CPU for the whole VM (150: one and a half
+    /// CPUs). Needs a cgroup like --cpu-weight.
+    #[arg(long, value_name = "PERCENT")]
+    cpu_limit: Option<u32>,
+    /// Host CPUs for the vCPUs, e.g. 0 or 2-3: vCPU i runs on the i-th (round robin).
+    #[arg(long, value_name = "LIST")]
+    cpu_pin: Option<CpuList>,
+
+    /// Offer guest RAM to KSM (MADV_MERGEABLE): identical pages of this and other VMs
+    /// share host memory while the host's KSM runs (/sys/kernel/mm/ksm/run).
+    #[arg(long)]
+    ksm: bool,
+
+    /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME], with I/O
+    /// limits bw=20M (bytes/s), iops=N, bw_burst=, iops_burst=. Repeatable.
     #[arg(long, value_name = "SPEC")]
     disk: Vec<DiskConfig>,
 
@@ -71,7 +90,8 @@ struct Cli {
     #[arg(long, value_name = "WxH|none", default_value = "none")]
     display: config::DisplayArg,
     /// A virtio-net card: passt (user-mode networking, the default) or tap=NAME, and
-    /// mac=52:54:00:xx:xx:xx. `--net` alone means passt.
+    /// mac=52:54:00:xx:xx:xx, and I/O limits bw=, iops= as --disk. `--net` alone means
+    /// passt.
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "passt")]
     net: Option<NetConfig>,
 
@@ -208,6 +228,12 @@ fn run_vm(cli: Cli) -> ExitCode {
         restore: cli.restore,
         start_paused: cli.paused,
         incoming: cli.incoming,
+        cpu: CpuConfig {
+            weight: cli.cpu_weight,
+            limit: cli.cpu_limit,
+            pin: cli.cpu_pin.map(|l| l.0),
+        },
+        ksm: cli.ksm,
     };
     if window && config.display.is_none() {
         config.display = Some(config::DisplayConfig {

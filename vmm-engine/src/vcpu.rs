@@ -52,7 +52,11 @@ pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinH
         .name(format!("vcpu{index}"))
         // The run loop needs little stack; only touched pages cost memory.
         .stack_size(256 << 10)
-        .spawn(move || run(index, vcpu, ctx))
+        .spawn(move || {
+            // Pinned (if asked) from the thread itself, which knows its kernel id.
+            crate::resources::cpu::vcpu_started(usize::from(index));
+            run(index, vcpu, ctx)
+        })
 }
 
 /// Tells the VM's owner if a vCPU thread ends without saying why (a panic in exit

@@ -40,6 +40,7 @@ use crate::pci::irq::GsiRouter;
 use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::pci::virtio_pci::VirtioPciDevice;
 use crate::pci::PciMmio;
+use crate::resources::Resources;
 use crate::snapshot::{self, migrate, DiskStamp, Hardware, LegacyState, MachineState};
 use crate::socket_path::Live;
 use crate::x86_64::snapshot::{self as cpu_state, VcpuState, VmState};
@@ -66,6 +67,8 @@ pub enum Error {
     },
     #[error("cannot allocate {size} MiB of guest memory: {detail}")]
     GuestMemory { size: u64, detail: String },
+    #[error(transparent)]
+    Cpu(#[from] crate::resources::cpu::CpuError),
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error("cannot create an eventfd: {0}")]
@@ -143,6 +146,8 @@ pub fn run(config: &VmConfig, console: &Console) -> Result<ExitReason, Error> {
     };
     let kvm = doctor::open_kvm(&config.kvm_device)?;
     config::check_vcpus(u32::from(config.vcpus), kvm.get_max_vcpus() as u32)?;
+    // Until the VM ends: a cgroup the engine made is left and removed with this.
+    let _cpu = crate::resources::cpu::start(&config.cpu)?;
     vcpu::install_kick_handler().map_err(Error::Thread)?;
     let mut origin = match (&config.restore, &incoming) {
         (Some(path), _) => Origin::File(path),
@@ -193,6 +198,12 @@ fn boot_once(
         None => allocate_memory(config.memory)?,
     };
     register_memory(&vm, &mem, false)?;
+    if config.ksm {
+        crate::resources::memory::offer_to_ksm(&mem).map_err(|e| Error::GuestMemory {
+            size: config.memory >> 20,
+            detail: format!("cannot offer it to KSM: {e}"),
+        })?;
+    }
     create_irqchip(&vm)?;
     tracing::debug!("VM created");
     // A migration's memory and state arrive before the devices are built: the source
@@ -725,6 +736,8 @@ struct DeviceHandles {
     nets: Vec<Arc<IoCounters>>,
     /// The disks' open images (a migration hands their locks over).
     images: Vec<Arc<Mutex<Disk>>>,
+    /// The devices' I/O limiters.
+    resources: Resources,
 }
 
 /// PCI bus 0 with its virtio devices, each behind the virtio-pci transport.
@@ -738,15 +751,18 @@ fn pci_devices(
     let mut root = PciRoot::new(layout::PCI_MMIO_WINDOW_START, layout::PCI_MMIO_WINDOW_END);
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     let (mut disks, mut nets, mut images) = (Vec::new(), Vec::new(), Vec::new());
+    let mut resources = Resources::default();
     for disk in &config.disks {
         let block = Block::new(disk)?;
         images.push(block.disk());
         disks.push(block.counters());
+        resources.disks.extend(block.limiter());
         devices.push(Box::new(block));
     }
     if let Some(net) = &config.net {
         let card = Net::new(net)?;
         nets.push(card.counters());
+        resources.nets.extend(card.limiter());
         devices.push(Box::new(card));
     }
     devices.push(Box::new(Rng::new()));
@@ -782,6 +798,7 @@ fn pci_devices(
         disks,
         nets,
         images,
+        resources,
     };
     Ok((PciMmio(Arc::new(Mutex::new(root))), handles))
 }
@@ -970,6 +987,7 @@ struct VmControl {
     saves: Arc<SaveReplies>,
     disks: Vec<Arc<IoCounters>>,
     nets: Vec<Arc<IoCounters>>,
+    resources: Resources,
 }
 
 /// How long a `balloon-stats` request waits for the guest's driver to report.
@@ -997,6 +1015,7 @@ impl VmControl {
             gpu: handles.gpu,
             disks: handles.disks,
             nets: handles.nets,
+            resources: handles.resources,
         }
     }
 
@@ -1211,9 +1230,13 @@ impl control::Handler for VmControl {
             request @ (Request::DisplayAttach {}
             | Request::Screenshot { .. }
             | Request::DisplayResize { .. }) => self.display_request(request),
+            request @ (Request::SetLimits { .. } | Request::SetCpu { .. }) => {
+                self.resources.handle(request)
+            }
             Request::Stats {} => Response::Stats {
                 disks: self.disks.iter().map(|c| c.snapshot()).collect(),
                 nets: self.nets.iter().map(|c| c.snapshot()).collect(),
+                vm: crate::resources::VmUsage::now(self.balloon.actual_bytes()),
             },
             Request::BalloonStats {} => {
                 // Fresh statistics if the driver answers in time, else its last report.

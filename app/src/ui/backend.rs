@@ -523,7 +523,7 @@ impl Worker {
             };
             if let Some(mut u) = self.sampler.sample(&runtime.engine_pid()) {
                 // An engine without `stats` (or one that does not answer) has no rates.
-                if let Ok(Response::Stats { disks, nets }) =
+                if let Ok(Response::Stats { disks, nets, .. }) =
                     self.supervisor.ask(&runtime, &Request::Stats {})
                 {
                     u.io = Some(self.sampler.io_rates(id, io_totals(&disks, &nets)));

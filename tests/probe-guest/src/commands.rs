@@ -11,6 +11,10 @@
 //! - `probe.run=fault`: touch unmapped memory, to exercise the fault report (a `FAULT`
 //!   line with vector 14, then power-off).
 //! - `probe.sha_mib=N`: benchmark size in MiB (default 256).
+//! - `probe.run=touch`: writes `probe.touch_mib` MiB (default 200) of its RAM, each
+//!   4 KiB page filled with one value of its own (the same in every guest, different
+//!   between pages), then `TOUCHED mib=N` and a spin loop: the host's memory cost of a
+//!   known working set, and what KSM can share between two such guests.
 //! - `probe.run=pci`: enumerate PCI bus 0 (ECAM), assign the BARs, print the functions.
 //! - `probe.run=blk-write|blk-verify|blk-readonly|blk-two|blk-bench|blk-msix`: the
 //!   virtio-blk tests of [`crate::blk`], tuned by `probe.blk_mib`, `probe.blk_seed`,
@@ -43,6 +47,7 @@
 //! Other words on the command line are ignored, so a VMM may add its own.
 
 use alloc::vec;
+use alloc::vec::Vec;
 
 use crate::acpi::{self, Acpi};
 use crate::agent::{self, AgentOptions};
@@ -69,6 +74,7 @@ enum Command {
     RebootI8042,
     TripleFault,
     Idle,
+    Touch,
     Fault,
     Pci,
     BlkWrite,
@@ -127,6 +133,7 @@ fn parse_u64(text: &str) -> Option<u64> {
 struct Options<'a> {
     run: Result<Command, &'a str>,
     sha_mib: u64,
+    touch_mib: u64,
     blk: BlkOptions,
     net: NetOptions<'a>,
     vsock: VsockOptions,
@@ -139,6 +146,7 @@ impl<'a> Options<'a> {
         let mut options = Options {
             run: Ok(Command::Selftest),
             sha_mib: DEFAULT_SHA_MIB,
+            touch_mib: 200,
             blk: BlkOptions::default(),
             net: NetOptions::default(),
             vsock: VsockOptions::default(),
@@ -158,6 +166,7 @@ impl<'a> Options<'a> {
                         "reboot-i8042" => Ok(Command::RebootI8042),
                         "triple-fault" => Ok(Command::TripleFault),
                         "idle" => Ok(Command::Idle),
+                        "touch" => Ok(Command::Touch),
                         "fault" => Ok(Command::Fault),
                         "pci" => Ok(Command::Pci),
                         "blk-write" => Ok(Command::BlkWrite),
@@ -193,6 +202,7 @@ impl<'a> Options<'a> {
                         options.sha_mib = mib;
                     }
                 }
+                "probe.touch_mib" => set(&mut options.touch_mib, value),
                 "probe.blk_mib" => set(&mut options.blk.mib, value),
                 "probe.blk_seed" => set(&mut options.blk.seed, value),
                 "probe.blk_dev" => {
@@ -356,6 +366,7 @@ pub fn run(tsc_khz: u64) -> ! {
             let value = unsafe { unmapped.read_volatile() };
             probe!("error fault_did_not_fault value={value:#x}");
         }
+        Ok(Command::Touch) if heap.is_some() => touch(options.touch_mib),
         Ok(Command::Idle) => {
             probe!("IDLE");
             loop {
@@ -367,6 +378,30 @@ pub fn run(tsc_khz: u64) -> ! {
     }
     probe!("POWEROFF");
     acpi::power_off()
+}
+
+/// `probe.run=touch`: `mib` MiB written page by page, then a spin loop that keeps them.
+fn touch(mib: u64) -> ! {
+    const PAGE: usize = 4096;
+    let len = (mib * vireo_cpu_bench::MIB) as usize;
+    let mut buf: Vec<u64> = Vec::new();
+    if buf.try_reserve_exact(len / 8).is_err() {
+        probe!("error touch_alloc mib={mib}");
+        loop {
+            core::hint::spin_loop();
+        }
+    }
+    buf.resize(len / 8, 0);
+    for (page, words) in buf.chunks_mut(PAGE / 8).enumerate() {
+        words.fill(0x5649_5245_4f00_0000 | page as u64);
+    }
+    probe!(
+        "TOUCHED mib={mib} checksum={:#x}",
+        buf.iter().step_by(PAGE / 8).fold(0u64, |a, w| a ^ w)
+    );
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 fn report_discovery(boot_info: &BootInfo, acpi: &Result<Acpi, acpi::Error>) {

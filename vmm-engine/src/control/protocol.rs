@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::devices::virtio::io_counters::IoCountersSnapshot;
+use crate::devices::virtio::rate_limit::IoLimits;
 
 /// Everything a client can ask. Later issues add to this closed set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,8 +85,29 @@ pub enum Request {
     /// The host's window has a new size: offer it to the guest as its display's mode.
     DisplayResize { width: u32, height: u32 },
     /// The disks' and network cards' traffic since the VM started (bytes and requests
-    /// each way), in `--disk` order.
+    /// each way), in `--disk` order; the VM's CPU time and memory.
     Stats {},
+    /// Replaces the I/O limits of disk `disk` (in `--disk` order) or network card `net`
+    /// (0) at once: `limits` holds `bw`, `bw_burst` (bytes/s, bytes), `iops`,
+    /// `iops_burst`; a key left out is unlimited. Answered with the limits in force.
+    SetLimits {
+        #[serde(default)]
+        disk: Option<usize>,
+        #[serde(default)]
+        net: Option<usize>,
+        limits: IoLimits,
+    },
+    /// Changes the VM's CPU weight (1-10000), limit (percent of one host CPU; 0 lifts
+    /// it) or vCPU pinning (host CPUs; empty: anywhere); what is left out stays.
+    /// Answered with the settings in force and the cgroup holding the VM.
+    SetCpu {
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        limit: Option<u32>,
+        #[serde(default)]
+        pin: Option<Vec<usize>>,
+    },
 }
 
 /// The tablet's buttons.
@@ -127,6 +149,18 @@ pub enum Response {
     Stats {
         disks: Vec<IoCountersSnapshot>,
         nets: Vec<IoCountersSnapshot>,
+        /// CPU time and memory (resident, ballooned, merged by KSM).
+        #[serde(default)]
+        vm: crate::resources::VmUsage,
+    },
+    /// The VM's CPU settings now, and its cgroup (none without weight or limit).
+    Cpu {
+        config: crate::resources::cpu::CpuConfig,
+        cgroup: Option<String>,
+    },
+    /// A device's I/O limits now.
+    Limits {
+        limits: IoLimits,
     },
     Ok,
     Error {

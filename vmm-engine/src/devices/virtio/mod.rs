@@ -24,6 +24,7 @@ pub mod io_counters;
 pub mod net;
 pub mod poll;
 pub mod quiesce;
+pub mod rate_limit;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
@@ -202,14 +203,33 @@ pub trait VirtioDevice: Send {
 pub fn drain_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
+    handle: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<bool, virtio_queue::Error> {
+    drain_queue_limited(queue, mem, None, handle)
+}
+
+/// `drain_queue` under an I/O limit: each chain is first offered to `limiter` (its
+/// cost: the bytes of all its descriptors); one it refuses goes back to the ring and the
+/// drain stops, notifications left off, until the limiter's timer brings the worker
+/// back.
+pub fn drain_queue_limited(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    limiter: Option<&rate_limit::RateLimiter>,
     mut handle: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used_any = false;
-    loop {
+    'drain: loop {
         queue.disable_notification(mem)?;
         // `iter` (unlike `pop_descriptor_chain`) fails on an avail index more than a
         // queue's worth ahead: a guest lying about it must not spin us forever.
         while let Some(chain) = queue.iter(mem)?.next() {
+            if let Some(limiter) = limiter {
+                if !limiter.admit(chain_bytes(&chain)) {
+                    queue.go_to_previous_position();
+                    break 'drain;
+                }
+            }
             let head = chain.head_index();
             let len = handle(chain);
             queue.add_used(mem, head, len)?;
@@ -220,4 +240,12 @@ pub fn drain_queue(
         }
     }
     Ok(used_any && queue.needs_notification(mem)?)
+}
+
+/// The bytes a chain's descriptors cover (what an I/O limit charges for it).
+pub fn chain_bytes(chain: &virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    chain
+        .clone()
+        .map(|d| u64::from(d.len()))
+        .fold(0, u64::saturating_add)
 }

@@ -1,4 +1,4 @@
-//! What the user says about a disk: `--disk path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME]`
+//! What the user says about a disk: `--disk path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME][,bw=20M][,iops=1000]`
 //! on the command line, or the same fields in a VM's `vm.toml`.
 //!
 //! Values are checked here, before any file is opened, and every error names the part
@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
+
+use crate::devices::virtio::rate_limit::{IoLimits, LimitError};
 
 /// The longest `id=`: the device ID string of VIRTIO_BLK_T_GET_ID (virtio 1.2, 5.2.6).
 pub const MAX_ID_LEN: usize = VIRTIO_BLK_ID_BYTES as usize;
@@ -32,6 +34,9 @@ pub struct DiskConfig {
     /// stable one is derived from the image's path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// I/O limits: `bw=20M,iops=1000` (unlimited when not given).
+    #[serde(default, skip_serializing_if = "IoLimits::is_unlimited")]
+    pub limits: IoLimits,
 }
 
 /// An image format.
@@ -64,10 +69,12 @@ impl fmt::Display for DiskFormat {
 pub enum DiskConfigError {
     #[error("--disk needs path=IMAGE (e.g. --disk path=disk.qcow2)")]
     MissingPath,
-    #[error("--disk: \"{0}\" is not KEY=VALUE (keys: path, format, readonly, id; write a comma in a value as \",,\")")]
+    #[error("--disk: \"{0}\" is not KEY=VALUE (keys: path, format, readonly, id, {keys}; write a comma in a value as \",,\")", keys = IoLimits::KEYS)]
     NotKeyValue(String),
-    #[error("--disk: unknown key \"{0}\" (keys: path, format, readonly, id)")]
+    #[error("--disk: unknown key \"{0}\" (keys: path, format, readonly, id, {keys})", keys = IoLimits::KEYS)]
     UnknownKey(String),
+    #[error("--disk: {0}")]
+    Limits(#[from] LimitError),
     #[error("--disk: {0}= is given twice")]
     Duplicate(&'static str),
     #[error("--disk: path= is empty")]
@@ -88,6 +95,7 @@ impl DiskConfig {
         if self.path.as_os_str().is_empty() {
             return Err(DiskConfigError::EmptyPath);
         }
+        self.limits.validate()?;
         if let Some(id) = &self.id {
             if id.len() > MAX_ID_LEN {
                 return Err(DiskConfigError::IdTooLong(id.clone()));
@@ -112,6 +120,7 @@ impl FromStr for DiskConfig {
         let mut format = None;
         let mut readonly = None;
         let mut id = None;
+        let mut limits = IoLimits::default();
         for item in split_options(s) {
             let Some((key, value)) = item.split_once('=') else {
                 return Err(DiskConfigError::NotKeyValue(item));
@@ -135,7 +144,11 @@ impl FromStr for DiskConfig {
                     set_once(&mut readonly, "readonly", ro)?;
                 }
                 "id" => set_once(&mut id, "id", value.to_owned())?,
-                other => return Err(DiskConfigError::UnknownKey(other.to_owned())),
+                other => {
+                    if !limits.set(other, value)? {
+                        return Err(DiskConfigError::UnknownKey(other.to_owned()));
+                    }
+                }
             }
         }
         let config = DiskConfig {
@@ -143,6 +156,7 @@ impl FromStr for DiskConfig {
             format,
             readonly: readonly.unwrap_or(false),
             id,
+            limits,
         };
         config.validate()?;
         Ok(config)
@@ -198,7 +212,16 @@ mod tests {
                 format: Some(DiskFormat::Qcow2),
                 readonly: true,
                 id: Some("root".into()),
+                limits: IoLimits::default(),
             }
+        );
+        let limited = parse("path=a,bw=20M,iops=1000,iops_burst=10").unwrap();
+        assert_eq!(limited.limits.bw, Some(20 << 20));
+        assert_eq!(limited.limits.iops, Some(1000));
+        assert_eq!(limited.limits.iops_burst, Some(10));
+        assert_eq!(
+            parse("path=a,bw=0"),
+            Err(DiskConfigError::Limits(LimitError::Zero("bw")))
         );
     }
 

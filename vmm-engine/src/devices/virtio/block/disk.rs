@@ -564,6 +564,7 @@ mod tests {
             format,
             readonly,
             id: None,
+            limits: Default::default(),
         }
     }
 

@@ -29,6 +29,7 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::io_counters::IoCounters;
+use super::rate_limit::{LimitError, RateLimiter};
 use super::worker::{kick_each, Worker};
 use super::{
     ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
@@ -55,6 +56,10 @@ pub enum BlockError {
     Config(#[from] DiskConfigError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error("--disk: {0}")]
+    Limits(#[from] LimitError),
+    #[error("cannot create the disk's I/O limit timer: {0}")]
+    LimitTimer(#[source] std::io::Error),
 }
 
 enum State {
@@ -73,6 +78,8 @@ pub struct Block {
     state: State,
     /// Bytes and requests served, across resets (the control socket's `stats`).
     counters: Arc<IoCounters>,
+    /// The I/O limits (`bw=`, `iops=`), changeable through the control socket.
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl Block {
@@ -84,7 +91,11 @@ impl Block {
             Some(id) => id_bytes(id.as_bytes()),
             None => default_id(&config.path),
         };
-        Ok(Block::with_disk(disk, id))
+        config.limits.validate()?;
+        let limiter = RateLimiter::new(config.limits).map_err(BlockError::LimitTimer)?;
+        let mut block = Block::with_disk(disk, id);
+        block.limiter = Some(Arc::new(limiter));
+        Ok(block)
     }
 
     /// A device over an already open disk.
@@ -110,6 +121,7 @@ impl Block {
             queue_sizes: [QUEUE_SIZE],
             state: State::Inactive,
             counters: Arc::default(),
+            limiter: None,
         }
     }
 
@@ -126,6 +138,11 @@ impl Block {
 
     pub fn counters(&self) -> Arc<IoCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// The disk's I/O limiter (none for a device made with `with_disk`).
+    pub fn limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.limiter.clone()
     }
 
     pub fn is_active(&self) -> bool {
@@ -269,9 +286,12 @@ impl VirtioDevice for Block {
             write_zeroes: acked(VIRTIO_BLK_F_WRITE_ZEROES),
             id: self.id,
         };
-        let handler =
+        let mut handler =
             BlockWorker::new(mem, interrupt, queue, index, Arc::clone(&self.disk), policy)
                 .counting(self.counters());
+        if let Some(limiter) = self.limiter() {
+            handler = handler.limited(limiter);
+        }
         let worker =
             Worker::spawn("vireo-blk", vec![notify], handler).map_err(ActivateError::Worker)?;
         self.state = State::Activated(worker);
@@ -518,6 +538,7 @@ pub(crate) mod test_support {
             format: None,
             readonly,
             id: None,
+            limits: Default::default(),
         })
         .unwrap()
     }
@@ -562,6 +583,7 @@ mod tests {
             format: None,
             readonly: false,
             id: Some("data".into()),
+            limits: Default::default(),
         })
         .unwrap();
         assert_eq!(block.device_type(), VIRTIO_ID_BLOCK);
@@ -619,6 +641,7 @@ mod tests {
             format: Some(DiskFormat::Raw),
             readonly: true,
             id: None,
+            limits: Default::default(),
         })
         .unwrap();
         let f = block.device_features();
@@ -657,6 +680,7 @@ mod tests {
             format: None,
             readonly: false,
             id: None,
+            limits: Default::default(),
         })
         .unwrap();
         let features = block.device_features();
@@ -728,6 +752,7 @@ mod tests {
             format: None,
             readonly: false,
             id: None,
+            limits: Default::default(),
         }
     }
 
@@ -868,6 +893,7 @@ mod tests {
             format: None,
             readonly: false,
             id: None,
+            limits: Default::default(),
         };
         let first = Block::new(&config).unwrap();
         let err = Block::new(&config).err().expect("second open must fail");

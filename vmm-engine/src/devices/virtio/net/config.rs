@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::virtio::rate_limit::{IoLimits, LimitError};
+
 /// The longest interface name Linux takes (`IFNAMSIZ` minus the terminating NUL).
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 
@@ -22,6 +24,9 @@ pub struct NetConfig {
     /// The card's MAC address; a locally administered one is made up when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<MacAddr>,
+    /// I/O limits on both directions together: `bw=10M,iops=5000` (frames per second).
+    #[serde(default, skip_serializing_if = "IoLimits::is_unlimited")]
+    pub limits: IoLimits,
 }
 
 /// Where the guest's frames go.
@@ -103,8 +108,10 @@ impl<'de> Deserialize<'de> for MacAddr {
 pub enum NetConfigError {
     #[error("--net: \"{0}\" is not a backend or KEY=VALUE (use passt, tap=NAME, mac=MAC)")]
     NotKeyValue(String),
-    #[error("--net: unknown key \"{0}\" (use passt, tap=NAME, mac=MAC)")]
+    #[error("--net: unknown key \"{0}\" (use passt, tap=NAME, mac=MAC, {keys})", keys = IoLimits::KEYS)]
     UnknownKey(String),
+    #[error("--net: {0}")]
+    Limits(#[from] LimitError),
     #[error("--net: two backends given: use either passt or tap=NAME")]
     TwoBackends,
     #[error("--net: mac= is given twice")]
@@ -124,6 +131,7 @@ pub enum NetConfigError {
 impl NetConfig {
     /// Checks the values a `vm.toml` could hold too (the flag parser checks them as well).
     pub fn validate(&self) -> Result<(), NetConfigError> {
+        self.limits.validate()?;
         if let NetBackendConfig::Tap { name } = &self.backend {
             if name.is_empty() {
                 return Err(NetConfigError::EmptyTapName);
@@ -156,6 +164,7 @@ impl FromStr for NetConfig {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut backend = None;
         let mut mac = None;
+        let mut limits = IoLimits::default();
         for item in s.split(',').filter(|item| !item.is_empty()) {
             let parsed = match item.split_once('=') {
                 None if item == "passt" => Some(NetBackendConfig::Passt),
@@ -169,7 +178,12 @@ impl FromStr for NetConfig {
                     }
                     None
                 }
-                Some((key, _)) => return Err(NetConfigError::UnknownKey(key.to_owned())),
+                Some((key, value)) => {
+                    if !limits.set(key, value)? {
+                        return Err(NetConfigError::UnknownKey(key.to_owned()));
+                    }
+                    None
+                }
             };
             if let Some(b) = parsed {
                 if backend.replace(b).is_some() {
@@ -180,6 +194,7 @@ impl FromStr for NetConfig {
         let config = NetConfig {
             backend: backend.unwrap_or_default(),
             mac,
+            limits,
         };
         config.validate()?;
         Ok(config)
@@ -200,9 +215,13 @@ mod tests {
             parse("").unwrap(),
             NetConfig {
                 backend: NetBackendConfig::Passt,
-                mac: None
+                mac: None,
+                limits: IoLimits::default(),
             }
         );
+        let limited = parse("passt,bw=10M,iops=5000").unwrap();
+        assert_eq!(limited.limits.bw, Some(10 << 20));
+        assert_eq!(limited.limits.iops, Some(5000));
         assert_eq!(parse("passt").unwrap().backend, NetBackendConfig::Passt);
         let c = parse("tap=tap0,mac=52:54:00:AB:cd:01").unwrap();
         assert_eq!(

@@ -29,6 +29,7 @@ use virtio_bindings::virtio_net::{
 use vm_memory::GuestMemoryMmap;
 
 use super::io_counters::IoCounters;
+use super::rate_limit::RateLimiter;
 use super::worker::{kick_each, Worker};
 use super::{
     ActivateError, ActiveQueue, DeviceState, Interrupt, SaveError, VirtioDevice,
@@ -56,6 +57,10 @@ pub enum NetError {
     Passt(#[from] passt::PasstError),
     #[error(transparent)]
     Tap(#[from] tap::TapError),
+    #[error(transparent)]
+    Config(#[from] NetConfigError),
+    #[error("cannot create the network card's I/O limit timer: {0}")]
+    LimitTimer(#[source] std::io::Error),
 }
 
 /// Checks what can be checked about the backend before a VM is built (passt installed).
@@ -74,16 +79,22 @@ pub struct Net {
     worker: Option<Worker<NetWorker>>,
     /// Bytes and frames each way, across resets (the control socket's `stats`).
     counters: Arc<IoCounters>,
+    /// The I/O limits (`bw=`, `iops=`), changeable through the control socket.
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl Net {
     /// Starts the backend (passt, or opens the TAP interface).
     pub fn new(config: &NetConfig) -> Result<Self, NetError> {
+        config.validate()?;
+        let limiter = RateLimiter::new(config.limits).map_err(NetError::LimitTimer)?;
         let backend: Box<dyn Backend> = match &config.backend {
             NetBackendConfig::Passt => Box::new(passt::Passt::spawn()?),
             NetBackendConfig::Tap { name } => Box::new(tap::Tap::open(name)?),
         };
-        Ok(Self::with_backend(config.mac_or_default(), backend))
+        let mut net = Self::with_backend(config.mac_or_default(), backend);
+        net.limiter = Some(Arc::new(limiter));
+        Ok(net)
     }
 
     /// A card on a given backend (tests, fuzzing).
@@ -93,7 +104,13 @@ impl Net {
             backend: Some(backend),
             worker: None,
             counters: Arc::default(),
+            limiter: None,
         }
+    }
+
+    /// The card's I/O limiter (none for a card made with `with_backend`).
+    pub fn limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.limiter.clone()
     }
 
     /// The card's traffic counters: read = received by the guest, write = sent by it.
@@ -178,9 +195,13 @@ impl VirtioDevice for Net {
         let backend = self.backend.take().ok_or_else(|| {
             ActivateError::Backend("the network backend is gone (its worker failed)".into())
         })?;
-        let handler = NetWorker::new(mem, interrupt, rx.queue, tx.queue, backend, acked_features)
-            .map_err(ActivateError::Worker)?
-            .counting(self.counters());
+        let mut handler =
+            NetWorker::new(mem, interrupt, rx.queue, tx.queue, backend, acked_features)
+                .map_err(ActivateError::Worker)?
+                .counting(self.counters());
+        if let Some(limiter) = self.limiter() {
+            handler = handler.limited(limiter);
+        }
         // Worker queue indexes follow this order: 0 = receiveq, 1 = transmitq.
         let worker = Worker::spawn("virtio-net", vec![rx.notify, tx.notify], handler)
             .map_err(ActivateError::Worker)?;

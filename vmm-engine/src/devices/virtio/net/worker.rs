@@ -27,8 +27,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::{Backend, BackendError, ETH_HLEN, MAX_FRAME_LEN};
 use crate::devices::virtio::io_counters::IoCounters;
+use crate::devices::virtio::rate_limit::RateLimiter;
 use crate::devices::virtio::worker::WorkerHandler;
-use crate::devices::virtio::{Interrupt, QueuePosition};
+use crate::devices::virtio::{chain_bytes, Interrupt, QueuePosition};
 
 /// `virtio_net_hdr_v1`: with VIRTIO_F_VERSION_1 the header always has `num_buffers`.
 pub const NET_HDR_LEN: usize = 12;
@@ -82,6 +83,10 @@ pub struct NetWorker {
     pub counters: NetCounters,
     /// Bytes and frames each way, for the control socket's `stats` (the device's).
     io: Arc<IoCounters>,
+    /// The card's I/O limits, on both directions together (the device's).
+    limiter: Option<Arc<RateLimiter>>,
+    /// The limiter refused a frame: neither direction moves until its timer fires.
+    throttled: bool,
 }
 
 impl NetWorker {
@@ -117,6 +122,8 @@ impl NetWorker {
             tx_frame: Vec::with_capacity(NET_HDR_LEN + MAX_FRAME_LEN),
             counters: NetCounters::default(),
             io: Arc::default(),
+            limiter: None,
+            throttled: false,
         })
     }
 
@@ -124,6 +131,20 @@ impl NetWorker {
     pub fn counting(mut self, io: Arc<IoCounters>) -> Self {
         self.io = io;
         self
+    }
+
+    /// Moves frames only as fast as `limiter` lets it from now on.
+    pub fn limited(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Whether the limiter lets a frame of `bytes` through now (if not, it armed its
+    /// timer and the worker waits for it).
+    fn admit(&mut self, bytes: u64) -> bool {
+        let ok = self.limiter.as_ref().is_none_or(|l| l.admit(bytes));
+        self.throttled |= !ok;
+        ok
     }
 
     /// Where the receiveq and the transmitq stand.
@@ -161,6 +182,13 @@ impl NetWorker {
                 let Some(chain) = self.tx.iter(&mem)?.next() else {
                     break;
                 };
+                let frame_bytes = chain_bytes(&chain).saturating_sub(NET_HDR_LEN as u64);
+                if !self.admit(frame_bytes) {
+                    // Back in the ring, notifications off: the limiter's timer brings
+                    // us back.
+                    self.tx.go_to_previous_position();
+                    break 'drain;
+                }
                 let head = chain.head_index();
                 self.transmit(chain);
                 self.tx.add_used(&mem, head, 0)?;
@@ -224,14 +252,23 @@ impl NetWorker {
     /// Moves frames from the backend into receive buffers until either runs out.
     pub fn process_rx(&mut self) -> Result<(), virtio_queue::Error> {
         let mut used_any = false;
-        while !self.rx_waiting && !self.backend_dead {
-            let frame = match self.backend.peek_frame() {
-                Ok(Some(frame)) => frame,
+        while !self.rx_waiting && !self.backend_dead && !self.throttled {
+            let len = match self.backend.peek_frame() {
+                Ok(Some(frame)) => frame.len() as u64,
                 Ok(None) => break,
                 Err(e) => {
                     self.backend_failed(&e);
                     break;
                 }
+            };
+            // Charged before we know the guest has room: a frame that waits for
+            // buffers is charged again when it goes (a small overcharge, never under).
+            if !self.admit(len) {
+                break;
+            }
+            let frame = match self.backend.peek_frame() {
+                Ok(Some(frame)) => frame,
+                _ => break,
             };
             let flags = if self.data_valid {
                 VIRTIO_NET_HDR_F_DATA_VALID as u8
@@ -285,7 +322,7 @@ impl NetWorker {
     fn update_interest(&mut self) {
         let mut want = EventSet::empty();
         if !self.backend_dead {
-            if !self.rx_waiting {
+            if !self.rx_waiting && !self.throttled {
                 want |= EventSet::IN;
             }
             if self.tx_blocked || self.backend.has_pending_output() {
@@ -308,6 +345,16 @@ impl NetWorker {
             Ok(()) => self.interest = want,
             Err(e) => tracing::warn!("virtio-net: cannot wait on the backend: {e}"),
         }
+    }
+
+    /// The limiter may let frames through again: both directions go on.
+    fn limit_timer_fired(&mut self) -> Result<(), String> {
+        if let Some(limiter) = &self.limiter {
+            limiter.timer_fired();
+        }
+        self.throttled = false;
+        let result = self.process_tx().and_then(|()| self.process_rx());
+        self.after(result)
     }
 
     fn after(&mut self, result: Result<(), virtio_queue::Error>) -> Result<(), String> {
@@ -339,11 +386,17 @@ impl WorkerHandler for NetWorker {
         self.after(result)
     }
 
+    /// The backend (through our own epoll), then the limiter's timer.
     fn backend_fds(&self) -> Vec<RawFd> {
-        vec![self.epoll.as_raw_fd()]
+        let mut fds = vec![self.epoll.as_raw_fd()];
+        fds.extend(self.limiter.iter().map(|l| l.timer_fd()));
+        fds
     }
 
-    fn backend_ready(&mut self, _index: usize) -> Result<(), String> {
+    fn backend_ready(&mut self, index: usize) -> Result<(), String> {
+        if index == 1 {
+            return self.limit_timer_fired();
+        }
         let mut events = [EpollEvent::default(); 1];
         let n = self.epoll.wait(0, &mut events).unwrap_or(0);
         let ready = if n == 1 {
@@ -922,6 +975,54 @@ mod tests {
         assert_eq!(rig.used(true, 0), (0, 1000));
         assert_eq!(rig.used(true, 1), (1, 512));
         assert_eq!(rig.worker.counters.rx_dropped, 0);
+        assert!(rig.worker.interest.contains(EventSet::IN));
+    }
+
+    #[test]
+    fn a_limited_card_holds_frames_both_ways_until_its_timer_fires() {
+        use crate::devices::virtio::rate_limit::tests::readable;
+        use crate::devices::virtio::rate_limit::{IoLimits, RateLimiter};
+        let mem = memory();
+        let mut rig = Rig::new(&mem, ALL);
+        let limiter = Arc::new(
+            RateLimiter::new(IoLimits {
+                iops: Some(100),
+                iops_burst: Some(2),
+                ..IoLimits::default()
+            })
+            .unwrap(),
+        );
+        rig.worker.limiter = Some(limiter.clone());
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| ethernet(100, i)).collect();
+        for f in &frames {
+            rig.transmit([0; NET_HDR_LEN], f);
+        }
+        // Two frames a burst (half the bucket, one frame, is then enough at 100/s).
+        rig.worker.queue_notified(usize::from(TX_QUEUE)).unwrap();
+        assert_eq!(rig.used_idx(false), 2);
+        assert!(rig.worker.throttled);
+        // A frame from the network waits too: the worker stops reading its backend.
+        rig.rx_buffer(2048);
+        rig.send_from_peer(&ethernet(200, 9));
+        assert!(!rig.worker.interest.contains(EventSet::IN));
+        assert!(readable(limiter.timer_fd(), 1000), "the timer never fired");
+        rig.worker.backend_ready(1).unwrap();
+        assert_eq!(rig.used_idx(false), 3, "the held frame went");
+        for f in &frames {
+            assert_eq!(&rig.read_frame_from_peer(), f);
+        }
+        // The received frame needs one more token: the next timer lets it in.
+        let mut rounds = 0;
+        while rig.used_idx(true) == 0 {
+            if readable(limiter.timer_fd(), 1000) {
+                rig.worker.backend_ready(1).unwrap();
+            } else {
+                rig.backend_ready();
+            }
+            rounds += 1;
+            assert!(rounds < 10, "the received frame never arrived");
+        }
+        assert_eq!(rig.worker.counters.rx_frames, 1);
         assert!(rig.worker.interest.contains(EventSet::IN));
     }
 
