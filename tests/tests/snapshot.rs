@@ -504,8 +504,9 @@ fn assert_clock_put_right(
         "the restored guest's agent did not step its clock: {:#?}",
         tail(&guest.seen)
     );
-    // As `wait_for` found it: somewhere in a line (the console may put other bytes
-    // before it).
+    // As `wait_for` found it: somewhere in a line. The guest may have been paused (and
+    // saved) half-way through printing a line, so the restored engine's first line can
+    // lack the start the first engine printed: read it from the tag on.
     let line = guest
         .seen
         .iter()
@@ -513,8 +514,8 @@ fn assert_clock_put_right(
         .find(|l| l.contains("agent_time correction=Stepped"))
         .expect("the step's line");
     let stepped = line
-        .find("VIREO-PROBE ")
-        .and_then(|at| ProbeLine::parse(&line[at..]))
+        .find("agent_time ")
+        .and_then(|at| ProbeLine::parse(&format!("VIREO-PROBE {}", &line[at..])))
         .unwrap_or_else(|| panic!("cannot read the step's line {line:?}"));
     let offset: i64 = stepped.get("offset_ns").unwrap().parse().unwrap();
     eprintln!(
