@@ -430,10 +430,17 @@ fn the_library_saves_restores_and_saves_on_quit() {
         .any(|d| d.vm_id == "screen"));
     harness.get_by_label("Screenshot").click();
     until(&mut harness, "the screenshot", limit, |h| {
-        h.state()
-            .status()
-            .is_some_and(|s| s.as_ref().is_ok_and(|t| t.contains("screenshot saved to")))
+        h.state().status().is_some_and(|s| match s {
+            Ok(text) | Err(text) => text.contains("screenshot"),
+        })
     });
+    let status = harness.state().status().cloned();
+    assert!(
+        status
+            .as_ref()
+            .is_some_and(|s| s.as_ref().is_ok_and(|t| t.contains("screenshot saved to"))),
+        "{status:?}"
+    );
     let shots: Vec<_> = std::fs::read_dir(home.dir.0.join("data/vireo/vms/screen/screenshots"))
         .unwrap()
         .map(|e| e.unwrap().path())

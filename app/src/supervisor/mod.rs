@@ -32,6 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a save may take to answer (it writes all of guest memory and syncs it).
 const SAVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a screenshot may take (the engine encodes the screen as a PNG).
+const SCREENSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an engine upgrade may take (the migration copies all of guest memory).
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(150);
 /// Log lines shown for an engine that died.
@@ -472,7 +474,8 @@ impl Supervisor {
         let request = Request::Screenshot {
             path: path.to_string_lossy().into_owned(),
         };
-        match self.ask(&runtime, &request)? {
+        // The engine encodes a PNG of the whole screen: seconds on a busy host.
+        match self.ask_with(&runtime, &request, SCREENSHOT_TIMEOUT)? {
             Response::Screenshot { width, height, .. } => Ok((width, height)),
             other => Err(unexpected(other)),
         }

@@ -651,7 +651,7 @@ impl Worker {
                 let (width, height) = s
                     .supervisor
                     .screenshot(entry, &path)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| format!("no screenshot: {e}"))?;
                 Ok(format!(
                     "{width}x{height} screenshot saved to {}",
                     path.display()

@@ -534,29 +534,6 @@ impl DisplayView {
                 }
             }
             ui.separator();
-            for (mode, label) in [
-                (Scaling::Fit, "Fit"),
-                (Scaling::Native, "1:1"),
-                (Scaling::Fill, "Fill"),
-            ] {
-                ui.selectable_value(&mut self.scaling, mode, label);
-            }
-            ui.checkbox(&mut self.resize_guest, "Resize guest");
-            if ui.selectable_label(self.fullscreen, "Fullscreen").clicked() {
-                self.fullscreen = !self.fullscreen;
-                ui.ctx()
-                    .send_viewport_cmd(egui::ViewportCommand::Fullscreen(self.fullscreen));
-            }
-            ui.separator();
-            if ui.button("Send Ctrl+Alt+Del").clicked() {
-                self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
-            }
-            if ui
-                .selectable_label(self.shares_dialog.open, "Shared folders")
-                .clicked()
-            {
-                self.shares_dialog.open = !self.shares_dialog.open;
-            }
             if ui
                 .button("Screenshot")
                 .on_hover_text("Saves the guest's screen as a PNG in the VM's screenshots folder")
@@ -564,6 +541,17 @@ impl DisplayView {
             {
                 self.requests.push(ViewRequest::Screenshot);
             }
+            if ui
+                .selectable_label(self.shares_dialog.open, "Shared folders")
+                .clicked()
+            {
+                self.shares_dialog.open = !self.shares_dialog.open;
+            }
+            if ui.button("Send Ctrl+Alt+Del").clicked() {
+                self.send_chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_DELETE]);
+            }
+            // How the screen is shown: a menu, so the toolbar fits a small guest's window.
+            ui.menu_button("View", |ui| self.view_menu(ui));
             ui.separator();
             self.agent_status(ui);
             if self.captured {
@@ -577,6 +565,25 @@ impl DisplayView {
             }
         });
         asked
+    }
+
+    /// Scaling, the guest's display following the window, fullscreen.
+    fn view_menu(&mut self, ui: &mut egui::Ui) {
+        for (mode, label) in [
+            (Scaling::Fit, "Fit"),
+            (Scaling::Native, "1:1"),
+            (Scaling::Fill, "Fill"),
+        ] {
+            ui.radio_value(&mut self.scaling, mode, label);
+        }
+        ui.separator();
+        ui.checkbox(&mut self.resize_guest, "Resize guest with the window");
+        let mut fullscreen = self.fullscreen;
+        if ui.checkbox(&mut fullscreen, "Fullscreen").changed() {
+            self.fullscreen = fullscreen;
+            ui.ctx()
+                .send_viewport_cmd(egui::ViewportCommand::Fullscreen(fullscreen));
+        }
     }
 
     /// The agent's features: clipboard (a menu with its direction), folders, time, mouse.
