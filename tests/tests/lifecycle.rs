@@ -173,7 +173,7 @@ fn a_paused_guest_runs_nothing_and_resumes_where_it_was() {
         .as_nanos() as i64;
     eprintln!("time sync after resume: {report:?}");
     assert!(
-        (host_now - report.guest_unix_ns).abs() < 250_000_000,
+        (host_now - report.guest_unix_ns).abs() < 1_000_000_000,
         "the guest's clock is {} ms off after the resume",
         (host_now - report.guest_unix_ns) / 1_000_000
     );
