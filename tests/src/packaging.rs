@@ -3,9 +3,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::repo_root;
+
+/// Held by each packaging test for its whole run: they share `target/debian`, and
+/// building the host package writes the agent package there again (it carries it), so
+/// one test's build must not rewrite a file another test's lintian is reading.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Builds `which` (`host` or `agent`) into `target/debian` once per process and returns
 /// the package's path.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use vireo_e2e::packaging::{build_deb, contents, control_field, lintian};
+use vireo_e2e::packaging::{build_deb, contents, control_field, exclusive, lintian};
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
 
@@ -36,6 +36,7 @@ fn apt_get(args: &[&str]) -> (bool, String) {
 #[test]
 fn host_package_is_lintian_clean_with_menu_entry_and_icons() {
     const TEST: &str = "packaging::host_package_is_lintian_clean_with_menu_entry_and_icons";
+    let _one_at_a_time = exclusive();
     let deb = build_deb("host");
     let files = contents(&deb);
     for wanted in [
@@ -107,6 +108,7 @@ fn host_package_is_lintian_clean_with_menu_entry_and_icons() {
 #[test]
 fn host_package_installs_with_apt_and_runs_from_usr_bin() {
     const TEST: &str = "packaging::host_package_installs_with_apt_and_runs_from_usr_bin";
+    let _one_at_a_time = exclusive();
     if !nix::unistd::geteuid().is_root() {
         report::skipped(TEST, "apt-get install needs root");
         return;
@@ -182,6 +184,7 @@ impl Drop for Remove {
 #[test]
 fn agent_package_is_lintian_clean_and_its_unit_verifies() {
     const TEST: &str = "packaging::agent_package_is_lintian_clean_and_its_unit_verifies";
+    let _one_at_a_time = exclusive();
     let deb = build_deb("agent");
     let found = lintian(&deb);
     println!("lintian warnings ({}):", found.warnings.len());
