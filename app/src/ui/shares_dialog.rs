@@ -34,6 +34,12 @@ impl SharesDialog {
                 )));
             }
         }
+        // A closed egui::Window is still painted while it fades out, and at opacity 0 it
+        // comes out as a black rectangle over the guest's screen on some GL surfaces
+        // (seen on Xvfb): a closed dialog is not shown at all.
+        if !self.open {
+            return asked;
+        }
         let mut open = self.open;
         egui::Window::new("Shared folders")
             .open(&mut open)
