@@ -798,6 +798,21 @@ fn linux_ticks_args(dir: &TempDir) -> Vec<String> {
     args
 }
 
+/// The Linux guest `after` took over from `before` (a restore or a migration): it counts
+/// on 40 ticks past where `before` stopped, with no gap, and the kernel did not boot again.
+fn assert_linux_counts_on(before: &LiveGuest, after: &mut LiveGuest) {
+    let last = *ticks(&[&before.seen]).last().unwrap();
+    assert!(
+        after
+            .wait_for(&format!("tick {}", last + 40), Duration::from_secs(60))
+            .is_some(),
+        "{:#?}",
+        tail(&after.seen)
+    );
+    assert_ticks_consecutive(&[&before.seen, &after.seen]);
+    assert!(!after.seen.iter().any(|l| l.contains("Linux version")));
+}
+
 /// Asserts the ticks of `runs` go up by one each, with no gap and no repeat.
 fn assert_ticks_consecutive(runs: &[&[String]]) {
     let all = ticks(runs);
@@ -832,18 +847,8 @@ fn a_linux_guest_counts_on_across_save_and_restore() {
         tail(&first.seen)
     );
     save(&mut first, &dir, &snap);
-    let last = *ticks(&[&first.seen]).last().unwrap();
     let mut second = spawn(&args, &["--restore", s(&snap)]);
-    assert!(
-        second
-            .wait_for(&format!("tick {}", last + 40), Duration::from_secs(60))
-            .is_some(),
-        "{:#?}",
-        tail(&second.seen)
-    );
-    assert_ticks_consecutive(&[&first.seen, &second.seen]);
-    // The kernel never booted again.
-    assert!(!second.seen.iter().any(|l| l.contains("Linux version")));
+    assert_linux_counts_on(&first, &mut second);
     assert_eq!(
         control(&dir).ask(&Request::PowerOff {}).unwrap(),
         Response::Ok
@@ -887,16 +892,7 @@ fn a_linux_guest_moves_to_another_engine_and_counts_on() {
         .wait_exit(Duration::from_secs(20))
         .expect("the source ends");
     assert_eq!(status.code(), Some(code::MIGRATED));
-    let last = *ticks(&[&source.seen]).last().unwrap();
-    assert!(
-        destination
-            .wait_for(&format!("tick {}", last + 40), Duration::from_secs(60))
-            .is_some(),
-        "{:#?}",
-        tail(&destination.seen)
-    );
-    assert_ticks_consecutive(&[&source.seen, &destination.seen]);
-    assert!(!destination.seen.iter().any(|l| l.contains("Linux version")));
+    assert_linux_counts_on(&source, &mut destination);
     let dest = control_at(&dir.0.join("dest.sock")).ask(&Request::PowerOff {});
     assert_eq!(dest.unwrap(), Response::Ok);
     destination.wait_exit(Duration::from_secs(10)).unwrap();
