@@ -21,7 +21,7 @@
 //! `cargo bench -p vireo-e2e --bench app_display` (VIREO_BENCH_SECS=N per run, default 5).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vireo_e2e::engine::{s, vmm_binary, LiveGuest, ProbeLine};
@@ -161,76 +161,97 @@ fn engine_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
     }
 }
 
-/// Runs its closure when dropped.
-struct OnDrop<F: FnMut()>(F);
+/// A VM made and started with the `vireo` CLI in a home of its own, for the app's rows.
+/// It outlives the app by design, so it is powered off when this is dropped (a panic
+/// would otherwise leave a spinning guest behind for the rest of the run).
+struct AppVm {
+    home: TempDir,
+    name: &'static str,
+    probe: PathBuf,
+}
 
-impl<F: FnMut()> Drop for OnDrop<F> {
+impl AppVm {
+    fn start(name: &'static str, probe: &Path, display: &str, cmdline: &str) -> AppVm {
+        let vm = AppVm {
+            home: TempDir::new(&format!("bench-app-{name}")),
+            name,
+            probe: probe.to_owned(),
+        };
+        let out = vm
+            .with_env(&mut Command::new(vireo_binary()))
+            .args(["create", name, "--os", "kernel", "--kernel", s(probe)])
+            .args(["--memory", "256M", "--display", display])
+            .args(["--cmdline", cmdline, "--start"])
+            .output()
+            .expect("vireo runs");
+        assert!(out.status.success(), "{out:?}");
+        vm
+    }
+
+    /// `cmd` with this home's directories and programs.
+    fn with_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("XDG_DATA_HOME", self.home.0.join("data"))
+            .env("XDG_RUNTIME_DIR", self.home.0.join("run"))
+            .env("VIREO_VMM", vmm_binary())
+            .env("VIREO_PROBE_GUEST", &self.probe)
+    }
+
+    fn runtime(&self, file: &str) -> PathBuf {
+        self.home.0.join("run/vireo").join(self.name).join(file)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.home
+            .0
+            .join(format!("data/vireo/vms/{}/logs/console.log", self.name))
+    }
+
+    /// The app (`vireo ARGS`) on `x`, once a window titled `title` shows. A fresh
+    /// Xvfb's first client sometimes cannot connect (see app/tests/app_window.rs):
+    /// three tries.
+    fn open_app(&self, x: &Xvfb, args: &[&str], title: &str) -> Option<Child> {
+        for _ in 0..3 {
+            let mut child = self
+                .with_env(&mut x.command(s(&vireo_binary())))
+                .args(args)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("the app");
+            let end = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < end && !window_visible(x, title) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if window_visible(x, title) {
+                return Some(child);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        None
+    }
+}
+
+impl Drop for AppVm {
     fn drop(&mut self) {
-        (self.0)();
+        let _ = self
+            .with_env(&mut Command::new(vireo_binary()))
+            .args(["stop", self.name])
+            .output();
     }
 }
 
 /// The app: a VM made and started with the CLI, its window opened with `vireo open`.
 fn app_window(x: &Xvfb, probe: &Path, run: &str) -> Sample {
-    let home = TempDir::new(&format!("bench-app-{run}"));
-    let vireo = |cmd: &mut Command| {
-        cmd.env("XDG_DATA_HOME", home.0.join("data"))
-            .env("XDG_RUNTIME_DIR", home.0.join("run"))
-            .env("VIREO_VMM", vmm_binary())
-            .env("VIREO_PROBE_GUEST", probe);
-    };
-    let mut create = Command::new(vireo_binary());
-    vireo(&mut create);
-    let out = create
-        .args([
-            "create",
-            "bench",
-            "--os",
-            "kernel",
-            "--kernel",
-            s(probe),
-            "--memory",
-            "256M",
-        ])
-        .args(["--display", SCREEN, "--cmdline", &cmdline(run), "--start"])
-        .output()
-        .expect("vireo runs");
-    assert!(out.status.success(), "{out:?}");
-    // The VM outlives the app by design: powered off however this ends (a panic here
-    // would otherwise leave a spinning guest behind for the rest of the run).
-    let _power_off = OnDrop(|| {
-        let mut stop = Command::new(vireo_binary());
-        vireo(&mut stop);
-        let _ = stop.args(["stop", "bench"]).output();
-    });
-    // A fresh Xvfb's first client sometimes cannot connect (see app/tests/app_window.rs).
-    let mut app = None;
-    for _ in 0..3 {
-        let mut cmd = x.command(s(&vireo_binary()));
-        vireo(&mut cmd);
-        let mut child = cmd
-            .args(["open", "bench"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("the app");
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end && !window_visible(x, "^bench ") {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if window_visible(x, "^bench ") {
-            app = Some(child);
-            break;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let mut app = app.expect("the app's VM window appeared");
+    let vm = AppVm::start("bench", probe, SCREEN, &cmdline(run));
+    let mut app = vm
+        .open_app(x, &["open", "bench"], "^bench ")
+        .expect("the app's VM window appeared");
     std::thread::sleep(Duration::from_secs(2));
     let cpu_percent = measure(app.id());
-    let log = home.0.join("data/vireo/vms/bench/logs/console.log");
+    let log = vm.log();
     let guest_fps = if run != "gpu-draw" {
         // A row without the guest's figure says so rather than ending the whole bench
         // (seen once under load with the 8x16 blink: the line never came).
@@ -295,23 +316,8 @@ enum Idle {
 /// A static screen (`gpu-draw`) for `secs()`: the app's CPU and the engine's without
 /// its vCPU threads, as percent of one CPU.
 fn idle(x: &Xvfb, probe: &Path, open: Idle) -> (Option<f64>, f64) {
-    let home = TempDir::new("bench-app-idle");
-    let vireo = |cmd: &mut Command| {
-        cmd.env("XDG_DATA_HOME", home.0.join("data"))
-            .env("XDG_RUNTIME_DIR", home.0.join("run"))
-            .env("VIREO_VMM", vmm_binary())
-            .env("VIREO_PROBE_GUEST", probe);
-    };
-    let mut create = Command::new(vireo_binary());
-    vireo(&mut create);
-    let out = create
-        .args(["create", "idle", "--os", "kernel", "--kernel", s(probe)])
-        .args(["--memory", "256M", "--display", SCREEN])
-        .args(["--cmdline", "probe.run=gpu-draw", "--start"])
-        .output()
-        .expect("vireo runs");
-    assert!(out.status.success(), "{out:?}");
-    let engine: u32 = std::fs::read_to_string(home.0.join("run/vireo/idle/engine.pid"))
+    let vm = AppVm::start("idle", probe, SCREEN, "probe.run=gpu-draw");
+    let engine: u32 = std::fs::read_to_string(vm.runtime("engine.pid"))
         .expect("the engine's pid")
         .trim()
         .parse()
@@ -321,32 +327,10 @@ fn idle(x: &Xvfb, probe: &Path, open: Idle) -> (Option<f64>, f64) {
         Idle::Library => (&[], "^Vireo$"),
         Idle::VmWindow => (&["open", "idle"], "^idle "),
     };
-    let mut app = None;
-    if open != Idle::NoApp {
-        for _ in 0..3 {
-            let mut cmd = x.command(s(&vireo_binary()));
-            vireo(&mut cmd);
-            let mut child = cmd
-                .args(args)
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("the app");
-            let end = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < end && !window_visible(x, title) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if window_visible(x, title) {
-                app = Some(child);
-                break;
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        assert!(app.is_some(), "the app's window appeared");
-    }
+    let app = (open != Idle::NoApp).then(|| {
+        vm.open_app(x, args, title)
+            .expect("the app's window appeared")
+    });
     // The window settles and the library's first thumbnail is drawn.
     std::thread::sleep(Duration::from_secs(3));
     let app_before = app.as_ref().map(|a| cpu_seconds(a.id()));
@@ -363,9 +347,6 @@ fn idle(x: &Xvfb, probe: &Path, open: Idle) -> (Option<f64>, f64) {
         let _ = a.kill();
         let _ = a.wait();
     }
-    let mut stop = Command::new(vireo_binary());
-    vireo(&mut stop);
-    let _ = stop.args(["stop", "idle"]).output();
     (app_cpu, engine_cpu)
 }
 
@@ -469,40 +450,14 @@ fn latency_cmdline() -> String {
 
 /// The app's VM window on the blinking guest.
 fn app_latency(x: &Xvfb, probe: &Path) -> Vec<f64> {
-    let home = TempDir::new("bench-app-latency");
-    let vireo = |cmd: &mut Command| {
-        cmd.env("XDG_DATA_HOME", home.0.join("data"))
-            .env("XDG_RUNTIME_DIR", home.0.join("run"))
-            .env("VIREO_VMM", vmm_binary())
-            .env("VIREO_PROBE_GUEST", probe);
-    };
-    let mut create = Command::new(vireo_binary());
-    vireo(&mut create);
-    let out = create
-        .args(["create", "lat", "--os", "kernel", "--kernel", s(probe)])
-        .args(["--memory", "256M", "--display", LATENCY_SCREEN])
-        .args(["--cmdline", &latency_cmdline(), "--start"])
-        .output()
-        .expect("vireo runs");
-    assert!(out.status.success(), "{out:?}");
-    let _power_off = OnDrop(|| {
-        let mut stop = Command::new(vireo_binary());
-        vireo(&mut stop);
-        let _ = stop.args(["stop", "lat"]).output();
-    });
-    let mut open = x.command(s(&vireo_binary()));
-    vireo(&mut open);
-    let mut app = open
-        .args(["open", "lat"])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("the app");
-    let _close = OnDrop(|| {
-        let _ = app.kill();
-        let _ = app.wait();
-    });
-    let control = home.0.join("run/vireo/lat/control.sock");
-    flush_to_screen(x, &control, "^lat ")
+    let vm = AppVm::start("lat", probe, LATENCY_SCREEN, &latency_cmdline());
+    let mut app = vm
+        .open_app(x, &["open", "lat"], "^lat ")
+        .expect("the app's VM window appeared");
+    let latencies = flush_to_screen(x, &vm.runtime("control.sock"), "^lat ");
+    let _ = app.kill();
+    let _ = app.wait();
+    latencies
 }
 
 /// `vireo-vmm --window` on the blinking guest.
