@@ -389,10 +389,18 @@ fn flush_to_screen(x: &Xvfb, control: &Path, title: &str) -> Vec<f64> {
     use vireo_vmm::control::protocol::Event;
     use x11rb::protocol::xproto::{ConnectionExt, ImageFormat};
 
-    let window: u32 = x
-        .find_window(title, Duration::from_secs(30))
-        .parse()
-        .expect("an X window id");
+    let id = x.find_window(title, Duration::from_secs(30));
+    // With no window manager every window opens at (0, 0): the app's library can cover
+    // the VM window, and X reads an obscured window as whatever covers it. Moved clear
+    // of it and raised, the VM window's own pixels are read.
+    for args in [
+        &["windowmove", &id, "960", "0"][..],
+        &["windowraise", &id][..],
+    ] {
+        let _ = x.command("xdotool").args(args).output();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let window: u32 = id.parse().expect("an X window id");
     let (flushes_tx, flushes) = std::sync::mpsc::channel();
     let (mut display, _mode) = DisplayClient::attach(control).expect("the engine's display");
     std::thread::spawn(move || {
