@@ -253,8 +253,8 @@ impl NetWorker {
     pub fn process_rx(&mut self) -> Result<(), virtio_queue::Error> {
         let mut used_any = false;
         while !self.rx_waiting && !self.backend_dead && !self.throttled {
-            let len = match self.backend.peek_frame() {
-                Ok(Some(frame)) => frame.len() as u64,
+            let frame = match self.backend.peek_frame() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
                     self.backend_failed(&e);
@@ -263,13 +263,12 @@ impl NetWorker {
             };
             // Charged before we know the guest has room: a frame that waits for
             // buffers is charged again when it goes (a small overcharge, never under).
-            if !self.admit(len) {
+            // (The limiter's fields, not `admit`: the frame still borrows the backend.)
+            let len = frame.len() as u64;
+            if !self.limiter.as_ref().is_none_or(|l| l.admit(len)) {
+                self.throttled = true;
                 break;
             }
-            let frame = match self.backend.peek_frame() {
-                Ok(Some(frame)) => frame,
-                _ => break,
-            };
             let flags = if self.data_valid {
                 VIRTIO_NET_HDR_F_DATA_VALID as u8
             } else {
