@@ -810,6 +810,7 @@ mod tests {
         }
 
         fn start(path: &Path, format: DiskFormat, read_only: bool) -> Self {
+            wait_until_free(path);
             let child = Self::command(path, format, read_only)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -841,6 +842,22 @@ mod tests {
 
     /// Waits until a QEMU started on `path` has taken all its locks (QEMU takes them in
     /// steps while it starts), then returns why we cannot open the image.
+    /// Waits out copies of a Disk we just dropped: a concurrent test's fork holds a copy
+    /// of its fd, and so its locks, until the child execs. Under load that can outlast
+    /// QEMU's start, which then fails, or (its locks read as QEMU's) fools
+    /// `wait_until_held`.
+    fn wait_until_free(path: &Path) {
+        let file = File::open(path).unwrap();
+        let start = Instant::now();
+        while super::super::lock::in_use_by_others(&file).unwrap() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{path:?} stayed locked after its Disk was dropped"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait_until_held(path: &Path, readonly: bool, qemu_writes: bool) -> DiskError {
         use super::super::lock::{is_locked_by_others, RAW_LOCK_PERM_BASE, RAW_LOCK_SHARED_BASE};
         let file = File::open(path).unwrap();
