@@ -383,7 +383,8 @@ impl Machine<'_> {
     /// VM carries on where it was (paused if it was paused before).
     fn save(&mut self, path: &Path) -> Result<(), String> {
         let stopped = self.stop_and_capture()?;
-        match snapshot::file::write(path, &stopped.state, &self.mem) {
+        let anonymous = self.config.restore.is_none();
+        match snapshot::file::write(path, &stopped.state, &self.mem, anonymous) {
             Ok(()) => {
                 tracing::info!("saved to {}", path.display());
                 Ok(())

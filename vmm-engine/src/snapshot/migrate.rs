@@ -24,7 +24,7 @@ use super::MachineState;
 
 const MAGIC: &[u8; 8] = b"VIREOMIG";
 const VERSION: u32 = 1;
-const PAGE: usize = 4096;
+use super::pages::PAGE;
 /// Pre-copy stops when a round finds fewer dirty pages than this (4 MiB)...
 const SMALL_ENOUGH: usize = 1024;
 /// ...or after this many rounds (a guest dirtying memory faster than we send it).
@@ -138,25 +138,6 @@ fn fold_hash(page: &[u8]) -> u64 {
     })
 }
 
-/// Which pages of `bytes` (page-aligned) are resident (`mincore`): in anonymous guest
-/// memory a page never touched is not, and reads as zero without being looked at.
-fn resident(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut pages = vec![0u8; bytes.len().div_ceil(PAGE)];
-    // SAFETY: `bytes` is a live, page-aligned mapping of `bytes.len()` bytes and
-    // `pages` has one byte per page of it, as mincore(2) writes.
-    let rc = unsafe {
-        libc::mincore(
-            bytes.as_ptr() as *mut libc::c_void,
-            bytes.len(),
-            pages.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(pages)
-}
-
 /// The source side: what has been sent, per page.
 pub struct Sender {
     out: BufWriter<Box<dyn Stream>>,
@@ -218,22 +199,14 @@ impl Sender {
         Ok(())
     }
 
-    /// Which pages of a region may hold data: all of them unless memory is anonymous.
-    fn may_hold_data(&self, bytes: &[u8]) -> std::io::Result<Vec<bool>> {
-        if !self.anonymous {
-            return Ok(vec![true; bytes.len() / PAGE]);
-        }
-        Ok(resident(bytes)?.iter().map(|r| r & 1 != 0).collect())
-    }
-
     /// Round 0: every page holding anything.
     pub fn send_all(&mut self) -> std::io::Result<usize> {
         let mut n = 0;
         let mem = self.mem.clone();
         for (gpa, bytes, first) in Self::regions(&mem) {
-            let present = self.may_hold_data(bytes)?;
+            let present = super::pages::may_hold_data(bytes, self.anonymous)?;
             for (i, page) in bytes.chunks(PAGE).enumerate() {
-                if present[i] && !super::file::is_zero(page) {
+                if present[i] && !super::pages::is_zero(page) {
                     self.send_page(gpa + (i * PAGE) as u64, page, first + i)?;
                     n += 1;
                 }
@@ -271,7 +244,7 @@ impl Sender {
         let mut n = 0;
         let mem = self.mem.clone();
         for (gpa, bytes, first) in Self::regions(&mem) {
-            let present = self.may_hold_data(bytes)?;
+            let present = super::pages::may_hold_data(bytes, self.anonymous)?;
             for (i, page) in bytes.chunks(PAGE).enumerate() {
                 // A page gone from memory (the balloon gave it back) reads as zero now:
                 // it differs only if something else was sent for it.
@@ -408,22 +381,6 @@ mod tests {
         for bad in ["", "unix:", "tcp:4444", "/tmp/x", "udp:1:2"] {
             assert!(bad.parse::<Endpoint>().unwrap_err().contains("unix:PATH"));
         }
-    }
-
-    #[test]
-    fn untouched_anonymous_memory_is_not_resident_and_touched_is() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 * PAGE)]).unwrap();
-        mem.write_slice(&[1u8], GuestAddress(5 * PAGE as u64))
-            .unwrap();
-        let region = mem.iter().next().unwrap();
-        // SAFETY: the region's own mapping, alive for the test.
-        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), 64 * PAGE) };
-        let pages = resident(bytes).unwrap();
-        assert_eq!(pages.len(), 64);
-        assert!(pages[5] & 1 != 0);
-        // Without THP backing the mapping, the untouched ones are absent.
-        let absent = pages.iter().filter(|p| *p & 1 == 0).count();
-        assert!(absent == 63 || absent == 0, "{absent}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod migrate;
+mod pages;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
