@@ -677,6 +677,45 @@ fn a_running_vm_moves_to_another_engine_and_counts_on() {
     destination.wait_exit(Duration::from_secs(10)).unwrap();
 }
 
+/// A paused VM moves paused: the user paused it and moving it (an engine upgrade is a
+/// move) must not run it behind their back.
+#[test]
+fn a_paused_vm_moves_paused_and_counts_on_when_resumed() {
+    if !report::require_kvm("snapshot::a_paused_vm_moves_paused_and_counts_on_when_resumed") {
+        return;
+    }
+    let dir = TempDir::new("snap-migrate-paused");
+    let to = format!("unix:{}", dir.0.join("mig.sock").display());
+    let mut source = spawn(&counter_args(&dir), &[]);
+    wait_count(&mut source, 10);
+    let mut destination = spawn(&destination_args(&dir, &to), &[]);
+    assert_eq!(control(&dir).ask(&Request::Pause {}).unwrap(), Response::Ok);
+    assert_eq!(migrate(&dir, &to), Response::Ok);
+    let status = source
+        .wait_exit(Duration::from_secs(20))
+        .expect("the source ends");
+    assert_eq!(status.code(), Some(code::MIGRATED));
+    let last = *counts(&[&source.seen]).last().unwrap();
+
+    let mut dest = control_at(&dir.0.join("dest.sock"));
+    match dest.ask(&Request::Status {}).unwrap() {
+        Response::Status { state, .. } => assert_eq!(state, "paused"),
+        other => panic!("{other:?}"),
+    }
+    let until = destination.started.elapsed() + Duration::from_millis(500);
+    let _ = destination.wait_for("never printed", until);
+    assert!(
+        counts(&[&destination.seen]).is_empty(),
+        "the moved guest ran while paused: {:?}",
+        destination.seen
+    );
+    assert_eq!(dest.ask(&Request::Resume {}).unwrap(), Response::Ok);
+    wait_count(&mut destination, last + 20);
+    assert_consecutive(&counts(&[&source.seen, &destination.seen]));
+    assert_eq!(dest.ask(&Request::PowerOff {}).unwrap(), Response::Ok);
+    destination.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
 /// An engine upgrade: the VM runs on an engine binary that a package upgrade has since
 /// replaced, and moves to the new binary started with the very same flags (the same
 /// control and vsock socket paths, the same disk). The destination takes the paths

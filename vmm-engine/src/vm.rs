@@ -292,7 +292,8 @@ fn boot_once(
         held_clock: None,
         images,
     };
-    machine.start_vcpus(fds, config.start_paused)?;
+    let migrated_paused = incoming.is_some() && state.as_ref().is_some_and(|s| s.paused);
+    machine.start_vcpus(fds, config.start_paused || migrated_paused)?;
     if let Some(mut stream) = incoming {
         // Host programs reach the guest here from now on (a no-op unless the source,
         // on this host, still held the vsock socket's path).
@@ -437,13 +438,14 @@ impl Machine<'_> {
             return Err(why);
         }
         let stopped_at = std::time::Instant::now();
-        let stopped = match self.stop_and_capture() {
+        let mut stopped = match self.stop_and_capture() {
             Ok(stopped) => stopped,
             Err(why) => {
                 let _ = self.log_dirty(false);
                 return Err(why);
             }
         };
+        stopped.state.paused = stopped.was_paused;
         for image in &self.images {
             lock(image).release_lock();
         }
@@ -567,6 +569,8 @@ impl Machine<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            // The caller knows; a save runs the guest when it is restored.
+            paused: false,
         };
         Ok(state)
     }

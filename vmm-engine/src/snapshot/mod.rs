@@ -152,6 +152,11 @@ pub struct MachineState {
     pub bus: BusState,
     /// Unix time of the save, for people and the app.
     pub saved_at: u64,
+    /// The guest was paused when it was captured: a migration's destination keeps it
+    /// paused (moving a paused VM to a new engine must not run it). A restore from a
+    /// file runs the guest, as the user who starts a saved VM expects.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl MachineState {
