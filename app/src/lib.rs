@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod guest_link;
 pub mod host;
+pub mod images;
 pub mod library;
 pub mod paths;
 pub mod settings;

@@ -50,6 +50,11 @@ impl Dirs {
         self.data.join("vms")
     }
 
+    /// Guest images the app built (the demo Linux).
+    pub fn images(&self) -> PathBuf {
+        self.data.join("images")
+    }
+
     /// Disks kept when their VM was deleted without them.
     pub fn kept_disks(&self) -> PathBuf {
         self.data.join("kept-disks")

@@ -17,7 +17,7 @@ pub const GUEST_CID: u32 = 3;
 pub enum LaunchError {
     #[error("the Vireo self-test guest is not built: run `cargo build --release --manifest-path tests/probe-guest/Cargo.toml --target-dir target/probe-guest`, or set VIREO_PROBE_GUEST to its path")]
     NoProbeGuest,
-    #[error("the Vireo demo Linux image is not built: run `cargo run --release -p vireo-installers --bin vireo-image -- --out target/demo-linux`, or set VIREO_DEMO_IMAGE to its directory")]
+    #[error("the Vireo demo Linux image is not built: create the VM in the app's New VM wizard (it builds the image), or run `vireo-image --out ~/.local/share/vireo/images/demo-linux`, or set VIREO_DEMO_IMAGE to its directory")]
     NoDemoImage,
     #[error("the kernel {0} does not exist")]
     KernelMissing(PathBuf),
@@ -36,6 +36,8 @@ pub struct Programs {
     pub app: PathBuf,
     /// The directory `vireo` lives in (target/release in a build tree).
     exe_dir: PathBuf,
+    /// The user's images (`<data>/images`), where the wizard builds the demo Linux.
+    user_images: Option<PathBuf>,
 }
 
 impl Programs {
@@ -56,7 +58,28 @@ impl Programs {
             engine,
             app,
             exe_dir,
+            user_images: None,
         }
+    }
+
+    /// Also looks for guest images in `dir` (the user's `<data>/images`).
+    pub fn with_user_images(mut self, dir: PathBuf) -> Programs {
+        self.user_images = Some(dir);
+        self
+    }
+
+    /// `vireo-image`, which builds guest images: `VIREO_IMAGE`, or beside `vireo`, or on
+    /// PATH.
+    pub fn image_builder(&self) -> PathBuf {
+        std::env::var_os("VIREO_IMAGE")
+            .map(PathBuf::from)
+            .or_else(|| Some(self.exe_dir.join("vireo-image")).filter(|p| p.is_file()))
+            .unwrap_or_else(|| "vireo-image".into())
+    }
+
+    /// Where the wizard builds the demo Linux when none is found (the user's images).
+    pub fn demo_image_home(&self) -> Option<PathBuf> {
+        self.user_images.as_ref().map(|d| d.join("demo-linux"))
     }
 
     /// The probe guest's ELF: `VIREO_PROBE_GUEST`, or the build tree's
@@ -77,19 +100,21 @@ impl Programs {
             .ok_or(LaunchError::NoProbeGuest)
     }
 
-    /// The demo Linux image directory (`vmlinuz`, `initramfs.img`): `VIREO_DEMO_IMAGE`
-    /// or the build tree's `target/demo-linux`.
+    /// The demo Linux image directory (`vmlinuz`, `initramfs.img`): `VIREO_DEMO_IMAGE`,
+    /// the build tree's `target/demo-linux`, or the one the wizard built in the user's
+    /// images.
     pub fn demo_image(&self) -> Result<PathBuf, LaunchError> {
         let candidates = [
             std::env::var_os("VIREO_DEMO_IMAGE").map(PathBuf::from),
             self.exe_dir
                 .parent()
                 .map(|target| target.join("demo-linux")),
+            self.demo_image_home(),
         ];
         candidates
             .into_iter()
             .flatten()
-            .find(|d| d.join("vmlinuz").is_file() && d.join("initramfs.img").is_file())
+            .find(|d| crate::images::is_demo_image(d))
             .ok_or(LaunchError::NoDemoImage)
     }
 }

@@ -191,8 +191,8 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(dirs: Dirs, programs: Programs) -> Supervisor {
         Supervisor {
+            programs: programs.with_user_images(dirs.images()),
             dirs,
-            programs,
             children: Mutex::new(Vec::new()),
         }
     }

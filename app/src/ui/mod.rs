@@ -28,7 +28,7 @@ use backend::{Backend, Command, DropState, Update, VmRow};
 use display_view::{DisplayView, ViewRequest};
 use library_view::{Glance, LibraryCommand, LibraryView};
 use settings_dialog::{SettingsDialog, SettingsOutcome};
-use wizard::{Wizard, WizardOutcome};
+use wizard::{DemoImagePlan, Wizard, WizardOutcome};
 
 /// The app id: the window class on X11 and app id on Wayland; the .desktop file
 /// (`installers/deb/vireo/dev.vireo.Vireo.desktop`) and the icons have this name.
@@ -39,6 +39,8 @@ pub const TOOLBAR_HEIGHT: f32 = 36.0;
 
 pub struct VireoApp {
     dirs: Dirs,
+    /// The programs and images the supervisor uses (the wizard asks about the demo).
+    programs: Programs,
     host: HostInfo,
     backend: Backend,
     rows: Vec<VmRow>,
@@ -88,13 +90,15 @@ pub enum Tab {
 impl VireoApp {
     pub fn new(ctx: &egui::Context, dirs: Dirs, programs: Programs, host: HostInfo) -> VireoApp {
         let library = Library::new(&dirs);
-        let supervisor = Supervisor::new(dirs.clone(), programs);
+        let programs = programs.with_user_images(dirs.images());
+        let supervisor = Supervisor::new(dirs.clone(), programs.clone());
         let wake_ctx = ctx.clone();
         let backend = Backend::start(library, supervisor, host.clone(), move || {
             wake_ctx.request_repaint()
         });
         VireoApp {
             dirs,
+            programs,
             host,
             backend,
             rows: Vec::new(),
@@ -315,7 +319,10 @@ impl VireoApp {
 
     fn handle(&mut self, command: LibraryCommand) {
         match command {
-            LibraryCommand::NewVm => self.wizard = Some(Wizard::new(self.host.clone())),
+            LibraryCommand::NewVm => {
+                let plan = DemoImagePlan::of(&self.programs);
+                self.wizard = Some(Wizard::new(self.host.clone()).with_demo_image(plan));
+            }
             LibraryCommand::Start(id) => self.backend.send(Command::Start(id)),
             LibraryCommand::Act(id, action) => self.act(id, action),
             LibraryCommand::OpenDisplay(id) => {

@@ -8,6 +8,8 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use eframe::egui::{self, Color32, RichText};
 
 use crate::host::HostInfo;
+use crate::images::{BuildStatus, ImageBuild};
+use crate::supervisor::Programs;
 use crate::vm_config::{self, DiskConfig, DisplaySize, Field, OsSource, Problem, VmConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,36 @@ pub struct Wizard {
     picking: Option<Picking>,
     /// The last check: the form and names it was for, and its problems.
     checked: Option<Checked>,
+    /// Where the demo Linux image is, or where to build it (`None`: not known, as in
+    /// tests of the form alone; Create then creates at once).
+    demo: Option<DemoImagePlan>,
+    /// The demo image being built, and the VM to create when it is.
+    building: Option<(ImageBuild, VmConfig, bool)>,
+    /// Why the last build did not finish.
+    build_failed: Option<String>,
+}
+
+/// The demo Linux image: found already, or to be built by `builder` into `build_to`.
+#[derive(Debug, Clone)]
+pub struct DemoImagePlan {
+    pub present: bool,
+    pub builder: PathBuf,
+    pub build_to: Option<PathBuf>,
+}
+
+impl DemoImagePlan {
+    pub fn of(programs: &Programs) -> DemoImagePlan {
+        DemoImagePlan {
+            present: programs.demo_image().is_ok(),
+            builder: programs.image_builder(),
+            build_to: programs.demo_image_home(),
+        }
+    }
+
+    /// Where to build the image, when Create must build it first.
+    fn needs_build(&self) -> Option<&PathBuf> {
+        self.build_to.as_ref().filter(|_| !self.present)
+    }
 }
 
 type Checked = ((VmConfig, Vec<String>), Vec<Problem>);
@@ -74,7 +106,16 @@ impl Wizard {
             focus_name: true,
             picking: None,
             checked: None,
+            demo: None,
+            building: None,
+            build_failed: None,
         }
+    }
+
+    /// With the demo Linux image found or built on Create as `plan` says.
+    pub fn with_demo_image(mut self, plan: DemoImagePlan) -> Wizard {
+        self.demo = Some(plan);
+        self
     }
 
     /// The VM the form describes, or why the memory field is not a number.
@@ -112,6 +153,9 @@ impl Wizard {
 
     /// Draws the form; returns what the user decided, once they decide.
     pub fn ui(&mut self, ui: &mut egui::Ui, taken: &[String]) -> Option<WizardOutcome> {
+        if self.building.is_some() {
+            return self.build_ui(ui);
+        }
         self.take_picked();
         let config = self.config();
         let problems = self.problems(&config, taken);
@@ -153,6 +197,19 @@ impl Wizard {
                 self.os = OsChoice::SelfTest;
             }
         }
+        let build = self.demo.as_ref().and_then(DemoImagePlan::needs_build);
+        if self.os == OsChoice::DemoLinux && build.is_some() {
+            ui.label(
+                RichText::new(
+                    "Create first builds the demo Linux image: Debian's kernel and busybox \
+                     with the Vireo agent (downloaded once, then kept).",
+                )
+                .weak(),
+            );
+        }
+        if let Some(why) = &self.build_failed {
+            ui.label(RichText::new(why).color(ERROR));
+        }
         show(ui, Field::Os);
 
         ui.separator();
@@ -178,10 +235,7 @@ impl Wizard {
             let ready = config.is_ok() && problems.is_empty();
             if ui.add_enabled(ready, egui::Button::new("Create")).clicked() || (enter && ready) {
                 if let Ok(config) = self.config() {
-                    outcome = Some(WizardOutcome::Create {
-                        config,
-                        start: self.start_after,
-                    });
+                    outcome = self.create(ui.ctx(), config);
                 }
             }
             if ui.button("Cancel").clicked() {
@@ -189,6 +243,70 @@ impl Wizard {
             }
         });
         outcome
+    }
+
+    /// Create: at once, or once the demo Linux image it needs is built.
+    fn create(&mut self, ctx: &egui::Context, config: VmConfig) -> Option<WizardOutcome> {
+        let start = self.start_after;
+        let build_to = match config.os {
+            OsSource::DemoLinux => self.demo.as_ref().and_then(DemoImagePlan::needs_build),
+            _ => None,
+        };
+        let Some(build_to) = build_to else {
+            return Some(WizardOutcome::Create { config, start });
+        };
+        let builder = self.demo.as_ref().map(|d| d.builder.clone())?;
+        let ctx = ctx.clone();
+        match ImageBuild::start_demo(&builder, build_to, move || ctx.request_repaint()) {
+            Ok(build) => {
+                self.build_failed = None;
+                self.building = Some((build, config, start));
+            }
+            Err(why) => self.build_failed = Some(why),
+        }
+        None
+    }
+
+    /// The demo image's build: progress, and a way out.
+    fn build_ui(&mut self, ui: &mut egui::Ui) -> Option<WizardOutcome> {
+        let (build, ..) = self.building.as_mut()?;
+        let status = build.status();
+        ui.heading("New VM");
+        ui.label("Building the Vireo demo Linux image");
+        let message = match &status {
+            BuildStatus::Running { message, .. } if !message.is_empty() => message.clone(),
+            _ => "starting…".into(),
+        };
+        ui.add(
+            egui::ProgressBar::new(status.fraction())
+                .show_percentage()
+                .desired_width(400.0),
+        );
+        ui.label(RichText::new(message).weak());
+        let cancel = ui.button("Cancel build").clicked();
+        match status {
+            BuildStatus::Finished(_) => {
+                if let Some(plan) = &mut self.demo {
+                    plan.present = true;
+                }
+                let (_, config, start) = self.building.take()?;
+                Some(WizardOutcome::Create { config, start })
+            }
+            BuildStatus::Failed(why) => {
+                self.building = None;
+                self.build_failed = Some(why);
+                None
+            }
+            BuildStatus::Running { .. } => {
+                if cancel {
+                    if let Some((mut build, ..)) = self.building.take() {
+                        build.cancel();
+                    }
+                    self.build_failed = Some("The image build was cancelled.".into());
+                }
+                None
+            }
+        }
     }
 
     fn path_field(&mut self, ui: &mut egui::Ui, label: &str, kind: Kind) {

@@ -1,0 +1,370 @@
+//! Guest images the app builds on first use: the Vireo demo Linux, made by `vireo-image`
+//! (`installers/`) into the user's data directory. The build runs as a child process
+//! whose progress lines the wizard shows; cancelling it kills its whole process group
+//! and leaves nothing half-built, because it writes into a side directory that is
+//! renamed into place only when the builder succeeds.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// The files a demo Linux image directory holds (what `launch` boots).
+pub const DEMO_FILES: [&str; 2] = ["vmlinuz", "initramfs.img"];
+
+/// How many of the builder's last output lines a failure shows.
+const KEPT_LINES: usize = 12;
+
+/// Whether `dir` holds a whole demo Linux image.
+pub fn is_demo_image(dir: &Path) -> bool {
+    DEMO_FILES.iter().all(|f| dir.join(f).is_file())
+}
+
+/// Where a build stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuildStatus {
+    /// Step `step` of `steps` (0 of 0 before the first line), and what it does.
+    Running {
+        step: u32,
+        steps: u32,
+        message: String,
+    },
+    /// The image is whole in this directory.
+    Finished(PathBuf),
+    /// Why it failed, with the builder's last lines.
+    Failed(String),
+}
+
+impl BuildStatus {
+    /// Done so far, 0 to 1, for a progress bar.
+    pub fn fraction(&self) -> f32 {
+        match self {
+            BuildStatus::Running { step, steps, .. } if *steps > 0 => {
+                (*step as f32 / *steps as f32).clamp(0.0, 1.0)
+            }
+            BuildStatus::Running { .. } | BuildStatus::Failed(_) => 0.0,
+            BuildStatus::Finished(_) => 1.0,
+        }
+    }
+}
+
+/// What the reader threads saw of the builder's output.
+#[derive(Default)]
+struct Output {
+    step: u32,
+    steps: u32,
+    message: String,
+    last: VecDeque<String>,
+}
+
+impl Output {
+    fn take_line(&mut self, line: &str) {
+        if let Some((step, steps, message)) = parse_step(line) {
+            (self.step, self.steps, self.message) = (step, steps, message.to_owned());
+        }
+        if self.last.len() == KEPT_LINES {
+            self.last.pop_front();
+        }
+        self.last.push_back(line.to_owned());
+    }
+}
+
+/// One `vireo-image` run into `out`.
+pub struct ImageBuild {
+    child: Option<Child>,
+    output: Arc<Mutex<Output>>,
+    out: PathBuf,
+    partial: PathBuf,
+    finished: Option<BuildStatus>,
+}
+
+impl ImageBuild {
+    /// Starts `builder --out <side dir>` for a demo Linux image that will live in
+    /// `out`; `wake` is called on every line it prints (to repaint the window).
+    pub fn start_demo(
+        builder: &Path,
+        out: &Path,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Result<ImageBuild, String> {
+        let partial = side_dir(out);
+        // A build the app did not see finish (it was killed, or crashed) left this.
+        let _ = std::fs::remove_dir_all(&partial);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        let mut child = Command::new(builder)
+            .arg("--out")
+            .arg(&partial)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a cancel ends apt-get and cargo under it too.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run the image builder {}: {e} (install the vireo package, or \
+                     build it with `cargo build --release -p vireo-installers`)",
+                    builder.display()
+                )
+            })?;
+        let output = Arc::new(Mutex::new(Output::default()));
+        let wake = Arc::new(wake);
+        let streams: [Option<Box<dyn Read + Send>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as _),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let (output, wake) = (Arc::clone(&output), Arc::clone(&wake));
+            let _ = std::thread::Builder::new()
+                .name("image-build-output".into())
+                .spawn(move || {
+                    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                        lock(&output).take_line(&line);
+                        wake();
+                    }
+                    wake();
+                });
+        }
+        Ok(ImageBuild {
+            child: Some(child),
+            output,
+            out: out.to_owned(),
+            partial,
+            finished: None,
+        })
+    }
+
+    /// Where the build stands; once the builder has exited, the image is moved into
+    /// place (or the side directory removed) and the answer stays.
+    pub fn status(&mut self) -> BuildStatus {
+        if let Some(done) = &self.finished {
+            return done.clone();
+        }
+        let exited = match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Ok(status),
+            Some(Ok(None)) => {
+                let out = lock(&self.output);
+                return BuildStatus::Running {
+                    step: out.step,
+                    steps: out.steps,
+                    message: out.message.clone(),
+                };
+            }
+            Some(Err(e)) => Err(format!("lost the image builder: {e}")),
+            None => Err("the build was cancelled".into()),
+        };
+        self.child = None;
+        let done = match exited {
+            Ok(status) if status.success() => self.move_into_place(),
+            Ok(status) => Err(format!(
+                "the image builder failed ({status}):\n{}",
+                self.last_lines()
+            )),
+            Err(why) => Err(why),
+        };
+        let done = match done {
+            Ok(()) => BuildStatus::Finished(self.out.clone()),
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(&self.partial);
+                BuildStatus::Failed(why)
+            }
+        };
+        self.finished = Some(done.clone());
+        done
+    }
+
+    /// Stops the builder and everything it started, and removes what it wrote.
+    pub fn cancel(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The group's id is the child's pid (`process_group(0)`).
+            let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.partial);
+        self.finished = Some(BuildStatus::Failed("the build was cancelled".into()));
+    }
+
+    fn move_into_place(&self) -> Result<(), String> {
+        if !is_demo_image(&self.partial) {
+            return Err(format!(
+                "the image builder ended without writing {} into {}:\n{}",
+                DEMO_FILES.join(" and "),
+                self.partial.display(),
+                self.last_lines()
+            ));
+        }
+        // An image another build finished meanwhile is as good: keep it.
+        if is_demo_image(&self.out) {
+            let _ = std::fs::remove_dir_all(&self.partial);
+            return Ok(());
+        }
+        let _ = std::fs::remove_dir_all(&self.out);
+        std::fs::rename(&self.partial, &self.out)
+            .map_err(|e| format!("cannot move the image to {}: {e}", self.out.display()))
+    }
+
+    fn last_lines(&self) -> String {
+        let out = lock(&self.output);
+        out.last.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for ImageBuild {
+    /// A wizard closed mid-build takes its build with it.
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.cancel();
+        }
+    }
+}
+
+/// `.NAME.partial` beside `out`.
+fn side_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    out.with_file_name(format!(".{name}.partial"))
+}
+
+/// `[3/8] message`, as `vireo-image` reports each step.
+fn parse_step(line: &str) -> Option<(u32, u32, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (counts, message) = rest.split_once("] ")?;
+    let (step, steps) = counts.split_once('/')?;
+    let (step, steps) = (step.parse().ok()?, steps.parse().ok()?);
+    (step <= steps).then_some((step, steps, message))
+}
+
+fn lock(output: &Mutex<Output>) -> std::sync::MutexGuard<'_, Output> {
+    output.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn step_lines_parse_and_others_do_not() {
+        assert_eq!(parse_step("[3/8] busybox"), Some((3, 8, "busybox")));
+        assert_eq!(
+            parse_step("[8/8] /x/initramfs.img (4475 KiB)").unwrap().0,
+            8
+        );
+        for other in [
+            "vireo-image: wrote",
+            "[9/8] too far",
+            "[a/8] x",
+            "[3/8]",
+            "",
+        ] {
+            assert_eq!(parse_step(other), None, "{other}");
+        }
+    }
+
+    fn script(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("builder");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn wait(build: &mut ImageBuild) -> BuildStatus {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = build.status();
+            if !matches!(status, BuildStatus::Running { .. }) {
+                return status;
+            }
+            assert!(Instant::now() < end, "the build never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vireo-images-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The real builder is driven by the wizard's test (`app/tests/ui_wizard_image.rs`);
+    /// these pin down what the app does with a builder that fails or writes nothing.
+    #[test]
+    fn a_failing_builder_says_why_and_leaves_nothing() {
+        let dir = temp("fail");
+        let builder = script(
+            &dir,
+            "mkdir -p \"$2\"; echo '[1/8] downloading'; echo 'apt-get: no route to host' >&2; exit 3",
+        );
+        let out = dir.join("images/demo-linux");
+        let mut build = ImageBuild::start_demo(&builder, &out, || {}).unwrap();
+        match wait(&mut build) {
+            BuildStatus::Failed(why) => {
+                assert!(why.contains("exit status: 3"), "{why}");
+                assert!(why.contains("no route to host"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!out.exists() && !side_dir(&out).exists());
+
+        let empty = script(&dir, "mkdir -p \"$2\"; echo '[8/8] done'");
+        let mut build = ImageBuild::start_demo(&empty, &out, || {}).unwrap();
+        match wait(&mut build) {
+            BuildStatus::Failed(why) => assert!(why.contains("without writing"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!out.exists());
+        match ImageBuild::start_demo(&dir.join("missing"), &out, || {}) {
+            Err(why) => assert!(why.contains("cargo build --release -p vireo-installers")),
+            Ok(_) => panic!("a missing builder started"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cancel_kills_the_builder_and_what_it_started() {
+        let dir = temp("cancel");
+        let pids = dir.join("pids");
+        // The builder starts a grandchild, as vireo-image starts apt-get.
+        let builder = script(
+            &dir,
+            &format!(
+                "mkdir -p \"$2\"; sleep 60 & echo $! > {0}; echo $$ >> {0}; echo '[1/8] x'; wait",
+                pids.display()
+            ),
+        );
+        let out = dir.join("demo-linux");
+        let mut build = ImageBuild::start_demo(&builder, &out, || {}).unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while build.status().fraction() == 0.0 {
+            assert!(Instant::now() < end, "no progress line");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(build.status().fraction(), 1.0 / 8.0);
+        build.cancel();
+        assert_eq!(
+            build.status(),
+            BuildStatus::Failed("the build was cancelled".into())
+        );
+        for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+            let end = Instant::now() + Duration::from_secs(5);
+            // Gone, or a zombie its (killed) parent left for init to reap.
+            while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+            {
+                assert!(Instant::now() < end, "process {pid} outlived the cancel");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        assert!(!out.exists() && !side_dir(&out).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
