@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
 use crate::paths::Dirs;
+use crate::resources::Resources;
 use crate::settings::{self, Settings};
 use crate::supervisor::monitor::{self, MonitorArgs};
 use crate::supervisor::{Action, Programs, Supervisor, VmState};
@@ -185,6 +186,18 @@ pub struct CreateArgs {
     pub net: bool,
     #[arg(long, value_name = "WxH", default_value = "1024x768")]
     pub display: String,
+    /// CPU weight against other VMs, 1-10000 (100: as any program).
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<u32>,
+    /// At most this many percent of one host CPU (150: one and a half).
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_limit: Option<u32>,
+    /// Cap the disk's bandwidth at this many MiB/s.
+    #[arg(long, value_name = "MIB_S")]
+    pub disk_limit: Option<u64>,
+    /// Cap the network card's bandwidth at this many MiB/s.
+    #[arg(long, value_name = "MIB_S")]
+    pub net_limit: Option<u64>,
     /// Start the VM once it is made.
     #[arg(long)]
     pub start: bool,
@@ -556,6 +569,12 @@ fn config_from_args(args: &CreateArgs) -> anyhow::Result<VmConfig> {
         link: Default::default(),
         window: Default::default(),
         mac: None,
+        resources: Resources {
+            cpu_weight: args.cpu_weight,
+            cpu_limit_percent: args.cpu_limit,
+            disk_mib_s: args.disk_limit,
+            net_mib_s: args.net_limit,
+        },
     })
 }
 

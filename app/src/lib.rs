@@ -8,6 +8,7 @@ pub mod host;
 pub mod images;
 pub mod library;
 pub mod paths;
+pub mod resources;
 pub mod settings;
 pub mod supervisor;
 pub mod ui;

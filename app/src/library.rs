@@ -402,6 +402,7 @@ mod tests {
             display: DisplaySize::default(),
             link: Default::default(),
             window: Default::default(),
+            resources: Default::default(),
             mac: None,
         }
     }

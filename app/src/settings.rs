@@ -247,6 +247,7 @@ mod tests {
             mac: None,
             link: Default::default(),
             window: Default::default(),
+            resources: Default::default(),
         }
     }
 

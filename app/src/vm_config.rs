@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::host::HostInfo;
+use crate::resources::Resources;
 
 /// The file name inside a VM's directory.
 pub const FILE_NAME: &str = "vm.toml";
@@ -48,6 +49,10 @@ pub struct VmConfig {
     /// (`[window]`; absent from older files: keep it running).
     #[serde(default, skip_serializing_if = "WindowSettings::is_default")]
     pub window: WindowSettings,
+    /// Its share of the host: CPU weight and limit, disk and network caps
+    /// (`[resources]`; absent from older files: none).
+    #[serde(default, skip_serializing_if = "Resources::is_default")]
+    pub resources: Resources,
 }
 
 /// `[window]` in vm.toml.
@@ -383,6 +388,8 @@ pub enum Problem {
     OsUnavailable(String),
     #[error("a disk needs at least 1 GiB")]
     DiskTooSmall,
+    #[error(transparent)]
+    Resources(#[from] crate::resources::Problem),
 }
 
 impl Problem {
@@ -399,6 +406,7 @@ impl Problem {
             Problem::InitrdMissing(_) => Field::Initrd,
             Problem::OsUnavailable(_) => Field::Os,
             Problem::DiskTooSmall => Field::Disk,
+            Problem::Resources(_) => Field::Resources,
         }
     }
 }
@@ -412,6 +420,7 @@ pub enum Field {
     Cpus,
     Memory,
     Disk,
+    Resources,
 }
 
 /// Smallest guest RAM the app offers (the engine's own floor is lower; no real guest
@@ -476,6 +485,13 @@ pub fn check(config: &VmConfig, host: &HostInfo, taken: &[String]) -> Vec<Proble
     if config.disk.is_some_and(|d| d.size_gib == 0) {
         problems.push(Problem::DiskTooSmall);
     }
+    problems.extend(
+        config
+            .resources
+            .check(host.cpus)
+            .into_iter()
+            .map(Problem::from),
+    );
     problems
 }
 
@@ -538,6 +554,7 @@ mod tests {
             display: DisplaySize::default(),
             link: LinkSettings::default(),
             window: WindowSettings::default(),
+            resources: Default::default(),
             mac: None,
         }
     }

@@ -719,3 +719,97 @@ fn the_shared_folders_dialog_adds_and_removes_a_share() {
     harness.step();
     harness.get_by_label("No other folders are shared.");
 }
+
+/// The CPU settings the engine has in force, and the cgroup file that holds the limit.
+fn cpu_in_force(home: &Home) -> (vireo_vmm::resources::cpu::CpuConfig, Option<String>) {
+    let socket = home.dir.0.join("run/vireo/screen/control.sock");
+    let mut control = vireo_e2e::engine::connect_control(
+        &socket,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    let request = vireo_vmm::control::protocol::Request::SetCpu {
+        weight: None,
+        limit: None,
+        pin: None,
+    };
+    match control.ask(&request).unwrap() {
+        vireo_vmm::control::protocol::Response::Cpu { config, cgroup } => (config, cgroup),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The CFS quota of the cgroup `set-cpu` named ("V1 /sys/fs/cgroup/cpu/vireo-vmm-42"
+/// or "V2 ..."), in microseconds per 100 ms period; `None`: no limit.
+fn cfs_quota_us(cgroup: &str) -> Option<u64> {
+    let (version, dir) = cgroup.split_once(' ').unwrap();
+    let dir = Path::new(dir);
+    let text = if version == "V1" {
+        std::fs::read_to_string(dir.join("cpu.cfs_quota_us")).unwrap()
+    } else {
+        std::fs::read_to_string(dir.join("cpu.max")).unwrap()
+    };
+    text.split_whitespace().next().unwrap().parse().ok()
+}
+
+#[test]
+fn resources_changed_in_the_library_reach_the_running_engine() {
+    const TEST: &str = "app::ui_engine::resources_changed_in_the_library_reach_the_running_engine";
+    if !report::require_kvm(TEST) {
+        return;
+    }
+    let home = Home::new("app-ui-resources");
+    home.vireo(&[
+        "create",
+        "screen",
+        "--memory",
+        "128M",
+        "--cpu-limit",
+        "50",
+        "--start",
+    ]);
+    let (config, cgroup) = cpu_in_force(&home);
+    assert_eq!(config.limit, Some(50));
+    let cgroup = cgroup.expect("a limited VM has a cgroup");
+    assert_eq!(cfs_quota_us(&cgroup), Some(50_000));
+
+    let mut harness = home.app();
+    let limit = Duration::from_secs(30);
+    until(&mut harness, "the running VM", limit, |h| {
+        h.state()
+            .rows()
+            .first()
+            .is_some_and(|r| r.state.is_running())
+    });
+    harness.step();
+    harness.get_by_label("Resources").click();
+    until(&mut harness, "the Resources dialog", limit, |h| {
+        h.query_by_label_contains("takes effect at once").is_some()
+    });
+    for (label, text) in [("CPU limit (%)", "30"), ("CPU weight", "300")] {
+        harness.get_by_label(label).focus();
+        harness.step();
+        harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::A);
+        harness.step();
+        harness.get_by_label(label).type_text(text);
+        harness.step();
+    }
+    harness.get_by_label("Apply").click();
+    until(&mut harness, "the change applied", limit, |h| {
+        h.state().status().is_some_and(|s| {
+            s.as_ref()
+                .is_ok_and(|t| t.contains("applied to the running VM"))
+        })
+    });
+    let (config, cgroup) = cpu_in_force(&home);
+    assert_eq!((config.weight, config.limit), (Some(300), Some(30)));
+    assert_eq!(cfs_quota_us(&cgroup.unwrap()), Some(30_000));
+    let saved = std::fs::read_to_string(home.dir.0.join("data/vireo/vms/screen/vm.toml")).unwrap();
+    assert!(
+        saved.contains("[resources]")
+            && saved.contains("cpu_weight = 300")
+            && saved.contains("cpu_limit_percent = 30"),
+        "{saved}"
+    );
+    home.vireo(&["stop", "screen"]);
+}

@@ -197,13 +197,17 @@ pub fn engine_args(
         let mut spec = OsString::from("path=");
         spec.push(disk);
         spec.push(",format=raw");
+        spec.push(config.resources.disk_spec());
         push("--disk", spec);
+    }
+    for (flag, value) in config.resources.cpu_flags() {
+        push(flag, value.into());
     }
     if config.network {
         let spec = match &config.mac {
             Some(mac) => format!("passt,mac={mac}"),
             None => "passt".to_owned(),
-        };
+        } + &config.resources.net_spec();
         push("--net", spec.into());
     }
     let mut vsock = OsString::from(format!("cid={GUEST_CID},socket="));
@@ -247,6 +251,12 @@ mod tests {
             link: Default::default(),
             window: Default::default(),
             mac: Some("52:54:00:00:00:07".into()),
+            resources: crate::resources::Resources {
+                cpu_weight: None,
+                cpu_limit_percent: Some(50),
+                disk_mib_s: Some(20),
+                net_mib_s: Some(8),
+            },
         };
         let runtime = RuntimeFiles {
             dir: "/run/v/k".into(),
@@ -269,9 +279,11 @@ mod tests {
             "--reboot".into(),
             "restart".into(),
             "--disk".into(),
-            format!("path={},format=raw", dir.join("disk.img").display()),
+            format!("path={},format=raw,bw=20M", dir.join("disk.img").display()),
+            "--cpu-limit".into(),
+            "50".into(),
             "--net".into(),
-            "passt,mac=52:54:00:00:00:07".into(),
+            "passt,mac=52:54:00:00:00:07,bw=8M".into(),
             "--vsock".into(),
             "cid=3,socket=/run/v/k/vsock.sock".into(),
             "--display".into(),

@@ -25,6 +25,7 @@ use crate::guest_link::drop_copy::{self, Progress};
 use crate::guest_link::{self, AgentStatus, GuestLink, LinkSpec};
 use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
+use crate::resources::Resources;
 use crate::settings::{self, Settings};
 use crate::supervisor::{Action, Supervisor, VmState};
 use crate::usage::{io_totals, UsageSampler};
@@ -96,6 +97,11 @@ pub enum Command {
     SaveSettings {
         id: String,
         settings: Settings,
+    },
+    /// Writes a VM's `[resources]` and applies what changed to it if it runs.
+    SaveResources {
+        id: String,
+        resources: Resources,
     },
     Refresh,
     /// Deletes a saved VM's saved state.
@@ -390,6 +396,43 @@ impl Worker {
         Ok(format!("clipboard {}", direction.label()))
     }
 
+    /// Writes `resources` to the VM's vm.toml and, if it runs, asks its engine for what
+    /// changed (the file first: a VM started meanwhile reads it).
+    fn save_resources(&self, entry: &VmEntry, resources: Resources) -> Result<String, String> {
+        let problems: Vec<String> = resources
+            .check(self.host.cpus)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let before = entry.config().map_err(|e| e.to_string())?.clone();
+        let mut config = before.clone();
+        config.resources = resources;
+        config
+            .save(&entry.config_path())
+            .map_err(|e| e.to_string())?;
+        if !self.supervisor.state(entry).is_running() {
+            return Ok("resources saved: they apply from the next start".into());
+        }
+        let runtime = self.supervisor.runtime(entry).map_err(|e| e.to_string())?;
+        let changes =
+            resources.changes_from(&before.resources, before.disk.is_some(), before.network);
+        for request in &changes {
+            match self.supervisor.ask(&runtime, request) {
+                Ok(Response::Error { message }) => {
+                    return Err(format!(
+                        "saved for the next start, but the running VM refused it: {message}"
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("saved for the next start, but: {e}")),
+            }
+        }
+        Ok("resources saved and applied to the running VM".into())
+    }
+
     /// Adds `folder` to the VM's shares (vm.toml), and serves it to the running guest.
     fn add_share(&self, entry: &VmEntry, folder: SharedFolder) -> Result<String, String> {
         let mut config = entry.config().map_err(|e| e.to_string())?.clone();
@@ -681,6 +724,9 @@ impl Worker {
                     .map(|copy| format!("cloned as {}", copy.name()))
                     .map_err(|e| e.to_string())
             }),
+            Command::SaveResources { id, resources } => {
+                self.with_entry(&id, |s, entry| s.save_resources(entry, resources))
+            }
             Command::SaveSettings { id, settings } => self.with_entry(&id, |s, entry| {
                 s.supervisor
                     .ensure_stopped(entry)

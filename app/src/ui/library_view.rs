@@ -34,6 +34,8 @@ pub enum LibraryCommand {
         name: String,
     },
     OpenSettings(String),
+    /// CPU weight and limit, disk and network caps: running or not.
+    OpenResources(String),
     /// Deletes a saved VM's saved state (confirmed).
     Discard(String),
     /// Moves a running VM to the engine installed now.
@@ -218,7 +220,7 @@ impl LibraryView {
         config: &vm_config::VmConfig,
         commands: &mut Vec<LibraryCommand>,
     ) {
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             let id = &row.entry_id;
             if row.state.is_running() {
                 if ui.button("Open display").clicked() {
@@ -228,6 +230,9 @@ impl LibraryView {
                     action_button(ui, id, action, commands);
                 }
                 action_button(ui, id, Action::PowerOff, commands);
+                if ui.button("Resources").clicked() {
+                    commands.push(LibraryCommand::OpenResources(id.clone()));
+                }
             } else {
                 if ui.button("Start").clicked() {
                     commands.push(LibraryCommand::Start(id.clone()));
@@ -237,6 +242,9 @@ impl LibraryView {
                 }
                 if ui.button("Settings").clicked() {
                     commands.push(LibraryCommand::OpenSettings(id.clone()));
+                }
+                if ui.button("Resources").clicked() {
+                    commands.push(LibraryCommand::OpenResources(id.clone()));
                 }
                 if ui.button("Clone").clicked() {
                     self.pending_clone = Some(PendingClone {
@@ -277,6 +285,7 @@ impl LibraryView {
             mac: None,
             link: Default::default(),
             window: Default::default(),
+            resources: Default::default(),
         };
         let unlimited = HostInfo {
             cpus: u32::MAX,

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod display_view;
 pub mod keymap;
 pub mod library_view;
+pub mod resources_dialog;
 pub mod settings_dialog;
 pub mod shares_dialog;
 pub mod thumbnail;
@@ -27,6 +28,7 @@ use crate::vm_config::OnClose;
 use backend::{Backend, Command, DropState, Update, VmRow};
 use display_view::{DisplayView, ViewRequest};
 use library_view::{Glance, LibraryCommand, LibraryView};
+use resources_dialog::{ResourcesDialog, ResourcesOutcome};
 use settings_dialog::{SettingsDialog, SettingsOutcome};
 use wizard::{DemoImagePlan, Wizard, WizardOutcome};
 
@@ -62,6 +64,7 @@ pub struct VireoApp {
     tab: Tab,
     thumbnails: HashMap<String, TextureHandle>,
     settings: Option<SettingsDialog>,
+    resources: Option<ResourcesDialog>,
     /// Where a quit stands (VMs whose choice is "save" are saved first).
     quit: Quit,
     /// Guests that were asked to shut down and did not within the wait: (id, name,
@@ -114,6 +117,7 @@ impl VireoApp {
             tab: Tab::Library,
             thumbnails: HashMap::new(),
             settings: None,
+            resources: None,
             quit: Quit::Idle,
             shutdown_prompts: Vec::new(),
         }
@@ -352,12 +356,32 @@ impl VireoApp {
                     self.settings = Some(SettingsDialog::new(id, config, host, saved));
                 }
             }
+            LibraryCommand::OpenResources(id) => {
+                let row = self.rows.iter().find(|r| r.entry_id == id);
+                if let Some((Ok(config), running)) =
+                    row.map(|r| (r.config.clone(), r.state.is_running()))
+                {
+                    let devices = (config.disk.is_some(), config.network);
+                    self.resources = Some(ResourcesDialog::new(
+                        id,
+                        config.name.clone(),
+                        config.resources,
+                        devices,
+                        self.host.cpus,
+                        running,
+                    ));
+                }
+            }
         }
     }
 
     /// Keyboard shortcuts of the main window (none while a form or dialog has the keys).
     fn shortcuts(&mut self, ui: &mut egui::Ui) {
-        if self.wizard.is_some() || self.settings.is_some() || self.library.dialog_open() {
+        if self.wizard.is_some()
+            || self.settings.is_some()
+            || self.resources.is_some()
+            || self.library.dialog_open()
+        {
             return;
         }
         let command = |key| egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, key);
@@ -413,7 +437,10 @@ impl VireoApp {
                 match wizard.ui(ui, &taken) {
                     Some(WizardOutcome::Create { config, start }) => {
                         self.status = Some(Ok(format!("creating {}…", config.name)));
-                        self.backend.send(Command::Create { config, start });
+                        self.backend.send(Command::Create {
+                            config: *config,
+                            start,
+                        });
                     }
                     Some(WizardOutcome::Cancel) => self.wizard = None,
                     None => {}
@@ -438,6 +465,7 @@ impl VireoApp {
             }
         });
         self.show_settings(ui.ctx());
+        self.show_resources(ui.ctx());
         self.show_displays(ui.ctx());
     }
 
@@ -452,6 +480,21 @@ impl VireoApp {
                 self.settings = None;
             }
             Some(SettingsOutcome::Cancel) => self.settings = None,
+            None => {}
+        }
+    }
+
+    fn show_resources(&mut self, ctx: &egui::Context) {
+        let Some(dialog) = &mut self.resources else {
+            return;
+        };
+        match dialog.show(ctx) {
+            Some(ResourcesOutcome::Save(resources)) => {
+                let id = dialog.vm_id.clone();
+                self.backend.send(Command::SaveResources { id, resources });
+                self.resources = None;
+            }
+            Some(ResourcesOutcome::Cancel) => self.resources = None,
             None => {}
         }
     }

@@ -22,7 +22,7 @@ pub enum OsChoice {
 /// What the wizard ends with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WizardOutcome {
-    Create { config: VmConfig, start: bool },
+    Create { config: Box<VmConfig>, start: bool },
     Cancel,
 }
 
@@ -148,6 +148,7 @@ impl Wizard {
             link: Default::default(),
             window: Default::default(),
             mac: None,
+            resources: Default::default(),
         })
     }
 
@@ -253,7 +254,10 @@ impl Wizard {
             _ => None,
         };
         let Some(build_to) = build_to else {
-            return Some(WizardOutcome::Create { config, start });
+            return Some(WizardOutcome::Create {
+                config: Box::new(config),
+                start,
+            });
         };
         let builder = self.demo.as_ref().map(|d| d.builder.clone())?;
         let ctx = ctx.clone();
@@ -290,7 +294,10 @@ impl Wizard {
                     plan.present = true;
                 }
                 let (_, config, start) = self.building.take()?;
-                Some(WizardOutcome::Create { config, start })
+                Some(WizardOutcome::Create {
+                    config: Box::new(config),
+                    start,
+                })
             }
             BuildStatus::Failed(why) => {
                 self.building = None;
