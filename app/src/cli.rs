@@ -198,6 +198,9 @@ pub struct CreateArgs {
     /// Cap the network card's bandwidth at this many MiB/s.
     #[arg(long, value_name = "MIB_S")]
     pub net_limit: Option<u64>,
+    /// Give the guest's idle memory back to the host (the balloon follows the guest).
+    #[arg(long)]
+    pub give_back_idle_memory: bool,
     /// Start the VM once it is made.
     #[arg(long)]
     pub start: bool,
@@ -574,6 +577,7 @@ fn config_from_args(args: &CreateArgs) -> anyhow::Result<VmConfig> {
             cpu_limit_percent: args.cpu_limit,
             disk_mib_s: args.disk_limit,
             net_mib_s: args.net_limit,
+            give_back_idle_memory: args.give_back_idle_memory,
         },
     })
 }

@@ -1,10 +1,11 @@
-//! A VM's share of the host, `[resources]` in vm.toml: CPU weight and limit, and disk
-//! and network bandwidth caps. The engine enforces them (cgroups and token buckets);
+//! A VM's share of the host, `[resources]` in vm.toml: CPU weight and limit, disk and
+//! network bandwidth caps, and whether idle guest memory goes back to the host. The engine enforces them (cgroups and token buckets);
 //! here they are checked, turned into its flags at start, and into control requests
 //! when the user changes them while the VM runs (they take effect at once).
 
 use serde::{Deserialize, Serialize};
 use vireo_vmm::control::protocol::Request;
+use vireo_vmm::devices::virtio::balloon::policy::BalloonPolicy;
 use vireo_vmm::devices::virtio::rate_limit::IoLimits;
 use vireo_vmm::resources::cpu::{WEIGHT_DEFAULT, WEIGHT_MAX, WEIGHT_MIN};
 
@@ -26,6 +27,10 @@ pub struct Resources {
     /// The network card's bandwidth cap, MiB/s (each way). `None`: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_mib_s: Option<u64>,
+    /// The engine gives the guest's idle memory back to the host (the balloon's
+    /// give-back-idle policy) and returns it when the guest needs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub give_back_idle_memory: bool,
 }
 
 /// One value the engine would refuse, phrased as what to fix.
@@ -68,14 +73,18 @@ impl Resources {
         problems
     }
 
-    /// The engine's CPU flags (`--cpu-weight`, `--cpu-limit`).
-    pub fn cpu_flags(&self) -> Vec<(&'static str, String)> {
+    /// The engine's flags beyond the devices' specs (`--cpu-weight`, `--cpu-limit`,
+    /// `--balloon-policy`).
+    pub fn engine_flags(&self) -> Vec<(&'static str, String)> {
         let mut flags = Vec::new();
         if let Some(w) = self.cpu_weight {
             flags.push(("--cpu-weight", w.to_string()));
         }
         if let Some(l) = self.cpu_limit_percent {
             flags.push(("--cpu-limit", l.to_string()));
+        }
+        if self.give_back_idle_memory {
+            flags.push(("--balloon-policy", "give-back-idle".into()));
         }
         flags
     }
@@ -104,6 +113,15 @@ impl Resources {
                 weight,
                 limit,
                 pin: None,
+            });
+        }
+        if self.give_back_idle_memory != old.give_back_idle_memory {
+            requests.push(Request::BalloonPolicy {
+                policy: if self.give_back_idle_memory {
+                    BalloonPolicy::GiveBackIdle
+                } else {
+                    BalloonPolicy::Fixed
+                },
             });
         }
         if disk && self.disk_mib_s != old.disk_mib_s {
@@ -146,6 +164,7 @@ mod tests {
             cpu_limit_percent: Some(150),
             disk_mib_s: Some(20),
             net_mib_s: Some(8),
+            give_back_idle_memory: true,
         };
         assert!(ok.check(2).is_empty());
         let bad = Resources {
@@ -153,6 +172,7 @@ mod tests {
             cpu_limit_percent: Some(250),
             disk_mib_s: Some(0),
             net_mib_s: Some(MAX_MIB_S + 1),
+            give_back_idle_memory: false,
         };
         let texts: Vec<String> = bad.check(2).iter().map(ToString::to_string).collect();
         assert_eq!(texts.len(), 4, "{texts:?}");
@@ -167,16 +187,21 @@ mod tests {
             cpu_limit_percent: Some(50),
             disk_mib_s: Some(20),
             net_mib_s: None,
+            give_back_idle_memory: true,
         };
         assert_eq!(
-            r.cpu_flags(),
-            [("--cpu-weight", "30".into()), ("--cpu-limit", "50".into())]
+            r.engine_flags(),
+            [
+                ("--cpu-weight", "30".into()),
+                ("--cpu-limit", "50".into()),
+                ("--balloon-policy", "give-back-idle".into())
+            ]
         );
         let spec = format!("path=/tmp/d.img,format=raw{}", r.disk_spec());
         let disk: vireo_vmm::devices::virtio::block::config::DiskConfig = spec.parse().unwrap();
         assert_eq!(disk.limits.bw, Some(20 << 20));
         assert_eq!(r.net_spec(), "");
-        assert!(Resources::default().cpu_flags().is_empty());
+        assert!(Resources::default().engine_flags().is_empty());
     }
 
     #[test]
@@ -192,6 +217,7 @@ mod tests {
             cpu_limit_percent: Some(50),
             disk_mib_s: None,
             net_mib_s: Some(8),
+            give_back_idle_memory: false,
         };
         let requests = new.changes_from(&old, true, true);
         assert_eq!(
@@ -215,15 +241,21 @@ mod tests {
         // Lifting the limit is 0; a VM without a card gets no network request.
         let lifted = Resources {
             cpu_limit_percent: None,
+            give_back_idle_memory: true,
             ..new
         };
         assert_eq!(
             lifted.changes_from(&new, true, false),
-            [Request::SetCpu {
-                weight: None,
-                limit: Some(0),
-                pin: None
-            }]
+            [
+                Request::SetCpu {
+                    weight: None,
+                    limit: Some(0),
+                    pin: None
+                },
+                Request::BalloonPolicy {
+                    policy: BalloonPolicy::GiveBackIdle
+                }
+            ]
         );
     }
 }

@@ -794,6 +794,10 @@ fn resources_changed_in_the_library_reach_the_running_engine() {
         harness.get_by_label(label).type_text(text);
         harness.step();
     }
+    harness
+        .get_by_label("Give idle memory back to the host")
+        .click();
+    harness.step();
     harness.get_by_label("Apply").click();
     until(&mut harness, "the change applied", limit, |h| {
         h.state().status().is_some_and(|s| {
@@ -803,12 +807,31 @@ fn resources_changed_in_the_library_reach_the_running_engine() {
     });
     let (config, cgroup) = cpu_in_force(&home);
     assert_eq!((config.weight, config.limit), (Some(300), Some(30)));
+    let socket = home.dir.0.join("run/vireo/screen/control.sock");
+    let balloon = vireo_e2e::engine::connect_control(
+        &socket,
+        Duration::from_secs(10),
+        Duration::from_secs(10),
+    )
+    .ask(&vireo_vmm::control::protocol::Request::BalloonGet {})
+    .unwrap();
+    assert!(
+        matches!(
+            balloon,
+            vireo_vmm::control::protocol::Response::Balloon {
+                policy: vireo_vmm::devices::virtio::balloon::policy::BalloonPolicy::GiveBackIdle,
+                ..
+            }
+        ),
+        "{balloon:?}"
+    );
     assert_eq!(cfs_quota_us(&cgroup.unwrap()), Some(30_000));
     let saved = std::fs::read_to_string(home.dir.0.join("data/vireo/vms/screen/vm.toml")).unwrap();
     assert!(
         saved.contains("[resources]")
             && saved.contains("cpu_weight = 300")
-            && saved.contains("cpu_limit_percent = 30"),
+            && saved.contains("cpu_limit_percent = 30")
+            && saved.contains("give_back_idle_memory = true"),
         "{saved}"
     );
     home.vireo(&["stop", "screen"]);

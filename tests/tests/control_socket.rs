@@ -64,8 +64,14 @@ fn status_errors_and_power_off() {
     // The probe guest has no balloon driver: the target is kept for when one binds,
     // nothing is given back, and there are no statistics to report.
     assert_eq!(
+        ask(r#"{"request":"balloon-policy","policy":"give-back-idle"}"#).trim(),
+        r#"{"response":"balloon","target_mib":0,"actual_mib":0,"policy":"give-back-idle"}"#
+    );
+    assert!(ask(r#"{"request":"balloon-policy","policy":"auto"}"#).contains("give-back-idle"));
+    // Setting a target is taking over from the engine.
+    assert_eq!(
         ask(r#"{"request":"balloon-set","target_mib":32}"#).trim(),
-        r#"{"response":"balloon","target_mib":32,"actual_mib":0}"#
+        r#"{"response":"balloon","target_mib":32,"actual_mib":0,"policy":"fixed"}"#
     );
     assert!(
         ask(r#"{"request":"balloon-set","target_mib":4096}"#).contains("more than the VM's 96 MiB")

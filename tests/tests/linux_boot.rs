@@ -269,6 +269,62 @@ fn demo_linux_balloon_returns_memory_to_the_host() {
     assert!(stats.contains("total_memory"), "{stats}");
 }
 
+/// With `--balloon-policy give-back-idle`, an idle guest's memory goes back to the host
+/// by itself: the engine reads the guest's statistics and inflates the balloon.
+#[test]
+fn demo_linux_gives_idle_memory_back_by_itself() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    const TEST: &str = "linux_boot::demo_linux_gives_idle_memory_back_by_itself";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let image = demo_image();
+    let socket = std::env::temp_dir().join(format!("vireo-idle-{}.sock", std::process::id()));
+    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+        "--kernel",
+        s(&image.vmlinuz),
+        "--initrd",
+        s(&image.initramfs),
+        "--memory",
+        "512M",
+        "--balloon-policy",
+        "give-back-idle",
+        "--control-socket",
+        s(&socket),
+        "--cmdline",
+        "vireo.run=echo+IDLE+%26%26+sleep+120",
+    ]));
+    assert!(guest.wait_for("IDLE", Duration::from_secs(120)).is_some());
+    let stream = UnixStream::connect(&socket).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut ask = |line: &str| {
+        writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        answer
+    };
+    // An idle 512 MiB guest has far more than its 128 MiB reserve available.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let given = loop {
+        let state: serde_json::Value =
+            serde_json::from_str(&ask(r#"{"request":"balloon-get"}"#)).unwrap();
+        assert_eq!(state["policy"], "give-back-idle", "{state}");
+        let actual = state["actual_mib"].as_u64().unwrap();
+        if actual >= 128 {
+            break actual;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle guest gave nothing back: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    guest.kill();
+    eprintln!("idle 512 MiB guest gave back {given} MiB by itself");
+}
+
 /// With a display, the stock kernel's `virtio_input` finds the keyboard and the tablet,
 /// and the input core classifies them from what their configuration space announces: a
 /// keyboard (the `kbd` handler) and an absolute pointer with both axes.

@@ -51,6 +51,8 @@ pub struct VmConfig {
     pub cpu: crate::resources::cpu::CpuConfig,
     /// Guest RAM offered to KSM (`--ksm`).
     pub ksm: bool,
+    /// Who sets the balloon's target at start (`--balloon-policy`).
+    pub balloon_policy: crate::devices::virtio::balloon::policy::BalloonPolicy,
 }
 
 impl VmConfig {
@@ -74,6 +76,7 @@ impl VmConfig {
             incoming: None,
             cpu: Default::default(),
             ksm: false,
+            balloon_policy: Default::default(),
         }
     }
 }

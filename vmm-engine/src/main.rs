@@ -79,6 +79,11 @@ struct Cli {
     /// share host memory while the host's KSM runs (/sys/kernel/mm/ksm/run).
     #[arg(long)]
     ksm: bool,
+    /// Who sets the balloon's target: fixed (you, with balloon-set on the control
+    /// socket) or give-back-idle (the engine: idle guest memory goes back to the host,
+    /// and comes back when the guest needs it).
+    #[arg(long, value_name = "POLICY", default_value = "fixed")]
+    balloon_policy: vireo_vmm::devices::virtio::balloon::policy::BalloonPolicy,
 
     /// A virtio-blk disk: path=IMG[,format=raw|qcow2][,readonly=on][,id=NAME], with I/O
     /// limits bw=20M (bytes/s), iops=N, bw_burst=, iops_burst=. Repeatable.
@@ -234,6 +239,7 @@ fn run_vm(cli: Cli) -> ExitCode {
             pin: cli.cpu_pin.map(|l| l.0),
         },
         ksm: cli.ksm,
+        balloon_policy: cli.balloon_policy,
     };
     if window && config.display.is_none() {
         config.display = Some(config::DisplayConfig {

@@ -21,6 +21,7 @@ use crate::devices::acpi_pm::{self, AcpiPmDevice, PowerButton};
 use crate::devices::cmos::{self, Cmos};
 use crate::devices::i8042::{self, I8042};
 use crate::devices::serial::{ConsoleSink, SerialDevice, COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN};
+use crate::devices::virtio::balloon::policy::{self as balloon_policy, Autopilot, BalloonPolicy};
 use crate::devices::virtio::balloon::{Balloon, BalloonHandle};
 use crate::devices::virtio::block::{Block, BlockError, Disk};
 use crate::devices::virtio::gpu::{Gpu, GpuError, GpuHandle};
@@ -983,6 +984,9 @@ struct VmControl {
     memory: u64,
     exit: ExitSender,
     balloon: BalloonHandle,
+    /// Sets the balloon's target when the policy is give-back-idle (`None`: its
+    /// thread could not start, said in the log; the policy stays fixed).
+    balloon_policy: Option<Autopilot>,
     input: Option<(InputHandle, InputHandle)>,
     display: Option<DisplayConfig>,
     gpu: Option<GpuHandle>,
@@ -1014,6 +1018,14 @@ impl VmControl {
             vcpus: config.vcpus,
             memory: config.memory,
             exit,
+            balloon_policy: Autopilot::start(
+                handles.balloon.clone(),
+                config.memory,
+                config.balloon_policy,
+                balloon_policy::PERIOD,
+            )
+            .map_err(|e| tracing::warn!("no balloon policy thread: {e}"))
+            .ok(),
             balloon: handles.balloon,
             input: handles.input,
             display: config.display,
@@ -1142,6 +1154,10 @@ impl VmControl {
         Response::Balloon {
             target_mib: (u64::from(self.balloon.target_pages()) * 4096) >> 20,
             actual_mib: self.balloon.actual_bytes() >> 20,
+            policy: self
+                .balloon_policy
+                .as_ref()
+                .map_or(BalloonPolicy::Fixed, Autopilot::policy),
         }
     }
 }
@@ -1220,6 +1236,9 @@ impl control::Handler for VmControl {
                         ),
                     };
                 }
+                if let Some(pilot) = &self.balloon_policy {
+                    pilot.set_policy(BalloonPolicy::Fixed);
+                }
                 match self.balloon.set_target_bytes(target_mib << 20) {
                     Ok(()) => self.balloon_state(),
                     Err(e) => Response::Error {
@@ -1228,6 +1247,15 @@ impl control::Handler for VmControl {
                 }
             }
             Request::BalloonGet {} => self.balloon_state(),
+            Request::BalloonPolicy { policy } => match &self.balloon_policy {
+                Some(pilot) => {
+                    pilot.set_policy(policy);
+                    self.balloon_state()
+                }
+                None => Response::Error {
+                    message: "the balloon policy thread did not start (see the log)".into(),
+                },
+            },
             request @ (Request::InputKey { .. }
             | Request::InputPointer { .. }
             | Request::InputButton { .. }

@@ -200,7 +200,7 @@ pub fn engine_args(
         spec.push(config.resources.disk_spec());
         push("--disk", spec);
     }
-    for (flag, value) in config.resources.cpu_flags() {
+    for (flag, value) in config.resources.engine_flags() {
         push(flag, value.into());
     }
     if config.network {
@@ -256,6 +256,7 @@ mod tests {
                 cpu_limit_percent: Some(50),
                 disk_mib_s: Some(20),
                 net_mib_s: Some(8),
+                give_back_idle_memory: false,
             },
         };
         let runtime = RuntimeFiles {

@@ -22,6 +22,7 @@ pub struct ResourcesDialog {
     cpu_limit: String,
     disk: Option<String>,
     net: Option<String>,
+    give_back_idle_memory: bool,
 }
 
 impl ResourcesDialog {
@@ -44,6 +45,7 @@ impl ResourcesDialog {
             cpu_limit: text(current.cpu_limit_percent.map(u64::from)),
             disk: disk.then(|| text(current.disk_mib_s)),
             net: net.then(|| text(current.net_mib_s)),
+            give_back_idle_memory: current.give_back_idle_memory,
         }
     }
 
@@ -67,6 +69,7 @@ impl ResourcesDialog {
             cpu_limit_percent: number(&self.cpu_limit, "the CPU limit")?,
             disk_mib_s: optional(&self.disk, "the disk cap")?,
             net_mib_s: optional(&self.net, "the network cap")?,
+            give_back_idle_memory: self.give_back_idle_memory,
         })
     }
 
@@ -118,6 +121,15 @@ impl ResourcesDialog {
         if let Some(net) = &mut self.net {
             field(ui, "Network cap (MiB/s)", net, "none");
         }
+        ui.checkbox(
+            &mut self.give_back_idle_memory,
+            "Give idle memory back to the host",
+        );
+        hint(
+            ui,
+            "The guest keeps a quarter of its memory free; what it does not use goes back \
+             (it needs the guest's balloon driver).",
+        );
         let problems = self.problems();
         for p in &problems {
             ui.label(RichText::new(p).color(ERROR));
@@ -219,6 +231,10 @@ mod tests {
         retype(&mut harness, "CPU limit (%)", "50");
         retype(&mut harness, "Disk cap (MiB/s)", "20");
         retype(&mut harness, "CPU weight", "");
+        harness
+            .get_by_label("Give idle memory back to the host")
+            .click();
+        harness.run();
         assert!(save_enabled(&harness));
         harness.get_by_label("Apply").click();
         harness.run();
@@ -229,6 +245,7 @@ mod tests {
                 cpu_limit_percent: Some(50),
                 disk_mib_s: Some(20),
                 net_mib_s: None,
+                give_back_idle_memory: true,
             })
         );
     }

@@ -35,8 +35,14 @@ pub enum Request {
     /// The VM's state and size. (Variants without data are written `{}` so that
     /// `deny_unknown_fields` also rejects stray fields on them.)
     Status {},
-    /// Sets the balloon's target: how much of the guest's RAM it should give back.
+    /// Sets the balloon's target: how much of the guest's RAM it should give back. The
+    /// user takes over: the policy becomes `fixed`.
     BalloonSet { target_mib: u64 },
+    /// Who sets the balloon's target: `fixed` (the user, `balloon-set`) or
+    /// `give-back-idle` (the engine, from the guest's statistics).
+    BalloonPolicy {
+        policy: crate::devices::virtio::balloon::policy::BalloonPolicy,
+    },
     /// The balloon's target and what the guest has given so far.
     BalloonGet {},
     /// The guest's memory statistics, as its balloon driver last reported them.
@@ -133,6 +139,8 @@ pub enum Response {
     Balloon {
         target_mib: u64,
         actual_mib: u64,
+        #[serde(default)]
+        policy: crate::devices::virtio::balloon::policy::BalloonPolicy,
     },
     BalloonStats {
         stats: serde_json::Value,
@@ -335,10 +343,11 @@ mod tests {
         let line = encode_response(&Response::Balloon {
             target_mib: 1,
             actual_mib: 0,
+            policy: Default::default(),
         });
         assert_eq!(
             line,
-            "{\"response\":\"balloon\",\"target_mib\":1,\"actual_mib\":0}\n"
+            "{\"response\":\"balloon\",\"target_mib\":1,\"actual_mib\":0,\"policy\":\"fixed\"}\n"
         );
     }
 }

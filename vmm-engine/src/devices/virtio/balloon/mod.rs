@@ -4,6 +4,7 @@
 //! statsq and free memory on the reporting_vq.
 //!
 //! - `stats`: the statistics buffer and `BalloonStats`.
+//! - `policy`: who sets the target: the user, or the engine giving idle memory back.
 //! - `worker`: the worker thread's handler: each queue's requests, freeing guest pages.
 //!
 //! The host side (the control socket) never touches the device, which lives inside the
@@ -18,6 +19,7 @@
 //! features. free_page_vq (free page hinting, for migration) is not offered.
 
 pub mod persist;
+pub mod policy;
 pub mod stats;
 pub mod worker;
 
@@ -995,5 +997,81 @@ mod tests {
         ));
         // The last statistics outlive the driver.
         assert_eq!(h.stats().unwrap().free_memory, Some(1 << 29));
+    }
+
+    /// The give-back-idle policy against a driver that answers every stats request
+    /// with what its "guest" has available: idle, the balloon grows; busy, it shrinks.
+    #[test]
+    fn the_autopilot_takes_idle_memory_and_gives_it_back_when_needed() {
+        use std::sync::atomic::AtomicBool;
+        const MIB: u64 = 1 << 20;
+        let mut dev = Balloon::new(0).unwrap();
+        let h = dev.handle();
+        let d = activate(&mut dev, 4, FEATURES);
+        let mock = MockSplitQueue::create(&d.mem, GuestAddress(0x2000), 16);
+        let available = AtomicU64::new(1536 * MIB);
+        let done = AtomicBool::new(false);
+        let pilot = policy::Autopilot::start(
+            h.clone(),
+            2048 * MIB,
+            policy::BalloonPolicy::GiveBackIdle,
+            Duration::from_millis(20),
+        )
+        .unwrap();
+        let target_mib = || u64::from(h.target_pages()) * 4096 / MIB;
+        let wait_for = |what: &str, ok: &dyn Fn(u64) -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ok(target_mib()) {
+                assert!(Instant::now() < deadline, "{what}: target {}", target_mib());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        /// Ends the driver's loop however the scenario ends (a failed assert too).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _done = Done(&done);
+                // Idle: 1.5 GiB available of 2, reserve 512 MiB: half the surplus.
+                wait_for("inflating", &|t| t >= 512);
+                assert_eq!(target_mib(), 512);
+                // The guest gets busy: 200 MiB available, 312 short of the reserve.
+                available.store(200 * MIB, Ordering::Release);
+                wait_for("deflating", &|t| t < 512);
+                assert_eq!(target_mib(), 200);
+                // The user takes over: nothing moves any more.
+                pilot.set_policy(policy::BalloonPolicy::Fixed);
+                std::thread::sleep(Duration::from_millis(50));
+                available.store(2000 * MIB, Ordering::Release);
+                std::thread::sleep(Duration::from_millis(200));
+                assert_eq!(target_mib(), 200);
+            });
+            // The driver, here (the mock queue stays on one thread): a fresh buffer
+            // each time the device hands one back.
+            let mut posted = 0u16;
+            let mut seen = u16::MAX;
+            while !done.load(Ordering::Acquire) {
+                let used = mock.used().idx().load();
+                if used != seen {
+                    seen = used;
+                    let buf = 0x10000 + u64::from(posted % 8) * 0x100;
+                    let avail = available.load(Ordering::Acquire);
+                    let bytes = stats::encode_entry(stats::VIRTIO_BALLOON_S_AVAIL, avail);
+                    d.mem.write_slice(&bytes, GuestAddress(buf)).unwrap();
+                    let desc =
+                        RawDescriptor::from(SplitDescriptor::new(buf, bytes.len() as u32, 0, 0));
+                    mock.add_desc_chains(&[desc], posted % 16).unwrap();
+                    posted = posted.wrapping_add(1);
+                    d.kicks[2].write(1).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        drop(pilot);
+        dev.reset();
     }
 }
