@@ -49,6 +49,28 @@ impl Resources {
         *self == Resources::default()
     }
 
+    /// A few words for the library's row ("≤ 50 % CPU · disk ≤ 20 MiB/s"), or `None`
+    /// when nothing is set.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(w) = self.cpu_weight {
+            parts.push(format!("CPU weight {w}"));
+        }
+        if let Some(l) = self.cpu_limit_percent {
+            parts.push(format!("≤ {l} % CPU"));
+        }
+        if let Some(d) = self.disk_mib_s {
+            parts.push(format!("disk ≤ {d} MiB/s"));
+        }
+        if let Some(n) = self.net_mib_s {
+            parts.push(format!("net ≤ {n} MiB/s"));
+        }
+        if self.give_back_idle_memory {
+            parts.push("gives idle memory back".into());
+        }
+        (!parts.is_empty()).then(|| parts.join(" · "))
+    }
+
     /// What the engine would refuse on a host with `host_cpus` CPUs.
     pub fn check(&self, host_cpus: u32) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -178,6 +200,17 @@ mod tests {
         assert_eq!(texts.len(), 4, "{texts:?}");
         assert!(texts[1].contains("1 to 200 percent"), "{texts:?}");
         assert!(texts[2].starts_with("a disk cap"), "{texts:?}");
+    }
+
+    #[test]
+    fn the_row_says_what_is_set() {
+        assert_eq!(Resources::default().summary(), None);
+        let r = Resources {
+            cpu_limit_percent: Some(50),
+            disk_mib_s: Some(20),
+            ..Resources::default()
+        };
+        assert_eq!(r.summary().unwrap(), "≤ 50 % CPU · disk ≤ 20 MiB/s");
     }
 
     #[test]

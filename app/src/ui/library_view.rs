@@ -155,6 +155,10 @@ impl LibraryView {
                     ui.label(RichText::new(&config.name).strong());
                     ui.label(config.os.label());
                     ui.label(format!("{} CPU · {} MiB", config.cpus, config.memory_mib));
+                    if let Some(caps) = config.resources.summary() {
+                        ui.label(RichText::new(caps).weak())
+                            .on_hover_text("Resources: its share of the host");
+                    }
                     ui.label(state_text(&row.state));
                 });
                 if row.state.is_running() {
