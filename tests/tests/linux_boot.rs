@@ -206,30 +206,59 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The guest touches 300 MiB and frees it; inflating the balloon through the control
-/// socket gives that memory back to the host (the engine's RSS falls).
-#[test]
-fn demo_linux_balloon_returns_memory_to_the_host() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream;
-    const TEST: &str = "linux_boot::demo_linux_balloon_returns_memory_to_the_host";
-    if !report::require_hardware_kvm(TEST) {
-        return;
-    }
+/// The demo Linux with `--memory memory`, `extra` flags and a control socket, running
+/// `run` (a `vireo.run=` value), and that socket spoken a line at a time.
+fn demo_with_control(memory: &str, extra: &[&str], run: &str) -> (LiveGuest, ControlLines) {
     let image = demo_image();
-    let socket = std::env::temp_dir().join(format!("vireo-balloon-{}.sock", std::process::id()));
-    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
+    let socket = std::env::temp_dir().join(format!(
+        "vireo-linux-{}-{}.sock",
+        std::process::id(),
+        run.len()
+    ));
+    let mut args = vec![
         "--kernel",
         s(&image.vmlinuz),
         "--initrd",
         s(&image.initramfs),
         "--memory",
-        "512M",
+        memory,
         "--control-socket",
         s(&socket),
         "--cmdline",
+        run,
+    ];
+    args.extend_from_slice(extra);
+    let guest = LiveGuest::spawn(Command::new(vmm_binary()).args(&args));
+    (guest, ControlLines(socket))
+}
+
+/// A control socket, asked one JSON line at a time as a script would.
+struct ControlLines(std::path::PathBuf);
+
+impl ControlLines {
+    fn ask(&self, line: &str) -> String {
+        use std::io::{BufRead, BufReader};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.0).unwrap();
+        stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).unwrap();
+        answer
+    }
+}
+
+/// The guest touches 300 MiB and frees it; inflating the balloon through the control
+/// socket gives that memory back to the host (the engine's RSS falls).
+#[test]
+fn demo_linux_balloon_returns_memory_to_the_host() {
+    const TEST: &str = "linux_boot::demo_linux_balloon_returns_memory_to_the_host";
+    if !report::require_hardware_kvm(TEST) {
+        return;
+    }
+    let (mut guest, control) = demo_with_control(
+        "512M",
+        &[],
         "vireo.run=dd+if=/dev/zero+of=/dev/null+bs=300M+count=1+%26%26+echo+TOUCHED+%26%26+sleep+60",
-    ]));
+    );
     assert!(
         guest
             .wait_for("TOUCHED", Duration::from_secs(120))
@@ -237,15 +266,7 @@ fn demo_linux_balloon_returns_memory_to_the_host() {
         "the guest touched its memory"
     );
     let before = rss_kib(guest.child.id());
-    let stream = UnixStream::connect(&socket).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut ask = |line: &str| {
-        writer.write_all(format!("{line}\n").as_bytes()).unwrap();
-        let mut answer = String::new();
-        reader.read_line(&mut answer).unwrap();
-        answer
-    };
+    let ask = |line: &str| control.ask(line);
     assert!(ask(r#"{"request":"balloon-set","target_mib":384}"#).contains(r#""target_mib":384"#));
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -273,38 +294,17 @@ fn demo_linux_balloon_returns_memory_to_the_host() {
 /// by itself: the engine reads the guest's statistics and inflates the balloon.
 #[test]
 fn demo_linux_gives_idle_memory_back_by_itself() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::unix::net::UnixStream;
     const TEST: &str = "linux_boot::demo_linux_gives_idle_memory_back_by_itself";
     if !report::require_hardware_kvm(TEST) {
         return;
     }
-    let image = demo_image();
-    let socket = std::env::temp_dir().join(format!("vireo-idle-{}.sock", std::process::id()));
-    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
-        "--kernel",
-        s(&image.vmlinuz),
-        "--initrd",
-        s(&image.initramfs),
-        "--memory",
+    let (mut guest, control) = demo_with_control(
         "512M",
-        "--balloon-policy",
-        "give-back-idle",
-        "--control-socket",
-        s(&socket),
-        "--cmdline",
+        &["--balloon-policy", "give-back-idle"],
         "vireo.run=echo+IDLE+%26%26+sleep+120",
-    ]));
+    );
     assert!(guest.wait_for("IDLE", Duration::from_secs(120)).is_some());
-    let stream = UnixStream::connect(&socket).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut writer = stream;
-    let mut ask = |line: &str| {
-        writer.write_all(format!("{line}\n").as_bytes()).unwrap();
-        let mut answer = String::new();
-        reader.read_line(&mut answer).unwrap();
-        answer
-    };
+    let ask = |line: &str| control.ask(line);
     // An idle 512 MiB guest has far more than its 128 MiB reserve available.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let given = loop {
