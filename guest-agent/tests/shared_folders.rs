@@ -356,3 +356,47 @@ fn the_library_adds_a_share_to_a_connected_client() {
     assert!(client.add_share(bad).is_err());
     drop(client);
 }
+
+/// Look-ups of many names of one directory are answered from a read ahead of it: every
+/// name still shows its own attributes, and a change made before the guest looks a name
+/// up shows (the guest's own changes at once, the host's within the entry TTL).
+#[test]
+fn many_lookups_in_one_directory_see_their_own_attributes_and_changes() {
+    if !require_fuse("many_lookups_in_one_directory_see_their_own_attributes_and_changes") {
+        return;
+    }
+    let rig = Rig::start("lookahead", &[("l", false)]);
+    let host = rig.host_dir("l");
+    let dir = host.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    const N: usize = 600;
+    for i in 0..N {
+        std::fs::write(dir.join(format!("f{i:04}")), vec![b'x'; i]).unwrap();
+    }
+    let m = rig.mount("l").join("many");
+    // Enough misses to start the read ahead; give it time to arrive.
+    for i in 0..20 {
+        assert_eq!(
+            std::fs::metadata(m.join(format!("f{i:04}"))).unwrap().len(),
+            i as u64
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // A guest-side removal of a name read ahead but not looked up yet.
+    std::fs::remove_file(m.join("f0500")).unwrap();
+    assert!(std::fs::metadata(m.join("f0500")).is_err());
+    // Host-side changes to names read ahead.
+    std::fs::write(dir.join("f0501"), "changed").unwrap();
+    std::fs::remove_file(dir.join("f0502")).unwrap();
+    for i in (20..N).filter(|i| !(500..=502).contains(i)) {
+        let md = std::fs::metadata(m.join(format!("f{i:04}"))).unwrap();
+        assert_eq!(md.len(), i as u64, "f{i:04}");
+        assert!(md.is_file());
+    }
+    assert!(wait_until(Duration::from_secs(1), || {
+        std::fs::metadata(m.join("f0501")).is_ok_and(|md| md.len() == 7)
+            && std::fs::metadata(m.join("f0502")).is_err()
+    }));
+    // A name that was never there is still not there.
+    assert!(std::fs::metadata(m.join("nothing")).is_err());
+}

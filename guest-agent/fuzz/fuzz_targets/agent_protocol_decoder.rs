@@ -1,12 +1,14 @@
 //! Arbitrary bytes from a peer, split at arbitrary points, through the frame decoder and
 //! the envelope/message parser. Nothing may panic, the decoder may hold no more than the
 //! bytes it was given, and every message that decodes must re-encode to a frame that
-//! decodes to the same message.
+//! decodes to the same message. The agent's in-place reading of shared-folder data
+//! answers must agree with the full decoder on every payload.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vireo_guest_agent::protocol::{decode_payload, encode_message, FrameDecoder};
+use vireo_guest_agent::protocol::fs::{data_reply_payload, FsReply};
+use vireo_guest_agent::protocol::{decode_payload, encode_message, FrameDecoder, Message};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, stream)) = data.split_first() else {
@@ -36,7 +38,18 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_payload(payload: &[u8]) {
-    let Ok(envelope) = decode_payload(payload) else {
+    let decoded = decode_payload(payload);
+    let in_place = data_reply_payload(payload);
+    match &decoded {
+        Ok(env) => match &env.message {
+            Message::FsReply(FsReply::Data(data)) => {
+                assert_eq!(in_place, Some((env.id, &data[..])))
+            }
+            _ => assert_eq!(in_place, None),
+        },
+        Err(_) => assert_eq!(in_place, None),
+    }
+    let Ok(envelope) = decoded else {
         return;
     };
     let frame = encode_message(envelope.id, &envelope.message).expect("re-encode");

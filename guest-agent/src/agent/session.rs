@@ -10,6 +10,7 @@ use super::fs::link::FsLink;
 use super::timesync::{SyncRound, TimeSyncConfig};
 use super::{log, AgentServices};
 use crate::guest_info::GuestInfo;
+use crate::protocol::fs::data_reply_payload;
 use crate::protocol::{
     decode_payload, encode_message, error_code, kind, Capabilities, ErrorReply, FrameError,
     FsReply, FsSharesReply, Hello, Message, PowerAction, TimeCorrection, TimeSyncReport, NO_REPLY,
@@ -153,6 +154,12 @@ impl<'a> Session<'a> {
     }
 
     pub fn on_payload(&mut self, payload: &[u8], now: Instant) {
+        // The bulk of a shared folder's traffic: read data, handed on where it lies.
+        if let Some((id, data)) = data_reply_payload(payload) {
+            if self.peer.is_some() && self.complete_fs_data(id, data) {
+                return;
+            }
+        }
         let envelope = match decode_payload(payload) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -306,6 +313,15 @@ impl<'a> Session<'a> {
                 .fs_link
                 .as_ref()
                 .is_some_and(|l| l.complete(id, result))
+    }
+
+    /// Like [`complete_fs`](Self::complete_fs) for an answer read in place.
+    fn complete_fs_data(&self, id: u32, data: &[u8]) -> bool {
+        FsLink::is_ours(id)
+            && self
+                .fs_link
+                .as_ref()
+                .is_some_and(|l| l.complete_data(id, data))
     }
 
     fn host_has(&self, caps: Capabilities) -> bool {

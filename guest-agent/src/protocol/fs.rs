@@ -338,6 +338,27 @@ pub fn data_reply_frame<E>(
     Ok((buf, start))
 }
 
+/// The id and data of a frame payload that is an `FsReply::Data` answer, borrowed where
+/// they lie (a megabyte chunk is handed to FUSE without being copied into a `Vec`
+/// first); `None` for any other payload, which then goes through
+/// [`decode_payload`](super::decode_payload). Whatever this returns `Some` for decodes to
+/// exactly that with `decode_payload`, and the other way round (the fuzz target checks).
+pub fn data_reply_payload(payload: &[u8]) -> Option<(u32, &[u8])> {
+    let (header, body) = payload.split_first_chunk::<ENVELOPE_HEADER_LEN>()?;
+    if header[0] != ENVELOPE_VERSION || u16::from_le_bytes([header[1], header[2]]) != kind::FS_REPLY
+    {
+        return None;
+    }
+    let id = u32::from_le_bytes([header[3], header[4], header[5], header[6]]);
+    let (&variant, rest) = body.split_first()?;
+    if variant != DATA_VARIANT {
+        return None;
+    }
+    // The length as postcard reads a byte string's (a canonical varint).
+    let (len, data) = postcard::take_from_bytes::<usize>(rest).ok()?;
+    (data.len() == len).then_some((id, data))
+}
+
 /// Is `name` one path component the host may resolve: not empty, not `.` or `..`, no
 /// `/` or NUL, at most [`FS_MAX_NAME`] bytes.
 pub fn is_plain_name(name: &str) -> bool {
@@ -373,6 +394,24 @@ mod tests {
             let env = decode_payload(&dec.next_frame().unwrap().unwrap()).unwrap();
             assert_eq!((env.id, env.message), (77, message));
         }
+    }
+
+    #[test]
+    fn data_replies_are_borrowed_and_nothing_else_is() {
+        use crate::protocol::{encode_message, Message};
+        let data = vec![7u8; 300];
+        let frame = encode_message(9, &Message::FsReply(FsReply::Data(data.clone()))).unwrap();
+        let payload = &frame[FRAME_HEADER_LEN..];
+        assert_eq!(data_reply_payload(payload), Some((9, &data[..])));
+        // One byte short or long: the length no longer matches.
+        assert_eq!(data_reply_payload(&payload[..payload.len() - 1]), None);
+        assert_eq!(data_reply_payload(&[payload, &[0]].concat()), None);
+        for other in [FsReply::Done, FsReply::Link("x".into()), FsReply::Errno(2)] {
+            let frame = encode_message(9, &Message::FsReply(other)).unwrap();
+            assert_eq!(data_reply_payload(&frame[FRAME_HEADER_LEN..]), None);
+        }
+        let ping = encode_message(9, &Message::Ping(data)).unwrap();
+        assert_eq!(data_reply_payload(&ping[FRAME_HEADER_LEN..]), None);
     }
 
     #[test]

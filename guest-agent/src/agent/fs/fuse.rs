@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -16,6 +16,7 @@ use fuser::{
 };
 
 use super::link::FsLink;
+use super::prefetch::Prefetch;
 use crate::protocol::fs::{
     open_flags, FsAttr, FsKind, FsOp, FsReply, FsSetAttr, FsTime, FS_MAX_IO,
 };
@@ -34,8 +35,85 @@ pub struct ShareFs {
     pub owner: (u32, u32),
     /// What each file was when last opened, to keep its page cache on the next open.
     pub versions: Versions,
-    /// The host serves [`FsOp::ReadDirPlus`]: the kernel may list with attributes.
+    /// The host serves [`FsOp::ReadDirPlus`]: the kernel may list with attributes, and
+    /// look-ups may be answered from a directory read ahead.
     pub dir_plus: bool,
+    pub prefetch: Arc<Prefetch>,
+}
+
+/// The `readdirplus` buffer of a read ahead ([`Prefetch`]): a few hundred entries per
+/// request (the host stops at the end of one batch of its directory listing).
+const PREFETCH_BYTES: u32 = 64 * 1024;
+
+/// Gives the host back lookups the kernel never got.
+pub fn give_back(link: &LinkSlot, share: u32, nodes: Vec<u64>) {
+    if nodes.is_empty() {
+        return;
+    }
+    let link = link.read().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(link) = link {
+        for node in nodes {
+            link.call(share, FsOp::Forget { node, count: 1 }, Box::new(|_| {}));
+        }
+    }
+}
+
+/// What a read ahead of one directory needs in its callbacks.
+#[derive(Clone)]
+struct ReadAhead {
+    link: LinkSlot,
+    share: u32,
+    prefetch: Arc<Prefetch>,
+    parent: u64,
+    generation: u64,
+}
+
+impl ReadAhead {
+    fn call(&self, op: FsOp, done: super::link::Done) {
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match link {
+            Some(link) => link.call(self.share, op, done),
+            None => done(Err(libc::EIO)),
+        }
+    }
+
+    fn start(self) {
+        let this = self.clone();
+        self.call(
+            FsOp::OpenDir { node: self.parent },
+            Box::new(move |result| {
+                if let Ok(FsReply::Opened { handle }) = result {
+                    this.page(handle, 0);
+                }
+            }),
+        );
+    }
+
+    fn page(self, handle: u64, offset: u64) {
+        let this = self.clone();
+        let op = FsOp::ReadDirPlus {
+            handle,
+            offset,
+            max_bytes: PREFETCH_BYTES,
+        };
+        self.call(
+            op,
+            Box::new(move |result| {
+                let entries = match result {
+                    Ok(FsReply::EntriesPlus(entries)) if !entries.is_empty() => entries,
+                    _ => return this.call(FsOp::Release { handle }, Box::new(|_| {})),
+                };
+                let next = entries.last().map_or(0, |e| e.next_offset);
+                let (forget, more) = this.prefetch.add(this.parent, this.generation, entries);
+                give_back(&this.link, this.share, forget);
+                if more {
+                    this.page(handle, next);
+                } else {
+                    this.call(FsOp::Release { handle }, Box::new(|_| {}));
+                }
+            }),
+        );
+    }
 }
 
 /// The `readdirplus` buffer asked of the host: the kernel's smallest (one page), so
@@ -237,6 +315,11 @@ impl ShareFs {
         });
     }
 
+    /// The guest changes `parent`: read-ahead entries of it may be wrong from now on.
+    fn changing(&self, parent: INodeNo) {
+        give_back(&self.link, self.share, self.prefetch.changed_dir(parent.0));
+    }
+
     fn empty_request(&self, op: FsOp, reply: ReplyEmpty) {
         self.request(op, reply, |reply, answer| match answer {
             FsReply::Done => reply.ok(),
@@ -284,6 +367,24 @@ impl Filesystem for ShareFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_fail!(name, reply);
+        if self.dir_plus {
+            let now = Instant::now();
+            let found = self.prefetch.take(parent.0, &name, now);
+            give_back(&self.link, self.share, found.forget);
+            if let Some(a) = found.attr {
+                return reply.entry(&TTL, &file_attr(self.owner, &a), Generation(0));
+            }
+            if let Some(generation) = self.prefetch.missed(parent.0, now) {
+                ReadAhead {
+                    link: Arc::clone(&self.link),
+                    share: self.share,
+                    prefetch: Arc::clone(&self.prefetch),
+                    parent: parent.0,
+                    generation,
+                }
+                .start();
+            }
+        }
         self.entry_request(
             FsOp::Lookup {
                 parent: parent.0,
@@ -371,6 +472,7 @@ impl Filesystem for ShareFs {
         reply: ReplyEntry,
     ) {
         let name = name_or_fail!(name, reply);
+        self.changing(parent);
         self.entry_request(
             FsOp::Mkdir {
                 parent: parent.0,
@@ -383,6 +485,7 @@ impl Filesystem for ShareFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_fail!(name, reply);
+        self.changing(parent);
         self.empty_request(
             FsOp::Unlink {
                 parent: parent.0,
@@ -394,6 +497,7 @@ impl Filesystem for ShareFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_fail!(name, reply);
+        self.changing(parent);
         self.empty_request(
             FsOp::Rmdir {
                 parent: parent.0,
@@ -412,6 +516,7 @@ impl Filesystem for ShareFs {
         reply: ReplyEntry,
     ) {
         let name = name_or_fail!(link_name, reply);
+        self.changing(parent);
         let target = name_or_fail!(target.as_os_str(), reply);
         self.entry_request(
             FsOp::Symlink {
@@ -434,6 +539,8 @@ impl Filesystem for ShareFs {
         reply: ReplyEmpty,
     ) {
         let name = name_or_fail!(name, reply);
+        self.changing(parent);
+        self.changing(newparent);
         let new_name = name_or_fail!(newname, reply);
         self.empty_request(
             FsOp::Rename {
@@ -494,17 +601,23 @@ impl Filesystem for ShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.request(
-            FsOp::Read {
-                handle: fh.0,
-                offset,
-                len: size.min(FS_MAX_IO),
-            },
-            reply,
-            |reply, answer| match answer {
-                FsReply::Data(data) => reply.data(&data),
-                _ => reply.fail(libc::EIO),
-            },
+        let op = FsOp::Read {
+            handle: fh.0,
+            offset,
+            len: size.min(FS_MAX_IO),
+        };
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(link) = link else {
+            return reply.fail(libc::EIO);
+        };
+        // The data goes to the kernel from where it arrived: no copy on the way.
+        link.call_data(
+            self.share,
+            op,
+            Box::new(move |result| match result {
+                Ok(data) => reply.data(data),
+                Err(errno) => reply.fail(errno),
+            }),
         );
     }
 
@@ -725,6 +838,7 @@ impl Filesystem for ShareFs {
         reply: ReplyCreate,
     ) {
         let name = name_or_fail!(name, reply);
+        self.changing(parent);
         let owner = self.owner;
         self.request(
             FsOp::Create {

@@ -15,13 +15,31 @@ use crate::protocol::{encode_message, Message};
 /// Completes one request: the host's reply, or an errno when there is none.
 pub type Done = Box<dyn FnOnce(Result<FsReply, i32>) + Send>;
 
+/// Completes a read: the data (borrowed from the connection's buffer, where it arrived),
+/// or an errno (the host's, or `EIO` for an answer that is not data).
+pub type DataDone = Box<dyn FnOnce(Result<&[u8], i32>) + Send>;
+
+enum Waiter {
+    Reply(Done),
+    Data(DataDone),
+}
+
+impl Waiter {
+    fn fail(self, errno: i32) {
+        match self {
+            Self::Reply(done) => done(Err(errno)),
+            Self::Data(done) => done(Err(errno)),
+        }
+    }
+}
+
 /// Ids of shared-folder requests have the top bit set, so they never meet the ids the
 /// session numbers its time queries with (counting up from 1).
 const ID_BIT: u32 = 1 << 31;
 
 pub struct FsLink {
     writer: Arc<Mutex<AgentStream>>,
-    pending: Mutex<HashMap<u32, Done>>,
+    pending: Mutex<HashMap<u32, Waiter>>,
     next: AtomicU32,
     closed: AtomicBool,
 }
@@ -47,13 +65,22 @@ impl FsLink {
 
     /// Sends a request; `done` runs later on the reader's thread (or at once on failure).
     pub fn call(&self, share: u32, op: FsOp, done: Done) {
+        self.send(share, op, Waiter::Reply(done));
+    }
+
+    /// Sends a request answered with data (a read): `done` gets it where it arrived.
+    pub fn call_data(&self, share: u32, op: FsOp, done: DataDone) {
+        self.send(share, op, Waiter::Data(done));
+    }
+
+    fn send(&self, share: u32, op: FsOp, done: Waiter) {
         if self.closed.load(Ordering::SeqCst) {
-            return done(Err(libc::EIO));
+            return done.fail(libc::EIO);
         }
         let id = ID_BIT | (self.next.fetch_add(1, Ordering::Relaxed) & !ID_BIT);
         let frame = match encode_message(id, &Message::FsRequest(FsRequest { share, op })) {
             Ok(frame) => frame,
-            Err(_) => return done(Err(libc::EINVAL)),
+            Err(_) => return done.fail(libc::EINVAL),
         };
         lock(&self.pending).insert(id, done);
         // A close racing the insert would leave `done` behind: check again after.
@@ -69,28 +96,41 @@ impl FsLink {
     fn fail(&self, id: u32, errno: i32) {
         let done = lock(&self.pending).remove(&id);
         if let Some(done) = done {
-            done(Err(errno));
+            done.fail(errno);
         }
     }
 
     /// The host answered request `id`; false if no such request is waiting.
     pub fn complete(&self, id: u32, result: Result<FsReply, i32>) -> bool {
         let done = lock(&self.pending).remove(&id);
-        match done {
-            Some(done) => {
-                done(result);
-                true
-            }
-            None => false,
+        match (done, result) {
+            (Some(Waiter::Reply(done)), result) => done(result),
+            (Some(Waiter::Data(done)), Ok(FsReply::Data(data))) => done(Ok(&data)),
+            (Some(Waiter::Data(done)), Ok(FsReply::Errno(errno)) | Err(errno)) => done(Err(errno)),
+            (Some(Waiter::Data(done)), Ok(_)) => done(Err(libc::EIO)),
+            (None, _) => return false,
         }
+        true
+    }
+
+    /// The host answered request `id` with `data` (an `FsReply::Data` read in place);
+    /// false if no such request is waiting.
+    pub fn complete_data(&self, id: u32, data: &[u8]) -> bool {
+        let done = lock(&self.pending).remove(&id);
+        match done {
+            Some(Waiter::Data(done)) => done(Ok(data)),
+            Some(Waiter::Reply(done)) => done(Ok(FsReply::Data(data.to_vec()))),
+            None => return false,
+        }
+        true
     }
 
     /// The connection is gone: every waiting request fails, later ones fail at once.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let pending: Vec<Done> = lock(&self.pending).drain().map(|(_, d)| d).collect();
+        let pending: Vec<Waiter> = lock(&self.pending).drain().map(|(_, d)| d).collect();
         for done in pending {
-            done(Err(libc::EIO));
+            done.fail(libc::EIO);
         }
     }
 

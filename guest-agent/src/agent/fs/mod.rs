@@ -8,6 +8,7 @@
 
 pub mod fuse;
 pub mod link;
+pub mod prefetch;
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -22,12 +23,14 @@ use super::log;
 use crate::protocol::fs::{is_plain_name, FsInvalidate, FsMountResult, ShareInfo};
 use fuse::{LinkSlot, ShareFs};
 use link::FsLink;
+use prefetch::Prefetch;
 
 /// Where shares are mounted unless the agent is told otherwise.
 pub const DEFAULT_MOUNT_BASE: &str = "/mnt/vireo";
 
 struct Mounted {
     info: ShareInfo,
+    prefetch: Arc<Prefetch>,
     path: PathBuf,
     session: BackgroundSession,
     invalidations: Sender<FsInvalidate>,
@@ -129,6 +132,7 @@ impl ShareMounts {
         });
         let mut config = Config::default();
         config.mount_options = options;
+        let prefetch = Arc::new(Prefetch::default());
         config.acl = SessionACL::All;
         let fs = ShareFs {
             share: info.id,
@@ -136,6 +140,7 @@ impl ShareMounts {
             owner: self.owner,
             versions: fuse::Versions::default(),
             dir_plus,
+            prefetch: Arc::clone(&prefetch),
         };
         let session = fuser::spawn_mount(fs, &path, &config)
             .map_err(|e| format!("mounting {}: {e}", path.display()))?;
@@ -155,6 +160,7 @@ impl ShareMounts {
         ));
         Ok(Mounted {
             info,
+            prefetch,
             path,
             session,
             invalidations,
@@ -167,6 +173,11 @@ impl ShareMounts {
         };
         let mounts = lock(&self.mounts);
         if let Some(m) = mounts.values().find(|m| m.info.id == share) {
+            let stale = match &inv {
+                FsInvalidate::Entry { parent, .. } => m.prefetch.changed_dir(*parent),
+                FsInvalidate::Node { node, .. } => m.prefetch.changed_node(*node),
+            };
+            fuse::give_back(&self.link, share, stale);
             let _ = m.invalidations.send(inv);
         }
     }
@@ -195,6 +206,7 @@ fn invalidate_loop(notifier: &Notifier, rx: &Receiver<FsInvalidate>) {
 fn unmount(m: Mounted) {
     let Mounted {
         info,
+        prefetch: _,
         path,
         session,
         invalidations,
