@@ -8,7 +8,9 @@ pub fn is_zero(page: &[u8]) -> bool {
     // SAFETY: every bit pattern is a valid u64; align_to only regroups the bytes.
     let (head, words, tail) = unsafe { page.align_to::<u64>() };
     head.iter().all(|&b| b == 0)
-        && words.chunks(8).all(|c| c.iter().fold(0, |a, &w| a | w) == 0)
+        && words
+            .chunks(8)
+            .all(|c| c.iter().fold(0, |a, &w| a | w) == 0)
         && tail.iter().all(|&b| b == 0)
 }
 
