@@ -35,8 +35,8 @@ pub enum Mode {
     Off,
     /// Kill the process, with a log line (the default).
     Enforce,
-    /// Allow it and let the kernel log it (`VIREO_SECCOMP=log`: how the lists were
-    /// collected; the kernel log names the thread and the syscall).
+    /// Allow it and let the kernel log it (`VIREO_SECCOMP=log`, to find what a new
+    /// feature needs; the kernel's audit log names the thread and the syscall).
     Log,
 }
 

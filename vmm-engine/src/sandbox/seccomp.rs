@@ -1,9 +1,10 @@
 //! The allowlists, one per thread kind, as seccomp-bpf programs (`seccompiler`).
 //!
-//! The lists were collected by running the e2e suite with `VIREO_SECCOMP=log` (every
-//! syscall outside the list is allowed and logged by the kernel with the thread's
-//! name) and keeping what each kind made. A feature that needs a syscall gets it on its
-//! thread kind only.
+//! The lists were collected by running the e2e suite with the engine under `strace -f`
+//! (`VIREO_VMM_BINARY` naming a wrapper script) and keeping, per thread name, what each
+//! thread made after its `seccomp` call. `VIREO_SECCOMP=log` lets the kernel log the
+//! misses instead (where the kernel has audit: the log names the thread). A feature that
+//! needs a syscall gets it on its thread kind only.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
