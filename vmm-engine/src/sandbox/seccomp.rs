@@ -155,7 +155,7 @@ fn rules(kind: ThreadKind) -> Rules {
             rules.insert(libc::SYS_ioctl, ioctls(&control_ioctls()));
         }
         ThreadKind::Console => {
-            rules.insert(libc::SYS_ioctl, ioctls(&[libc::TCGETS as u64]));
+            rules.insert(libc::SYS_ioctl, ioctls(&[libc::TCGETS]));
         }
     }
     rules
@@ -180,8 +180,8 @@ fn ioctls(requests: &[u64]) -> Vec<SeccompRule> {
         .collect()
 }
 
-const FIONBIO: u64 = libc::FIONBIO as u64;
-const FIONREAD: u64 = libc::FIONREAD as u64;
+const FIONBIO: u64 = libc::FIONBIO;
+const FIONREAD: u64 = libc::FIONREAD;
 
 fn kvm_io(nr: u32) -> u64 {
     vmm_sys_util::ioctl::ioctl_expr(vmm_sys_util::ioctl::_IOC_NONE, kvm_bindings::KVMIO, nr, 0)

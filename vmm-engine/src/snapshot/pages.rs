@@ -44,7 +44,7 @@ pub fn may_hold_data(bytes: &[u8], anonymous: bool) -> std::io::Result<Vec<bool>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
     #[test]
     fn untouched_anonymous_memory_is_not_resident_and_touched_is() {
