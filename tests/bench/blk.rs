@@ -6,7 +6,8 @@
 //! baseline; the in-kernel exits a notify through an ioeventfd costs are not traced on
 //! PVM hosts); and vireo with I/O limits that never bind (`bw=`, `iops=` far above what
 //! the disk does: every request still goes through the token buckets), for what the
-//! limiter costs. Prints one table.
+//! limiter costs; and vireo with `--no-seccomp`, for what the per-thread syscall filters
+//! cost (goal: under 2 %). Prints one table.
 //!
 //! `cargo bench -p vireo-e2e --bench blk` (VIREO_BENCH_RUNS=N rounds, default 3).
 
@@ -87,6 +88,13 @@ fn vireo_limited(image: &Path, cmdline: &str) -> Command {
         image.display()
     );
     vireo_disk(&spec, cmdline)
+}
+
+/// The engine without its seccomp filters: what they cost.
+fn vireo_unfiltered(image: &Path, cmdline: &str) -> Command {
+    let mut cmd = vireo(image, cmdline);
+    cmd.arg("--no-seccomp");
+    cmd
 }
 
 fn vireo_disk(spec: &str, cmdline: &str) -> Command {
@@ -205,10 +213,12 @@ fn main() {
     }
     let has_qemu = qemu_available();
     let (mut v, mut q, mut h, mut vl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut vn = Vec::new();
     for _ in 0..rounds {
         // Interleaved so that drift on this shared machine hits every column alike.
         v.push(measure(&vireo, &image));
         vl.push(measure(&vireo_limited, &image));
+        vn.push(measure(&vireo_unfiltered, &image));
         if has_qemu {
             q.push(measure(&qemu, &image));
         }
@@ -220,8 +230,17 @@ fn main() {
     println!();
     println!("Block benchmark: probe guest (virtio-drivers), {BENCH_MIB} MiB on a {IMAGE_MIB} MiB raw file, medians of {rounds} rounds");
     println!(
-        "{:<26} {:>10} {:>10} {:>12} {:>10} {:>12} {:>12} {:>12}",
-        "", "vireo", "qemu", "vireo/qemu", "host", "vireo/host", "vireo+limit", "limit/free"
+        "{:<26} {:>10} {:>10} {:>12} {:>10} {:>12} {:>12} {:>12} {:>12} {:>14}",
+        "",
+        "vireo",
+        "qemu",
+        "vireo/qemu",
+        "host",
+        "vireo/host",
+        "vireo+limit",
+        "limit/free",
+        "no-seccomp",
+        "seccomp/off"
     );
     type Getter = fn(&Result) -> f64;
     let rows: [(&str, Getter); 4] = [
@@ -237,6 +256,7 @@ fn main() {
             pick(&h, &get).unwrap(),
             pick(&vl, &get).unwrap(),
         );
+        let nn = pick(&vn, &get).unwrap();
         let ratio = qq
             .map(|q| format!("{:.2}x", vv / q))
             .unwrap_or_else(|| "n/a".into());
@@ -244,9 +264,10 @@ fn main() {
             .map(|q| format!("{q:.0}"))
             .unwrap_or_else(|| "n/a".into());
         println!(
-            "{name:<26} {vv:>10.0} {qs:>10} {ratio:>12} {hh:>10.0} {:>11.0}% {ll:>12.0} {:>11.0}%",
+            "{name:<26} {vv:>10.0} {qs:>10} {ratio:>12} {hh:>10.0} {:>11.0}% {ll:>12.0} {:>11.0}% {nn:>12.0} {:>13.1}%",
             100.0 * vv / hh,
-            100.0 * ll / vv
+            100.0 * ll / vv,
+            100.0 * vv / nn
         );
     }
     let exits = |rs: &[Result]| pick(rs, &|r: &Result| r.exits.unwrap_or(f64::NAN));

@@ -128,10 +128,16 @@ impl LiveGuest {
     /// As [`Self::spawn`] with the stdin `cmd` was given (a pipe: the guest's console
     /// input, taken from `child.stdin`).
     pub fn spawn_with_stdin(cmd: &mut Command) -> LiveGuest {
+        LiveGuest::spawn_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// As [`Self::spawn_with_stdin`], the engine's log going to `stderr` (a file, to
+    /// read what it said before it died).
+    pub fn spawn_with_stderr(cmd: &mut Command, stderr: Stdio) -> LiveGuest {
         let started = Instant::now();
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdout = child.stdout.take().unwrap();

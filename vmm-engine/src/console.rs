@@ -112,6 +112,7 @@ fn input_loop(
     exit: ExitSender,
     escapes: bool,
 ) {
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Console);
     let mut events = [EpollEvent::default(); 2];
     let mut decoder = EscapeDecoder::default();
     let mut buf = [0u8; 64];

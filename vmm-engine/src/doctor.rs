@@ -163,6 +163,15 @@ pub fn examine(device: &Path) -> Report {
         (host_memory_bytes().unwrap_or(0) >> 20).to_string(),
     );
     push("runs_probe_guest", if usable { "yes" } else { "no" }.into());
+    push(
+        "seccomp",
+        if crate::sandbox::seccomp::kernel_supports() {
+            "yes"
+        } else {
+            "no"
+        }
+        .into(),
+    );
     let unmodified = usable && flavour.runs_unmodified_kernels();
     push(
         "runs_unmodified_kernels",

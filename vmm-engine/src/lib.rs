@@ -12,6 +12,7 @@ pub mod exit;
 pub mod pause;
 pub mod pci;
 pub mod resources;
+pub mod sandbox;
 pub mod snapshot;
 pub mod socket_path;
 pub mod vcpu;

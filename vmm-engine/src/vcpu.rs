@@ -55,6 +55,7 @@ pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<JoinH
         .spawn(move || {
             // Pinned (if asked) from the thread itself, which knows its kernel id.
             crate::resources::cpu::vcpu_started(usize::from(index));
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Vcpu);
             run(index, vcpu, ctx)
         })
 }
@@ -94,6 +95,7 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuFd {
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     while !ctx.stop.load(Ordering::Acquire) {
         ctx.pauser.park_if_paused();
+        crate::sandbox::trip_point(crate::sandbox::ThreadKind::Vcpu);
         if ctx.stop.load(Ordering::Acquire) {
             break;
         }

@@ -1150,6 +1150,23 @@ impl VmControl {
         }
     }
 
+    /// Arms the test-only trip of `thread`'s kind and wakes those threads: the control
+    /// thread trips here, vCPUs and device workers at their next turn, which a pause and
+    /// resume makes at once (it stops the vCPUs and parks every worker).
+    fn seccomp_trip(&self, thread: &str) -> Result<(), String> {
+        use crate::sandbox::{self, ThreadKind};
+        let kind = ThreadKind::from_name(thread).ok_or_else(|| {
+            format!("seccomp_trip: no thread kind {thread:?} (vcpu, device, control, console)")
+        })?;
+        sandbox::arm_trip(kind)?;
+        sandbox::trip_point(ThreadKind::Control);
+        if matches!(kind, ThreadKind::Vcpu | ThreadKind::Device) && !self.pauser.is_paused() {
+            self.pauser.pause(&self.vm).map_err(|e| e.to_string())?;
+            self.pauser.resume(&self.vm).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     fn balloon_state(&self) -> Response {
         Response::Balloon {
             target_mib: (u64::from(self.balloon.target_pages()) * 4096) >> 20,
@@ -1203,6 +1220,7 @@ impl control::Handler for VmControl {
             }
             Request::Pause {} => done(self.pauser.pause(&self.vm)),
             Request::Resume {} => done(self.pauser.resume(&self.vm)),
+            Request::SeccompTrip { thread } => done(self.seccomp_trip(&thread)),
             Request::Save { path } => {
                 let path = std::path::PathBuf::from(path);
                 if !path.is_absolute() {

@@ -233,6 +233,7 @@ fn serve(
     handler: Arc<dyn Handler>,
     hub: Option<Arc<EventHub>>,
 ) {
+    crate::sandbox::enter(crate::sandbox::ThreadKind::Control);
     let mut server = Server {
         epoll,
         handler,

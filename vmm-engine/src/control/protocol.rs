@@ -114,6 +114,10 @@ pub enum Request {
         #[serde(default)]
         pin: Option<Vec<usize>>,
     },
+    /// Test only, refused unless the engine runs with `--test-seccomp`: a thread of
+    /// kind `thread` (`vcpu`, `device`, `control`) makes a syscall outside its seccomp
+    /// list, which must end the engine with a line naming the kind and the syscall.
+    SeccompTrip { thread: String },
 }
 
 /// The tablet's buttons.

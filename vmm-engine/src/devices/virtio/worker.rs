@@ -156,22 +156,25 @@ impl<H: WorkerHandler> Worker<H> {
             gate.worker_started();
         }
         let gate_for_thread = gate.clone();
-        let spawned = std::thread::Builder::new()
+        // Through the spawner: a vCPU thread starts a worker when the guest sets
+        // DRIVER_OK, and the worker must not inherit the vCPU's filter.
+        let builder = std::thread::Builder::new()
             .name(name.to_owned())
-            .stack_size(512 << 10)
-            .spawn(move || {
-                let handler = run(
-                    epoll,
-                    &kill_for_thread,
-                    notifiers,
-                    handler,
-                    &gate_for_thread,
-                );
-                if let Some(gate) = gate_for_thread {
-                    gate.worker_ended();
-                }
-                handler
-            });
+            .stack_size(512 << 10);
+        let spawned = crate::sandbox::spawn(builder, move || {
+            crate::sandbox::enter(crate::sandbox::ThreadKind::Device);
+            let handler = run(
+                epoll,
+                &kill_for_thread,
+                notifiers,
+                handler,
+                &gate_for_thread,
+            );
+            if let Some(gate) = gate_for_thread {
+                gate.worker_ended();
+            }
+            handler
+        });
         let thread = match spawned {
             Ok(thread) => thread,
             Err(e) => {
@@ -223,6 +226,7 @@ fn run<H: WorkerHandler>(
                 return handler;
             }
         };
+        crate::sandbox::trip_point(crate::sandbox::ThreadKind::Device);
         // A hold parks the worker before it serves anything else of this batch; the
         // rest is served after the release (edge-triggered fds are not re-reported).
         let held = events[..n].iter().any(|e| e.data() == TOKEN_HOLD);
