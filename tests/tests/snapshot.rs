@@ -689,6 +689,13 @@ fn a_paused_vm_moves_paused_and_counts_on_when_resumed() {
     let mut source = spawn(&counter_args(&dir), &[]);
     wait_count(&mut source, 10);
     let mut destination = spawn(&destination_args(&dir, &to), &[]);
+    // The destination listens once its socket is there (a loaded host may take a while).
+    let listening = dir.0.join("mig.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listening.exists() {
+        assert!(Instant::now() < deadline, "the destination never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(control(&dir).ask(&Request::Pause {}).unwrap(), Response::Ok);
     assert_eq!(migrate(&dir, &to), Response::Ok);
     let status = source
