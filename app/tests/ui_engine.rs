@@ -110,6 +110,16 @@ impl Drop for Home {
     }
 }
 
+/// Steps the app until its first row's VM runs.
+fn until_running(harness: &mut Harness<'static, VireoApp>, limit: Duration) {
+    until(harness, "the running VM", limit, |h| {
+        h.state()
+            .rows()
+            .first()
+            .is_some_and(|r| r.state.is_running())
+    });
+}
+
 #[test]
 fn the_library_reattaches_pauses_resumes_and_powers_off() {
     if !report::require_kvm("app::ui_engine::the_library_reattaches_pauses_resumes_and_powers_off")
@@ -650,12 +660,7 @@ fn the_shared_folders_dialog_adds_and_removes_a_share() {
     let config_path = home.dir.0.join("data/vireo/vms/screen/vm.toml");
     let mut harness = home.app();
     let limit = Duration::from_secs(30);
-    until(&mut harness, "the running VM", limit, |h| {
-        h.state()
-            .rows()
-            .first()
-            .is_some_and(|r| r.state.is_running())
-    });
+    until_running(&mut harness, limit);
     harness.step();
     harness.get_by_label("Open display").click();
     until(&mut harness, "the VM window", limit, |h| {
@@ -775,12 +780,7 @@ fn resources_changed_in_the_library_reach_the_running_engine() {
 
     let mut harness = home.app();
     let limit = Duration::from_secs(30);
-    until(&mut harness, "the running VM", limit, |h| {
-        h.state()
-            .rows()
-            .first()
-            .is_some_and(|r| r.state.is_running())
-    });
+    until_running(&mut harness, limit);
     harness.step();
     harness.get_by_label("Resources").click();
     until(&mut harness, "the Resources dialog", limit, |h| {

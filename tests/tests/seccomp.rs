@@ -22,8 +22,8 @@ const BOOT: Duration = Duration::from_secs(60);
 /// `getpgrp(2)`, the syscall `seccomp_trip` makes: in no thread's list.
 const TRIP_SYSCALL: i64 = libc::SYS_getpgrp;
 
-/// 128 + SIGSYS.
-const SECCOMP_EXIT: i32 = 159;
+/// 128 + SIGSYS, as the engine ends after a forbidden syscall.
+const SECCOMP_EXIT: i32 = vireo_vmm::sandbox::EXIT_STATUS;
 
 /// The probe's agent on vsock (so a device worker runs), with a control socket; the
 /// engine's stderr goes to `dir`/engine.log.

@@ -1169,7 +1169,7 @@ impl VmControl {
 
     fn balloon_state(&self) -> Response {
         Response::Balloon {
-            target_mib: (u64::from(self.balloon.target_pages()) * 4096) >> 20,
+            target_mib: self.balloon.target_bytes() >> 20,
             actual_mib: self.balloon.actual_bytes() >> 20,
             policy: self
                 .balloon_policy

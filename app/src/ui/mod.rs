@@ -7,6 +7,8 @@ pub mod activity;
 pub mod backend;
 pub mod display_view;
 pub mod keymap;
+#[cfg(test)]
+mod kittest_support;
 pub mod library_view;
 pub mod resources_dialog;
 pub mod settings_dialog;

@@ -179,6 +179,7 @@ mod tests {
     use egui_kittest::Harness;
 
     use super::*;
+    use crate::ui::kittest_support::retype;
 
     type State = (ResourcesDialog, Option<Resources>);
 
@@ -199,19 +200,6 @@ mod tests {
         harness.set_size(egui::vec2(700.0, 500.0));
         harness.run();
         harness
-    }
-
-    fn retype(harness: &mut Harness<'static, State>, label: &str, text: &str) {
-        harness.get_by_label(label).focus();
-        harness.run();
-        harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-        harness.run();
-        if text.is_empty() {
-            harness.key_press(egui::Key::Backspace);
-        } else {
-            harness.get_by_label(label).type_text(text);
-        }
-        harness.run();
     }
 
     fn save_enabled(harness: &Harness<'static, State>) -> bool {

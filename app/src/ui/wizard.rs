@@ -427,6 +427,7 @@ mod tests {
 
     use super::*;
     use crate::host::KvmKind;
+    use crate::ui::kittest_support::retype;
 
     fn pvm_host() -> HostInfo {
         HostInfo {
@@ -455,16 +456,6 @@ mod tests {
         harness.set_size(egui::vec2(600.0, 900.0));
         harness.run();
         harness
-    }
-
-    /// Replaces the text of the field labelled `label` with `text`.
-    fn retype(harness: &mut Harness<'static, State>, label: &str, text: &str) {
-        harness.get_by_label(label).focus();
-        harness.run();
-        harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
-        harness.run();
-        harness.get_by_label(label).type_text(text);
-        harness.run();
     }
 
     fn create_enabled(harness: &Harness<'static, State>) -> bool {

@@ -188,24 +188,18 @@ fn kvm_io(nr: u32) -> u64 {
         as u64
 }
 
-fn kvm_ior<T>(nr: u32) -> u64 {
+/// A KVM ioctl number carrying a `T` in direction `dir` (`_IOC_READ`/`_IOC_WRITE`).
+fn kvm_ioc<T>(dir: u32, nr: u32) -> u64 {
     let size = std::mem::size_of::<T>() as u32;
-    vmm_sys_util::ioctl::ioctl_expr(
-        vmm_sys_util::ioctl::_IOC_READ,
-        kvm_bindings::KVMIO,
-        nr,
-        size,
-    ) as u64
+    vmm_sys_util::ioctl::ioctl_expr(dir, kvm_bindings::KVMIO, nr, size) as u64
+}
+
+fn kvm_ior<T>(nr: u32) -> u64 {
+    kvm_ioc::<T>(vmm_sys_util::ioctl::_IOC_READ, nr)
 }
 
 fn kvm_iow<T>(nr: u32) -> u64 {
-    let size = std::mem::size_of::<T>() as u32;
-    vmm_sys_util::ioctl::ioctl_expr(
-        vmm_sys_util::ioctl::_IOC_WRITE,
-        kvm_bindings::KVMIO,
-        nr,
-        size,
-    ) as u64
+    kvm_ioc::<T>(vmm_sys_util::ioctl::_IOC_WRITE, nr)
 }
 
 /// The control thread's: sockets, and KVM's clock, which a pause holds and a resume

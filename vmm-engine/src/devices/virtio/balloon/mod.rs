@@ -208,6 +208,11 @@ impl BalloonHandle {
         self.shared.num_pages.load(Ordering::SeqCst)
     }
 
+    /// The target, in bytes.
+    pub fn target_bytes(&self) -> u64 {
+        u64::from(self.target_pages()) << VIRTIO_BALLOON_PFN_SHIFT
+    }
+
     /// Pages in the balloon, as the driver last reported (`actual`).
     pub fn actual_pages(&self) -> u32 {
         self.shared.actual.load(Ordering::SeqCst)
@@ -1018,7 +1023,7 @@ mod tests {
             Duration::from_millis(20),
         )
         .unwrap();
-        let target_mib = || u64::from(h.target_pages()) * 4096 / MIB;
+        let target_mib = || h.target_bytes() / MIB;
         let wait_for = |what: &str, ok: &dyn Fn(u64) -> bool| {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !ok(target_mib()) {

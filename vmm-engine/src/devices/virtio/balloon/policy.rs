@@ -147,7 +147,7 @@ fn step(handle: &BalloonHandle, rule: &IdleRule) {
     let Ok(stats) = handle.refresh_stats(STATS_WAIT) else {
         return;
     };
-    let balloon = u64::from(handle.target_pages()) << super::VIRTIO_BALLOON_PFN_SHIFT;
+    let balloon = handle.target_bytes();
     if let Some(target) = rule.next_target(&stats, balloon) {
         // Growing again before the guest has filled the last target would count the
         // memory it is still handing over as idle twice. Shrinking never waits.
