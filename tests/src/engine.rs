@@ -309,3 +309,32 @@ pub fn connect_control(
     control.set_timeout(Some(answer)).unwrap();
     control
 }
+
+/// The probe guest running its agent (so a vsock device worker runs): 2 vCPUs, 256 MiB,
+/// the vsock at `dir`/v.sock, the control socket at `control`, the engine's log in
+/// `dir`/engine.log (to read what it said before it died), `extra` arguments last.
+/// Returns once the agent is ready.
+pub fn spawn_probe_agent(dir: &Path, control: &Path, extra: &[&str]) -> LiveGuest {
+    let log = std::fs::File::create(dir.join("engine.log")).unwrap();
+    let mut cmd = Command::new(vmm_binary());
+    cmd.args([
+        "--kernel",
+        s(&crate::probe_guest::probe_guest_elf()),
+        "--cpus",
+        "2",
+        "--memory",
+        "256M",
+        "--vsock",
+        &format!("cid=3,socket={}", dir.join("v.sock").display()),
+        "--control-socket",
+        s(control),
+        "--cmdline",
+        "probe.run=agent",
+    ])
+    .args(extra)
+    .stdin(Stdio::null());
+    let mut guest = LiveGuest::spawn_with_stderr(&mut cmd, Stdio::from(log));
+    let ready = guest.wait_for("agent_ready", Duration::from_secs(60));
+    assert!(ready.is_some(), "{:#?}", guest.seen);
+    guest
+}

@@ -4,11 +4,9 @@
 //! answers again with its clock right, and a paused VM still powers off. Shutdown: the ACPI power button (a Generic Event Device the probe finds
 //! in the DSDT), which the guest answers by powering itself off. Reset.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
-use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::engine::{spawn_probe_agent, LiveGuest};
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
 use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
@@ -16,8 +14,6 @@ use vireo_guest_agent::protocol::AGENT_VSOCK_PORT;
 use vireo_vmm::control::client::Control;
 use vireo_vmm::control::protocol::{Request, Response};
 use vireo_vmm::exit::code;
-
-const BOOT: Duration = Duration::from_secs(60);
 
 fn state(control: &mut Control) -> String {
     match control.ask(&Request::Status {}).unwrap() {
@@ -35,28 +31,7 @@ fn error_of(response: Response) -> String {
 
 /// The probe's agent behind `dir`'s v.sock, with a control socket at control.sock.
 fn spawn_agent(dir: &TempDir) -> LiveGuest {
-    let vsock = dir.0.join("v.sock");
-    let control_path = dir.0.join("control.sock");
-    let mut guest = LiveGuest::spawn(Command::new(vmm_binary()).args([
-        "--kernel",
-        s(&probe_guest_elf()),
-        "--cpus",
-        "2",
-        "--memory",
-        "256M",
-        "--vsock",
-        &format!("cid=3,socket={}", vsock.display()),
-        "--control-socket",
-        s(&control_path),
-        "--cmdline",
-        "probe.run=agent",
-    ]));
-    assert!(
-        guest.wait_for("agent_ready", BOOT).is_some(),
-        "{:#?}",
-        guest.seen
-    );
-    guest
+    spawn_probe_agent(&dir.0, &dir.0.join("control.sock"), &[])
 }
 
 /// `poll(2)`: where a device worker waits while the VM is paused (`epoll_wait` is its

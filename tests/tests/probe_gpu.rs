@@ -5,7 +5,7 @@
 //! error responses and leave the device working.
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -145,6 +145,21 @@ fn a_screenshot_after_gpu_draw_is_the_probes_pattern() {
     assert_eq!(ready.u64("edid_width"), Some(1024));
     let mut client = DisplayClient::connect(&socket, BOOT);
     screenshot_matches_pattern(&mut client, "draw", 1024, 768);
+    // Landlock lets the engine write only beside its control socket (here in the temp
+    // directory): elsewhere the screenshot is refused with where to ask instead.
+    let outside =
+        Path::new("/var/tmp").join(format!("vireo-gpu-outside-{}.png", std::process::id()));
+    let answer = client.ask(&format!(
+        r#"{{"request":"screenshot","path":"{}"}}"#,
+        outside.display()
+    ));
+    assert_eq!(answer.json["response"], "error", "{}", answer.json);
+    let message = answer.json["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Landlock") && message.contains(s(&std::env::temp_dir())),
+        "{message}"
+    );
+    assert!(!outside.exists(), "the refused screenshot was written");
     let answer = client.ask(r#"{"request":"power-off"}"#);
     assert_eq!(answer.json["response"], "ok");
     assert!(guest.wait_exit(Duration::from_secs(30)).is_some());

@@ -2,22 +2,17 @@
 //! the control thread runs under its own filter, the main thread under none; a syscall
 //! outside a thread's list ends the engine at once with a line naming the thread's kind
 //! and the syscall. The violation is made on purpose through the test-only
-//! `seccomp_trip` control request, which only an engine started with `--test-seccomp`
+//! `seccomp_trip` control request, which only an engine started with `--test-sandbox`
 //! accepts.
 
-use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
-use vireo_e2e::probe_guest::probe_guest_elf;
+use vireo_e2e::engine::{spawn_probe_agent, LiveGuest};
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
 use vireo_vmm::control::client::Control;
 use vireo_vmm::control::protocol::{Request, Response};
-
-const BOOT: Duration = Duration::from_secs(60);
 
 /// `getpgrp(2)`, the syscall `seccomp_trip` makes: in no thread's list.
 const TRIP_SYSCALL: i64 = libc::SYS_getpgrp;
@@ -28,31 +23,7 @@ const SECCOMP_EXIT: i32 = vireo_vmm::sandbox::EXIT_STATUS;
 /// The probe's agent on vsock (so a device worker runs), with a control socket; the
 /// engine's stderr goes to `dir`/engine.log.
 fn spawn_guest(dir: &TempDir, extra: &[&str]) -> LiveGuest {
-    let log = File::create(dir.0.join("engine.log")).unwrap();
-    let mut cmd = Command::new(vmm_binary());
-    cmd.args([
-        "--kernel",
-        s(&probe_guest_elf()),
-        "--cpus",
-        "2",
-        "--memory",
-        "256M",
-        "--vsock",
-        &format!("cid=3,socket={}", dir.0.join("v.sock").display()),
-        "--control-socket",
-        s(&dir.0.join("control.sock")),
-        "--cmdline",
-        "probe.run=agent",
-    ])
-    .args(extra)
-    .stdin(Stdio::null());
-    let mut guest = LiveGuest::spawn_with_stderr(&mut cmd, Stdio::from(log));
-    assert!(
-        guest.wait_for("agent_ready", BOOT).is_some(),
-        "{:#?}",
-        guest.seen
-    );
-    guest
+    spawn_probe_agent(&dir.0, &dir.0.join("control.sock"), extra)
 }
 
 fn control(path: &Path) -> Control {
@@ -108,8 +79,8 @@ fn every_guest_facing_thread_runs_filtered_and_trips_are_refused_without_the_tes
         })
         .unwrap()
     {
-        Response::Error { message } => assert!(message.contains("--test-seccomp"), "{message}"),
-        other => panic!("a trip without --test-seccomp was accepted: {other:?}"),
+        Response::Error { message } => assert!(message.contains("--test-sandbox"), "{message}"),
+        other => panic!("a trip without --test-sandbox was accepted: {other:?}"),
     }
     assert!(matches!(
         control.ask(&Request::Status {}).unwrap(),
@@ -134,7 +105,7 @@ fn no_seccomp_runs_every_thread_unfiltered() {
 /// The engine dies of a `kind` thread's forbidden syscall, and says so.
 fn trip_ends_the_engine(kind: &str) {
     let dir = TempDir::new(&format!("seccomp-{kind}"));
-    let mut guest = spawn_guest(&dir, &["--test-seccomp"]);
+    let mut guest = spawn_guest(&dir, &["--test-sandbox"]);
     let mut control = control(&dir.0.join("control.sock"));
     // The control thread dies answering; the others answer first.
     let answer = control.ask(&Request::SeccompTrip {

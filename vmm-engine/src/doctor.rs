@@ -172,6 +172,13 @@ pub fn examine(device: &Path) -> Report {
         }
         .into(),
     );
+    push(
+        "landlock",
+        match crate::sandbox::landlock::kernel_abi() {
+            0 => "no (threads keep their file access; seccomp still confines them)".into(),
+            abi => format!("yes (ABI {abi})"),
+        },
+    );
     let unmodified = usable && flavour.runs_unmodified_kernels();
     push(
         "runs_unmodified_kernels",

@@ -142,11 +142,18 @@ struct Cli {
     #[arg(long)]
     no_seccomp: bool,
 
-    /// Accept the `seccomp_trip` control request, which makes a thread break its
-    /// filter (for the e2e test that shows a violation ends the engine; a run-time flag
-    /// rather than a build option, so that the test exercises the binary that ships).
-    #[arg(long, hide = true, conflicts_with = "no_seccomp")]
-    test_seccomp: bool,
+    /// Run without the Landlock rulesets that take file access from the threads the
+    /// guest talks to and confine the control thread to /proc, /sys, the cgroup tree and
+    /// the control socket's directory (debugging only).
+    #[arg(long)]
+    no_landlock: bool,
+
+    /// Accept the `seccomp_trip` and `sandbox_probe` control requests, which make a
+    /// thread break its filter or try to open a file (for the e2e tests of the sandbox;
+    /// a run-time flag rather than a build option, so that the tests exercise the
+    /// binary that ships).
+    #[arg(long, hide = true, alias = "test-seccomp")]
+    test_sandbox: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,9 +212,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(code::USAGE as u8)
 }
 
-/// Sets up the per-thread seccomp filters before any thread starts (`sandbox`).
+/// Sets up the per-thread Landlock rulesets and seccomp filters before any thread
+/// starts (`sandbox`).
 fn start_sandbox(cli: &Cli) -> std::io::Result<()> {
-    use vireo_vmm::sandbox::{self, Mode};
+    use vireo_vmm::sandbox::{self, Mode, Options};
     let mode = if cli.no_seccomp {
         tracing::warn!("--no-seccomp: the engine's threads run without syscall filters");
         Mode::Off
@@ -217,7 +225,20 @@ fn start_sandbox(cli: &Cli) -> std::io::Result<()> {
     } else {
         Mode::Enforce
     };
-    sandbox::init(mode, cli.test_seccomp)
+    if cli.no_landlock {
+        tracing::warn!("--no-landlock: the engine's threads keep their file access");
+    }
+    let runtime_dirs = cli
+        .control_socket
+        .iter()
+        .filter_map(|socket| std::path::absolute(socket).ok()?.parent().map(Into::into))
+        .collect();
+    sandbox::init(Options {
+        seccomp: mode,
+        landlock: !cli.no_landlock,
+        runtime_dirs,
+        test_requests: cli.test_sandbox,
+    })
 }
 
 fn init_logging() {

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -1078,6 +1079,9 @@ impl VmControl {
         };
         let result = match request {
             Request::Screenshot { path } => {
+                if let Err(message) = writable(std::path::Path::new(&path)) {
+                    return Response::Error { message };
+                }
                 gpu.screenshot(std::path::Path::new(&path))
                     .map(|(width, height)| Response::Screenshot {
                         path,
@@ -1167,6 +1171,40 @@ impl VmControl {
         Ok(())
     }
 
+    /// Has a thread of `thread`'s kind try to open `path` (test only) and answers with
+    /// the errno; vCPUs and workers are woken as for `seccomp_trip`.
+    fn sandbox_probe(&self, thread: &str, path: &str) -> Response {
+        use crate::sandbox::{self, ThreadKind};
+        let Some(kind) = ThreadKind::from_name(thread) else {
+            return Response::Error {
+                message: format!(
+                    "sandbox_probe: no thread kind {thread:?} (vcpu, device, control)"
+                ),
+            };
+        };
+        if let Err(message) = sandbox::arm_probe(kind, std::path::Path::new(path)) {
+            return Response::Error { message };
+        }
+        sandbox::trip_point(ThreadKind::Control);
+        if matches!(kind, ThreadKind::Vcpu | ThreadKind::Device) && !self.pauser.is_paused() {
+            if let Err(e) = self
+                .pauser
+                .pause(&self.vm)
+                .and_then(|()| self.pauser.resume(&self.vm))
+            {
+                return Response::Error {
+                    message: e.to_string(),
+                };
+            }
+        }
+        match sandbox::probe_result(Duration::from_secs(5)) {
+            Some(errno) => Response::SandboxProbe { errno },
+            None => Response::Error {
+                message: format!("no {thread} thread reached its probe point within 5 s"),
+            },
+        }
+    }
+
     fn balloon_state(&self) -> Response {
         Response::Balloon {
             target_mib: self.balloon.target_bytes() >> 20,
@@ -1221,6 +1259,7 @@ impl control::Handler for VmControl {
             Request::Pause {} => done(self.pauser.pause(&self.vm)),
             Request::Resume {} => done(self.pauser.resume(&self.vm)),
             Request::SeccompTrip { thread } => done(self.seccomp_trip(&thread)),
+            Request::SandboxProbe { thread, path } => self.sandbox_probe(&thread, &path),
             Request::Save { path } => {
                 let path = std::path::PathBuf::from(path);
                 if !path.is_absolute() {
@@ -1309,4 +1348,30 @@ impl control::Handler for VmControl {
     fn events(&self) -> Option<Arc<control::events::EventHub>> {
         self.gpu.as_ref().map(GpuHandle::events)
     }
+}
+
+/// Whether the control thread may write `path`: where Landlock confines it, only
+/// beneath its runtime directory (the control socket's), which the message names so the
+/// client knows where to ask instead.
+fn writable(path: &Path) -> Result<(), String> {
+    let Some(dirs) = crate::sandbox::writable_dirs() else {
+        return Ok(());
+    };
+    if crate::sandbox::landlock::is_beneath(path, dirs) {
+        return Ok(());
+    }
+    let places = if dirs.is_empty() {
+        "nowhere (it has no --control-socket directory)".to_string()
+    } else {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "{}: this engine writes files only beneath {places} (Landlock confines it to its \
+         control socket's directory): ask for a path there and move the file, or start \
+         the engine with --no-landlock",
+        path.display()
+    ))
 }

@@ -91,6 +91,12 @@ pub enum Error {
     },
     #[error("the engine refused: {0}")]
     Refused(String),
+    #[error("cannot write the screenshot to {path}: {source}")]
+    ScreenshotWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the engine gave an unexpected answer: {0}")]
     Unexpected(String),
     #[error("the VM was told to power off but still runs after {} s", STOP_TIMEOUT.as_secs())]
@@ -470,15 +476,26 @@ impl Supervisor {
         if !lock::is_held(&runtime.lock()) {
             return Err(Error::NotRunning);
         }
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        // Landlock lets the engine write only in its runtime directory: it writes the
+        // PNG there and we move it where the user asked.
+        let staged = runtime
+            .dir
+            .join(format!("screenshot-{}.png", std::process::id()));
         let request = Request::Screenshot {
-            path: path.to_string_lossy().into_owned(),
+            path: staged.to_string_lossy().into_owned(),
         };
         // The engine encodes a PNG of the whole screen: seconds on a busy host.
-        match self.ask_with(&runtime, &request, SCREENSHOT_TIMEOUT)? {
-            Response::Screenshot { width, height, .. } => Ok((width, height)),
-            other => Err(unexpected(other)),
-        }
+        let size = match self.ask_with(&runtime, &request, SCREENSHOT_TIMEOUT)? {
+            Response::Screenshot { width, height, .. } => (width, height),
+            other => return Err(unexpected(other)),
+        };
+        let moved = move_file(&staged, path);
+        let _ = std::fs::remove_file(&staged);
+        moved.map_err(|source| Error::ScreenshotWrite {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(size)
     }
 
     /// The running engine's pid, as its monitor wrote it.
@@ -640,6 +657,18 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
         .map(|l| String::from_utf8_lossy(&l).trim_end().to_owned())
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Moves `from` to `to`, copying where they are on different file systems (the runtime
+/// directory is a tmpfs).
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            std::fs::copy(from, to)?;
+            std::fs::remove_file(from)
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

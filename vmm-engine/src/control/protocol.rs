@@ -114,10 +114,14 @@ pub enum Request {
         #[serde(default)]
         pin: Option<Vec<usize>>,
     },
-    /// Test only, refused unless the engine runs with `--test-seccomp`: a thread of
+    /// Test only, refused unless the engine runs with `--test-sandbox`: a thread of
     /// kind `thread` (`vcpu`, `device`, `control`) makes a syscall outside its seccomp
     /// list, which must end the engine with a line naming the kind and the syscall.
     SeccompTrip { thread: String },
+    /// Test only, refused unless the engine runs with `--test-sandbox`: a thread of kind
+    /// `thread` tries to open `path` for reading; answered with the errno (0: opened),
+    /// which shows what Landlock leaves that thread.
+    SandboxProbe { thread: String, path: String },
 }
 
 /// The tablet's buttons.
@@ -173,6 +177,10 @@ pub enum Response {
     /// A device's I/O limits now.
     Limits {
         limits: IoLimits,
+    },
+    /// `sandbox-probe`'s answer: the open's errno (0: it opened).
+    SandboxProbe {
+        errno: i32,
     },
     Ok,
     Error {
