@@ -1,24 +1,41 @@
-//! What a running VM costs the host, sampled from `/proc`: its engine's CPU time (user +
-//! system, from `/proc/PID/stat`, as a share of one CPU between two samples) and
-//! resident memory (`/proc/PID/statm`). The engine's pid is the one its monitor wrote.
-//! Disk and network rates come from the engine's `stats` counters, differenced the
-//! same way.
+//! What a running VM costs the host. The engine says it on its control socket
+//! (`stats`): its CPU time and its vCPUs' (differenced into a share of one CPU between
+//! two samples), its resident memory, what the balloon gave back and what KSM merged,
+//! and the bytes and requests of its disks and network cards (differenced into rates).
+//! An engine that does not answer `stats` is sampled from `/proc` instead: CPU time
+//! from `/proc/PID/stat`, resident memory from `/proc/PID/statm`, the pid the one its
+//! monitor wrote.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use vireo_vmm::devices::virtio::io_counters::IoCountersSnapshot as Counters;
+use vireo_vmm::resources::VmUsage;
 
 /// One VM's cost at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Usage {
     /// Percent of one host CPU since the previous sample (200 = two CPUs busy).
     pub cpu_percent: f32,
+    /// The part of it the vCPUs spent (the guest's own work and its exits), when the
+    /// engine reports it.
+    pub guest_cpu_percent: Option<f32>,
     /// Resident memory of the engine process.
     pub rss_mib: u64,
+    /// What the balloon gave back and KSM merged, when the engine reports it.
+    pub memory: Option<MemoryShares>,
     /// Disk and network traffic, if the engine reports it.
     pub io: Option<IoRates>,
+}
+
+/// Guest memory the host does not pay for twice.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MemoryShares {
+    /// Given back to the host by the guest's balloon.
+    pub balloon_mib: u64,
+    /// Pages KSM merged with identical ones (this VM's or another's).
+    pub ksm_merged_mib: u64,
 }
 
 impl Usage {
@@ -45,27 +62,35 @@ pub fn glance_close(
         })
 }
 
-/// Bytes per second since the previous sample.
+/// Per second since the previous sample.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct IoRates {
     pub disk_read: f64,
     pub disk_write: f64,
     pub net_rx: f64,
     pub net_tx: f64,
+    /// Disk requests (reads and writes).
+    pub disk_ops: f64,
+    /// Network packets (received and sent).
+    pub net_packets: f64,
 }
 
-/// Byte totals since the VM started: disk read, disk written, net received, net sent.
-pub type IoTotals = [u64; 4];
+/// Totals since the VM started: disk bytes read, disk bytes written, net bytes
+/// received, net bytes sent, disk requests, net packets.
+pub type IoTotals = [u64; 6];
 
 /// The totals of a `stats` answer, all disks and cards summed.
 pub fn io_totals(disks: &[Counters], nets: &[Counters]) -> IoTotals {
     let sum =
         |v: &[Counters], f: fn(&Counters) -> u64| v.iter().map(f).fold(0u64, u64::saturating_add);
+    let requests = |c: &Counters| c.read_requests.saturating_add(c.write_requests);
     [
         sum(disks, |c| c.read_bytes),
         sum(disks, |c| c.write_bytes),
         sum(nets, |c| c.read_bytes),
         sum(nets, |c| c.write_bytes),
+        sum(disks, requests),
+        sum(nets, requests),
     ]
 }
 
@@ -76,6 +101,8 @@ pub struct UsageSampler {
     last: HashMap<u32, (u64, Instant)>,
     /// VM id → (I/O totals, when read).
     last_io: HashMap<String, (IoTotals, Instant)>,
+    /// VM id → (engine CPU ns, vCPU ns, when read).
+    last_cpu: HashMap<String, (u64, u64, Instant)>,
 }
 
 impl UsageSampler {
@@ -104,7 +131,45 @@ impl UsageSampler {
         Some(Usage {
             cpu_percent,
             rss_mib: (rss_pages * page_size()) >> 20,
-            io: None,
+            ..Usage::default()
+        })
+    }
+
+    /// The usage an engine's `stats` answer tells: CPU shares from its CPU times,
+    /// memory from its counts, rates from its I/O totals. None for an engine too old to
+    /// report CPU time (sample it from /proc with `sample`).
+    pub fn from_stats(
+        &mut self,
+        vm: &str,
+        usage: &VmUsage,
+        disks: &[Counters],
+        nets: &[Counters],
+    ) -> Option<Usage> {
+        if usage.cpu_ns == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let before = self
+            .last_cpu
+            .insert(vm.to_owned(), (usage.cpu_ns, usage.vcpu_ns, now));
+        let (cpu_percent, guest_cpu_percent) = match before {
+            Some((cpu, vcpu, at)) if usage.cpu_ns >= cpu && usage.vcpu_ns >= vcpu => {
+                let ns = now.duration_since(at).as_nanos().max(1) as f64;
+                let share = |delta: u64| (delta as f64 / ns * 100.0) as f32;
+                (share(usage.cpu_ns - cpu), share(usage.vcpu_ns - vcpu))
+            }
+            // The first sample, or an engine that started again.
+            _ => (0.0, 0.0),
+        };
+        Some(Usage {
+            cpu_percent,
+            guest_cpu_percent: Some(guest_cpu_percent),
+            rss_mib: usage.memory.resident_bytes >> 20,
+            memory: Some(MemoryShares {
+                balloon_mib: usage.balloon_bytes >> 20,
+                ksm_merged_mib: usage.memory.ksm_merging_bytes >> 20,
+            }),
+            io: Some(self.io_rates(vm, io_totals(disks, nets))),
         })
     }
 
@@ -126,6 +191,8 @@ impl UsageSampler {
             disk_write: rate(1),
             net_rx: rate(2),
             net_tx: rate(3),
+            disk_ops: rate(4),
+            net_packets: rate(5),
         }
     }
 
@@ -193,17 +260,71 @@ mod tests {
     #[test]
     fn io_rates_are_differences_over_time() {
         let mut sampler = UsageSampler::default();
-        assert_eq!(sampler.io_rates("vm", [0, 0, 0, 0]), IoRates::default());
+        assert_eq!(sampler.io_rates("vm", [0; 6]), IoRates::default());
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let rates = sampler.io_rates("vm", [1 << 20, 0, 0, 4096]);
+        let rates = sampler.io_rates("vm", [1 << 20, 0, 0, 4096, 256, 0]);
         assert!(
             rates.disk_read > 1e6 && rates.disk_read < 1.1e7,
             "{rates:?}"
         );
         assert_eq!(rates.disk_write, 0.0);
         assert!(rates.net_tx > 0.0);
+        assert!(
+            rates.disk_ops > 256.0 && rates.disk_ops < 2600.0,
+            "{rates:?}"
+        );
         // An engine that started again counts from zero: no negative rate.
-        assert_eq!(sampler.io_rates("vm", [0, 0, 0, 0]), IoRates::default());
+        assert_eq!(sampler.io_rates("vm", [0; 6]), IoRates::default());
+    }
+
+    #[test]
+    fn an_engines_stats_become_cpu_shares_memory_and_rates() {
+        use vireo_vmm::resources::memory::MemoryUsage;
+        let at = |cpu_ns, vcpu_ns, disk_bytes| {
+            let usage = VmUsage {
+                cpu_ns,
+                vcpu_ns,
+                balloon_bytes: 64 << 20,
+                memory: MemoryUsage {
+                    resident_bytes: 300 << 20,
+                    ksm_merging_bytes: 20 << 20,
+                    ksm_profit_bytes: 0,
+                },
+            };
+            let disk = Counters {
+                read_bytes: disk_bytes,
+                read_requests: disk_bytes / 4096,
+                ..Counters::default()
+            };
+            (usage, vec![disk])
+        };
+        let mut sampler = UsageSampler::default();
+        let (usage, disks) = at(1_000_000_000, 500_000_000, 0);
+        let first = sampler.from_stats("vm", &usage, &disks, &[]).unwrap();
+        assert_eq!(
+            (first.cpu_percent, first.guest_cpu_percent),
+            (0.0, Some(0.0))
+        );
+        assert_eq!(first.rss_mib, 300);
+        let shares = first.memory.unwrap();
+        assert_eq!((shares.balloon_mib, shares.ksm_merged_mib), (64, 20));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // 150 ms of CPU in ~200 ms, 100 ms of it on vCPUs: ~75 % and ~50 %.
+        let (usage, disks) = at(1_150_000_000, 600_000_000, 4 << 20);
+        let next = sampler.from_stats("vm", &usage, &disks, &[]).unwrap();
+        assert!(
+            next.cpu_percent > 40.0 && next.cpu_percent < 76.0,
+            "{next:?}"
+        );
+        let guest = next.guest_cpu_percent.unwrap();
+        assert!(
+            guest > 25.0 && guest < 51.0 && guest < next.cpu_percent,
+            "{next:?}"
+        );
+        assert!(next.io.unwrap().disk_ops > 0.0);
+        // An engine too old to report CPU time is sampled from /proc instead.
+        let (old, _) = at(0, 0, 0);
+        assert!(sampler.from_stats("old", &old, &[], &[]).is_none());
     }
 
     #[test]

@@ -351,6 +351,14 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
         "{latest:?}"
     );
     assert!(latest.io.is_some(), "the engine answers stats: {latest:?}");
+    // CPU and memory come from the engine's own stats: its vCPUs' share and what the
+    // balloon and KSM hold (nothing yet) are known.
+    let guest = latest.guest_cpu_percent.expect("the vCPUs' CPU time");
+    assert!(
+        guest >= 0.0 && guest <= latest.cpu_percent + 1.0,
+        "{latest:?}"
+    );
+    assert_eq!(latest.memory.map(|m| m.balloon_mib), Some(0), "{latest:?}");
     let cpu = history.series(|u| f64::from(u.cpu_percent));
     assert!(cpu.windows(2).all(|w| w[1][0] > w[0][0]), "{cpu:?}");
     drop(activity);
@@ -366,7 +374,13 @@ fn a_running_vm_shows_a_thumbnail_and_its_activity() {
     );
     harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::Num2);
     harness.run_steps(2);
-    for title in ["CPU %", "Memory (MiB)", "Disk (KiB/s)", "Network (KiB/s)"] {
+    for title in [
+        "CPU %",
+        "Memory (MiB)",
+        "Disk (KiB/s)",
+        "Network (KiB/s)",
+        "Operations (/s)",
+    ] {
         harness.get_by_label(title);
     }
 }

@@ -1,6 +1,8 @@
-//! The Activity view: per running VM, live graphs of its engine's CPU and memory (and,
-//! when the engine reports them, disk and network rates), from the samples the backend
-//! takes once a second. Each VM keeps the last five minutes in a bounded ring.
+//! The Activity view: per running VM, live graphs of its CPU (the engine's and its
+//! vCPUs'), memory (resident, given back by the balloon, merged by KSM), disk and
+//! network throughput and operations, from the samples the backend takes once a second
+//! (`usage`: the engine's `stats`). Each VM keeps the last five minutes in a bounded
+//! ring.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -9,7 +11,7 @@ use eframe::egui::{self, RichText};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use super::backend::VmRow;
-use crate::usage::{IoRates, Usage};
+use crate::usage::{IoRates, MemoryShares, Usage};
 
 /// Samples kept per VM: five minutes at one a second.
 pub const CAPACITY: usize = 300;
@@ -103,27 +105,36 @@ impl Activity {
 
 fn graphs(ui: &mut egui::Ui, id: &str, row: &VmRow, history: &History) {
     let memory_mib = row.config.as_ref().map_or(0, |c| c.memory_mib) as f64;
-    let kib = |f: fn(&IoRates) -> f64| move |u: &Usage| u.io.as_ref().map_or(0.0, f) / 1024.0;
+    let latest = history.latest().copied().unwrap_or_default();
     ui.columns(2, |cols| {
-        plot(
-            &mut cols[0],
-            (id, "cpu"),
-            "CPU %",
-            vec![("engine", history.series(|u| f64::from(u.cpu_percent)))],
-            100.0,
-        );
+        let mut cpu = vec![("engine", history.series(|u| f64::from(u.cpu_percent)))];
+        if latest.guest_cpu_percent.is_some() {
+            let guest = |u: &Usage| f64::from(u.guest_cpu_percent.unwrap_or(0.0));
+            cpu.push(("guest (vCPUs)", history.series(guest)));
+        }
+        plot(&mut cols[0], (id, "cpu"), "CPU %", cpu, 100.0);
+        let mut memory = vec![("resident", history.series(|u| u.rss_mib as f64))];
+        if latest.memory.is_some() {
+            let share = |f: fn(&MemoryShares) -> u64| {
+                move |u: &Usage| u.memory.as_ref().map_or(0.0, |m| f(m) as f64)
+            };
+            memory.push(("balloon", history.series(share(|m| m.balloon_mib))));
+            memory.push(("KSM merged", history.series(share(|m| m.ksm_merged_mib))));
+        }
         plot(
             &mut cols[1],
             (id, "memory"),
             "Memory (MiB)",
-            vec![("resident", history.series(|u| u.rss_mib as f64))],
+            memory,
             memory_mib,
         );
     });
-    if history.latest().is_some_and(|u| u.io.is_none()) {
+    if latest.io.is_none() {
         ui.label(RichText::new("This engine does not report disk and network traffic.").weak());
         return;
     }
+    let io = |f: fn(&IoRates) -> f64| move |u: &Usage| u.io.as_ref().map_or(0.0, f);
+    let kib = |f: fn(&IoRates) -> f64| move |u: &Usage| u.io.as_ref().map_or(0.0, f) / 1024.0;
     ui.columns(2, |cols| {
         plot(
             &mut cols[0],
@@ -146,6 +157,16 @@ fn graphs(ui: &mut egui::Ui, id: &str, row: &VmRow, history: &History) {
             1.0,
         );
     });
+    plot(
+        ui,
+        (id, "ops"),
+        "Operations (/s)",
+        vec![
+            ("disk requests", history.series(io(|r| r.disk_ops))),
+            ("network packets", history.series(io(|r| r.net_packets))),
+        ],
+        1.0,
+    );
 }
 
 fn plot(
@@ -184,7 +205,7 @@ mod tests {
                 Usage {
                     cpu_percent: i as f32,
                     rss_mib: 1,
-                    io: None,
+                    ..Usage::default()
                 },
             );
         }

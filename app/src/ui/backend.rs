@@ -27,8 +27,8 @@ use crate::host::HostInfo;
 use crate::library::{DiskChoice, Library, VmEntry};
 use crate::resources::Resources;
 use crate::settings::{self, Settings};
-use crate::supervisor::{Action, Supervisor, VmState};
-use crate::usage::{io_totals, UsageSampler};
+use crate::supervisor::{Action, RuntimeFiles, Supervisor, VmState};
+use crate::usage::{io_totals, Usage, UsageSampler};
 use crate::vm_config::{self, ClipboardDirection, SharedFolder, VmConfig};
 use vireo_guest_agent::host::ShareConfig;
 use vireo_vmm::control::protocol::{Request, Response};
@@ -546,6 +546,23 @@ impl Worker {
         ))
     }
 
+    /// A running VM's usage: what its engine reports on `stats`, or for an engine that
+    /// does not (an older build), its process sampled from /proc (with rates when it
+    /// answers `stats` at all).
+    fn usage_of(&mut self, id: &str, runtime: &RuntimeFiles) -> Option<Usage> {
+        let stats = self.supervisor.ask(runtime, &Request::Stats {});
+        if let Ok(Response::Stats { disks, nets, vm }) = &stats {
+            if let Some(usage) = self.sampler.from_stats(id, vm, disks, nets) {
+                return Some(usage);
+            }
+        }
+        let mut usage = self.sampler.sample(&runtime.engine_pid())?;
+        if let Ok(Response::Stats { disks, nets, .. }) = &stats {
+            usage.io = Some(self.sampler.io_rates(id, io_totals(disks, nets)));
+        }
+        Some(usage)
+    }
+
     /// Samples each running VM's cost and keeps a thumbnail watcher on each.
     fn sample(&mut self) {
         let Some(rows) = &self.last else { return };
@@ -564,13 +581,7 @@ impl Worker {
             let Ok(runtime) = self.supervisor.runtime(&entry) else {
                 continue;
             };
-            if let Some(mut u) = self.sampler.sample(&runtime.engine_pid()) {
-                // An engine without `stats` (or one that does not answer) has no rates.
-                if let Ok(Response::Stats { disks, nets, .. }) =
-                    self.supervisor.ask(&runtime, &Request::Stats {})
-                {
-                    u.io = Some(self.sampler.io_rates(id, io_totals(&disks, &nets)));
-                }
+            if let Some(u) = self.usage_of(id, &runtime) {
                 usage.push((id.clone(), u));
             }
             if !self.thumbnails.contains_key(id) {
