@@ -77,8 +77,10 @@ impl LinkConn {
         link::send(&mut *lock(&self.writer), id, message).map_err(|e| e.to_string())
     }
 
+    /// Hangs up; requests still waiting fail at once rather than time out.
     pub fn shutdown(&self) {
         let _ = lock(&self.writer).shutdown(Shutdown::Both);
+        lock(&self.pending).clear();
     }
 
     fn call(&self, message: &Message) -> Result<Message, String> {
