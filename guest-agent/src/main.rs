@@ -51,9 +51,10 @@ enum Command {
     /// The desktop user's part, run inside the graphical session (DISPLAY): offers the
     /// session's clipboard to the system agent until the session ends.
     Session {
-        /// The system agent's session socket.
-        #[arg(long, default_value = desktop::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// The system agent's session socket (default /run/vireo-agent/session.sock,
+        /// and then only in a VM with a virtio vsock device: elsewhere it exits at once).
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -165,7 +166,16 @@ fn main() -> anyhow::Result<()> {
 
 /// `vireo-agent session`: until the session ends (status 0), or another session takes
 /// over (status 0, said on stderr); no session at all is an error.
-fn session(socket: PathBuf) -> anyhow::Result<()> {
+fn session(socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let socket = match socket {
+        Some(path) => path,
+        None if desktop::has_virtio_vsock() => PathBuf::from(desktop::DEFAULT_SOCKET),
+        None => {
+            // Autostarted in every graphical session: on a machine that is no VM, bow out.
+            eprintln!("vireo-agent session: no virtio vsock device: not a Vireo VM, exiting");
+            return Ok(());
+        }
+    };
     let config = desktop::client::SessionConfig {
         socket,
         limit: DEFAULT_CLIPBOARD_LIMIT,
