@@ -190,10 +190,7 @@ impl GuestClipboard {
         let has_session = session.is_some();
         if let Some(session) = &session {
             let watcher_tx = tx.clone();
-            session.watch(
-                move || watcher_tx.send(Command::SessionChanged).is_ok(),
-                || (),
-            )?;
+            session.watch(move || watcher_tx.send(Command::SessionChanged).is_ok())?;
             // What the session holds already (before the agent started).
             let _ = tx.send(Command::SessionChanged);
         }
@@ -382,9 +379,8 @@ impl Worker {
         self.session_changed();
     }
 
-    fn remote_is_empty(&mut self) -> bool {
-        let limit = self.shared.limit;
-        matches!(self.session().map(|s| s.read(limit)), Some(Ok(e)) if e.is_empty())
+    fn remote_is_empty(&self) -> bool {
+        self.remote.as_ref().is_some_and(RemoteSession::is_empty)
     }
 
     fn remote_gone(&mut self) {

@@ -53,9 +53,14 @@ impl X11Clipboard {
     }
 
     /// Calls `changed` on every change of the CLIPBOARD selection's owner, from a thread
-    /// of its own, until `changed` returns false or the X connection ends (then `ended`:
-    /// the session is over).
-    pub fn watch(
+    /// of its own, until `changed` returns false or the X connection ends.
+    pub fn watch(&self, changed: impl Fn() -> bool + Send + 'static) -> Result<(), String> {
+        self.watch_until_closed(changed, || ())
+    }
+
+    /// [`watch`](Self::watch), then `ended` when the X connection ends: the session is
+    /// over (`vireo-agent session` exits with it).
+    pub fn watch_until_closed(
         &self,
         changed: impl Fn() -> bool + Send + 'static,
         ended: impl FnOnce() + Send + 'static,

@@ -67,7 +67,7 @@ pub fn run(config: &SessionConfig) -> Result<SessionEnd, String> {
     let mut x = X11Clipboard::open()?;
     let (tx, rx) = mpsc::channel();
     let (changed, ended) = (tx.clone(), tx.clone());
-    x.watch(
+    x.watch_until_closed(
         move || changed.send(Event::XChanged).is_ok(),
         move || {
             let _ = ended.send(Event::XEnded);

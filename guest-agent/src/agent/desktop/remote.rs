@@ -118,6 +118,11 @@ impl RemoteSession {
         self.conn.shutdown();
     }
 
+    /// The session's clipboard is empty (its last word was a release, or nothing yet).
+    pub fn is_empty(&self) -> bool {
+        lock(&self.conn.grab).is_none()
+    }
+
     /// Worker side of the coalescing: the next grab queues a change again.
     pub fn take_change(&self) {
         self.conn.change_queued.store(false, Ordering::SeqCst);
