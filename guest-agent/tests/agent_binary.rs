@@ -14,6 +14,7 @@ use vireo_guest_agent::guest_info::GuestInfo;
 use vireo_guest_agent::host::{AgentClient, ClientConfig, ClientError, ClientEvent, Endpoint};
 use vireo_guest_agent::protocol::{
     error_code, fs::FsOp, kind, Capabilities, FsRequest, Message, TimeCorrection, PROTOCOL_MAJOR,
+    PROTOCOL_MINOR,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_vireo-agent");
@@ -393,7 +394,10 @@ fn cli(agent: &Agent, call: &str) -> serde_json::Value {
 fn cli_host_subcommands() {
     let agent = Agent::spawn(0);
     let hello = cli(&agent, "hello");
-    assert_eq!(hello["protocol"], format!("{PROTOCOL_MAJOR}.0"));
+    assert_eq!(
+        hello["protocol"],
+        format!("{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}")
+    );
     assert_eq!(
         hello["capabilities"],
         serde_json::json!([
