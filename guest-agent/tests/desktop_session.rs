@@ -632,6 +632,20 @@ fn hostile_session_client_is_disconnected_and_the_agent_goes_on() {
     else {
         return;
     };
+    // Connections that never say hello: past 16 of them the next is turned away at once.
+    let silent: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(desk.session_socket()).unwrap())
+        .collect();
+    let mut extra = UnixStream::connect(desk.session_socket()).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert!(hung_up(&mut extra), "{}", desk.logs());
+    drop(silent);
+    assert!(wait_until(Duration::from_secs(5), || desk
+        .log("agent.log")
+        .contains("too many connections owe a hello")));
+
     // Garbage instead of a hello.
     let mut garbage = UnixStream::connect(desk.session_socket()).unwrap();
     garbage

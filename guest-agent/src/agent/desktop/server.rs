@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,28 @@ use crate::protocol::{
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that stops reading is given up rather than blocking the clipboard worker.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections still owing their hello: past this many, new ones are turned away (a
+/// local user opening sockets by the thousand costs a thread each for up to 5 s).
+const MAX_UNGREETED: usize = 16;
+
+/// Counts a connection among the ungreeted until dropped.
+struct Ungreeted;
+
+static UNGREETED: AtomicUsize = AtomicUsize::new(0);
+
+impl Ungreeted {
+    fn enter() -> Option<Self> {
+        let before = UNGREETED.fetch_add(1, Ordering::SeqCst);
+        let entered = Self;
+        (before < MAX_UNGREETED).then_some(entered)
+    }
+}
+
+impl Drop for Ungreeted {
+    fn drop(&mut self) {
+        UNGREETED.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Binds `path` (replacing a stale socket) and serves session clients from a thread.
 pub fn serve(path: &Path, clipboard: Arc<GuestClipboard>, rule: PeerRule) -> io::Result<()> {
@@ -58,12 +80,18 @@ fn accept_loop(listener: &UnixListener, clipboard: &Arc<GuestClipboard>, rule: &
                 continue;
             }
         };
+        let Some(ungreeted) = Ungreeted::enter() else {
+            log(format_args!(
+                "session socket: too many connections owe a hello"
+            ));
+            continue;
+        };
         let link = LINKS.fetch_add(1, Ordering::SeqCst);
         let clipboard = Arc::clone(clipboard);
         let spawned = std::thread::Builder::new()
             .name("vireo-session-link".into())
             .spawn(move || {
-                match serve_session(stream, uid, link, &clipboard) {
+                match serve_session(stream, uid, link, &clipboard, ungreeted) {
                     Ok(()) => log(format_args!("session of uid {uid}: gone")),
                     Err(e) => log(format_args!("session of uid {uid}: {e}")),
                 }
@@ -89,12 +117,14 @@ fn serve_session(
     uid: u32,
     link: u64,
     clipboard: &GuestClipboard,
+    ungreeted: Ungreeted,
 ) -> Result<(), LinkError> {
     stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     let mut reader = FrameReader::new(stream.try_clone()?);
     let conn = Arc::new(LinkConn::new(stream.try_clone()?));
     let result = hello(&mut reader, &conn).and_then(|()| {
+        drop(ungreeted);
         stream.set_read_timeout(None)?;
         log(format_args!(
             "session of uid {uid}: its clipboard is the guest's"
