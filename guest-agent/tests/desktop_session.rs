@@ -696,3 +696,50 @@ fn hostile_session_client_is_disconnected_and_the_agent_goes_on() {
         == b"still here"));
     assert!(client.ping().is_ok());
 }
+
+#[test]
+fn a_second_agent_leaves_a_live_session_socket_alone() {
+    let Some((desk, client)) =
+        connected_session("a_second_agent_leaves_a_live_session_socket_alone")
+    else {
+        return;
+    };
+    let second = Command::new(AGENT)
+        .args(["run", "--clipboard", "memory", "--no-shares"])
+        .args(["--fake-clock-offset-ms=0", "--fake-power"])
+        .arg(desk.dir.join("power2"))
+        .arg(format!(
+            "--transport=unix:{}",
+            desk.dir.join("agent2.sock").display()
+        ))
+        .arg("--clipboard-socket")
+        .arg(desk.dir.join("clipboard2.sock"))
+        .arg("--session-socket")
+        .arg(desk.session_socket())
+        .env_remove("DISPLAY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut second = Killed(second);
+    let mut stderr = BufReader::new(second.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("another agent serves desktop sessions"),
+        "{line}"
+    );
+    drop(second);
+    // The first agent's session still bridges.
+    assert!(host_sets_and_session_pastes(
+        &desk,
+        &client,
+        "still the first"
+    ));
+}

@@ -47,13 +47,21 @@ impl Drop for Ungreeted {
     }
 }
 
-/// Binds `path` (replacing a stale socket) and serves session clients from a thread.
+/// Binds `path` (replacing a stale socket, refusing a live one) and serves session
+/// clients from a thread.
 pub fn serve(path: &Path, clipboard: Arc<GuestClipboard>, rule: PeerRule) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         }
+    }
+    // A stale socket is replaced; a live one belongs to another agent and is left alone.
+    if UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another agent serves desktop sessions there",
+        ));
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
