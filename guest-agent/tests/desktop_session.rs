@@ -241,7 +241,13 @@ impl Desk {
     }
 
     fn client(&self) -> AgentClient {
-        AgentClient::connect(Endpoint::Unix(self.host_socket()), ClientConfig::default()).unwrap()
+        // A loaded machine (CI builds beside us) can hold a fresh agent's hello up.
+        let config = ClientConfig {
+            connect_timeout: Duration::from_secs(20),
+            ..ClientConfig::default()
+        };
+        AgentClient::connect(Endpoint::Unix(self.host_socket()), config)
+            .unwrap_or_else(|e| panic!("{e}: {}", self.logs()))
     }
 
     fn xclip(&self) -> Command {
