@@ -145,6 +145,10 @@ build_agent() {
     "$stage/lib/systemd/system/vireo-agent.service"
   install -Dm644 "$deb_dir/vireo-agent/60-vireo-agent.rules" \
     "$stage/lib/udev/rules.d/60-vireo-agent.rules"
+  # Every graphical session starts its part (the session clipboard); outside a Vireo VM
+  # it exits at once.
+  install -Dm644 "$deb_dir/vireo-agent/dev.vireo.Agent.desktop" \
+    "$stage/etc/xdg/autostart/dev.vireo.Agent.desktop"
   install_docs "$stage" vireo-agent
   install -m644 "$deb_dir/vireo-agent/README.Debian" "$stage/usr/share/doc/vireo-agent/README.Debian"
   install_overrides "$stage" vireo-agent
@@ -152,9 +156,10 @@ build_agent() {
   for script in postinst prerm postrm; do
     install -m755 "$deb_dir/vireo-agent/$script" "$stage/DEBIAN/$script"
   done
+  echo /etc/xdg/autostart/dev.vireo.Agent.desktop >"$stage/DEBIAN/conffiles"
   pack "$stage" vireo-agent "" admin \
     "guest agent for Vireo virtual machines" \
-    "Runs inside a Linux guest of Vireo and talks to the host over vsock: guest info, graceful power off and reboot, time sync, the shared clipboard, display resize and shared folders (FUSE). Its systemd service starts only in a VM with a vsock device, so it is harmless on other machines." \
+    "Runs inside a Linux guest of Vireo and talks to the host over vsock: guest info, graceful power off and reboot, time sync, the shared clipboard, display resize and shared folders (FUSE). Its systemd service starts only in a VM with a vsock device, so it is harmless on other machines. In each graphical session an autostart entry runs its session part, which bridges that session's clipboard (and exits at once outside a Vireo VM)." \
     "fuse3, x11-xserver-utils"
 }
 

@@ -156,10 +156,23 @@ fn watch(client: &AgentClient, duration: Duration) -> anyhow::Result<()> {
             ClientEvent::Message(Message::DisplayStatus(s)) => {
                 json!({ "event": "display", "status": display_json(&s) })
             }
+            ClientEvent::Message(Message::ClipboardStatus(s)) => {
+                json!({ "event": "clipboard-source", "source": source_name(s.source) })
+            }
             ClientEvent::Message(m) => json!({ "event": "message", "kind": m.kind() }),
             ClientEvent::SharesMounted(_) => continue,
         };
         println!("{line}");
+    }
+}
+
+/// Where the guest clipboard lives, for a JSON line.
+fn source_name(source: vireo_guest_agent::protocol::ClipboardSource) -> String {
+    use vireo_guest_agent::protocol::ClipboardSource;
+    match source {
+        ClipboardSource::AgentCopy => "agent-copy".into(),
+        ClipboardSource::AgentDisplay => "agent-display".into(),
+        ClipboardSource::UserSession { uid } => format!("session-uid-{uid}"),
     }
 }
 

@@ -12,6 +12,7 @@ mod clipboard_cli;
 
 use vireo_guest_agent::agent::clipboard::{local, ClipboardMode, GuestClipboard};
 use vireo_guest_agent::agent::clock::{Clock, SimulatedClock, SystemClock};
+use vireo_guest_agent::agent::desktop::{self, client::SessionEnd, peer::PeerRule};
 use vireo_guest_agent::agent::display::DisplayProbe;
 use vireo_guest_agent::agent::fs::{default_owner, ShareMounts, DEFAULT_MOUNT_BASE};
 use vireo_guest_agent::agent::power::{PowerControl, RecordingPower, SystemPower};
@@ -46,6 +47,14 @@ enum Command {
         socket: Option<PathBuf>,
         #[command(subcommand)]
         call: clipboard_cli::ClipboardCall,
+    },
+    /// The desktop user's part, run inside the graphical session (DISPLAY): offers the
+    /// session's clipboard to the system agent until the session ends.
+    Session {
+        /// The system agent's session socket (default /run/vireo-agent/session.sock,
+        /// and then only in a VM with a virtio vsock device: elsewhere it exits at once).
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
 }
 
@@ -87,6 +96,15 @@ struct RunArgs {
     /// The local socket of `vireo-agent clipboard get|set`.
     #[arg(long)]
     clipboard_socket: Option<PathBuf>,
+    /// Where desktop sessions' `vireo-agent session` connect.
+    #[arg(long, default_value = desktop::DEFAULT_SOCKET)]
+    session_socket: PathBuf,
+    /// Do not listen for desktop sessions.
+    #[arg(long)]
+    no_session_socket: bool,
+    /// Tests: logind's session directory (who may own the clipboard).
+    #[arg(long, hide = true, default_value = desktop::peer::LOGIND_SESSIONS)]
+    logind_sessions: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -141,6 +159,30 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args)?,
         Command::Host(args) => host(args)?,
         Command::Clipboard { socket, call } => clipboard_cli::guest(socket, call)?,
+        Command::Session { socket } => session(socket)?,
+    }
+    Ok(())
+}
+
+/// `vireo-agent session`: until the session ends (status 0), or another session takes
+/// over (status 0, said on stderr); no session at all is an error.
+fn session(socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let socket = match socket {
+        Some(path) => path,
+        None if desktop::has_virtio_vsock() => PathBuf::from(desktop::DEFAULT_SOCKET),
+        None => {
+            // Autostarted in every graphical session: on a machine that is no VM, bow out.
+            eprintln!("vireo-agent session: no virtio vsock device: not a Vireo VM, exiting");
+            return Ok(());
+        }
+    };
+    let config = desktop::client::SessionConfig {
+        socket,
+        limit: DEFAULT_CLIPBOARD_LIMIT,
+    };
+    match desktop::client::run(&config).map_err(anyhow::Error::msg)? {
+        SessionEnd::SessionOver => eprintln!("vireo-agent session: the session ended"),
+        SessionEnd::StoodDown(why) => eprintln!("vireo-agent session: standing down: {why}"),
     }
     Ok(())
 }
@@ -180,6 +222,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "vireo-agent: no `vireo-agent clipboard` socket at {}: {err}",
             local_socket.display()
         );
+    }
+    if !args.no_session_socket {
+        let rule = PeerRule {
+            sessions_dir: args.logind_sessions.clone(),
+        };
+        // Without it the guest's clipboard is the agent's own copy (or its DISPLAY).
+        if let Err(err) = desktop::server::serve(&args.session_socket, Arc::clone(&clipboard), rule)
+        {
+            eprintln!(
+                "vireo-agent: no desktop-session socket at {}: {err}",
+                args.session_socket.display()
+            );
+        }
     }
     let services = AgentServices {
         clock,

@@ -94,6 +94,8 @@ impl Session {
         std::fs::create_dir_all(&dir).unwrap();
         let agent = Command::new(AGENT)
             .args(["run", "--clipboard", "x11", "--fake-clock-offset-ms=0"])
+            // The agent's own DISPLAY is what these test: no desktop sessions.
+            .arg("--no-session-socket")
             // One time sync on connect, none during the tests' quiet windows.
             .args(["--time-sync-interval-secs", "3600"])
             .arg(format!(

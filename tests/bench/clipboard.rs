@@ -8,6 +8,9 @@
 //!   (XFixes event, the agent's read, grab, request, data);
 //! - the same host set with no session (`--clipboard memory`), read through the agent's
 //!   local socket: the agent and protocol without X;
+//! - the desktop-session split: the system agent without `DISPLAY` and
+//!   `vireo-agent session` on the Xvfb connected to it (one more local hop), 1 KiB and
+//!   1 MiB, against the direct-`DISPLAY` agent's same rows above;
 //! - baseline in the same run: a protocol ping's round trip on the same connection;
 //! - over real virtio-vsock (where /dev/kvm exists): the host client through `vireo-vmm`'s
 //!   hybrid vsock socket to the probe guest's agent (`probe.run=agent`): host set → the
@@ -28,8 +31,10 @@ use vireo_e2e::engine::{s, vmm_binary, LiveGuest};
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::xvfb::Xvfb;
 use vireo_guest_agent::agent::clipboard::local;
-use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
-use vireo_guest_agent::protocol::{ClipboardContent, ClipboardFormat};
+use vireo_guest_agent::host::{AgentClient, ClientConfig, ClientEvent, Endpoint};
+use vireo_guest_agent::protocol::{
+    ClipboardContent, ClipboardFormat, ClipboardSource, ClipboardStatus, Message,
+};
 
 const GOAL_P99_MS: f64 = 50.0;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,11 +45,21 @@ fn agent_binary() -> PathBuf {
 
 struct Agent {
     child: Child,
+    /// `vireo-agent session`, for the desktop-session rows.
+    session: Option<Child>,
     dir: PathBuf,
 }
 
+/// Where the agent's clipboard is.
+enum Mode<'a> {
+    Display(&'a str),
+    Memory,
+    /// No `DISPLAY` for the agent; a session part on this one.
+    Session(&'a str),
+}
+
 impl Agent {
-    fn start(name: &str, display: Option<&str>) -> Self {
+    fn start(name: &str, mode: Mode<'_>) -> Self {
         let dir =
             std::env::temp_dir().join(format!("vireo-clip-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -57,9 +72,12 @@ impl Agent {
             .arg("--fake-clock-offset-ms=0")
             .env_remove("WAYLAND_DISPLAY")
             .stderr(Stdio::null());
-        match display {
-            Some(d) => cmd.arg("--clipboard=x11").env("DISPLAY", d),
-            None => cmd.arg("--clipboard=memory").env_remove("DISPLAY"),
+        cmd.arg("--session-socket").arg(dir.join("s.sock"));
+        // No logind stand-in: any user may connect (we are that user anyway).
+        cmd.arg("--logind-sessions").arg(dir.join("no-logind"));
+        match mode {
+            Mode::Display(d) => cmd.arg("--clipboard=x11").env("DISPLAY", d),
+            Mode::Memory | Mode::Session(_) => cmd.arg("--clipboard=memory").env_remove("DISPLAY"),
         };
         let child = cmd.spawn().unwrap();
         let start = Instant::now();
@@ -67,7 +85,40 @@ impl Agent {
             assert!(start.elapsed() < TIMEOUT, "the agent did not start");
             std::thread::sleep(Duration::from_millis(5));
         }
-        Self { child, dir }
+        let session = match mode {
+            Mode::Session(display) => Some(
+                Command::new(agent_binary())
+                    .arg("session")
+                    .arg("--socket")
+                    .arg(dir.join("s.sock"))
+                    .env("DISPLAY", display)
+                    .env_remove("WAYLAND_DISPLAY")
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            ),
+            _ => None,
+        };
+        Self {
+            child,
+            session,
+            dir,
+        }
+    }
+
+    /// Waits until the agent says the session's clipboard is the guest's.
+    fn wait_session(client: &AgentClient) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match client.events().recv_timeout(left) {
+                Ok(ClientEvent::Message(Message::ClipboardStatus(ClipboardStatus {
+                    source: ClipboardSource::UserSession { .. },
+                }))) => return,
+                Ok(_) => {}
+                Err(_) => panic!("the session part did not connect"),
+            }
+        }
     }
 
     fn client(&self) -> AgentClient {
@@ -81,6 +132,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.kill();
+            let _ = session.wait();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -271,11 +326,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let few = (rounds / 10).max(5);
+    // The direct-DISPLAY against desktop-session comparison (issue 10).
+    let compare = (rounds / 4).max(5);
     let xvfb = Xvfb::start(1280, 800);
     // This process is the other X client; arboard reads DISPLAY when it connects.
     // Set before any thread of ours starts, so nothing reads the environment meanwhile.
     std::env::set_var("DISPLAY", &xvfb.display);
-    let agent = Agent::start("x11", Some(&xvfb.display));
+    let agent = Agent::start("x11", Mode::Display(&xvfb.display));
     let client = agent.client();
     let mut x = Clipboard::new().expect("arboard on the private Xvfb");
 
@@ -294,9 +351,15 @@ fn main() {
             true,
         ),
         (
+            "host set → X readable, 1 KiB",
+            compare,
+            percentiles(host_set_text(&client, &mut x, compare, 1 << 10)),
+            true,
+        ),
+        (
             "host set → X readable, 1 MiB",
-            few,
-            percentiles(host_set_text(&client, &mut x, few, 1 << 20)),
+            compare,
+            percentiles(host_set_text(&client, &mut x, compare, 1 << 20)),
             true,
         ),
         (
@@ -315,7 +378,31 @@ fn main() {
     drop(client);
     drop(agent);
 
-    let memory = Agent::start("memory", None);
+    let split = Agent::start("session", Mode::Session(&xvfb.display));
+    let client = split.client();
+    Agent::wait_session(&client);
+    rows.push((
+        "session part: host set → X, 1 KiB",
+        compare,
+        percentiles(host_set_text(&client, &mut x, compare, 1 << 10)),
+        true,
+    ));
+    rows.push((
+        "session part: host set → X, 1 MiB",
+        compare,
+        percentiles(host_set_text(&client, &mut x, compare, 1 << 20)),
+        true,
+    ));
+    rows.push((
+        "session part: X copy → host, text",
+        compare,
+        percentiles(guest_copy_text(&client, &mut x, compare)),
+        false,
+    ));
+    drop(client);
+    drop(split);
+
+    let memory = Agent::start("memory", Mode::Memory);
     let client = memory.client();
     let socket = memory.dir.join("c.sock");
     rows.push((

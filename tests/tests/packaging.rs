@@ -244,6 +244,40 @@ fn agent_package_is_lintian_clean_and_its_unit_verifies() {
         });
     assert_eq!(runs_here, has_virtio_vsock);
 
+    // The session part: started by every graphical session, shipped as a conffile, a
+    // valid desktop entry, and harmless here (no virtio vsock: it exits at once).
+    let autostart = "/etc/xdg/autostart/dev.vireo.Agent.desktop";
+    assert!(contents(&deb).iter().any(|f| f == autostart));
+    let control = TempDir::new("agent-control");
+    let (ok, text) = run(
+        "dpkg-deb",
+        &["-e", deb.to_str().unwrap(), control.0.to_str().unwrap()],
+    );
+    assert!(ok, "{text}");
+    let conffiles = std::fs::read_to_string(control.0.join("conffiles")).unwrap_or_default();
+    assert!(
+        conffiles.lines().any(|l| l == autostart),
+        "conffiles: {conffiles}"
+    );
+    let entry = root.0.join(autostart.trim_start_matches('/'));
+    let entry_text = std::fs::read_to_string(&entry).unwrap();
+    assert!(
+        entry_text.contains("Exec=/usr/bin/vireo-agent session"),
+        "{entry_text}"
+    );
+    // desktop-file-utils comes with setup-host.sh.
+    let (ok, text) = run("desktop-file-validate", &[entry.to_str().unwrap()]);
+    assert!(
+        ok && text.trim().is_empty(),
+        "desktop-file-validate: {text}"
+    );
+    if !has_virtio_vsock {
+        let (ok, text) = run(agent.to_str().unwrap(), &["session"]);
+        assert!(ok && text.contains("not a Vireo VM"), "{text}");
+    }
+    assert!(unit_text.contains("RuntimeDirectory=vireo-agent"));
+    assert!(unit_text.contains("RuntimeDirectoryMode=0755"));
+
     let rule =
         std::fs::read_to_string(root.0.join("lib/udev/rules.d/60-vireo-agent.rules")).unwrap();
     assert!(

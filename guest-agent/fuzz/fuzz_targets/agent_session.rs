@@ -24,7 +24,7 @@ use vireo_guest_agent::protocol::{
 };
 
 /// Every kind the protocol knows, and one it does not.
-const KINDS: [u16; 25] = [
+const KINDS: [u16; 26] = [
     kind::HELLO,
     kind::ERROR,
     kind::PING,
@@ -41,6 +41,7 @@ const KINDS: [u16; 25] = [
     kind::CLIPBOARD_REQUEST,
     kind::CLIPBOARD_DATA,
     kind::CLIPBOARD_RELEASE,
+    kind::CLIPBOARD_STATUS,
     kind::FS_REQUEST,
     kind::FS_REPLY,
     kind::FS_SHARES,

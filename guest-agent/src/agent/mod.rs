@@ -7,6 +7,7 @@
 
 pub mod clipboard;
 pub mod clock;
+pub mod desktop;
 pub mod display;
 pub mod fs;
 pub mod power;

@@ -297,6 +297,7 @@ impl<'a> Session<'a> {
             | Message::FsRequest(_)
             | Message::FsSharesReply(_)
             | Message::TimeSyncReport(_)
+            | Message::ClipboardStatus(_)
             | Message::DisplayStatus(_)) => self.send_error(
                 id,
                 other.kind(),
@@ -565,12 +566,19 @@ mod tests {
             out[2],
             Envelope {
                 id: 0,
+                message: Message::ClipboardStatus(_)
+            }
+        ));
+        assert!(matches!(
+            out[3],
+            Envelope {
+                id: 0,
                 message: Message::DisplayStatus(_)
             }
         ));
         // The first time query follows at once, with an id of the agent's own.
-        assert!(matches!(out[3].message, Message::TimeQuery));
-        assert_ne!(out[3].id, 0);
+        assert!(matches!(out[4].message, Message::TimeQuery));
+        assert_ne!(out[4].id, 0);
     }
 
     #[test]

@@ -707,6 +707,7 @@ impl Shared {
             | Message::FsSharesReply(_)
             | Message::TimeReply(_)
             | Message::ClipboardData(_)
+            | Message::ClipboardStatus(_)
             | Message::DisplayStatus(_)) => {
                 let waiter = lock(&self.pending).remove(&id);
                 match waiter {

@@ -48,6 +48,8 @@ pub mod kind {
     pub const CLIPBOARD_REQUEST: u16 = 0x0402;
     pub const CLIPBOARD_DATA: u16 = 0x0403;
     pub const CLIPBOARD_RELEASE: u16 = 0x0404;
+    /// Agent → host (protocol 1.1): where the guest clipboard lives now.
+    pub const CLIPBOARD_STATUS: u16 = 0x0405;
     // 0x05: shared folders (`super::super::fs`).
     pub const FS_REQUEST: u16 = 0x0501;
     pub const FS_REPLY: u16 = 0x0502;
@@ -259,6 +261,23 @@ pub struct ClipboardRelease {
     pub serial: u32,
 }
 
+/// Where the guest's clipboard lives: the agent sends it after the hello and whenever it
+/// changes (a desktop session's `vireo-agent session` came or went).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClipboardSource {
+    /// No graphical session: the agent's own copy, reached by `vireo-agent clipboard`.
+    AgentCopy,
+    /// The X session of the agent's own `DISPLAY`.
+    AgentDisplay,
+    /// A desktop user's session, through its `vireo-agent session`.
+    UserSession { uid: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClipboardStatus {
+    pub source: ClipboardSource,
+}
+
 /// What the guest's display side reports: sent by the agent after the hello, and as the
 /// answer to [`Message::DisplayStatusRequest`] and [`Message::DisplayResize`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +335,8 @@ pub enum Message {
     ClipboardRequest(ClipboardRequest),
     ClipboardData(ClipboardData),
     ClipboardRelease(ClipboardRelease),
+    /// Agent → host event (protocol 1.1).
+    ClipboardStatus(ClipboardStatus),
     FsRequest(FsRequest),
     FsReply(FsReply),
     FsShares(FsShares),
@@ -400,6 +421,7 @@ impl Message {
             Self::ClipboardRequest(_) => kind::CLIPBOARD_REQUEST,
             Self::ClipboardData(_) => kind::CLIPBOARD_DATA,
             Self::ClipboardRelease(_) => kind::CLIPBOARD_RELEASE,
+            Self::ClipboardStatus(_) => kind::CLIPBOARD_STATUS,
             Self::FsRequest(_) => kind::FS_REQUEST,
             Self::FsReply(_) => kind::FS_REPLY,
             Self::FsShares(_) => kind::FS_SHARES,
@@ -433,6 +455,7 @@ impl Message {
             Self::ClipboardRequest(m) => enc(m, out),
             Self::ClipboardData(m) => enc(m, out),
             Self::ClipboardRelease(m) => enc(m, out),
+            Self::ClipboardStatus(m) => enc(m, out),
             Self::FsRequest(m) => enc(m, out),
             Self::FsReply(m) => enc(m, out),
             Self::FsShares(m) => enc(m, out),
@@ -470,6 +493,7 @@ impl Message {
             kind::CLIPBOARD_REQUEST => Self::ClipboardRequest(body_of(body)?),
             kind::CLIPBOARD_DATA => Self::ClipboardData(body_of(body)?),
             kind::CLIPBOARD_RELEASE => Self::ClipboardRelease(body_of(body)?),
+            kind::CLIPBOARD_STATUS => Self::ClipboardStatus(body_of(body)?),
             kind::FS_REQUEST => Self::FsRequest(body_of(body)?),
             kind::FS_REPLY => Self::FsReply(body_of(body)?),
             kind::FS_SHARES => Self::FsShares(body_of(body)?),
@@ -612,6 +636,9 @@ mod tests {
                 data: b"hi".to_vec(),
             }),
             Message::ClipboardRelease(ClipboardRelease { serial: 7 }),
+            Message::ClipboardStatus(ClipboardStatus {
+                source: ClipboardSource::UserSession { uid: 1000 },
+            }),
             Message::FsRequest(FsRequest {
                 share: 0,
                 op: crate::protocol::fs::FsOp::Write {

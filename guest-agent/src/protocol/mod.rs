@@ -22,7 +22,7 @@ pub use message::*;
 /// Major version: changes only with incompatible changes.
 pub const PROTOCOL_MAJOR: u16 = 1;
 /// Minor version: new kinds and capability bits.
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 
 /// The vsock port the agent listens on in a guest.
 pub const AGENT_VSOCK_PORT: u32 = 7000;

@@ -105,6 +105,7 @@ impl AgentProc {
         let _ = std::fs::remove_file(&self.socket);
         let child = Command::new(AGENT)
             .arg("run")
+            .arg("--no-session-socket")
             .arg("--transport")
             .arg(format!("unix:{}", self.socket.display()))
             .arg("--share-base")

@@ -18,9 +18,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::desktop::remote::RemoteSession;
 use super::log;
 use crate::protocol::clipboard::too_large_text;
-use crate::protocol::{ClipboardContent, ClipboardFormat};
+use crate::protocol::{ClipboardContent, ClipboardFormat, ClipboardSource};
 
 /// Who made the current content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub enum Origin {
 pub enum Payload {
     Data(Vec<u8>),
     TooLarge(usize),
+    /// Over the limit, in the words of the session that holds it (`vireo-agent session`
+    /// keeps the bytes and says why it will not send them).
+    Refused(String),
 }
 
 /// The guest clipboard as last seen.
@@ -63,6 +67,7 @@ impl Snapshot {
             Some((_, Payload::TooLarge(len))) => {
                 Err(LookupError::TooLarge(too_large_text(format, *len, limit)))
             }
+            Some((_, Payload::Refused(text))) => Err(LookupError::TooLarge(text.clone())),
             None => Err(LookupError::Absent),
         }
     }
@@ -95,6 +100,7 @@ pub fn entries_to_content(entries: Entries, limit: usize) -> Result<ClipboardCon
         match payload {
             Payload::Data(data) => content.entries.push((format, data)),
             Payload::TooLarge(len) => return Err(too_large_text(format, len, limit)),
+            Payload::Refused(text) => return Err(text),
         }
     }
     Ok(content)
@@ -119,14 +125,23 @@ enum Command {
     FromLocal(ClipboardContent, Sender<Result<(), String>>),
     /// The host released the clipboard it owned.
     HostReleased,
-    /// Another program took the session clipboard (XFixes).
+    /// Another program took the agent's own session clipboard (XFixes).
     SessionChanged,
+    /// A desktop session's `vireo-agent session` connected: its clipboard is the guest's
+    /// while it stays (the newest session wins).
+    RemoteAttached(RemoteSession),
+    /// The session on this link copied or its clipboard went empty.
+    RemoteChanged(u64),
+    /// The session on this link went away.
+    RemoteGone(u64),
 }
 
 struct Shared {
     current: Mutex<Snapshot>,
     /// The current connection's wake-up socket: one byte per new generation.
     waker: Mutex<Option<UnixStream>>,
+    /// Where the clipboard lives now (told to the host).
+    source: Mutex<ClipboardSource>,
     limit: usize,
 }
 
@@ -164,6 +179,11 @@ impl GuestClipboard {
                 entries: Arc::default(),
             }),
             waker: Mutex::new(None),
+            source: Mutex::new(if session.is_some() {
+                ClipboardSource::AgentDisplay
+            } else {
+                ClipboardSource::AgentCopy
+            }),
             limit,
         });
         let (tx, rx) = mpsc::channel();
@@ -180,7 +200,9 @@ impl GuestClipboard {
             .spawn(move || {
                 let mut worker = Worker {
                     shared: worker_shared,
-                    session: session.map(|s| Box::new(s) as Box<dyn SessionClipboard>),
+                    base: session.map(|s| Box::new(s) as Box<dyn SessionClipboard>),
+                    remote: None,
+                    remote_fresh: false,
                 };
                 worker.run(rx);
             })
@@ -199,6 +221,24 @@ impl GuestClipboard {
 
     pub fn limit(&self) -> usize {
         self.shared.limit
+    }
+
+    /// Where the clipboard lives now.
+    pub fn source(&self) -> ClipboardSource {
+        *lock(&self.shared.source)
+    }
+
+    /// A desktop session's clipboard takes over (an older one stands down).
+    pub fn attach_remote(&self, remote: RemoteSession) {
+        self.send(Command::RemoteAttached(remote));
+    }
+
+    pub fn remote_changed(&self, link: u64) {
+        self.send(Command::RemoteChanged(link));
+    }
+
+    pub fn remote_gone(&self, link: u64) {
+        self.send(Command::RemoteGone(link));
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -237,7 +277,12 @@ impl GuestClipboard {
 
 struct Worker {
     shared: Arc<Shared>,
-    session: Option<Box<dyn SessionClipboard>>,
+    /// The agent's own X session, if it has one.
+    base: Option<Box<dyn SessionClipboard>>,
+    /// A desktop session's clipboard: while connected, it is the one used.
+    remote: Option<RemoteSession>,
+    /// The remote has not reported its clipboard yet.
+    remote_fresh: bool,
 }
 
 impl Worker {
@@ -253,26 +298,116 @@ impl Worker {
                     let _ = done.send(self.write(&content, Origin::Guest));
                 }
                 Command::HostReleased => self.host_released(),
-                Command::SessionChanged => self.session_changed(),
+                Command::SessionChanged if self.remote.is_none() => self.session_changed(),
+                Command::SessionChanged => {}
+                Command::RemoteAttached(remote) => self.remote_attached(remote),
+                Command::RemoteChanged(link) if self.is_current(link) => self.remote_changed(),
+                Command::RemoteGone(link) if self.is_current(link) => self.remote_gone(),
+                Command::RemoteChanged(_) | Command::RemoteGone(_) => {}
             }
         }
     }
 
+    /// The clipboard in use: a connected desktop session's, else the agent's own.
+    fn session(&mut self) -> Option<&mut (dyn SessionClipboard + 'static)> {
+        match &mut self.remote {
+            Some(remote) => Some(remote),
+            None => self.base.as_deref_mut(),
+        }
+    }
+
+    fn is_current(&self, link: u64) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.link == link)
+    }
+
     fn write(&mut self, content: &ClipboardContent, origin: Origin) -> Result<(), String> {
         let limit = self.shared.limit;
-        let held = match self.session.as_mut() {
-            Some(session) => session.write(content, limit)?,
+        let written = self.session().map(|s| s.write(content, limit));
+        let held = match written {
+            Some(Ok(held)) => held,
+            // A desktop session that fails us is dropped: the agent's copy keeps the data.
+            Some(Err(why)) if self.remote.is_some() => {
+                log(format_args!("clipboard: the desktop session failed: {why}"));
+                self.remote_gone();
+                return self.write(content, origin);
+            }
+            Some(Err(why)) => return Err(why),
             None => self.entries_of(content.clone()),
         };
         self.publish_entries(held, origin);
         Ok(())
     }
 
+    fn set_source(&mut self, source: ClipboardSource) {
+        *lock(&self.shared.source) = source;
+        self.wake();
+    }
+
+    fn remote_attached(&mut self, remote: RemoteSession) {
+        if let Some(older) = self.remote.take() {
+            log(format_args!(
+                "clipboard: the session of uid {} stands down for uid {}'s",
+                older.uid, remote.uid
+            ));
+            older.stand_down();
+        }
+        self.set_source(ClipboardSource::UserSession { uid: remote.uid });
+        self.remote = Some(remote);
+        self.remote_fresh = true;
+    }
+
+    /// The session reported its clipboard. Its first report, when empty, takes what the
+    /// agent holds instead (a copy made before the session logged in survives it).
+    fn remote_changed(&mut self) {
+        if let Some(remote) = &self.remote {
+            remote.take_change();
+        }
+        let fresh = std::mem::take(&mut self.remote_fresh);
+        let current = lock(&self.shared.current).clone();
+        if fresh && !current.is_empty() && self.remote_is_empty() {
+            let held = (*current.entries).clone();
+            if let Ok(content) = entries_to_content(held, self.shared.limit) {
+                let limit = self.shared.limit;
+                if let Some(Err(why)) = self.session().map(|s| s.write(&content, limit)) {
+                    log(format_args!(
+                        "clipboard: cannot hand the session our copy: {why}"
+                    ));
+                }
+                return;
+            }
+        }
+        self.session_changed();
+    }
+
+    fn remote_is_empty(&self) -> bool {
+        self.remote.as_ref().is_some_and(RemoteSession::is_empty)
+    }
+
+    fn remote_gone(&mut self) {
+        if let Some(remote) = self.remote.take() {
+            log(format_args!(
+                "clipboard: the session of uid {} is gone: back to the agent's {}",
+                remote.uid,
+                if self.base.is_some() {
+                    "display"
+                } else {
+                    "own copy"
+                }
+            ));
+        }
+        self.remote_fresh = false;
+        let source = match self.base {
+            Some(_) => ClipboardSource::AgentDisplay,
+            None => ClipboardSource::AgentCopy,
+        };
+        self.set_source(source);
+    }
+
     fn host_released(&mut self) {
         if lock(&self.shared.current).origin != Origin::Host {
             return;
         }
-        if let Some(session) = self.session.as_mut() {
+        if let Some(session) = self.session() {
             if let Err(why) = session.clear() {
                 log(format_args!("clipboard: cannot clear: {why}"));
             }
@@ -284,7 +419,7 @@ impl Worker {
     /// here too (XFixes reports every owner change): equal content is not news.
     fn session_changed(&mut self) {
         let limit = self.shared.limit;
-        let Some(session) = self.session.as_mut() else {
+        let Some(session) = self.session() else {
             return;
         };
         // An owner that was busy (or gone) can fail a read: try again before giving
@@ -335,6 +470,11 @@ impl Worker {
             current.origin = origin;
             current.entries = Arc::new(entries);
         }
+        self.wake();
+    }
+
+    /// Wakes the host connection to look at the clipboard again.
+    fn wake(&self) {
         if let Some(waker) = lock(&self.shared.waker).as_mut() {
             // A full socket already holds a wake-up; a closed one belongs to a
             // connection that is gone.

@@ -26,7 +26,7 @@ use crate::agent::log;
 use crate::protocol::clipboard::format_name;
 use crate::protocol::{
     error_code, ClipboardContent, ClipboardData, ClipboardFormat, ClipboardGrab, ClipboardRelease,
-    ClipboardRequest, ErrorReply, Message, NO_REPLY,
+    ClipboardRequest, ClipboardSource, ClipboardStatus, ErrorReply, Message, NO_REPLY,
 };
 
 /// A message for the session to send with this id.
@@ -51,6 +51,8 @@ pub struct ClipboardSync {
     fetch: Option<Fetch>,
     /// Generation of the guest clipboard last looked at.
     seen: Option<u64>,
+    /// Where the clipboard lived when last told to the host.
+    source_told: Option<ClipboardSource>,
 }
 
 fn error(id: u32, kind_of: &Message, code: u16, text: String) -> Outgoing {
@@ -70,9 +72,25 @@ impl ClipboardSync {
         let snapshot = clipboard.snapshot();
         self.seen = Some(snapshot.generation);
         let empty = ClipboardRelease { serial: 0 };
-        vec![self
+        let mut out = vec![self
             .grab(&snapshot)
-            .unwrap_or((NO_REPLY, Message::ClipboardRelease(empty)))]
+            .unwrap_or((NO_REPLY, Message::ClipboardRelease(empty)))];
+        out.extend(self.status(clipboard));
+        out
+    }
+
+    /// Where the clipboard lives, when the host has not heard it yet (a desktop session
+    /// came or went): the host shows it as the clipboard feature's state.
+    fn status(&mut self, clipboard: &GuestClipboard) -> Option<Outgoing> {
+        let source = clipboard.source();
+        if self.source_told == Some(source) {
+            return None;
+        }
+        self.source_told = Some(source);
+        Some((
+            NO_REPLY,
+            Message::ClipboardStatus(ClipboardStatus { source }),
+        ))
     }
 
     fn grab(&mut self, snapshot: &Snapshot) -> Option<Outgoing> {
@@ -92,6 +110,12 @@ impl ClipboardSync {
 
     /// The guest clipboard may have changed (the worker woke us): grab or release.
     pub fn poll(&mut self, clipboard: &GuestClipboard) -> Vec<Outgoing> {
+        let mut out: Vec<Outgoing> = self.status(clipboard).into_iter().collect();
+        out.extend(self.poll_content(clipboard));
+        out
+    }
+
+    fn poll_content(&mut self, clipboard: &GuestClipboard) -> Vec<Outgoing> {
         let snapshot = clipboard.snapshot();
         if self.seen == Some(snapshot.generation) {
             return Vec::new();
@@ -273,7 +297,15 @@ mod tests {
         let mut sync = ClipboardSync::default();
         assert!(matches!(
             sync.on_hello(&clipboard)[..],
-            [(0, Message::ClipboardRelease(ClipboardRelease { serial: 0 }))]
+            [
+                (0, Message::ClipboardRelease(ClipboardRelease { serial: 0 })),
+                (
+                    0,
+                    Message::ClipboardStatus(ClipboardStatus {
+                        source: ClipboardSource::AgentCopy
+                    })
+                )
+            ]
         ));
         let out = sync.on_grab(grab(5), 40);
         assert!(matches!(
@@ -361,7 +393,7 @@ mod tests {
             .unwrap();
         let mut sync = ClipboardSync::default();
         let out = sync.on_hello(&clipboard);
-        assert!(matches!(out[..], [(0, Message::ClipboardGrab(ref g))] if g.serial == 1));
+        assert!(matches!(out[..], [(0, Message::ClipboardGrab(ref g)), _] if g.serial == 1));
         assert!(sync.poll(&clipboard).is_empty());
     }
 }

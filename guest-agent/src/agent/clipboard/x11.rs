@@ -55,6 +55,16 @@ impl X11Clipboard {
     /// Calls `changed` on every change of the CLIPBOARD selection's owner, from a thread
     /// of its own, until `changed` returns false or the X connection ends.
     pub fn watch(&self, changed: impl Fn() -> bool + Send + 'static) -> Result<(), String> {
+        self.watch_until_closed(changed, || ())
+    }
+
+    /// [`watch`](Self::watch), then `ended` when the X connection ends: the session is
+    /// over (`vireo-agent session` exits with it).
+    pub fn watch_until_closed(
+        &self,
+        changed: impl Fn() -> bool + Send + 'static,
+        ended: impl FnOnce() + Send + 'static,
+    ) -> Result<(), String> {
         let (conn, screen) =
             RustConnection::connect(None).map_err(|e| format!("cannot reach the X server: {e}"))?;
         select_owner_events(&conn, screen).map_err(|e| format!("XFixes: {e}"))?;
@@ -70,6 +80,7 @@ impl X11Clipboard {
                     Ok(_) => {}
                     Err(e) => {
                         log(format_args!("clipboard: X connection lost: {e}"));
+                        ended();
                         return;
                     }
                 }

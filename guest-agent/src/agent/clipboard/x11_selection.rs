@@ -290,6 +290,8 @@ fn payload_len(p: &Payload) -> usize {
     match p {
         Payload::Data(d) => d.len(),
         Payload::TooLarge(n) => *n,
+        // Another clipboard's refusal: past any limit.
+        Payload::Refused(_) => usize::MAX,
     }
 }
 
