@@ -198,6 +198,27 @@ impl Library {
         })
     }
 
+    /// Makes a VM whose operating system was built into `image` (a Debian 12 the wizard
+    /// built for it): the image's files are moved into the VM's directory, then `image`
+    /// is removed, whether or not the VM could be made.
+    pub fn create_with_image(&self, config: &VmConfig, image: &Path) -> Result<VmEntry, Error> {
+        let mut config = config.clone();
+        if config.network && config.mac.is_none() {
+            config.mac = Some(fresh_mac()?);
+        }
+        let result = self.build(&config, |staging| {
+            for file in config.os.own_files() {
+                let (from, to) = (image.join(&file), staging.join(&file));
+                if from.exists() {
+                    move_file(&from, &to).map_err(create_err(&to))?;
+                }
+            }
+            Ok(())
+        });
+        let _ = std::fs::remove_dir_all(image);
+        result
+    }
+
     /// A copy of the (stopped: the caller checked) VM `source` named `name`: its disk
     /// copied (sharing blocks where the filesystem can, holes kept), a fresh MAC address.
     /// A saved VM's state is not copied: the copy boots afresh from the disk as it is.
@@ -218,10 +239,24 @@ impl Library {
         }
         config.mac = Some(fresh_mac()?);
         let disk = source.disk_path();
+        // A Debian 12's own disk and kernel files, each copied under its name: the
+        // clone's config names its own copies.
+        let own_files = config.os.own_files();
+        localize(&mut config.os);
         self.build(&config, |staging| {
             if config.disk.is_some() && disk.exists() {
                 let target = staging.join(vm_config::DISK_FILE);
                 copy_sparse(&disk, &target).map_err(create_err(&target))?;
+            }
+            for file in own_files {
+                let from = source.dir.join(&file);
+                let Some(name) = file.file_name() else {
+                    continue;
+                };
+                if from.exists() {
+                    let target = staging.join(name);
+                    copy_sparse(&from, &target).map_err(create_err(&target))?;
+                }
             }
             Ok(())
         })
@@ -286,11 +321,32 @@ impl Library {
             })?;
             kept = Some(target);
         }
+        let own_files = entry.config()?.os.own_files();
+        if disk == DiskChoice::Keep && !own_files.is_empty() {
+            kept = Some(self.keep_own_files(entry, &own_files)?);
+        }
         std::fs::remove_dir_all(&entry.dir).map_err(|source| Error::Delete {
             path: entry.dir.clone(),
             source,
         })?;
         Ok(kept)
+    }
+
+    /// Moves a Debian 12's disk and kernel files into `kept-disks/<id>/`.
+    fn keep_own_files(&self, entry: &VmEntry, files: &[PathBuf]) -> Result<PathBuf, Error> {
+        let target = self.kept_disks.join(self.free_kept_name(&entry.id));
+        let delete_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Delete { path, source }
+        };
+        std::fs::create_dir_all(&target).map_err(delete_err(&target))?;
+        for file in files {
+            let from = entry.dir.join(file);
+            if let (true, Some(name)) = (from.exists(), file.file_name()) {
+                move_file(&from, &target.join(name)).map_err(delete_err(&from))?;
+            }
+        }
+        Ok(target)
     }
 
     fn free_kept_name(&self, id: &str) -> String {
@@ -302,7 +358,10 @@ impl Library {
                     format!("{id}-{n}")
                 }
             })
-            .find(|name| !self.kept_disks.join(format!("{name}.img")).exists())
+            .find(|name| {
+                !self.kept_disks.join(format!("{name}.img")).exists()
+                    && !self.kept_disks.join(name).exists()
+            })
             .expect("some suffix is free")
     }
 }
@@ -314,6 +373,35 @@ fn create_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 
 fn fresh_mac() -> Result<String, Error> {
     vm_config::fresh_mac().map_err(Error::Mac)
+}
+
+/// Makes a Debian 12's file paths plain names in the VM's own directory (where a clone
+/// copies them).
+fn localize(os: &mut vm_config::OsSource) {
+    if let vm_config::OsSource::Debian12 {
+        disk,
+        kernel,
+        initrd,
+        ..
+    } = os
+    {
+        for path in [disk, kernel, initrd] {
+            if let Some(name) = path.file_name() {
+                *path = PathBuf::from(name);
+            }
+        }
+    }
+}
+
+/// Renames `from` to `to`, or copies and removes it across filesystems.
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    match std::fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+            copy_sparse(from, to)?;
+            std::fs::remove_file(from)
+        }
+        other => other,
+    }
 }
 
 /// Copies `from` to a new file `to` of the same length, data extent by data extent

@@ -72,6 +72,11 @@ pub enum Problem {
     DiskTooLarge,
     #[error("a VM with a disk keeps it: delete the VM to drop its disk")]
     DiskRemoved,
+    #[error(
+        "a Debian 12 VM's disk is its own system disk (disk.qcow2, made with the VM): \
+         it takes no second disk here"
+    )]
+    SystemDisk,
     #[error("each side of the display must be {DISPLAY_MIN} to {DISPLAY_MAX} pixels")]
     DisplaySize,
     #[error(
@@ -100,9 +105,10 @@ impl Problem {
                 vm_config::Field::Disk => Field::Disk,
                 _ => Field::Other,
             },
-            Problem::DiskShrinks { .. } | Problem::DiskTooLarge | Problem::DiskRemoved => {
-                Field::Disk
-            }
+            Problem::DiskShrinks { .. }
+            | Problem::DiskTooLarge
+            | Problem::DiskRemoved
+            | Problem::SystemDisk => Field::Disk,
             Problem::DisplaySize => Field::Display,
             Problem::Saved => Field::Other,
         }
@@ -130,6 +136,12 @@ pub fn check(current: &VmConfig, new: &Settings, host: &HostInfo, saved: bool) -
             current: old.size_gib,
         }),
         _ => {}
+    }
+    if current.disk.is_none()
+        && new.disk_gib.is_some()
+        && matches!(current.os, vm_config::OsSource::Debian12 { .. })
+    {
+        problems.push(Problem::SystemDisk);
     }
     if new.disk_gib.is_some_and(|size| size > MAX_DISK_GIB) {
         problems.push(Problem::DiskTooLarge);

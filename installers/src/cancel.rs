@@ -21,8 +21,11 @@ static ENDING: Mutex<()> = Mutex::new(());
 /// Starts the watcher for `out`. Call after the password line was read from stdin.
 pub fn on_stdin_eof(out: PathBuf) -> anyhow::Result<()> {
     // The SIGTERM sent to the group reaches the builder too: caught, not fatal.
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::new(AtomicBool::new(false)))
-        .context("catching SIGTERM")?;
+    signal_hook::flag::register(
+        signal_hook::consts::SIGTERM,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .context("catching SIGTERM")?;
     std::thread::Builder::new()
         .name("stdin-eof".into())
         .spawn(move || {

@@ -154,8 +154,31 @@ pub fn engine_args(
         args.push(flag.into());
         args.push(value);
     };
+    // A Debian 12 VM's own disk: its root filesystem, so the first (/dev/vda).
+    let mut os_disk = None;
     let (kernel, initrd, cmdline) = match &config.os {
         OsSource::SelfTest => (programs.probe_guest()?, None, SELF_TEST_CMDLINE.to_owned()),
+        OsSource::Debian12 {
+            disk,
+            kernel,
+            initrd,
+            cmdline,
+            ..
+        } => {
+            let (kernel, initrd, disk) =
+                (vm_dir.join(kernel), vm_dir.join(initrd), vm_dir.join(disk));
+            if !kernel.is_file() {
+                return Err(LaunchError::KernelMissing(kernel));
+            }
+            if !initrd.is_file() {
+                return Err(LaunchError::InitrdMissing(initrd));
+            }
+            if !disk.is_file() {
+                return Err(LaunchError::DiskMissing(disk));
+            }
+            os_disk = Some(disk);
+            (kernel, Some(initrd), cmdline.clone())
+        }
         OsSource::DemoLinux => {
             let dir = programs.demo_image()?;
             (
@@ -189,6 +212,13 @@ pub fn engine_args(
     push("--memory", format!("{}M", config.memory_mib).into());
     // A guest reboot starts it again, as on a real machine.
     push("--reboot", "restart".into());
+    if let Some(disk) = os_disk {
+        let mut spec = OsString::from("path=");
+        spec.push(disk);
+        spec.push(",format=qcow2");
+        spec.push(config.resources.disk_spec());
+        push("--disk", spec);
+    }
     if config.disk.is_some() {
         let disk = vm_dir.join(crate::vm_config::DISK_FILE);
         if !disk.is_file() {
