@@ -308,12 +308,15 @@ impl ImageBuild {
         done
     }
 
-    /// Stops the builder and everything it started, and removes what it wrote.
+    /// Stops the builder and everything it started, and removes what it wrote. A
+    /// Debian 12 builder is asked first by closing its stdin (it stops its process
+    /// group and removes its output itself: the only way into a root build under
+    /// pkexec) and killed if it has not ended within [`STOP_WAIT`].
     pub fn cancel(&mut self) {
-        // A root build under pkexec stops itself (and cleans up) on this; the kill
-        // below is then refused, and the wait lasts until it has.
-        self.stdin = None;
         if let Some(mut child) = self.child.take() {
+            if self.stdin.take().is_some() {
+                wait_at_most(&mut child, STOP_WAIT);
+            }
             // The group's id is the child's pid (`process_group(0)`).
             let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
             let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
@@ -354,6 +357,17 @@ impl Drop for ImageBuild {
         if self.child.is_some() {
             self.cancel();
         }
+    }
+}
+
+/// How long a cancelled Debian 12 build may take to stop itself and clean up.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for `child` to exit, up to `limit`.
+fn wait_at_most(child: &mut Child, limit: std::time::Duration) {
+    let end = std::time::Instant::now() + limit;
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -420,6 +434,91 @@ mod tests {
         ] {
             assert_eq!(parse_step(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn debian12_progress_lines_move_the_bar() {
+        let mut out = Output::default();
+        out.take_line("vireo-image: Debian 12 from http://deb.debian.org/debian");
+        assert_eq!((out.step, out.steps), (0, 0));
+        out.take_line("progress 42 debootstrap Configuring libc6...");
+        assert_eq!((out.step, out.steps), (42, 100));
+        assert_eq!(out.message, "debootstrap: Configuring libc6...");
+        out.take_line("progress 250 bogus line");
+        assert_eq!(out.step, 42);
+    }
+
+    #[test]
+    fn through_pkexec_the_builder_gets_the_user_and_never_the_password() {
+        let request = Debian12Request {
+            builder: "/usr/bin/vireo-image".into(),
+            user: "alice".into(),
+            password: "hunter2-secret".into(),
+            disk_gib: 12,
+            cache: None,
+        };
+        let pkexec = Privilege::Pkexec {
+            uid: 1000,
+            gid: 1001,
+        };
+        let command = request.command(Path::new("/vms/.x.partial"), pkexec);
+        assert_eq!(command.get_program(), "pkexec");
+        let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args,
+            [
+                "/usr/bin/vireo-image",
+                "debian12",
+                "--out",
+                "/vms/.x.partial",
+                "--user",
+                "alice",
+                "--password-stdin",
+                "--cancel-on-stdin-eof",
+                "--disk-gib=12",
+                "--owner=1000:1001"
+            ]
+        );
+        let root = request.command(Path::new("/o"), Privilege::Root);
+        assert_eq!(root.get_program(), "/usr/bin/vireo-image");
+        assert!(!root
+            .get_args()
+            .any(|a| a.to_string_lossy().contains("hunter2")));
+    }
+
+    /// A stand-in builder records its arguments and what came on stdin: the password
+    /// arrives there, and a whole image is moved into place.
+    #[test]
+    fn a_debian12_build_gets_the_password_on_stdin_and_lands_whole() {
+        let dir = temp("debian12");
+        let builder = script(
+            &dir,
+            &format!(
+                "out=$3; mkdir -p \"$out\"; echo \"$@\" > {0}/args; read pw; echo \"$pw\" > {0}/pw\n\
+                 for f in disk.qcow2 vmlinuz vmlinux initrd.img; do echo x > \"$out/$f\"; done\n\
+                 echo 'root=/dev/vda rw' > \"$out/cmdline\"; echo 'progress 100 qcow2 done'",
+                dir.display()
+            ),
+        );
+        let request = Debian12Request {
+            builder,
+            user: "alice".into(),
+            password: "pa ss".into(),
+            disk_gib: 4,
+            cache: None,
+        };
+        let out = dir.join("vms/.debian12-1");
+        let mut build = ImageBuild::start_debian12(&request, Privilege::Root, &out, || {}).unwrap();
+        assert_eq!(wait(&mut build), BuildStatus::Finished(out.clone()));
+        assert_eq!(std::fs::read_to_string(dir.join("pw")).unwrap(), "pa ss\n");
+        let args = std::fs::read_to_string(dir.join("args")).unwrap();
+        assert!(
+            args.contains("--user alice") && !args.contains("pa ss"),
+            "{args}"
+        );
+        assert!(DEBIAN12_REQUIRED.iter().all(|f| out.join(f).is_file()));
+        assert!(!side_dir(&out).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn script(dir: &Path, body: &str) -> PathBuf {

@@ -495,6 +495,98 @@ mod tests {
         }
     }
 
+    fn run(program: &str, args: &[&str]) -> String {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{program} {args:?}: {text}");
+        text
+    }
+
+    /// What `vireo-image debian12` leaves: a real qcow2 with a pattern written at 0,
+    /// and stand-ins for the kernel files (the wizard's test builds the real thing).
+    fn built_image(dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        let disk = dir.join("disk.qcow2");
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "64M"],
+        );
+        run(
+            "qemu-io",
+            &["-c", "write -P 0xab 0 1M", disk.to_str().unwrap()],
+        );
+        for (file, text) in [
+            ("vmlinuz", "bzImage"),
+            ("vmlinux", "elf"),
+            ("initrd.img", "cpio"),
+            ("cmdline", "root=/dev/vda rw\n"),
+        ] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_debian12_vm_gets_its_image_and_clones_copy_it_whole_and_apart() {
+        let (lib, base) = library("debian12");
+        let image = lib.root().join(".debian12-test");
+        built_image(&image);
+        let config = VmConfig {
+            os: OsSource::debian12("alice", "root=/dev/vda rw"),
+            network: true,
+            ..config("Deb")
+        };
+        let vm = lib.create_with_image(&config, &image).unwrap();
+        assert!(
+            !image.exists(),
+            "the built image's directory is emptied and removed"
+        );
+        assert_eq!(lib.list().unwrap().len(), 1);
+        assert_eq!(vm.config().unwrap().os.label(), "Debian 12");
+        for file in vm_config::DEBIAN12_FILES {
+            assert!(vm.dir.join(file).is_file(), "{file} in {:?}", vm.dir);
+        }
+
+        let copy = lib.clone_vm(&vm, "Deb copy").unwrap();
+        assert_eq!(copy.config().unwrap().os, vm.config().unwrap().os);
+        let (disk, copy_disk) = (vm.dir.join("disk.qcow2"), copy.dir.join("disk.qcow2"));
+        run("qemu-img", &["check", copy_disk.to_str().unwrap()]);
+        run(
+            "qemu-io",
+            &["-c", "read -P 0xab 0 1M", copy_disk.to_str().unwrap()],
+        );
+        // Apart: a write to the copy leaves the original as it was.
+        run(
+            "qemu-io",
+            &["-c", "write -P 0xcd 0 1M", copy_disk.to_str().unwrap()],
+        );
+        run(
+            "qemu-io",
+            &["-c", "read -P 0xab 0 1M", disk.to_str().unwrap()],
+        );
+        assert_eq!(std::fs::read(copy.dir.join("initrd.img")).unwrap(), b"cpio");
+
+        // Kept: the system disk and its kernel files go to kept-disks/<id>/.
+        let kept = lib.delete(&vm, DiskChoice::Keep).unwrap().unwrap();
+        assert!(!vm.dir.exists());
+        run(
+            "qemu-img",
+            &["check", kept.join("disk.qcow2").to_str().unwrap()],
+        );
+        assert!(kept.join("vmlinuz").is_file() && kept.join("initrd.img").is_file());
+        assert_eq!(lib.delete(&copy, DiskChoice::Delete).unwrap(), None);
+        assert!(!copy.dir.exists());
+        let kept_entries = std::fs::read_dir(kept.parent().unwrap()).unwrap().count();
+        assert_eq!(
+            kept_entries, 1,
+            "deleting the copy's disk keeps nothing of it"
+        );
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
     #[test]
     fn slugs() {
         assert_eq!(slug("My Work VM!"), "my-work-vm");

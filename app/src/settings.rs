@@ -264,6 +264,33 @@ mod tests {
     }
 
     #[test]
+    fn a_debian12_vm_takes_no_second_disk_and_keeps_its_own() {
+        let current = VmConfig {
+            os: OsSource::debian12("alice", "root=/dev/vda rw"),
+            disk: None,
+            network: true,
+            ..config()
+        };
+        let mut new = Settings::of(&current);
+        assert_eq!(check(&current, &new, &host_hw(), false), vec![]);
+        new.memory_mib = 2048;
+        assert_eq!(check(&current, &new, &host_hw(), false), vec![]);
+        assert_eq!(new.applied_to(&current).os, current.os);
+        new.disk_gib = Some(4);
+        assert_eq!(
+            check(&current, &new, &host_hw(), false),
+            vec![Problem::SystemDisk]
+        );
+    }
+
+    fn host_hw() -> HostInfo {
+        HostInfo {
+            kvm: KvmKind::Hardware,
+            ..host()
+        }
+    }
+
+    #[test]
     fn problems_name_the_field() {
         let current = config();
         let ok = Settings {

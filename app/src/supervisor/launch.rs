@@ -328,4 +328,84 @@ mod tests {
         assert!(matches!(err, LaunchError::KernelMissing(_)));
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    /// A Debian 12 VM boots its own kernel and initrd with its command line, its qcow2
+    /// as the first disk (the root's /dev/vda), a network card and the agent's vsock.
+    #[test]
+    fn a_debian12_vm_boots_its_own_files() {
+        let dir = std::env::temp_dir().join(format!("vireo-launch-deb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["vmlinuz", "initrd.img", "disk.qcow2"] {
+            std::fs::write(dir.join(file), b"x").unwrap();
+        }
+        let config = VmConfig {
+            name: "deb".into(),
+            os: OsSource::debian12("alice", "root=/dev/vda rw\n"),
+            cpus: 2,
+            memory_mib: 1024,
+            disk: None,
+            network: true,
+            display: DisplaySize::default(),
+            link: Default::default(),
+            window: Default::default(),
+            mac: Some("52:54:00:00:00:08".into()),
+            resources: Default::default(),
+        };
+        let runtime = RuntimeFiles {
+            dir: "/run/v/deb".into(),
+        };
+        let programs = Programs::beside("/nowhere/vireo".into());
+        let args = engine_args(&config, &dir, &runtime, &programs).unwrap();
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let path = |f: &str| dir.join(f).display().to_string();
+        let expect = [
+            "--kernel".to_owned(),
+            path("vmlinuz"),
+            "--initrd".into(),
+            path("initrd.img"),
+            "--cmdline".into(),
+            "root=/dev/vda rw".into(),
+            "--cpus".into(),
+            "2".into(),
+            "--memory".into(),
+            "1024M".into(),
+            "--reboot".into(),
+            "restart".into(),
+            "--disk".into(),
+            format!("path={},format=qcow2", path("disk.qcow2")),
+            "--net".into(),
+            "passt,mac=52:54:00:00:00:08".into(),
+            "--vsock".into(),
+            "cid=3,socket=/run/v/deb/vsock.sock".into(),
+            "--display".into(),
+            "1024x768".into(),
+            "--control-socket".into(),
+            "/run/v/deb/control.sock".into(),
+        ];
+        assert_eq!(text, expect);
+        // A raw disk added later is the second: the root stays /dev/vda.
+        std::fs::write(dir.join("disk.img"), b"").unwrap();
+        let with_raw = VmConfig {
+            disk: Some(DiskConfig { size_gib: 1 }),
+            ..config.clone()
+        };
+        let args = engine_args(&with_raw, &dir, &runtime, &programs).unwrap();
+        let disks: Vec<String> = args
+            .windows(2)
+            .filter(|w| w[0] == "--disk")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            disks[0].contains("disk.qcow2") && disks[1].contains("disk.img"),
+            "{disks:?}"
+        );
+        std::fs::remove_file(dir.join("disk.qcow2")).unwrap();
+        let err = engine_args(&config, &dir, &runtime, &programs).unwrap_err();
+        assert!(matches!(err, LaunchError::DiskMissing(p) if p == dir.join("disk.qcow2")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

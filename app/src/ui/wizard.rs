@@ -668,8 +668,19 @@ mod tests {
     type State = (Wizard, Vec<String>, Option<WizardOutcome>);
 
     fn harness(taken: &[&str]) -> Harness<'static, State> {
+        harness_on(pvm_host(), taken)
+    }
+
+    /// Debian 12 offered with a builder that must never run in these tests.
+    fn harness_on(host: HostInfo, taken: &[&str]) -> Harness<'static, State> {
+        let plan = Debian12Plan {
+            builder: "/nonexistent/vireo-image".into(),
+            build_in: "/nonexistent/vms".into(),
+            cache: None,
+            privilege: Privilege::Root,
+        };
         let state = (
-            Wizard::new(pvm_host()),
+            Wizard::new(host).with_debian12(plan),
             taken.iter().map(|s| s.to_string()).collect(),
             None,
         );
@@ -706,7 +717,7 @@ mod tests {
         assert!(create_enabled(&harness));
         harness.get_by_label("Create").click();
         harness.run();
-        let Some(WizardOutcome::Create { config, start }) = &harness.state().2 else {
+        let Some(WizardOutcome::Create { config, start, .. }) = &harness.state().2 else {
             panic!("no outcome: {:?}", harness.state().2);
         };
         assert_eq!(config.name, "Play");
@@ -759,10 +770,64 @@ mod tests {
         let mut harness = harness(&[]);
         let demo = harness.get_by_label("Vireo demo Linux");
         assert!(demo.accesskit_node().is_disabled());
-        harness.get_by_label_contains("needs hardware virtualization (VT-x/AMD-V)");
+        harness
+            .get_by_label_contains("Vireo demo Linux needs hardware virtualization (VT-x/AMD-V)");
         harness.get_by_label("Vireo demo Linux").click();
         harness.run();
         assert_eq!(harness.state().0.os, OsChoice::SelfTest);
+    }
+
+    #[test]
+    fn debian12_is_disabled_on_pvm_with_the_reason() {
+        let mut harness = harness(&[]);
+        assert!(harness
+            .get_by_label("Debian 12 (full)")
+            .accesskit_node()
+            .is_disabled());
+        harness.get_by_label_contains("Debian 12 (full) needs hardware virtualization");
+        harness.get_by_label("Debian 12 (full)").click();
+        harness.run();
+        assert_eq!(harness.state().0.os, OsChoice::SelfTest);
+        assert!(harness.query_by_label("User name").is_none());
+    }
+
+    #[test]
+    fn the_debian12_account_is_checked_as_the_builder_checks_it() {
+        let host = HostInfo {
+            kvm: KvmKind::Hardware,
+            ..pvm_host()
+        };
+        let mut harness = harness_on(host, &[]);
+        retype(&mut harness, "Name", "Deb");
+        harness.get_by_label("Debian 12 (full)").click();
+        harness.run();
+        harness.get_by_label("give the account a user name");
+        harness.get_by_label("give the account a password");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "User name", "Alice Smith");
+        harness.get_by_label_contains("not a valid user name for Debian: \"Alice Smith\"");
+        retype(&mut harness, "User name", "root");
+        harness.get_by_label_contains("not a valid user name for Debian: \"root\"");
+        retype(&mut harness, "User name", "alice");
+        assert!(harness.query_by_label_contains("user name").is_none());
+        retype(&mut harness, "Password", "s3cret");
+        harness.get_by_label("the two passwords differ");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "Password again", "s3cret");
+        assert!(harness.query_by_label("the two passwords differ").is_none());
+        assert!(create_enabled(&harness));
+        // Masked: the field shows (and tells screen readers) no password.
+        let shown = harness.get_by_label("Password").accesskit_node().value();
+        assert!(
+            !shown.as_deref().unwrap_or("").contains("s3cret"),
+            "{shown:?}"
+        );
+        let config = harness.state().0.config().unwrap();
+        assert_eq!(config.os.label(), "Debian 12");
+        assert!(config.network && config.disk.is_none());
+        assert!(
+            matches!(&config.os, OsSource::Debian12 { user, disk, .. } if user == "alice" && disk.as_os_str() == "disk.qcow2")
+        );
     }
 
     #[test]
