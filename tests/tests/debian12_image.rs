@@ -361,3 +361,90 @@ fn host_clipboard_reaches_the_guest(
         "the guest's clipboard is not the host's text"
     );
 }
+
+/// `vireo-image debian12` as the app runs it: the password on stdin (not in the
+/// process's command line, which every user can read), `--owner` giving the whole
+/// output to the user pkexec ran it for, and `--cancel-on-stdin-eof`: closing stdin
+/// mid-build stops the builder and everything it started and removes the output.
+#[test]
+fn the_builder_as_the_app_runs_it_hides_the_password_gives_the_files_away_and_stops_on_eof() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    const TEST: &str = "debian12_image::the_builder_as_the_app_runs_it_hides_the_password_gives_the_files_away_and_stops_on_eof";
+    const OWNER: u32 = 54321;
+    if !nix::unistd::geteuid().is_root() {
+        report::skipped(TEST, "building the image needs root (debootstrap)");
+        return;
+    }
+    let builder = vireo_e2e::release_binary("vireo-installers", "vireo-image");
+    let agent_deb = vireo_e2e::packaging::build_deb("agent");
+    let dir = TempDir::new("debian12-builder");
+    let start = |out: &Path| {
+        let mut child = Command::new(&builder)
+            .args(["debian12", "--out", s(out), "--user", "eve"])
+            .args(["--password-stdin", "--cancel-on-stdin-eof", "--disk-gib=3"])
+            .arg(format!("--owner={OWNER}:{OWNER}"))
+            .args(["--agent-deb", s(&agent_deb)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("vireo-image runs");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"eve's secret\n").unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, stdin, lines.map_while(Result::ok))
+    };
+
+    // Whole: the files are the owner's, the password is in no command line.
+    let out = dir.0.join("whole");
+    let (mut child, stdin, lines) = start(&out);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("secret"));
+    let printed: Vec<String> = lines.collect();
+    assert!(child.wait().unwrap().success(), "{printed:#?}");
+    drop(stdin);
+    for file in [
+        "",
+        "disk.qcow2",
+        "vmlinuz",
+        "vmlinux",
+        "initrd.img",
+        "cmdline",
+    ] {
+        let meta = std::fs::metadata(out.join(file)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (OWNER, OWNER), "{file}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        5,
+        "only the image is left"
+    );
+
+    // Cancelled while it configures the copied root: gone, with what it started.
+    let out = dir.0.join("cancelled");
+    let (mut child, stdin, mut lines) = start(&out);
+    assert!(
+        lines.any(|l| l.starts_with("progress 62 configure")),
+        "no configure step"
+    );
+    assert!(out.is_dir());
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(!out.exists(), "the cancelled build left {out:?}");
+    let group = child.id();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| {
+            // Field 5 (after the parenthesised name) is the process group.
+            let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            after.split(' ').nth(2) == Some(&group.to_string()) && !after.starts_with("Z ")
+        })
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    report::ran(TEST);
+}
