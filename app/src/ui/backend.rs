@@ -65,7 +65,7 @@ pub struct VmRow {
 #[derive(Debug)]
 pub enum Command {
     Create {
-        config: VmConfig,
+        config: Box<VmConfig>,
         start: bool,
         /// The operating system's files built for it (a Debian 12), moved into its
         /// directory.

@@ -449,7 +449,7 @@ impl VireoApp {
                     }) => {
                         self.status = Some(Ok(format!("creating {}…", config.name)));
                         self.backend.send(Command::Create {
-                            config: *config,
+                            config,
                             start,
                             image,
                         });
