@@ -177,6 +177,8 @@ pub struct ImageBuild {
     child: Option<Child>,
     /// A Debian 12 build's stdin, held open: closing it cancels the build.
     stdin: Option<ChildStdin>,
+    /// The threads reading its output: joined once it exits, so its last lines are in.
+    readers: Vec<std::thread::JoinHandle<()>>,
     kind: ImageKind,
     output: Arc<Mutex<Output>>,
     out: PathBuf,
@@ -246,9 +248,10 @@ impl ImageBuild {
             child.stdout.take().map(|s| Box::new(s) as _),
             child.stderr.take().map(|s| Box::new(s) as _),
         ];
+        let mut readers = Vec::new();
         for stream in streams.into_iter().flatten() {
             let (output, wake) = (Arc::clone(&output), Arc::clone(&wake));
-            let _ = std::thread::Builder::new()
+            let reader = std::thread::Builder::new()
                 .name("image-build-output".into())
                 .spawn(move || {
                     for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -257,9 +260,11 @@ impl ImageBuild {
                     }
                     wake();
                 });
+            readers.extend(reader.ok());
         }
         Ok(ImageBuild {
             child: Some(child),
+            readers,
             stdin: None,
             kind,
             output,
@@ -289,6 +294,9 @@ impl ImageBuild {
             None => Err("the build was cancelled".into()),
         };
         self.child = None;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         let done = match exited {
             Ok(status) if status.success() => self.move_into_place(),
             Ok(status) => Err(format!(
