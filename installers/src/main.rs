@@ -122,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if cancel_on_stdin_eof {
                 cancel::on_stdin_eof(out.clone())?;
             }
-            debian12_image(debian12::Options {
+            let built = debian12_image(debian12::Options {
                 out_dir: out.clone(),
                 cache_dir: cache.unwrap_or_else(default_cache_dir),
                 mirror: mirror.unwrap_or_else(|| mirror::host_mirror(debian12::SUITE)),
@@ -130,10 +130,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 password,
                 agent_deb,
                 disk_gib,
-            })?;
-            match owner {
-                Some((uid, gid)) => give_to(&out, uid, gid),
-                None => Ok(()),
+            });
+            // Also after a failure: what is left must be the user's to remove.
+            match (owner, out.exists()) {
+                (Some((uid, gid)), true) => built.and(give_to(&out, uid, gid)),
+                _ => built,
             }
         }
         None => demo_image(cli.out.context("--out is required")?, cli.cache),
