@@ -118,14 +118,35 @@ impl Debian12Plan {
         }
     }
 
-    /// A directory no other build uses (hidden: the library skips it).
+    /// A directory no other build uses (hidden: the library skips it). What builds of
+    /// app processes that are gone (killed, crashed) left is removed first.
     fn fresh_out(&self) -> PathBuf {
         use std::time::{SystemTime, UNIX_EPOCH};
+        remove_orphan_builds(&self.build_in);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         self.build_in
             .join(format!(".debian12-{}-{nanos}", std::process::id()))
+    }
+}
+
+/// `.debian12-<pid>-<n>` (and its `.partial` side directory) in `dir` for every `pid`
+/// that no longer runs.
+fn remove_orphan_builds(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .trim_start_matches('.')
+            .strip_prefix("debian12-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -828,6 +849,32 @@ mod tests {
         assert!(
             matches!(&config.os, OsSource::Debian12 { user, disk, .. } if user == "alice" && disk.as_os_str() == "disk.qcow2")
         );
+    }
+
+    #[test]
+    fn builds_of_gone_processes_are_swept_and_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("vireo-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Pid 0 is never a process; this test's own is.
+        let me = std::process::id();
+        let names = [
+            ".debian12-0-1".to_owned(),
+            "..debian12-0-1.partial".to_owned(),
+            format!(".debian12-{me}-2"),
+            format!("..debian12-{me}-2.partial"),
+            "my-vm".to_owned(),
+        ];
+        for name in &names {
+            std::fs::create_dir_all(dir.join(name).join("sub")).unwrap();
+        }
+        remove_orphan_builds(&dir);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [names[3].clone(), names[2].clone(), names[4].clone()]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
