@@ -289,6 +289,7 @@ fn the_wizard_builds_debian12_for_the_vm_and_the_library_clones_it() {
         Some(1),
         "the write did not reach the copy"
     );
+    vireo_e2e::report::ran(TEST);
 }
 
 #[test]
