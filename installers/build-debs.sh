@@ -127,12 +127,13 @@ build_host() {
   # Loaded at run time (dlopen), so not in the ELF files: the window stacks (GL and
   # Vulkan through Mesa, X11 cursor and input, xkbcommon). passt: --net. The image
   # builders: apt (the demo Linux; dpkg is essential), debootstrap, e2fsprogs, qemu-utils and
-  # openssl (the full Debian 12 guest), kmod (depmod).
+  # openssl (the full Debian 12 guest), kmod (depmod). pkexec: the wizard builds a Debian 12
+  # VM's image as root through it (recommended: only that needs it).
   pack "$stage" vireo \
     "$libs, passt, libegl1, libgl1, libvulkan1, libxkbcommon-x11-0, libxcursor1, libxi6, apt, kmod, debootstrap, e2fsprogs, qemu-utils, openssl" \
     admin "desktop virtualization with KVM" \
     "Vireo runs other operating systems in a window on Linux, with KVM underneath and guest additions (clipboard, shared folders, time sync, seamless mouse) across the boundary. This package has the desktop app (vireo), the VM engine (vireo-vmm), its window (vireo-window) and the guest image builder (vireo-image)." \
-    "mesa-vulkan-drivers, libegl-mesa0"
+    "mesa-vulkan-drivers, libegl-mesa0, pkexec"
 }
 
 build_agent() {

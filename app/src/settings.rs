@@ -72,6 +72,11 @@ pub enum Problem {
     DiskTooLarge,
     #[error("a VM with a disk keeps it: delete the VM to drop its disk")]
     DiskRemoved,
+    #[error(
+        "a Debian 12 VM's disk is its own system disk (disk.qcow2, made with the VM): \
+         it takes no second disk here"
+    )]
+    SystemDisk,
     #[error("each side of the display must be {DISPLAY_MIN} to {DISPLAY_MAX} pixels")]
     DisplaySize,
     #[error(
@@ -100,9 +105,10 @@ impl Problem {
                 vm_config::Field::Disk => Field::Disk,
                 _ => Field::Other,
             },
-            Problem::DiskShrinks { .. } | Problem::DiskTooLarge | Problem::DiskRemoved => {
-                Field::Disk
-            }
+            Problem::DiskShrinks { .. }
+            | Problem::DiskTooLarge
+            | Problem::DiskRemoved
+            | Problem::SystemDisk => Field::Disk,
             Problem::DisplaySize => Field::Display,
             Problem::Saved => Field::Other,
         }
@@ -130,6 +136,12 @@ pub fn check(current: &VmConfig, new: &Settings, host: &HostInfo, saved: bool) -
             current: old.size_gib,
         }),
         _ => {}
+    }
+    if current.disk.is_none()
+        && new.disk_gib.is_some()
+        && matches!(current.os, vm_config::OsSource::Debian12 { .. })
+    {
+        problems.push(Problem::SystemDisk);
     }
     if new.disk_gib.is_some_and(|size| size > MAX_DISK_GIB) {
         problems.push(Problem::DiskTooLarge);
@@ -248,6 +260,33 @@ mod tests {
             link: Default::default(),
             window: Default::default(),
             resources: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_debian12_vm_takes_no_second_disk_and_keeps_its_own() {
+        let current = VmConfig {
+            os: OsSource::debian12("alice", "root=/dev/vda rw"),
+            disk: None,
+            network: true,
+            ..config()
+        };
+        let mut new = Settings::of(&current);
+        assert_eq!(check(&current, &new, &host_hw(), false), vec![]);
+        new.memory_mib = 2048;
+        assert_eq!(check(&current, &new, &host_hw(), false), vec![]);
+        assert_eq!(new.applied_to(&current).os, current.os);
+        new.disk_gib = Some(4);
+        assert_eq!(
+            check(&current, &new, &host_hw(), false),
+            vec![Problem::SystemDisk]
+        );
+    }
+
+    fn host_hw() -> HostInfo {
+        HostInfo {
+            kvm: KvmKind::Hardware,
+            ..host()
         }
     }
 

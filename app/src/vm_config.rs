@@ -247,9 +247,61 @@ pub enum OsSource {
     },
     /// The Vireo demo Linux built by `vireo-image`: needs hardware KVM.
     DemoLinux,
+    /// A full Debian 12 the wizard built with `vireo-image debian12` for this VM: its
+    /// own disk (qcow2, the root filesystem), the kernel and initrd it boots with, and
+    /// the account made in it. Paths are relative to the VM's directory (where
+    /// [`DEBIAN12_FILES`] are): a clone or a moved library keeps working. Needs hardware
+    /// KVM.
+    Debian12 {
+        user: String,
+        disk: PathBuf,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+    },
 }
 
+/// What `vireo-image debian12` writes, all kept in the VM's directory: the disk, the
+/// kernel (bzImage, booted) and its PVH vmlinux, the initrd and the command line.
+pub const DEBIAN12_FILES: [&str; 5] = ["disk.qcow2", "vmlinuz", "vmlinux", "initrd.img", "cmdline"];
+
 impl OsSource {
+    /// The `vm.toml` entry for a Debian 12 image built into the VM's directory, whose
+    /// `cmdline` file says how it boots.
+    pub fn debian12(user: &str, cmdline: &str) -> OsSource {
+        OsSource::Debian12 {
+            user: user.to_owned(),
+            disk: DEBIAN12_FILES[0].into(),
+            kernel: DEBIAN12_FILES[1].into(),
+            initrd: DEBIAN12_FILES[3].into(),
+            cmdline: cmdline.trim().to_owned(),
+        }
+    }
+
+    /// The files of the VM's directory that are its operating system (a clone copies
+    /// them, a delete that keeps the disk keeps them), relative to that directory.
+    pub fn own_files(&self) -> Vec<PathBuf> {
+        match self {
+            OsSource::Debian12 {
+                disk,
+                kernel,
+                initrd,
+                ..
+            } => {
+                let mut files = vec![disk.clone(), kernel.clone(), initrd.clone()];
+                // The builder's other outputs, kept beside them.
+                let others: Vec<PathBuf> = DEBIAN12_FILES
+                    .iter()
+                    .map(PathBuf::from)
+                    .filter(|f| !files.contains(f))
+                    .collect();
+                files.extend(others);
+                files
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// What the library shows in its OS column.
     pub fn label(&self) -> String {
         match self {
@@ -262,6 +314,7 @@ impl OsSource {
                     .unwrap_or_default()
             ),
             OsSource::DemoLinux => "Vireo demo Linux".into(),
+            OsSource::Debian12 { .. } => "Debian 12".into(),
         }
     }
 }
@@ -310,6 +363,11 @@ pub struct SaveError {
 }
 
 impl VmConfig {
+    /// Whether the engine gets a disk: the raw `disk.img`, or a Debian 12's own.
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some() || matches!(self.os, OsSource::Debian12 { .. })
+    }
+
     pub fn load(path: &Path) -> Result<VmConfig, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -442,7 +500,7 @@ pub fn check(config: &VmConfig, host: &HostInfo, taken: &[String]) -> Vec<Proble
     }
     match config.os {
         OsSource::SelfTest => {}
-        OsSource::DemoLinux => {
+        OsSource::DemoLinux | OsSource::Debian12 { .. } => {
             if let Err(why) = host.runs_stock_linux() {
                 problems.push(Problem::OsUnavailable(why));
             }

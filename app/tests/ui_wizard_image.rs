@@ -77,7 +77,7 @@ fn create_builds_the_demo_image_with_progress_then_creates_the_vm() {
         Duration::from_secs(900),
         |h| h.state().1.is_some() || h.query_by_label_contains("failed").is_some(),
     );
-    let Some(WizardOutcome::Create { config, start }) = &harness.state().1 else {
+    let Some(WizardOutcome::Create { config, start, .. }) = &harness.state().1 else {
         panic!("the build did not end in Create: {:?}", harness.state().1);
     };
     assert_eq!(config.os, OsSource::DemoLinux);

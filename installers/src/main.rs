@@ -2,11 +2,13 @@
 //! default, or with `debian12` a full Debian 12 disk.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+mod cancel;
+
 use vireo_installers::{
     build_image, debian12, default_cache_dir, mirror, workspace_root, BuildOptions, KERNEL,
 };
@@ -61,11 +63,34 @@ enum Image {
         /// Cache of packages and debootstrapped base systems.
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Give OUT and everything in it to this user when done (`UID:GID`): the app
+        /// runs the builder as root through pkexec for a user's VM.
+        #[arg(long, value_parser = parse_owner)]
+        owner: Option<(u32, u32)>,
+        /// With --password-stdin: keep reading stdin after the password and, when it
+        /// closes before the build is done, stop the build and remove OUT (how the app
+        /// cancels a build it cannot signal, one running as root).
+        #[arg(long, requires = "password_stdin")]
+        cancel_on_stdin_eof: bool,
     },
 }
 
+/// `UID:GID`, as chown takes it.
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not UID:GID"))?;
+    let number = |n: &str| n.parse::<u32>().map_err(|e| format!("{n:?}: {e}"));
+    Ok((number(uid)?, number(gid)?))
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let result = run(Cli::parse());
+    cancel::settle();
+    result
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.image {
         Some(Image::Debian12 {
             out,
@@ -76,6 +101,8 @@ fn main() -> anyhow::Result<()> {
             mirror,
             disk_gib,
             cache,
+            owner,
+            cancel_on_stdin_eof,
         }) => {
             let password = match (password, password_stdin) {
                 (Some(p), _) => p,
@@ -92,18 +119,39 @@ fn main() -> anyhow::Result<()> {
                 None => vireo_installers::agent::agent_deb()
                     .context("finding the vireo-agent package")?,
             };
-            debian12_image(debian12::Options {
-                out_dir: out,
+            if cancel_on_stdin_eof {
+                cancel::on_stdin_eof(out.clone())?;
+            }
+            let built = debian12_image(debian12::Options {
+                out_dir: out.clone(),
                 cache_dir: cache.unwrap_or_else(default_cache_dir),
                 mirror: mirror.unwrap_or_else(|| mirror::host_mirror(debian12::SUITE)),
                 user,
                 password,
                 agent_deb,
                 disk_gib,
-            })
+            });
+            // Also after a failure: what is left must be the user's to remove.
+            match (owner, out.exists()) {
+                (Some((uid, gid)), true) => built.and(give_to(&out, uid, gid)),
+                _ => built,
+            }
         }
         None => demo_image(cli.out.context("--out is required")?, cli.cache),
     }
+}
+
+/// Makes `dir` and everything beneath it owned by `uid:gid` (symlinks themselves, not
+/// their targets).
+fn give_to(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+        .with_context(|| format!("giving {} to {uid}:{gid}", dir.display()))?;
+    if dir.is_dir() && !dir.is_symlink() {
+        for entry in std::fs::read_dir(dir)? {
+            give_to(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 fn debian12_image(options: debian12::Options) -> anyhow::Result<()> {

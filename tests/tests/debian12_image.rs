@@ -2,7 +2,8 @@
 //! `target/` between runs), inspected offline without booting it (the disk's ext4 read
 //! with debugfs), its kernel's early boot checked under `vireo-vmm` on any KVM host, and
 //! where the host has hardware virtualization booted to a serial login with the
-//! account, with the agent's hello reporting Debian 12.
+//! account, with the agent's hello reporting Debian 12, a host folder shared through the
+//! agent read in the guest and the host's clipboard given by `vireo-agent clipboard get`.
 //!
 //! Run alone with `cargo test --release -p vireo-e2e --test debian12_image -- --nocapture`.
 //! Needs root (debootstrap) and the mirror the host's apt uses.
@@ -204,8 +205,9 @@ fn debian12_kernel_early_boot() {
 }
 
 /// Boots the image (its own kernel and initrd, the disk as /dev/vda, passt, vsock) to
-/// multi-user.target, logs in on the serial console with the account, and asks the
-/// agent for the guest's info over vsock.
+/// multi-user.target, logs in on the serial console with the account, asks the agent
+/// for the guest's info over vsock, then checks a shared folder and the clipboard
+/// through the agent against what the guest's shell sees.
 #[test]
 fn debian12_boots_to_a_serial_login_and_the_agent_says_debian_12() {
     use vireo_guest_agent::host::{AgentClient, ClientConfig, Endpoint};
@@ -288,6 +290,161 @@ fn debian12_boots_to_a_serial_login_and_the_agent_says_debian_12() {
         "{info:?}"
     );
     assert_eq!(info.hostname, "debian");
+
+    // The account may use sudo: its credentials cached for the root-only checks below
+    // (the agent's clipboard socket is root's; the share is mounted by the agent).
+    console
+        .write_all(format!("echo '{PASSWORD}' | sudo -S -v\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    shared_folder_reaches_the_guest(&client, &mut guest, &mut console);
+    host_clipboard_reaches_the_guest(&client, &mut guest, &mut console);
     drop(client);
     let _ = guest.kill();
+}
+
+/// Deadlines count from the guest's start (`LiveGuest::wait_for`): these come after the
+/// boot's.
+const LATER: Duration = Duration::from_secs(600);
+
+/// A host folder exported through the agent is mounted in the guest, and a file
+/// written on the host is read there (over the serial console).
+fn shared_folder_reaches_the_guest(
+    client: &vireo_guest_agent::host::AgentClient,
+    guest: &mut LiveGuest,
+    console: &mut impl Write,
+) {
+    use vireo_guest_agent::host::share::ShareConfig;
+    let host_dir = TempDir::new("debian12-share");
+    std::fs::write(host_dir.0.join("hello.txt"), "written-on-the-host-4242").unwrap();
+    let mounted = client
+        .add_share(ShareConfig {
+            name: "hostdir".into(),
+            path: host_dir.0.clone(),
+            read_only: false,
+        })
+        .expect("the agent mounts the share")
+        .expect("connected: the guest's mount point");
+    assert_eq!(mounted, "/mnt/vireo/hostdir");
+    console
+        .write_all(b"echo SHARE-$(sudo cat /mnt/vireo/hostdir/hello.txt)-END\n")
+        .unwrap();
+    assert!(
+        guest
+            .wait_for("SHARE-written-on-the-host-4242-END", LATER)
+            .is_some(),
+        "the guest did not read the host's file through the share"
+    );
+}
+
+/// Text set on the host's side of the agent is what `vireo-agent clipboard get` gives
+/// in the guest (no X session there: the agent's own clipboard).
+fn host_clipboard_reaches_the_guest(
+    client: &vireo_guest_agent::host::AgentClient,
+    guest: &mut LiveGuest,
+    console: &mut impl Write,
+) {
+    use vireo_guest_agent::protocol::clipboard::ClipboardContent;
+    let serial = client
+        .clipboard_set(ClipboardContent::text("copied-on-the-host-77"))
+        .expect("the host offers its clipboard");
+    client
+        .clipboard_wait_sent(serial, Duration::from_secs(30))
+        .expect("the agent fetched the host's clipboard");
+    console
+        .write_all(b"echo CLIP-$(sudo vireo-agent clipboard get)-END\n")
+        .unwrap();
+    assert!(
+        guest
+            .wait_for("CLIP-copied-on-the-host-77-END", LATER)
+            .is_some(),
+        "the guest's clipboard is not the host's text"
+    );
+}
+
+/// `vireo-image debian12` as the app runs it: the password on stdin (not in the
+/// process's command line, which every user can read), `--owner` giving the whole
+/// output to the user pkexec ran it for, and `--cancel-on-stdin-eof`: closing stdin
+/// mid-build stops the builder and everything it started and removes the output.
+#[test]
+fn the_builder_as_the_app_runs_it_hides_the_password_gives_the_files_away_and_stops_on_eof() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    const TEST: &str = "debian12_image::the_builder_as_the_app_runs_it_hides_the_password_gives_the_files_away_and_stops_on_eof";
+    const OWNER: u32 = 54321;
+    if !nix::unistd::geteuid().is_root() {
+        report::skipped(TEST, "building the image needs root (debootstrap)");
+        return;
+    }
+    let builder = vireo_e2e::release_binary("vireo-installers", "vireo-image");
+    let agent_deb = vireo_e2e::packaging::build_deb("agent");
+    let dir = TempDir::new("debian12-builder");
+    let start = |out: &Path| {
+        let mut child = Command::new(&builder)
+            .args(["debian12", "--out", s(out), "--user", "eve"])
+            .args(["--password-stdin", "--cancel-on-stdin-eof", "--disk-gib=3"])
+            .arg(format!("--owner={OWNER}:{OWNER}"))
+            .args(["--agent-deb", s(&agent_deb)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("vireo-image runs");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"eve's secret\n").unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, stdin, lines.map_while(Result::ok))
+    };
+
+    // Whole: the files are the owner's, the password is in no command line.
+    let out = dir.0.join("whole");
+    let (mut child, stdin, lines) = start(&out);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("secret"));
+    let printed: Vec<String> = lines.collect();
+    assert!(child.wait().unwrap().success(), "{printed:#?}");
+    drop(stdin);
+    for file in [
+        "",
+        "disk.qcow2",
+        "vmlinuz",
+        "vmlinux",
+        "initrd.img",
+        "cmdline",
+    ] {
+        let meta = std::fs::metadata(out.join(file)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (OWNER, OWNER), "{file}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        5,
+        "only the image is left"
+    );
+
+    // Cancelled while it configures the copied root: gone, with what it started.
+    let out = dir.0.join("cancelled");
+    let (mut child, stdin, mut lines) = start(&out);
+    assert!(
+        lines.any(|l| l.starts_with("progress 62 configure")),
+        "no configure step"
+    );
+    assert!(out.is_dir());
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert!(!out.exists(), "the cancelled build left {out:?}");
+    let group = child.id();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| {
+            // Field 5 (after the parenthesised name) is the process group.
+            let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+            after.split(' ').nth(2) == Some(&group.to_string()) && !after.starts_with("Z ")
+        })
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    report::ran(TEST);
 }

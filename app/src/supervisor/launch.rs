@@ -154,8 +154,31 @@ pub fn engine_args(
         args.push(flag.into());
         args.push(value);
     };
+    // A Debian 12 VM's own disk: its root filesystem, so the first (/dev/vda).
+    let mut os_disk = None;
     let (kernel, initrd, cmdline) = match &config.os {
         OsSource::SelfTest => (programs.probe_guest()?, None, SELF_TEST_CMDLINE.to_owned()),
+        OsSource::Debian12 {
+            disk,
+            kernel,
+            initrd,
+            cmdline,
+            ..
+        } => {
+            let (kernel, initrd, disk) =
+                (vm_dir.join(kernel), vm_dir.join(initrd), vm_dir.join(disk));
+            if !kernel.is_file() {
+                return Err(LaunchError::KernelMissing(kernel));
+            }
+            if !initrd.is_file() {
+                return Err(LaunchError::InitrdMissing(initrd));
+            }
+            if !disk.is_file() {
+                return Err(LaunchError::DiskMissing(disk));
+            }
+            os_disk = Some(disk);
+            (kernel, Some(initrd), cmdline.clone())
+        }
         OsSource::DemoLinux => {
             let dir = programs.demo_image()?;
             (
@@ -189,6 +212,13 @@ pub fn engine_args(
     push("--memory", format!("{}M", config.memory_mib).into());
     // A guest reboot starts it again, as on a real machine.
     push("--reboot", "restart".into());
+    if let Some(disk) = os_disk {
+        let mut spec = OsString::from("path=");
+        spec.push(disk);
+        spec.push(",format=qcow2");
+        spec.push(config.resources.disk_spec());
+        push("--disk", spec);
+    }
     if config.disk.is_some() {
         let disk = vm_dir.join(crate::vm_config::DISK_FILE);
         if !disk.is_file() {
@@ -296,6 +326,86 @@ mod tests {
         std::fs::remove_file(&kernel).unwrap();
         let err = engine_args(&config, &dir, &runtime, &programs).unwrap_err();
         assert!(matches!(err, LaunchError::KernelMissing(_)));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A Debian 12 VM boots its own kernel and initrd with its command line, its qcow2
+    /// as the first disk (the root's /dev/vda), a network card and the agent's vsock.
+    #[test]
+    fn a_debian12_vm_boots_its_own_files() {
+        let dir = std::env::temp_dir().join(format!("vireo-launch-deb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["vmlinuz", "initrd.img", "disk.qcow2"] {
+            std::fs::write(dir.join(file), b"x").unwrap();
+        }
+        let config = VmConfig {
+            name: "deb".into(),
+            os: OsSource::debian12("alice", "root=/dev/vda rw\n"),
+            cpus: 2,
+            memory_mib: 1024,
+            disk: None,
+            network: true,
+            display: DisplaySize::default(),
+            link: Default::default(),
+            window: Default::default(),
+            mac: Some("52:54:00:00:00:08".into()),
+            resources: Default::default(),
+        };
+        let runtime = RuntimeFiles {
+            dir: "/run/v/deb".into(),
+        };
+        let programs = Programs::beside("/nowhere/vireo".into());
+        let args = engine_args(&config, &dir, &runtime, &programs).unwrap();
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let path = |f: &str| dir.join(f).display().to_string();
+        let expect = [
+            "--kernel".to_owned(),
+            path("vmlinuz"),
+            "--initrd".into(),
+            path("initrd.img"),
+            "--cmdline".into(),
+            "root=/dev/vda rw".into(),
+            "--cpus".into(),
+            "2".into(),
+            "--memory".into(),
+            "1024M".into(),
+            "--reboot".into(),
+            "restart".into(),
+            "--disk".into(),
+            format!("path={},format=qcow2", path("disk.qcow2")),
+            "--net".into(),
+            "passt,mac=52:54:00:00:00:08".into(),
+            "--vsock".into(),
+            "cid=3,socket=/run/v/deb/vsock.sock".into(),
+            "--display".into(),
+            "1024x768".into(),
+            "--control-socket".into(),
+            "/run/v/deb/control.sock".into(),
+        ];
+        assert_eq!(text, expect);
+        // A raw disk added later is the second: the root stays /dev/vda.
+        std::fs::write(dir.join("disk.img"), b"").unwrap();
+        let with_raw = VmConfig {
+            disk: Some(DiskConfig { size_gib: 1 }),
+            ..config.clone()
+        };
+        let args = engine_args(&with_raw, &dir, &runtime, &programs).unwrap();
+        let disks: Vec<String> = args
+            .windows(2)
+            .filter(|w| w[0] == "--disk")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            disks[0].contains("disk.qcow2") && disks[1].contains("disk.img"),
+            "{disks:?}"
+        );
+        std::fs::remove_file(dir.join("disk.qcow2")).unwrap();
+        let err = engine_args(&config, &dir, &runtime, &programs).unwrap_err();
+        assert!(matches!(err, LaunchError::DiskMissing(p) if p == dir.join("disk.qcow2")));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -65,8 +65,11 @@ pub struct VmRow {
 #[derive(Debug)]
 pub enum Command {
     Create {
-        config: VmConfig,
+        config: Box<VmConfig>,
         start: bool,
+        /// The operating system's files built for it (a Debian 12), moved into its
+        /// directory.
+        image: Option<std::path::PathBuf>,
     },
     Start(String),
     Act(String, Action),
@@ -417,8 +420,7 @@ impl Worker {
             return Ok("resources saved: they apply from the next start".into());
         }
         let runtime = self.supervisor.runtime(entry).map_err(|e| e.to_string())?;
-        let changes =
-            resources.changes_from(&before.resources, before.disk.is_some(), before.network);
+        let changes = resources.changes_from(&before.resources, before.has_disk(), before.network);
         for request in &changes {
             match self.supervisor.ask(&runtime, request) {
                 Ok(Response::Error { message }) => {
@@ -637,8 +639,16 @@ impl Worker {
     fn execute(&mut self, command: Command) -> Option<Update> {
         let result = match command {
             Command::Refresh => return None,
-            Command::Create { config, start } => {
-                let created = self.library.create(&config).map_err(|e| e.to_string());
+            Command::Create {
+                config,
+                start,
+                image,
+            } => {
+                let created = match image {
+                    Some(dir) => self.library.create_with_image(&config, &dir),
+                    None => self.library.create(&config),
+                }
+                .map_err(|e| e.to_string());
                 return Some(match created {
                     Ok(entry) => {
                         self.send(Update::Created {

@@ -32,7 +32,7 @@ use display_view::{DisplayView, ViewRequest};
 use library_view::{Glance, LibraryCommand, LibraryView};
 use resources_dialog::{ResourcesDialog, ResourcesOutcome};
 use settings_dialog::{SettingsDialog, SettingsOutcome};
-use wizard::{DemoImagePlan, Wizard, WizardOutcome};
+use wizard::{Debian12Plan, DemoImagePlan, Wizard, WizardOutcome};
 
 /// The app id: the window class on X11 and app id on Wayland; the .desktop file
 /// (`installers/deb/vireo/dev.vireo.Vireo.desktop`) and the icons have this name.
@@ -327,7 +327,12 @@ impl VireoApp {
         match command {
             LibraryCommand::NewVm => {
                 let plan = DemoImagePlan::of(&self.programs);
-                self.wizard = Some(Wizard::new(self.host.clone()).with_demo_image(plan));
+                let debian = Debian12Plan::of(&self.programs, &self.dirs.vms());
+                self.wizard = Some(
+                    Wizard::new(self.host.clone())
+                        .with_demo_image(plan)
+                        .with_debian12(debian),
+                );
             }
             LibraryCommand::Start(id) => self.backend.send(Command::Start(id)),
             LibraryCommand::Act(id, action) => self.act(id, action),
@@ -363,7 +368,7 @@ impl VireoApp {
                 if let Some((Ok(config), running)) =
                     row.map(|r| (r.config.clone(), r.state.is_running()))
                 {
-                    let devices = (config.disk.is_some(), config.network);
+                    let devices = (config.has_disk(), config.network);
                     self.resources = Some(ResourcesDialog::new(
                         id,
                         config.name.clone(),
@@ -437,11 +442,16 @@ impl VireoApp {
             if let Some(wizard) = &mut self.wizard {
                 let taken: Vec<String> = self.rows.iter().map(|r| r.name.clone()).collect();
                 match wizard.ui(ui, &taken) {
-                    Some(WizardOutcome::Create { config, start }) => {
+                    Some(WizardOutcome::Create {
+                        config,
+                        start,
+                        image,
+                    }) => {
                         self.status = Some(Ok(format!("creating {}…", config.name)));
                         self.backend.send(Command::Create {
-                            config: *config,
+                            config,
                             start,
+                            image,
                         });
                     }
                     Some(WizardOutcome::Cancel) => self.wizard = None,

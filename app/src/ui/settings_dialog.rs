@@ -121,9 +121,14 @@ impl SettingsDialog {
         show(ui, Field::Cpus);
         self.memory_field(ui);
         show(ui, Field::Memory);
-        ui.add_enabled_ui(self.current.disk.is_none(), |ui| {
+        // A Debian 12's disk is its own qcow2: no raw disk beside it.
+        let system_disk = matches!(self.current.os, crate::vm_config::OsSource::Debian12 { .. });
+        ui.add_enabled_ui(self.current.disk.is_none() && !system_disk, |ui| {
             ui.checkbox(&mut self.disk, "Disk");
         });
+        if system_disk {
+            ui.label(RichText::new("Its system disk is disk.qcow2 in its folder.").weak());
+        }
         if self.disk {
             text_field(ui, "Disk size (GiB)", &mut self.disk_gib);
             if let Some(d) = self.current.disk {

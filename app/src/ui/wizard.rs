@@ -1,6 +1,9 @@
 //! The New VM wizard: one form (name, OS, CPUs, memory, disk, network) checked as the
 //! user types, each problem shown beside its field (`vm_config::check`), and "Create"
-//! enabled only when there is none. CPUs and memory are bounded by the host.
+//! enabled only when there is none. CPUs and memory are bounded by the host. Create
+//! builds what the VM needs first, with progress and a Cancel: the demo Linux image
+//! (once, shared), or a Debian 12 of the VM's own with the account asked for here
+//! (checked as the builder checks it).
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
@@ -8,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use eframe::egui::{self, Color32, RichText};
 
 use crate::host::HostInfo;
-use crate::images::{BuildStatus, ImageBuild};
+use crate::images::{BuildStatus, Debian12Request, ImageBuild, Privilege};
 use crate::supervisor::Programs;
 use crate::vm_config::{self, DiskConfig, DisplaySize, Field, OsSource, Problem, VmConfig};
 
@@ -17,14 +20,24 @@ pub enum OsChoice {
     SelfTest,
     Kernel,
     DemoLinux,
+    Debian12,
 }
 
 /// What the wizard ends with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WizardOutcome {
-    Create { config: Box<VmConfig>, start: bool },
+    /// Make the VM; `image`: a directory holding its operating system's files (a
+    /// Debian 12 built for it), to be moved into the VM's directory.
+    Create {
+        config: Box<VmConfig>,
+        start: bool,
+        image: Option<PathBuf>,
+    },
     Cancel,
 }
+
+/// Smallest Debian 12 disk the wizard offers: the system takes about 1 GiB.
+pub const DEBIAN12_MIN_DISK_GIB: u64 = 2;
 
 pub struct Wizard {
     host: HostInfo,
@@ -39,6 +52,10 @@ pub struct Wizard {
     pub disk_gib: u64,
     pub network: bool,
     pub start_after: bool,
+    /// The Debian 12 account.
+    pub user: String,
+    pub password: String,
+    pub password_again: String,
     /// The name field takes the keyboard when the wizard opens.
     focus_name: bool,
     /// A file dialog open for one of the path fields.
@@ -48,8 +65,11 @@ pub struct Wizard {
     /// Where the demo Linux image is, or where to build it (`None`: not known, as in
     /// tests of the form alone; Create then creates at once).
     demo: Option<DemoImagePlan>,
-    /// The demo image being built, and the VM to create when it is.
-    building: Option<(ImageBuild, VmConfig, bool)>,
+    /// How to build a Debian 12 for a new VM (`None`: not known, as in tests of the
+    /// form alone; the choice is then not offered).
+    debian12: Option<Debian12Plan>,
+    /// The image being built, and the VM to create when it is.
+    building: Option<Building>,
     /// Why the last build did not finish.
     build_failed: Option<String>,
 }
@@ -75,6 +95,70 @@ impl DemoImagePlan {
     fn needs_build(&self) -> Option<&PathBuf> {
         self.build_to.as_ref().filter(|_| !self.present)
     }
+}
+
+/// Where and how the wizard builds a Debian 12: into a hidden directory of the VM
+/// library (the same filesystem as the VM's directory, where it is moved), with the
+/// builder's cache, as root or through pkexec.
+#[derive(Debug, Clone)]
+pub struct Debian12Plan {
+    pub builder: PathBuf,
+    pub build_in: PathBuf,
+    pub cache: Option<PathBuf>,
+    pub privilege: Privilege,
+}
+
+impl Debian12Plan {
+    pub fn of(programs: &Programs, library: &std::path::Path) -> Debian12Plan {
+        Debian12Plan {
+            builder: programs.image_builder(),
+            build_in: library.to_owned(),
+            cache: None,
+            privilege: Privilege::of_this_process(),
+        }
+    }
+
+    /// A directory no other build uses (hidden: the library skips it). What builds of
+    /// app processes that are gone (killed, crashed) left is removed first.
+    fn fresh_out(&self) -> PathBuf {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        remove_orphan_builds(&self.build_in);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.build_in
+            .join(format!(".debian12-{}-{nanos}", std::process::id()))
+    }
+}
+
+/// `.debian12-<pid>-<n>` (and its `.partial` side directory) in `dir` for every `pid`
+/// that no longer runs.
+fn remove_orphan_builds(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .trim_start_matches('.')
+            .strip_prefix("debian12-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A build under way: what it makes, and the VM to create when it is done.
+struct Building {
+    build: ImageBuild,
+    what: &'static str,
+    config: VmConfig,
+    start: bool,
+    /// The Debian 12 image's directory (moved into the VM's); `None` for the shared
+    /// demo image.
+    image: Option<PathBuf>,
 }
 
 type Checked = ((VmConfig, Vec<String>), Vec<Problem>);
@@ -103,10 +187,14 @@ impl Wizard {
             disk_gib: 8,
             network: false,
             start_after: true,
+            user: String::new(),
+            password: String::new(),
+            password_again: String::new(),
             focus_name: true,
             picking: None,
             checked: None,
             demo: None,
+            debian12: None,
             building: None,
             build_failed: None,
         }
@@ -115,6 +203,12 @@ impl Wizard {
     /// With the demo Linux image found or built on Create as `plan` says.
     pub fn with_demo_image(mut self, plan: DemoImagePlan) -> Wizard {
         self.demo = Some(plan);
+        self
+    }
+
+    /// With Debian 12 offered, built on Create as `plan` says.
+    pub fn with_debian12(mut self, plan: Debian12Plan) -> Wizard {
+        self.debian12 = Some(plan);
         self
     }
 
@@ -129,21 +223,26 @@ impl Wizard {
         let os = match self.os {
             OsChoice::SelfTest => OsSource::SelfTest,
             OsChoice::DemoLinux => OsSource::DemoLinux,
+            // The command line is the built image's, filled in when it is done.
+            OsChoice::Debian12 => OsSource::debian12(self.user.trim(), ""),
             OsChoice::Kernel => OsSource::Kernel {
                 kernel: path(&self.kernel),
                 initrd: Some(path(&self.initrd)).filter(|p| !p.as_os_str().is_empty()),
                 cmdline: String::new(),
             },
         };
+        // A Debian 12's disk is its own qcow2 (sized by the builder), and it has a
+        // network card: it is a whole system.
+        let debian = self.os == OsChoice::Debian12;
         Ok(VmConfig {
             name: self.name.trim().to_owned(),
             os,
             cpus: self.cpus,
             memory_mib,
-            disk: self.disk.then_some(DiskConfig {
+            disk: (self.disk && !debian).then_some(DiskConfig {
                 size_gib: self.disk_gib,
             }),
-            network: self.network,
+            network: self.network || debian,
             display: DisplaySize::default(),
             link: Default::default(),
             window: Default::default(),
@@ -208,6 +307,7 @@ impl Wizard {
                 .weak(),
             );
         }
+        let account_ok = self.debian12_choice(ui, &demo);
         if let Some(why) = &self.build_failed {
             ui.label(RichText::new(why).color(ERROR));
         }
@@ -222,18 +322,29 @@ impl Wizard {
             ui.label(RichText::new(why).color(ERROR));
         }
         show(ui, Field::Memory);
-        ui.checkbox(&mut self.disk, "Disk");
-        if self.disk {
-            ui.add(egui::Slider::new(&mut self.disk_gib, 1..=512).text("GiB"));
+        let debian = self.os == OsChoice::Debian12;
+        if debian {
+            let min = DEBIAN12_MIN_DISK_GIB;
+            self.disk_gib = self.disk_gib.max(min);
+            ui.add(egui::Slider::new(&mut self.disk_gib, min..=512).text("GiB system disk"));
+        } else {
+            ui.checkbox(&mut self.disk, "Disk");
+            if self.disk {
+                ui.add(egui::Slider::new(&mut self.disk_gib, 1..=512).text("GiB"));
+            }
         }
         show(ui, Field::Disk);
-        ui.checkbox(&mut self.network, "Network");
+        let mut network = self.network || debian;
+        ui.add_enabled_ui(!debian, |ui| ui.checkbox(&mut network, "Network"));
+        if !debian {
+            self.network = network;
+        }
         ui.checkbox(&mut self.start_after, "Start it now");
 
         ui.separator();
         let mut outcome = None;
         ui.horizontal(|ui| {
-            let ready = config.is_ok() && problems.is_empty();
+            let ready = config.is_ok() && problems.is_empty() && account_ok;
             if ui.add_enabled(ready, egui::Button::new("Create")).clicked() || (enter && ready) {
                 if let Ok(config) = self.config() {
                     outcome = self.create(ui.ctx(), config);
@@ -246,9 +357,12 @@ impl Wizard {
         outcome
     }
 
-    /// Create: at once, or once the demo Linux image it needs is built.
+    /// Create: at once, or once the image it needs is built.
     fn create(&mut self, ctx: &egui::Context, config: VmConfig) -> Option<WizardOutcome> {
         let start = self.start_after;
+        if let OsSource::Debian12 { .. } = config.os {
+            return self.create_debian12(ctx, config);
+        }
         let build_to = match config.os {
             OsSource::DemoLinux => self.demo.as_ref().and_then(DemoImagePlan::needs_build),
             _ => None,
@@ -257,6 +371,7 @@ impl Wizard {
             return Some(WizardOutcome::Create {
                 config: Box::new(config),
                 start,
+                image: None,
             });
         };
         let builder = self.demo.as_ref().map(|d| d.builder.clone())?;
@@ -264,19 +379,125 @@ impl Wizard {
         match ImageBuild::start_demo(&builder, build_to, move || ctx.request_repaint()) {
             Ok(build) => {
                 self.build_failed = None;
-                self.building = Some((build, config, start));
+                self.building = Some(Building {
+                    build,
+                    what: "Building the Vireo demo Linux image",
+                    config,
+                    start,
+                    image: None,
+                });
             }
             Err(why) => self.build_failed = Some(why),
         }
         None
     }
 
-    /// The demo image's build: progress, and a way out.
+    /// Starts the build of this VM's own Debian 12.
+    fn create_debian12(&mut self, ctx: &egui::Context, config: VmConfig) -> Option<WizardOutcome> {
+        let plan = self.debian12.as_ref()?;
+        let request = Debian12Request {
+            builder: plan.builder.clone(),
+            user: self.user.trim().to_owned(),
+            password: self.password.clone(),
+            disk_gib: self.disk_gib,
+            cache: plan.cache.clone(),
+        };
+        let out = plan.fresh_out();
+        let ctx = ctx.clone();
+        let wake = move || ctx.request_repaint();
+        match ImageBuild::start_debian12(&request, plan.privilege, &out, wake) {
+            Ok(build) => {
+                self.build_failed = None;
+                self.building = Some(Building {
+                    build,
+                    what: "Building Debian 12 for this VM",
+                    config,
+                    start: self.start_after,
+                    image: Some(out),
+                });
+            }
+            Err(why) => self.build_failed = Some(why),
+        }
+        None
+    }
+
+    /// The Debian 12 choice and, when chosen, its account fields; false while the
+    /// account has a problem (each shown under its field).
+    fn debian12_choice(&mut self, ui: &mut egui::Ui, stock: &Result<(), String>) -> bool {
+        if self.debian12.is_none() {
+            return true;
+        }
+        ui.add_enabled_ui(stock.is_ok(), |ui| {
+            ui.radio_value(&mut self.os, OsChoice::Debian12, "Debian 12 (full)")
+                .on_hover_text("A whole Debian 12 with your account, built for this VM");
+        });
+        if let Err(why) = stock {
+            ui.label(RichText::new(format!("Debian 12 (full) {why}")).weak());
+            if self.os == OsChoice::Debian12 {
+                self.os = OsChoice::SelfTest;
+            }
+        }
+        if self.os != OsChoice::Debian12 {
+            return true;
+        }
+        ui.label(
+            RichText::new(
+                "Create builds Debian 12 for this VM (a couple of minutes; the base system \
+                 is downloaded once). Building needs root: you may be asked for your \
+                 password.",
+            )
+            .weak(),
+        );
+        let (user_problem, password_problem) = self.account_problems();
+        let field = |ui: &mut egui::Ui, label: &str, text: &mut String, masked: bool| {
+            ui.horizontal(|ui| {
+                let label = ui.label(label);
+                ui.add(egui::TextEdit::singleline(text).password(masked))
+                    .labelled_by(label.id);
+            });
+        };
+        field(ui, "User name", &mut self.user, false);
+        if let Some(why) = &user_problem {
+            ui.label(RichText::new(why).color(ERROR));
+        }
+        field(ui, "Password", &mut self.password, true);
+        field(ui, "Password again", &mut self.password_again, true);
+        if let Some(why) = &password_problem {
+            ui.label(RichText::new(why).color(ERROR));
+        }
+        user_problem.is_none() && password_problem.is_none()
+    }
+
+    /// What is wrong with the account, as the builder (`debian12::check_account`)
+    /// judges it: the user name's problem and the password's.
+    fn account_problems(&self) -> (Option<String>, Option<String>) {
+        use vireo_installers::debian12;
+        let user = self.user.trim();
+        let user_problem = if user.is_empty() {
+            Some("give the account a user name".to_owned())
+        } else {
+            debian12::check_user(user).err().map(|e| e.to_string())
+        };
+        let password_problem = if self.password.is_empty() {
+            Some("give the account a password".to_owned())
+        } else if let Err(debian12::Error::BadPassword) =
+            debian12::check_account("a", &self.password)
+        {
+            Some(debian12::Error::BadPassword.to_string())
+        } else if self.password != self.password_again {
+            Some("the two passwords differ".to_owned())
+        } else {
+            None
+        };
+        (user_problem, password_problem)
+    }
+
+    /// The image's build: progress, and a way out.
     fn build_ui(&mut self, ui: &mut egui::Ui) -> Option<WizardOutcome> {
-        let (build, ..) = self.building.as_mut()?;
-        let status = build.status();
+        let building = self.building.as_mut()?;
+        let status = building.build.status();
         ui.heading("New VM");
-        ui.label("Building the Vireo demo Linux image");
+        ui.label(building.what);
         let message = match &status {
             BuildStatus::Running { message, .. } if !message.is_empty() => message.clone(),
             _ => "starting…".into(),
@@ -290,13 +511,30 @@ impl Wizard {
         let cancel = ui.button("Cancel build").clicked();
         match status {
             BuildStatus::Finished(_) => {
-                if let Some(plan) = &mut self.demo {
-                    plan.present = true;
+                let Building {
+                    mut config,
+                    start,
+                    image,
+                    ..
+                } = self.building.take()?;
+                match &image {
+                    Some(dir) => {
+                        if let Err(why) = adopt_cmdline(&mut config, dir) {
+                            let _ = std::fs::remove_dir_all(dir);
+                            self.build_failed = Some(why);
+                            return None;
+                        }
+                    }
+                    None => {
+                        if let Some(plan) = &mut self.demo {
+                            plan.present = true;
+                        }
+                    }
                 }
-                let (_, config, start) = self.building.take()?;
                 Some(WizardOutcome::Create {
                     config: Box::new(config),
                     start,
+                    image,
                 })
             }
             BuildStatus::Failed(why) => {
@@ -306,8 +544,8 @@ impl Wizard {
             }
             BuildStatus::Running { .. } => {
                 if cancel {
-                    if let Some((mut build, ..)) = self.building.take() {
-                        build.cancel();
+                    if let Some(mut building) = self.building.take() {
+                        building.build.cancel();
                     }
                     self.build_failed = Some("The image build was cancelled.".into());
                 }
@@ -414,6 +652,17 @@ impl Wizard {
     }
 }
 
+/// Puts the command line a Debian 12 build wrote (`cmdline` in `dir`) into `config`.
+fn adopt_cmdline(config: &mut VmConfig, dir: &std::path::Path) -> Result<(), String> {
+    let path = dir.join("cmdline");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let OsSource::Debian12 { cmdline, .. } = &mut config.os {
+        *cmdline = text.trim().to_owned();
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     Kernel,
@@ -440,8 +689,19 @@ mod tests {
     type State = (Wizard, Vec<String>, Option<WizardOutcome>);
 
     fn harness(taken: &[&str]) -> Harness<'static, State> {
+        harness_on(pvm_host(), taken)
+    }
+
+    /// Debian 12 offered with a builder that must never run in these tests.
+    fn harness_on(host: HostInfo, taken: &[&str]) -> Harness<'static, State> {
+        let plan = Debian12Plan {
+            builder: "/nonexistent/vireo-image".into(),
+            build_in: "/nonexistent/vms".into(),
+            cache: None,
+            privilege: Privilege::Root,
+        };
         let state = (
-            Wizard::new(pvm_host()),
+            Wizard::new(host).with_debian12(plan),
             taken.iter().map(|s| s.to_string()).collect(),
             None,
         );
@@ -478,7 +738,7 @@ mod tests {
         assert!(create_enabled(&harness));
         harness.get_by_label("Create").click();
         harness.run();
-        let Some(WizardOutcome::Create { config, start }) = &harness.state().2 else {
+        let Some(WizardOutcome::Create { config, start, .. }) = &harness.state().2 else {
             panic!("no outcome: {:?}", harness.state().2);
         };
         assert_eq!(config.name, "Play");
@@ -531,10 +791,90 @@ mod tests {
         let mut harness = harness(&[]);
         let demo = harness.get_by_label("Vireo demo Linux");
         assert!(demo.accesskit_node().is_disabled());
-        harness.get_by_label_contains("needs hardware virtualization (VT-x/AMD-V)");
+        harness
+            .get_by_label_contains("Vireo demo Linux needs hardware virtualization (VT-x/AMD-V)");
         harness.get_by_label("Vireo demo Linux").click();
         harness.run();
         assert_eq!(harness.state().0.os, OsChoice::SelfTest);
+    }
+
+    #[test]
+    fn debian12_is_disabled_on_pvm_with_the_reason() {
+        let mut harness = harness(&[]);
+        assert!(harness
+            .get_by_label("Debian 12 (full)")
+            .accesskit_node()
+            .is_disabled());
+        harness.get_by_label_contains("Debian 12 (full) needs hardware virtualization");
+        harness.get_by_label("Debian 12 (full)").click();
+        harness.run();
+        assert_eq!(harness.state().0.os, OsChoice::SelfTest);
+        assert!(harness.query_by_label("User name").is_none());
+    }
+
+    #[test]
+    fn the_debian12_account_is_checked_as_the_builder_checks_it() {
+        let host = HostInfo {
+            kvm: KvmKind::Hardware,
+            ..pvm_host()
+        };
+        let mut harness = harness_on(host, &[]);
+        retype(&mut harness, "Name", "Deb");
+        harness.get_by_label("Debian 12 (full)").click();
+        harness.run();
+        harness.get_by_label("give the account a user name");
+        harness.get_by_label("give the account a password");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "User name", "Alice Smith");
+        harness.get_by_label_contains("not a valid user name for Debian: \"Alice Smith\"");
+        retype(&mut harness, "User name", "root");
+        harness.get_by_label_contains("not a valid user name for Debian: \"root\"");
+        retype(&mut harness, "User name", "alice");
+        assert!(harness.query_by_label_contains("user name").is_none());
+        retype(&mut harness, "Password", "s3cret");
+        harness.get_by_label("the two passwords differ");
+        assert!(!create_enabled(&harness));
+        retype(&mut harness, "Password again", "s3cret");
+        assert!(harness.query_by_label("the two passwords differ").is_none());
+        assert!(create_enabled(&harness));
+        // Masked: the field shows (and tells screen readers) no password.
+        let shown = harness.get_by_label("Password").accesskit_node().value();
+        assert!(
+            !shown.as_deref().unwrap_or("").contains("s3cret"),
+            "{shown:?}"
+        );
+        let config = harness.state().0.config().unwrap();
+        assert_eq!(config.os.label(), "Debian 12");
+        assert!(config.network && config.disk.is_none());
+        assert!(
+            matches!(&config.os, OsSource::Debian12 { user, disk, .. } if user == "alice" && disk.as_os_str() == "disk.qcow2")
+        );
+    }
+
+    #[test]
+    fn builds_of_gone_processes_are_swept_and_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("vireo-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // Pid 0 is never a process; this test's own is.
+        let me = std::process::id();
+        let names = [
+            ".debian12-0-1".to_owned(),
+            "..debian12-0-1.partial".to_owned(),
+            format!(".debian12-{me}-2"),
+            format!("..debian12-{me}-2.partial"),
+            "my-vm".to_owned(),
+        ];
+        for name in &names {
+            std::fs::create_dir_all(dir.join(name).join("sub")).unwrap();
+        }
+        remove_orphan_builds(&dir);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [names[3].clone(), names[2].clone(), names[4].clone()]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
