@@ -153,7 +153,7 @@ mod tests {
         let sibling = dir.with_extension("sibling");
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::create_dir_all(&sibling).unwrap();
-        let dirs = with_resolved(&[dir.clone()]);
+        let dirs = with_resolved(std::slice::from_ref(&dir));
         assert!(is_beneath(&dir.join("shot.png"), &dirs));
         assert!(is_beneath(&dir.join("sub/shot.png"), &dirs));
         assert!(is_beneath(&dir.join("sub/../shot.png"), &dirs));
