@@ -12,13 +12,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vireo_app::guest_link::{Feature, GuestLink, LinkSpec};
+use vireo_app::guest_link::{AgentStatus, Feature, GuestLink, LinkSpec};
 use vireo_app::vm_config::LinkSettings;
 use vireo_e2e::report;
 use vireo_e2e::temp::TempDir;
+use vireo_e2e::xvfb::Xvfb;
 use vireo_guest_agent::host::ShareConfig;
+use vireo_guest_agent::protocol::ClipboardSource;
 
 const TEST: &str = "app::link_shares::a_folder_shared_while_running_is_mounted_at_once";
+const SESSION_TEST: &str =
+    "app::link_shares::the_clipboard_status_follows_the_guests_desktop_session";
 
 /// The agent binary, built beside `vireo` by the workspace's build.
 fn agent_binary() -> PathBuf {
@@ -49,6 +53,59 @@ impl Drop for Agent {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The real agent's guest side on this host, with its own clipboard and session
+/// sockets in `dir` and no X display; returns it and the hybrid vsock socket before it.
+fn start_agent(dir: &TempDir, extra: &[&std::ffi::OsStr]) -> (Agent, PathBuf) {
+    let agent_socket = dir.0.join("agent.sock");
+    let agent = Agent(
+        Command::new(agent_binary())
+            .arg("run")
+            .arg("--transport")
+            .arg(format!("unix:{}", agent_socket.display()))
+            .arg("--clipboard-socket")
+            .arg(dir.0.join("clipboard.sock"))
+            .arg("--session-socket")
+            .arg(dir.0.join("session.sock"))
+            .args(extra)
+            // Never touch this host's clock or power.
+            .arg("--fake-clock-offset-ms=0")
+            .arg("--fake-power")
+            .arg(dir.0.join("power"))
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while !agent_socket.exists() {
+        assert!(Instant::now() < end, "the agent did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let vsock = dir.0.join("vsock.sock");
+    hybrid_vsock(&vsock, agent_socket);
+    (agent, vsock)
+}
+
+/// Statuses from `statuses` until one passes `done` (panics after `limit`).
+fn until_status(
+    statuses: &mpsc::Receiver<AgentStatus>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&AgentStatus) -> bool,
+) -> AgentStatus {
+    let end = Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let s = statuses
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no status with {what} within {limit:?}"));
+        if done(&s) {
+            return s;
+        }
     }
 }
 
@@ -89,32 +146,16 @@ fn a_folder_shared_while_running_is_mounted_at_once() {
     }
     report::ran(TEST);
     let dir = TempDir::new("app-link-shares");
-    let agent_socket = dir.0.join("agent.sock");
     let mounts = dir.0.join("mnt");
     let uid = nix::unistd::getuid();
-    let _agent = Agent(
-        Command::new(agent_binary())
-            .arg("run")
-            .arg("--transport")
-            .arg(format!("unix:{}", agent_socket.display()))
-            .arg("--share-base")
-            .arg(&mounts)
-            .arg(format!("--share-owner={uid}:{uid}"))
-            // Never touch this host's clock or power.
-            .arg("--fake-clock-offset-ms=0")
-            .arg("--fake-power")
-            .arg(dir.0.join("power"))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (_agent, vsock) = start_agent(
+        &dir,
+        &[
+            "--share-base".as_ref(),
+            mounts.as_os_str(),
+            format!("--share-owner={uid}:{uid}").as_ref(),
+        ],
     );
-    let end = Instant::now() + Duration::from_secs(10);
-    while !agent_socket.exists() {
-        assert!(Instant::now() < end, "the agent did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let vsock = dir.0.join("vsock.sock");
-    hybrid_vsock(&vsock, agent_socket);
 
     let vm_dir = dir.0.join("vm");
     std::fs::create_dir_all(&vm_dir).unwrap();
@@ -181,5 +222,66 @@ fn a_folder_shared_while_running_is_mounted_at_once() {
         read_only: true,
     });
     assert!(again.is_err_and(|why| why.contains("already shared")));
+    drop(link);
+}
+
+/// The toolbar's clipboard says where guest copies land: the agent's own copy while no
+/// desktop session runs `vireo-agent session`, the session once one does (here on a
+/// private X server), and the agent's copy again when it ends.
+#[test]
+fn the_clipboard_status_follows_the_guests_desktop_session() {
+    report::ran(SESSION_TEST);
+    // The link bridges the host clipboard of DISPLAY: a private X server of its own (the
+    // other test here does not mind having one too).
+    let host_x = Xvfb::start(320, 240);
+    std::env::set_var("DISPLAY", &host_x.display);
+    let dir = TempDir::new("app-link-session");
+    let (_agent, vsock) = start_agent(&dir, &["--no-shares".as_ref()]);
+    let vm_dir = dir.0.join("vm");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let (statuses, status) = mpsc::channel();
+    let link = GuestLink::start(
+        LinkSpec {
+            vm_id: "session".into(),
+            vsock,
+            vm_dir,
+            settings: LinkSettings::default(),
+        },
+        move |s| {
+            let _ = statuses.send(s.clone());
+        },
+    );
+    let limit = Duration::from_secs(30);
+    let copy = until_status(&status, "the agent's copy", limit, |s| {
+        s.clipboard == Feature::Working && s.clipboard_source == Some(ClipboardSource::AgentCopy)
+    });
+    assert!(copy.clipboard_detail().contains("vireo-agent session"));
+
+    let guest_x = Xvfb::start(320, 240);
+    let session = Agent(
+        Command::new(agent_binary())
+            .arg("session")
+            .arg("--socket")
+            .arg(dir.0.join("session.sock"))
+            .env("DISPLAY", &guest_x.display)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let uid = nix::unistd::getuid().as_raw();
+    let bridged = until_status(&status, "the desktop session", limit, |s| {
+        s.clipboard_source == Some(ClipboardSource::UserSession { uid })
+    });
+    assert!(
+        bridged
+            .clipboard_detail()
+            .contains(&format!("desktop session of guest user {uid}")),
+        "{}",
+        bridged.clipboard_detail()
+    );
+    drop(session);
+    until_status(&status, "the agent's copy again", limit, |s| {
+        s.clipboard_source == Some(ClipboardSource::AgentCopy)
+    });
     drop(link);
 }

@@ -232,6 +232,9 @@ impl Link {
             ClientEvent::Connected(hello) => {
                 let mut status = AgentStatus::offered(hello.capabilities);
                 status.clipboard = self.clipboard_feature_for(hello.capabilities);
+                // The agent says where its clipboard lives right after its hello, which
+                // the client may hand on before this event.
+                status.clipboard_source = self.status.clipboard_source;
                 if let (Feature::Working, Some(why)) = (&status.folders, &self.share_error) {
                     status.folders = Feature::Error(why.clone());
                 }
@@ -260,6 +263,11 @@ impl Link {
                 } else {
                     Feature::Error("the guest does not use the tablet".into())
                 };
+                self.publish(status);
+            }
+            ClientEvent::Message(Message::ClipboardStatus(clipboard)) => {
+                let mut status = self.status.clone();
+                status.clipboard_source = Some(clipboard.source);
                 self.publish(status);
             }
             ClientEvent::Message(_) => {}

@@ -1,6 +1,6 @@
 //! What the VM window's toolbar says about the guest agent, feature by feature.
 
-use vireo_guest_agent::protocol::Capabilities;
+use vireo_guest_agent::protocol::{Capabilities, ClipboardSource};
 
 /// One agent feature as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +62,9 @@ pub struct AgentStatus {
     pub mouse: Feature,
     /// The agent says the guest drives the absolute tablet: the pointer needs no capture.
     pub absolute_pointer: bool,
+    /// Where the agent says the guest's clipboard lives (a desktop session, or its own
+    /// copy when no session runs `vireo-agent session`).
+    pub clipboard_source: Option<ClipboardSource>,
 }
 
 impl Default for AgentStatus {
@@ -79,6 +82,7 @@ impl AgentStatus {
             time: Feature::NotInstalled,
             mouse: Feature::NotInstalled,
             absolute_pointer: false,
+            clipboard_source: None,
         }
     }
 
@@ -92,6 +96,26 @@ impl AgentStatus {
             time: Feature::offered(caps, Capabilities::TIME),
             mouse: Feature::NotInstalled,
             absolute_pointer: false,
+            clipboard_source: None,
+        }
+    }
+
+    /// The clipboard's hover text: its state and, while it works, where in the guest
+    /// copies land.
+    pub fn clipboard_detail(&self) -> String {
+        let detail = self.clipboard.detail();
+        match (&self.clipboard, self.clipboard_source) {
+            (Feature::Working, Some(ClipboardSource::UserSession { uid })) => {
+                format!("{detail}, with the desktop session of guest user {uid}")
+            }
+            (Feature::Working, Some(ClipboardSource::AgentDisplay)) => {
+                format!("{detail}, with the X display of the guest agent")
+            }
+            (Feature::Working, Some(ClipboardSource::AgentCopy)) => format!(
+                "{detail}, but no desktop session in the guest runs `vireo-agent session`: \
+                 the guest's clipboard is `vireo-agent clipboard get|set`"
+            ),
+            _ => detail,
         }
     }
 
@@ -137,5 +161,19 @@ mod tests {
             .iter()
             .all(|(_, f)| **f == Feature::NotInstalled));
         assert_eq!(Feature::Error("x".into()).detail(), "error: x");
+    }
+
+    #[test]
+    fn the_clipboards_detail_says_where_copies_land() {
+        let mut status = AgentStatus::offered(Capabilities::CLIPBOARD);
+        assert_eq!(status.clipboard_detail(), "working");
+        status.clipboard_source = Some(ClipboardSource::UserSession { uid: 1000 });
+        assert!(status
+            .clipboard_detail()
+            .contains("desktop session of guest user 1000"));
+        status.clipboard_source = Some(ClipboardSource::AgentCopy);
+        assert!(status.clipboard_detail().contains("vireo-agent clipboard"));
+        status.clipboard = Feature::Error("too big".into());
+        assert_eq!(status.clipboard_detail(), "error: too big");
     }
 }

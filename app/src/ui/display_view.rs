@@ -589,9 +589,10 @@ impl DisplayView {
     /// The agent's features: clipboard (a menu with its direction), folders, time, mouse.
     fn agent_status(&mut self, ui: &mut egui::Ui) {
         let clipboard = self.agent.clipboard.clone();
+        let detail = self.agent.clipboard_detail();
         let menu = ui
             .menu_button(format!("Clipboard {}", clipboard.sign()), |ui| {
-                ui.label(format!("Clipboard: {}", clipboard.detail()));
+                ui.label(format!("Clipboard: {detail}"));
                 ui.separator();
                 for direction in ClipboardDirection::ALL {
                     if ui
@@ -604,7 +605,7 @@ impl DisplayView {
                 }
             })
             .response;
-        menu.on_hover_text(format!("Clipboard: {}", clipboard.detail()));
+        menu.on_hover_text(format!("Clipboard: {detail}"));
         for (name, feature) in &self.agent.features()[1..] {
             let text = RichText::new(format!("{name} {}", feature.sign()));
             let text = match feature {
