@@ -160,6 +160,10 @@ fn a_screenshot_after_gpu_draw_is_the_probes_pattern() {
         "{message}"
     );
     assert!(!outside.exists(), "the refused screenshot was written");
+    let answer = client.ask(r#"{"request":"screenshot","path":"shot.png"}"#);
+    assert_eq!(answer.json["response"], "error", "{}", answer.json);
+    let message = answer.json["message"].as_str().unwrap_or_default();
+    assert!(message.contains("absolute path"), "{message}");
     let answer = client.ask(r#"{"request":"power-off"}"#);
     assert_eq!(answer.json["response"], "ok");
     assert!(guest.wait_exit(Duration::from_secs(30)).is_some());

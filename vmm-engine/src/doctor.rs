@@ -175,7 +175,7 @@ pub fn examine(device: &Path) -> Report {
     push(
         "landlock",
         match crate::sandbox::landlock::kernel_abi() {
-            0 => "no (threads keep their file access; seccomp still confines them)".into(),
+            0 => "no (the engine's threads keep their file access)".into(),
             abi => format!("yes (ABI {abi})"),
         },
     );

@@ -1079,6 +1079,13 @@ impl VmControl {
         };
         let result = match request {
             Request::Screenshot { path } => {
+                if !std::path::Path::new(&path).is_absolute() {
+                    return Response::Error {
+                        message: format!(
+                            "screenshot needs an absolute path (the engine's working directory is not yours): {path}"
+                        ),
+                    };
+                }
                 if let Err(message) = writable(std::path::Path::new(&path)) {
                     return Response::Error { message };
                 }
@@ -1186,21 +1193,34 @@ impl VmControl {
             return Response::Error { message };
         }
         sandbox::trip_point(ThreadKind::Control);
-        if matches!(kind, ThreadKind::Vcpu | ThreadKind::Device) && !self.pauser.is_paused() {
-            if let Err(e) = self
-                .pauser
-                .pause(&self.vm)
-                .and_then(|()| self.pauser.resume(&self.vm))
-            {
-                return Response::Error {
-                    message: e.to_string(),
-                };
+        let paused = self.pauser.is_paused();
+        if matches!(kind, ThreadKind::Vcpu | ThreadKind::Device) && !paused {
+            // A pause and resume wakes every vCPU and worker. A worker still on its way
+            // out of the last release may miss a hold that quick, so wake them again
+            // until one answers.
+            for _ in 0..20 {
+                if let Err(e) = self
+                    .pauser
+                    .pause(&self.vm)
+                    .and_then(|()| self.pauser.resume(&self.vm))
+                {
+                    let _ = sandbox::probe_result(Duration::ZERO); // disarms it
+                    return Response::Error {
+                        message: e.to_string(),
+                    };
+                }
+                if let Some(errno) = sandbox::probe_answered(Duration::from_millis(250)) {
+                    return Response::SandboxProbe { errno };
+                }
             }
         }
         match sandbox::probe_result(Duration::from_secs(5)) {
             Some(errno) => Response::SandboxProbe { errno },
             None => Response::Error {
-                message: format!("no {thread} thread reached its probe point within 5 s"),
+                message: format!(
+                    "no {thread} thread reached its probe point within 5 s{}",
+                    if paused { " (the VM is paused)" } else { "" }
+                ),
             },
         }
     }

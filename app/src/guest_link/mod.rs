@@ -232,9 +232,6 @@ impl Link {
             ClientEvent::Connected(hello) => {
                 let mut status = AgentStatus::offered(hello.capabilities);
                 status.clipboard = self.clipboard_feature_for(hello.capabilities);
-                // The agent says where its clipboard lives right after its hello, which
-                // the client may hand on before this event.
-                status.clipboard_source = self.status.clipboard_source;
                 if let (Feature::Working, Some(why)) = (&status.folders, &self.share_error) {
                     status.folders = Feature::Error(why.clone());
                 }

@@ -478,16 +478,23 @@ impl Supervisor {
         }
         // Landlock lets the engine write only in its runtime directory: it writes the
         // PNG there and we move it where the user asked.
+        static STAGED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let staged = runtime
             .dir
-            .join(format!("screenshot-{}.png", std::process::id()));
+            .join(format!("screenshot-{}-{n}.png", std::process::id()));
         let request = Request::Screenshot {
             path: staged.to_string_lossy().into_owned(),
         };
         // The engine encodes a PNG of the whole screen: seconds on a busy host.
-        let size = match self.ask_with(&runtime, &request, SCREENSHOT_TIMEOUT)? {
-            Response::Screenshot { width, height, .. } => (width, height),
-            other => return Err(unexpected(other)),
+        let size = match self.ask_with(&runtime, &request, SCREENSHOT_TIMEOUT) {
+            Ok(Response::Screenshot { width, height, .. }) => (width, height),
+            failed => {
+                // (A write the engine makes after our timeout goes with the runtime
+                // directory when the VM stops.)
+                let _ = std::fs::remove_file(&staged);
+                return Err(failed.map_or_else(|e| e, unexpected));
+            }
         };
         let moved = move_file(&staged, path);
         let _ = std::fs::remove_file(&staged);

@@ -28,6 +28,7 @@ const ABI_RULES: ABI = ABI::V6;
 
 /// Where the control thread may still go.
 const CONTROL_READS: &[&str] = &["/proc", "/sys"];
+/// Where cgroups usually live, beside the mounts /proc/self/mountinfo names.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The Landlock ABI this kernel offers (0 where it has none or has it disabled).
@@ -81,10 +82,7 @@ fn restrict(kind: ThreadKind, runtime_dirs: &[PathBuf]) -> Result<RulesetStatus,
                 existing(CONTROL_READS.iter().map(Path::new)),
                 AccessFs::from_read(ABI_RULES),
             ))?
-            .add_rules(path_beneath_rules(
-                existing([Path::new(CGROUP_ROOT)]),
-                cgroup_access(),
-            ))?
+            .add_rules(path_beneath_rules(cgroup_mounts(), cgroup_access()))?
             .add_rules(path_beneath_rules(
                 existing(runtime_dirs.iter().map(PathBuf::as_path)),
                 fs & !AccessFs::Execute,
@@ -102,6 +100,30 @@ fn cgroup_access() -> BitFlags<AccessFs> {
         | AccessFs::Truncate
         | AccessFs::MakeDir
         | AccessFs::RemoveDir
+}
+
+/// The cgroup (v1 and v2) mount points, as `resources::cpu` finds its hierarchy, and
+/// the usual root: the VM's cgroup is beneath one of them.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts = cgroup_mount_points(&mountinfo);
+    mounts.push(PathBuf::from(CGROUP_ROOT));
+    mounts.retain(|p| p.exists());
+    mounts
+}
+
+/// The mount points of `cgroup` and `cgroup2` file systems in a mountinfo text (field 5
+/// is the mount point; the file system type follows the ` - ` separator).
+fn cgroup_mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, fs) = line.split_once(" - ")?;
+            let fs_type = fs.split_ascii_whitespace().next()?;
+            let mount_point = fields.split_ascii_whitespace().nth(4)?;
+            matches!(fs_type, "cgroup" | "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
 }
 
 /// The paths that exist: a rule for a missing one fails (the host has no cgroup v2
@@ -210,6 +232,24 @@ mod tests {
             libc::EACCES
         );
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn cgroup_mounts_are_read_from_mountinfo() {
+        let mountinfo = "\
+22 28 0:21 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+30 22 0:26 / /sys/fs/cgroup rw shared:9 - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw shared:10 - cgroup cgroup rw,cpu
+40 28 0:35 / /run/cg2 rw shared:20 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup_mount_points(mountinfo),
+            [
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                PathBuf::from("/run/cg2")
+            ]
+        );
+        assert!(cgroup_mount_points("garbage\n - \n").is_empty());
     }
 
     /// A CPU limit set while the VM runs is written by the control thread into the

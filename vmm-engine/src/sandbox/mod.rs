@@ -75,7 +75,12 @@ pub fn init(options: Options) -> io::Result<()> {
     if options.landlock && landlock_abi < 1 {
         tracing::warn!(
             "this kernel has no Landlock (or it is disabled): the engine's threads keep \
-             their file access; seccomp still confines them"
+             their file access{}",
+            if mode == Mode::Off {
+                ""
+            } else {
+                "; seccomp still confines their syscalls"
+            }
         );
     }
     if mode != Mode::Off {
@@ -146,15 +151,21 @@ const PROBE_SHIFT: u8 = 4;
 
 /// The armed probe's path, and its answer: the errno of the open (0: it opened).
 static PROBE: Mutex<Probe> = Mutex::new(Probe {
+    kind: None,
     path: None,
     errno: None,
 });
 static PROBE_DONE: Condvar = Condvar::new();
 
 struct Probe {
+    /// The kind asked; only its threads answer.
+    kind: Option<ThreadKind>,
     path: Option<PathBuf>,
     errno: Option<i32>,
 }
+
+/// The probe bits of every kind in `ARMED`.
+const PROBE_BITS: u8 = 0xf << PROBE_SHIFT;
 
 fn test_requests_allowed(request: &str) -> Result<(), String> {
     match SANDBOX.get() {
@@ -177,19 +188,42 @@ pub fn arm_trip(kind: ThreadKind) -> Result<(), String> {
 /// tries to open `path` for reading. `probe_result` waits for the answer.
 pub fn arm_probe(kind: ThreadKind, path: &Path) -> Result<(), String> {
     test_requests_allowed("sandbox_probe")?;
+    if kind == ThreadKind::Console {
+        // It waits on stdin and has no probe point.
+        return Err("sandbox_probe: the console thread cannot be probed".into());
+    }
     let mut probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
+    probe.kind = Some(kind);
     probe.path = Some(path.to_path_buf());
     probe.errno = None;
     ARMED.fetch_or(kind.bit() << PROBE_SHIFT, Ordering::SeqCst);
     Ok(())
 }
 
-/// The armed probe's errno, once a thread made it (None after `timeout`).
+/// The armed probe's errno if a thread made it within `timeout`; the probe stays armed
+/// otherwise.
+pub fn probe_answered(timeout: Duration) -> Option<i32> {
+    let probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut probe, _) = PROBE_DONE
+        .wait_timeout_while(probe, timeout, |p| p.errno.is_none())
+        .unwrap_or_else(|e| e.into_inner());
+    let errno = probe.errno.take();
+    if errno.is_some() {
+        ARMED.fetch_and(!PROBE_BITS, Ordering::SeqCst);
+        probe.kind = None;
+    }
+    errno
+}
+
+/// The armed probe's errno, once a thread made it (None after `timeout`, when the
+/// probe is disarmed so that no later thread answers a later probe with it).
 pub fn probe_result(timeout: Duration) -> Option<i32> {
     let probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
     let (mut probe, _) = PROBE_DONE
         .wait_timeout_while(probe, timeout, |p| p.errno.is_none())
         .unwrap_or_else(|e| e.into_inner());
+    ARMED.fetch_and(!PROBE_BITS, Ordering::SeqCst);
+    probe.kind = None;
     probe.errno.take()
 }
 
@@ -210,6 +244,9 @@ fn armed_point(kind: ThreadKind, armed: u8) {
     let probe_bit = kind.bit() << PROBE_SHIFT;
     if armed & probe_bit != 0 && ARMED.fetch_and(!probe_bit, Ordering::SeqCst) & probe_bit != 0 {
         let mut probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
+        if probe.kind != Some(kind) || probe.errno.is_some() {
+            return;
+        }
         let errno = match probe.path.as_deref().map(std::fs::File::open) {
             Some(Ok(_)) => 0,
             Some(Err(e)) => e.raw_os_error().unwrap_or(-1),
