@@ -17,6 +17,9 @@ use vireo_app::ui::{Tab, VireoApp};
 use vireo_app::vm_config::VmConfig;
 use vireo_e2e::temp::TempDir;
 
+mod common;
+use common::retype;
+
 fn host() -> HostInfo {
     HostInfo {
         cpus: 2,
@@ -59,15 +62,6 @@ fn settle(harness: &mut Harness<'static, VireoApp>, what: &str, done: impl Fn(&V
 
 fn vms(base: &TempDir) -> PathBuf {
     base.0.join("data/vms")
-}
-
-fn retype(harness: &mut Harness<'static, VireoApp>, label: &str, text: &str) {
-    harness.get_by_label(label).focus();
-    harness.run();
-    harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::A);
-    harness.run();
-    harness.get_by_label(label).type_text(text);
-    harness.run();
 }
 
 #[test]

@@ -24,7 +24,7 @@ use vireo_app::vm_config::{OsSource, VmConfig};
 use vireo_e2e::temp::TempDir;
 
 mod common;
-use common::until;
+use common::{retype, until};
 
 /// Builds need root (debootstrap): elsewhere these record a skip.
 fn can_build(test: &str) -> bool {
@@ -72,30 +72,20 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Replaces the text of the field labelled `label` with `text`.
-fn type_into(harness: &mut Harness<'static, VireoApp>, label: &str, text: &str) {
-    harness.get_by_label(label).focus();
-    harness.run();
-    harness.key_press_modifiers(eframe::egui::Modifiers::COMMAND, eframe::egui::Key::A);
-    harness.run();
-    harness.get_by_label(label).type_text(text);
-    harness.run();
-}
-
 /// The wizard open on Debian 12 with the VM named `name` and the account typed.
 fn debian12_form(harness: &mut Harness<'static, VireoApp>, name: &str, user: &str) {
     harness.get_by_label("New VM").click();
     harness.run();
-    type_into(harness, "Name", name);
+    retype(harness, "Name", name);
     harness.get_by_label("Debian 12 (full)").click();
     harness.run();
     harness.get_by_label_contains("Create builds Debian 12 for this VM");
     // Nothing boots here: the VM is only made.
     harness.get_by_label("Start it now").click();
     harness.run();
-    type_into(harness, "User name", user);
-    type_into(harness, "Password", PASSWORD);
-    type_into(harness, "Password again", PASSWORD);
+    retype(harness, "User name", user);
+    retype(harness, "Password", PASSWORD);
+    retype(harness, "Password again", PASSWORD);
 }
 
 fn create_enabled(harness: &Harness<'static, VireoApp>) -> bool {
@@ -246,7 +236,7 @@ fn the_wizard_builds_debian12_for_the_vm_and_the_library_clones_it() {
     // Clone: the copy has its own disk and kernel files, valid and apart.
     harness.get_by_label("Clone").click();
     harness.run();
-    type_into(&mut harness, "Name of the copy", "Deb 2");
+    retype(&mut harness, "Name of the copy", "Deb 2");
     harness.get_by_label("Make the copy").click();
     until(&mut harness, "the copy", Duration::from_secs(300), |h| {
         h.state().rows().len() == 2
@@ -304,8 +294,8 @@ fn a_bad_account_shows_the_builders_message_and_builds_nothing() {
         .query_by_label("Building Debian 12 for this VM")
         .is_none());
     // Fixed name, passwords that differ.
-    type_into(&mut harness, "User name", "alice");
-    type_into(&mut harness, "Password again", "x");
+    retype(&mut harness, "User name", "alice");
+    retype(&mut harness, "Password again", "x");
     harness.get_by_label("the two passwords differ");
     assert!(!create_enabled(&harness));
     std::thread::sleep(Duration::from_millis(300));

@@ -37,7 +37,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::{lock, PioBus};
 use crate::doctor::{self, KvmOpenError};
 use crate::exit::{ExitReason, ExitSender};
-use crate::pause::Pauser;
+use crate::pause::{PauseError, Pauser};
 use crate::pci::irq::GsiRouter;
 use crate::pci::root::{PciConfigPorts, PciRoot, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN};
 use crate::pci::virtio_pci::VirtioPciDevice;
@@ -1170,10 +1170,18 @@ impl VmControl {
             format!("seccomp_trip: no thread kind {thread:?} (vcpu, device, control, console)")
         })?;
         sandbox::arm_trip(kind)?;
+        self.wake_to_trip_point(kind).map_err(|e| e.to_string())
+    }
+
+    /// Brings the threads of `kind` to their trip point: the control thread (this one)
+    /// at once, vCPUs and workers through a pause and resume, which stops every vCPU and
+    /// parks every worker (a paused VM stays as it is).
+    fn wake_to_trip_point(&self, kind: crate::sandbox::ThreadKind) -> Result<(), PauseError> {
+        use crate::sandbox::{self, ThreadKind};
         sandbox::trip_point(ThreadKind::Control);
         if matches!(kind, ThreadKind::Vcpu | ThreadKind::Device) && !self.pauser.is_paused() {
-            self.pauser.pause(&self.vm).map_err(|e| e.to_string())?;
-            self.pauser.resume(&self.vm).map_err(|e| e.to_string())?;
+            self.pauser.pause(&self.vm)?;
+            self.pauser.resume(&self.vm)?;
         }
         Ok(())
     }
@@ -1192,34 +1200,32 @@ impl VmControl {
         if let Err(message) = sandbox::arm_probe(kind, std::path::Path::new(path)) {
             return Response::Error { message };
         }
-        sandbox::trip_point(ThreadKind::Control);
-        let paused = self.pauser.is_paused();
-        if matches!(kind, ThreadKind::Vcpu | ThreadKind::Device) && !paused {
-            // A pause and resume wakes every vCPU and worker. A worker still on its way
-            // out of the last release may miss a hold that quick, so wake them again
-            // until one answers.
-            for _ in 0..20 {
-                if let Err(e) = self
-                    .pauser
-                    .pause(&self.vm)
-                    .and_then(|()| self.pauser.resume(&self.vm))
-                {
-                    let _ = sandbox::probe_result(Duration::ZERO); // disarms it
-                    return Response::Error {
-                        message: e.to_string(),
-                    };
-                }
-                if let Some(errno) = sandbox::probe_answered(Duration::from_millis(250)) {
-                    return Response::SandboxProbe { errno };
-                }
+        // A worker still on its way out of the last release can miss a hold that quick
+        // (the gate still counts it parked): wake them again until one answers.
+        let mut answer = None;
+        for _ in 0..20 {
+            if let Err(e) = self.wake_to_trip_point(kind) {
+                sandbox::disarm_probe();
+                return Response::Error {
+                    message: e.to_string(),
+                };
+            }
+            answer = sandbox::probe_answer(Duration::from_millis(250));
+            if answer.is_some() {
+                break;
             }
         }
-        match sandbox::probe_result(Duration::from_secs(5)) {
+        sandbox::disarm_probe();
+        match answer {
             Some(errno) => Response::SandboxProbe { errno },
             None => Response::Error {
                 message: format!(
                     "no {thread} thread reached its probe point within 5 s{}",
-                    if paused { " (the VM is paused)" } else { "" }
+                    if self.pauser.is_paused() {
+                        " (the VM is paused)"
+                    } else {
+                        ""
+                    }
                 ),
             },
         }

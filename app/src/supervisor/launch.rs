@@ -254,6 +254,20 @@ pub fn engine_args(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The engine's arguments for `config`, as text.
+    fn args_text(
+        config: &VmConfig,
+        dir: &Path,
+        runtime: &RuntimeFiles,
+        programs: &Programs,
+    ) -> Vec<String> {
+        engine_args(config, dir, runtime, programs)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
     use crate::vm_config::{DiskConfig, DisplaySize};
 
     #[test]
@@ -293,11 +307,7 @@ mod tests {
             dir: "/run/v/k".into(),
         };
         let programs = Programs::beside("/nowhere/vireo".into());
-        let args = engine_args(&config, &dir, &runtime, &programs).unwrap();
-        let text: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let text = args_text(&config, &dir, &runtime, &programs);
         let expect = [
             "--kernel".to_owned(),
             kernel.display().to_string(),
@@ -356,11 +366,7 @@ mod tests {
             dir: "/run/v/deb".into(),
         };
         let programs = Programs::beside("/nowhere/vireo".into());
-        let args = engine_args(&config, &dir, &runtime, &programs).unwrap();
-        let text: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let text = args_text(&config, &dir, &runtime, &programs);
         let path = |f: &str| dir.join(f).display().to_string();
         let expect = [
             "--kernel".to_owned(),

@@ -200,31 +200,22 @@ pub fn arm_probe(kind: ThreadKind, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The armed probe's errno if a thread made it within `timeout`; the probe stays armed
-/// otherwise.
-pub fn probe_answered(timeout: Duration) -> Option<i32> {
+/// The armed probe's errno if a thread made it within `timeout` (the probe stays armed
+/// until `disarm_probe`).
+pub fn probe_answer(timeout: Duration) -> Option<i32> {
     let probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut probe, _) = PROBE_DONE
+    let (probe, _) = PROBE_DONE
         .wait_timeout_while(probe, timeout, |p| p.errno.is_none())
         .unwrap_or_else(|e| e.into_inner());
-    let errno = probe.errno.take();
-    if errno.is_some() {
-        ARMED.fetch_and(!PROBE_BITS, Ordering::SeqCst);
-        probe.kind = None;
-    }
-    errno
+    probe.errno
 }
 
-/// The armed probe's errno, once a thread made it (None after `timeout`, when the
-/// probe is disarmed so that no later thread answers a later probe with it).
-pub fn probe_result(timeout: Duration) -> Option<i32> {
-    let probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut probe, _) = PROBE_DONE
-        .wait_timeout_while(probe, timeout, |p| p.errno.is_none())
-        .unwrap_or_else(|e| e.into_inner());
+/// Ends the armed probe, so that no later thread answers a later probe with it.
+pub fn disarm_probe() {
+    let mut probe = PROBE.lock().unwrap_or_else(|e| e.into_inner());
     ARMED.fetch_and(!PROBE_BITS, Ordering::SeqCst);
     probe.kind = None;
-    probe.errno.take()
+    probe.errno = None;
 }
 
 /// Where a thread of `kind` does what a test armed. One relaxed load when nothing is.
