@@ -172,16 +172,9 @@ fn a_folder_shared_while_running_is_mounted_at_once() {
         },
     );
     // The drop folder is served from the start.
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let s = status
-            .recv_timeout(left)
-            .expect("the folders feature works");
-        if s.folders == Feature::Working {
-            break;
-        }
-    }
+    until_status(&status, "folders working", Duration::from_secs(30), |s| {
+        s.folders == Feature::Working
+    });
     // (The status says the agent offers folders; its mount follows the hello.)
     std::fs::write(vm_dir.join("shared/dropped.txt"), "dropped").unwrap();
     let end = Instant::now() + Duration::from_secs(10);
