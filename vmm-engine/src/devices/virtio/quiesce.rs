@@ -141,6 +141,13 @@ impl DeviceGate {
 
     /// Called by a worker that saw the held fd readable: waits for the release or for
     /// `kill` (the worker is being stopped).
+    ///
+    /// A worker leaves only under the lock and only while the gate is released, so
+    /// `parked` counts exactly the workers that cannot run. A hold that comes right
+    /// after a release, before a woken worker got the lock, finds it still counted
+    /// and keeps it parked; a worker whose `released` signal that hold already took
+    /// back simply sleeps on. (Leaving on poll's word alone let such a hold return
+    /// while the worker ran on.)
     pub fn park(&self, kill: &EventFd) -> Wake {
         {
             let mut counts = self.lock();
@@ -150,9 +157,14 @@ impl DeviceGate {
             counts.parked += 1;
         }
         self.changed.notify_all();
-        let wake = wait_either(kill, &self.released);
-        self.lock().parked -= 1;
-        wake
+        loop {
+            let wake = wait_either(kill, &self.released);
+            let mut counts = self.lock();
+            if wake == Wake::Killed || !counts.held {
+                counts.parked -= 1;
+                return wake;
+            }
+        }
     }
 }
 
@@ -222,6 +234,47 @@ mod tests {
         gate.release();
         assert_eq!(worker.join().unwrap(), Wake::Released);
         assert_eq!(gate.lock().live, 0);
+    }
+
+    #[test]
+    fn a_hold_right_after_a_release_keeps_the_worker_parked() {
+        let gate = Arc::new(DeviceGate::new().unwrap());
+        let kill = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        // Times the worker has run between two parks.
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        gate.worker_started();
+        let worker = {
+            let (gate, runs) = (Arc::clone(&gate), Arc::clone(&runs));
+            let kill = kill.try_clone().unwrap();
+            std::thread::spawn(move || {
+                loop {
+                    let mut fd = [libc::pollfd {
+                        fd: gate.held_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    }];
+                    // SAFETY: one valid pollfd, alive for the call.
+                    unsafe { libc::poll(fd.as_mut_ptr(), 1, -1) };
+                    if gate.park(&kill) == Wake::Killed {
+                        break;
+                    }
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                gate.worker_ended();
+            })
+        };
+        gate.hold(Duration::from_secs(5)).unwrap();
+        for _ in 0..200 {
+            gate.release();
+            gate.hold(Duration::from_secs(5)).unwrap();
+            // Held: the worker must not run, however the release and hold interleaved.
+            let before = runs.load(std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), before);
+        }
+        kill.write(1).unwrap();
+        worker.join().unwrap();
+        assert_eq!(gate.lock().parked, 0);
     }
 
     #[test]
