@@ -1048,12 +1048,24 @@ mod tests {
                 available.store(200 * MIB, Ordering::Release);
                 wait_for("deflating", &|t| t < 512);
                 assert_eq!(target_mib(), 200);
-                // The user takes over: nothing moves any more.
+                // The user takes over: nothing moves any more, and the thread sleeps
+                // (ten periods pass without a wake).
                 pilot.set_policy(policy::BalloonPolicy::Fixed);
                 std::thread::sleep(Duration::from_millis(50));
                 available.store(2000 * MIB, Ordering::Release);
+                let wakes = pilot.wakes();
                 std::thread::sleep(Duration::from_millis(200));
                 assert_eq!(target_mib(), 200);
+                assert_eq!(pilot.wakes(), wakes, "the thread woke while Fixed");
+                // The policy back on: the thread wakes for it, and then every period.
+                // (The target stays: this driver never fills the balloon, and the
+                // policy does not grow one the guest has not filled.)
+                pilot.set_policy(policy::BalloonPolicy::GiveBackIdle);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pilot.wakes() < wakes + 3 {
+                    assert!(Instant::now() < deadline, "the thread stayed asleep");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             });
             // The driver, here (the mock queue stays on one thread): a fresh buffer
             // each time the device hands one back.

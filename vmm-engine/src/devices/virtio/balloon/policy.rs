@@ -7,7 +7,7 @@
 //! Free page reporting (the device's reporting_vq) returns freed pages on top of this,
 //! without any target.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,12 +89,15 @@ impl IdleRule {
     }
 }
 
-/// The thread that applies `GiveBackIdle` while it is the policy. It ends when this is
-/// dropped.
+/// The thread that applies `GiveBackIdle` while it is the policy; under `Fixed` it sleeps
+/// until the policy changes, so a VM that does not use it pays no wake-ups. It ends when
+/// this is dropped.
 pub struct Autopilot {
     enabled: Arc<AtomicBool>,
-    // Dropping the sender wakes the thread and ends it.
-    _stop: Sender<()>,
+    /// Times the thread has woken (for tests: none while `Fixed`).
+    wakes: Arc<AtomicU64>,
+    // Each policy change wakes the thread; dropping the sender ends it.
+    changed: Sender<()>,
 }
 
 impl Autopilot {
@@ -107,15 +110,26 @@ impl Autopilot {
         period: Duration,
     ) -> std::io::Result<Autopilot> {
         let enabled = Arc::new(AtomicBool::new(policy == BalloonPolicy::GiveBackIdle));
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (changed, changes) = mpsc::channel::<()>();
         let on = Arc::clone(&enabled);
+        let wakes = Arc::new(AtomicU64::new(0));
+        let woke = Arc::clone(&wakes);
         let rule = IdleRule::for_ram(ram);
         std::thread::Builder::new()
             .name("balloon-policy".into())
             .spawn(move || loop {
-                match stopped.recv_timeout(period) {
+                woke.fetch_add(1, Ordering::Relaxed);
+                if !on.load(Ordering::Acquire) {
+                    match changes.recv() {
+                        Ok(()) => continue,
+                        Err(_) => return,
+                    }
+                }
+                match changes.recv_timeout(period) {
+                    // A change: look at the policy again before waiting on.
+                    Ok(()) => continue,
                     Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
                 if on.load(Ordering::Acquire) {
                     step(&handle, &rule);
@@ -123,7 +137,8 @@ impl Autopilot {
             })?;
         Ok(Autopilot {
             enabled,
-            _stop: stop,
+            wakes,
+            changed,
         })
     }
 
@@ -135,9 +150,18 @@ impl Autopilot {
         }
     }
 
+    /// How many times the thread has woken so far.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
+    }
+
     pub fn set_policy(&self, policy: BalloonPolicy) {
-        self.enabled
-            .store(policy == BalloonPolicy::GiveBackIdle, Ordering::Release);
+        let was = self
+            .enabled
+            .swap(policy == BalloonPolicy::GiveBackIdle, Ordering::AcqRel);
+        if was != (policy == BalloonPolicy::GiveBackIdle) {
+            let _ = self.changed.send(());
+        }
     }
 }
 
