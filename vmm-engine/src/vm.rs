@@ -1200,8 +1200,10 @@ impl VmControl {
         if let Err(message) = sandbox::arm_probe(kind, std::path::Path::new(path)) {
             return Response::Error { message };
         }
-        // A worker still on its way out of the last release can miss a hold that quick
-        // (the gate still counts it parked): wake them again until one answers.
+        // A worker answers as it wakes for the pause's hold. One still parked from the
+        // last pause when this one begins stays parked through it (it has not run in
+        // between, so it is rightly counted) and passes no probe point: wake them again
+        // until one answers.
         let mut answer = None;
         for _ in 0..20 {
             if let Err(e) = self.wake_to_trip_point(kind) {
