@@ -516,7 +516,10 @@ mod tests {
             cache: None,
         };
         let out = dir.join("vms/.debian12-1");
-        let mut build = ImageBuild::start_debian12(&request, Privilege::Root, &out, || {}).unwrap();
+        let mut build = start_busy_retried(|| {
+            ImageBuild::start_debian12(&request, Privilege::Root, &out, || {})
+        })
+        .unwrap();
         assert_eq!(wait(&mut build), BuildStatus::Finished(out.clone()));
         assert_eq!(std::fs::read_to_string(dir.join("pw")).unwrap(), "pa ss\n");
         let args = std::fs::read_to_string(dir.join("args")).unwrap();
@@ -535,6 +538,23 @@ mod tests {
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+
+    /// `start` again while the script it runs is "busy": another test's fork can hold a
+    /// copy of the fd that wrote it until that child execs, and exec then fails with
+    /// ETXTBSY (CI saw it).
+    fn start_busy_retried(
+        start: impl Fn() -> Result<ImageBuild, String>,
+    ) -> Result<ImageBuild, String> {
+        for _ in 0..100 {
+            match start() {
+                Err(why) if why.contains("Text file busy") => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other,
+            }
+        }
+        start()
     }
 
     fn wait(build: &mut ImageBuild) -> BuildStatus {
@@ -566,7 +586,8 @@ mod tests {
             "mkdir -p \"$2\"; echo '[1/8] downloading'; echo 'apt-get: no route to host' >&2; exit 3",
         );
         let out = dir.join("images/demo-linux");
-        let mut build = ImageBuild::start_demo(&builder, &out, || {}).unwrap();
+        let mut build =
+            start_busy_retried(|| ImageBuild::start_demo(&builder, &out, || {})).unwrap();
         match wait(&mut build) {
             BuildStatus::Failed(why) => {
                 assert!(why.contains("exit status: 3"), "{why}");
@@ -577,7 +598,7 @@ mod tests {
         assert!(!out.exists() && !side_dir(&out).exists());
 
         let empty = script(&dir, "mkdir -p \"$2\"; echo '[8/8] done'");
-        let mut build = ImageBuild::start_demo(&empty, &out, || {}).unwrap();
+        let mut build = start_busy_retried(|| ImageBuild::start_demo(&empty, &out, || {})).unwrap();
         match wait(&mut build) {
             BuildStatus::Failed(why) => assert!(why.contains("without writing"), "{why}"),
             other => panic!("{other:?}"),
@@ -603,7 +624,8 @@ mod tests {
             ),
         );
         let out = dir.join("demo-linux");
-        let mut build = ImageBuild::start_demo(&builder, &out, || {}).unwrap();
+        let mut build =
+            start_busy_retried(|| ImageBuild::start_demo(&builder, &out, || {})).unwrap();
         let end = Instant::now() + Duration::from_secs(10);
         while build.status().fraction() == 0.0 {
             assert!(Instant::now() < end, "no progress line");
