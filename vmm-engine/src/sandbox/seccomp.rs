@@ -69,8 +69,9 @@ pub(super) fn forbidden_syscall() {
     unsafe { libc::syscall(TRIP_SYSCALL) };
 }
 
-/// Installs the filter of `kind` on the calling thread.
-pub(super) fn apply(kind: ThreadKind, mode: Mode) -> Result<(), String> {
+/// Installs the filters of `kind` on the calling thread, as `sandbox::enter` does (public
+/// for the `seccomp_cost` bench, which times syscalls under them).
+pub fn apply(kind: ThreadKind, mode: Mode) -> Result<(), String> {
     if kind != ThreadKind::Control {
         let refuse = refuse_opens()?;
         seccompiler::apply_filter(refuse).map_err(|e| e.to_string())?;
