@@ -23,6 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use vireo_e2e::engine::{run_command, s, vmm_binary};
+use vireo_e2e::env_u64;
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::vsock_host::{Mode, Server};
 use vireo_vmm::sandbox::seccomp::{self, ThreadKind};
@@ -33,13 +34,6 @@ const PORT: u32 = 5000;
 const KVM_RUN: libc::c_ulong = 0xae80;
 const ITERATIONS: u32 = 200_000;
 const BATCHES: usize = 9;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The syscalls timed for a kind: one round of them, and how many it makes.
 struct Mix {

@@ -27,15 +27,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vireo_e2e::env_u64;
+
 const CHUNK: usize = 1 << 20;
 const FILES: usize = 10_000;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn agent_binary() -> PathBuf {
     vireo_e2e::release_binary("vireo-guest-agent", "vireo-agent")

@@ -22,17 +22,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vireo_e2e::engine::{run_command, s, vmm_binary};
+use vireo_e2e::env_u64;
 use vireo_e2e::probe_guest::probe_guest_elf;
 use vireo_e2e::vsock_host::{Mode, Server};
 
 const PORT: u32 = 5000;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Clone, Copy)]
 struct Figures {

@@ -18,6 +18,14 @@ pub mod xvfb;
 
 use std::path::PathBuf;
 
+/// A benchmark's numeric setting from the environment (`VIREO_BENCH_*`), or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
